@@ -1,0 +1,109 @@
+"""The normaliser: any ONNX model in, a model every method can rewrite out.
+
+Steps: load (path, bytes or ModelProto), check, inline local functions, upgrade
+the default-domain opset to at least :data:`MIN_OPSET`, make the batch
+dimension of inputs and outputs dynamic, infer shapes.  Nothing that erases
+activations is run (Relu -> Clip fusions would hide the nonlinearities that
+DeepLIFT and LRP need).
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+
+import onnx
+from onnx import helper, shape_inference, version_converter
+
+from onnxplain.errors import ModelError
+
+MIN_OPSET = 17
+BATCH = "batch"
+
+
+def load_model(model) -> onnx.ModelProto:
+    """Read a model from a path, bytes or ModelProto (a copy is returned)."""
+    if isinstance(model, onnx.ModelProto):
+        out = onnx.ModelProto()
+        out.CopyFrom(model)
+        return out
+    if isinstance(model, (bytes, bytearray, memoryview)):
+        try:
+            return onnx.load_from_string(bytes(model))
+        except Exception as e:  # protobuf raises DecodeError
+            raise ModelError(f"the bytes given are not an ONNX model: {e}") from e
+    if isinstance(model, (str, os.PathLike)):
+        path = os.fspath(model)
+        if not os.path.isfile(path):
+            raise ModelError(f"no ONNX model at {path!r}")
+        try:
+            return onnx.load(path)
+        except Exception as e:
+            raise ModelError(f"{path!r} is not a readable ONNX model: {e}") from e
+    raise ModelError(f"expected a path, bytes or onnx.ModelProto, got {type(model).__name__}")
+
+
+def digest(model: onnx.ModelProto) -> str:
+    return hashlib.sha256(model.SerializeToString(deterministic=True)).hexdigest()
+
+
+def normalize(model, min_opset: int = MIN_OPSET, dynamic_batch: bool = True) -> onnx.ModelProto:
+    """Return a checked, inlined, upgraded, shape-inferred copy of ``model``."""
+    m = load_model(model)
+    _check(m)
+    if m.functions:
+        from onnx import inliner
+        m = inliner.inline_local_functions(m)
+    m = _upgrade(m, min_opset)
+    if dynamic_batch:
+        _make_batch_dynamic(m)
+    m = _infer_shapes(m)
+    m.ir_version = helper.find_min_ir_version_for(list(m.opset_import), ignore_unknown=True)
+    return m
+
+
+def _check(m: onnx.ModelProto) -> None:
+    try:
+        onnx.checker.check_model(m)
+    except onnx.checker.ValidationError as e:
+        raise ModelError(f"the model fails onnx.checker: {e}") from e
+    if not m.graph.output:
+        raise ModelError("the model has no outputs")
+
+
+def _opset(m: onnx.ModelProto) -> int:
+    for imp in m.opset_import:
+        if imp.domain in ("", "ai.onnx"):
+            return imp.version
+    return 0
+
+
+def _upgrade(m: onnx.ModelProto, min_opset: int) -> onnx.ModelProto:
+    version = _opset(m)
+    if version >= min_opset:
+        return m
+    if version == 0:  # e.g. an ai.onnx.ml-only model: nothing of the default domain to convert
+        m.opset_import.append(helper.make_opsetid("", min_opset))
+        return m
+    try:
+        return version_converter.convert_version(m, min_opset)
+    except Exception as e:
+        raise ModelError(f"could not upgrade the model from opset {version} to {min_opset}: {e}") from e
+
+
+def _make_batch_dynamic(m: onnx.ModelProto) -> None:
+    """Replace a fixed first dimension of every graph input and output by ``batch``."""
+    init_names = {i.name for i in m.graph.initializer}
+    for vi in list(m.graph.input) + list(m.graph.output):
+        if vi.name in init_names or not vi.type.HasField("tensor_type"):
+            continue
+        shape = vi.type.tensor_type.shape
+        if len(shape.dim) >= 1 and shape.dim[0].HasField("dim_value"):
+            shape.dim[0].dim_param = BATCH
+    del m.graph.value_info[:]
+
+
+def _infer_shapes(m: onnx.ModelProto) -> onnx.ModelProto:
+    try:
+        return shape_inference.infer_shapes(m, check_type=True, strict_mode=False, data_prop=True)
+    except Exception as e:
+        raise ModelError(f"shape inference failed on the model: {e}") from e

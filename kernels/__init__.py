@@ -1,0 +1,1 @@
+"""Numba kernels that build perturbation batches (public wrappers validate and allocate)."""

@@ -1,0 +1,191 @@
+"""The reverse walk: from the explained output back to the attributed inputs.
+
+Everything shared by the rules lives here and nowhere else: which tensors get
+cotangents (only those that depend on an attributed input and are floating
+point), summing the cotangents of tensors used more than once, and undoing
+broadcasting.  Each op's own maths is one small rule in :mod:`onnxplain.vjp`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import onnx
+
+from .errors import UnsupportedOperatorError
+from .graph import GraphBuilder
+from .vjp import RULES, Rule
+
+
+@dataclass
+class VJPContext:
+    """What a rule sees of one node: names of its forward values and output cotangents."""
+
+    b: GraphBuilder
+    node: onnx.NodeProto
+    dy: list[str | None]
+    active: frozenset = field(repr=False)
+    ref: dict | None = None  # reference-forward names, for modified rules
+
+    @property
+    def x(self) -> list[str]:
+        return list(self.node.input)
+
+    @property
+    def y(self) -> list[str]:
+        return list(self.node.output)
+
+    @property
+    def opset(self) -> int:
+        return self.b.opset
+
+    def needs(self, i: int) -> bool:
+        """Whether input ``i`` should receive a cotangent."""
+        return i < len(self.node.input) and self.node.input[i] in self.active
+
+    def attr(self, name: str, default=None):
+        for a in self.node.attribute:
+            if a.name == name:
+                return onnx.helper.get_attribute_value(a)
+        return default
+
+    def dy_or_zeros(self, k: int) -> str:
+        return self.dy[k] if self.dy[k] is not None else self.b.zeros_like(self.node.output[k])
+
+
+def active_tensors(nodes, wrt, b: GraphBuilder) -> set[str]:
+    """Floating-point tensors that depend on one of ``wrt``."""
+    active = set(wrt)
+    for node in nodes:
+        if any(i in active for i in node.input if i) or _subgraph_reads(node, active):
+            active.update(o for o in node.output if o and _may_be_float(b, o))
+    return active
+
+
+def needed_tensors(nodes, outputs) -> set[str]:
+    """Tensors that the given outputs depend on."""
+    needed = set(outputs)
+    for node in reversed(nodes):
+        if any(o in needed for o in node.output):
+            needed.update(i for i in node.input if i)
+    return needed
+
+
+def path_nodes(nodes, wrt, outputs, b: GraphBuilder):
+    active = active_tensors(nodes, wrt, b)
+    needed = needed_tensors(nodes, outputs)
+    on_path = [n for n in nodes
+               if any(o in needed and o in active for o in n.output)]
+    return on_path, active
+
+
+def missing_rules(nodes, wrt, outputs, b: GraphBuilder, rules=None) -> list[onnx.NodeProto]:
+    rules = RULES if rules is None else rules
+    on_path, _ = path_nodes(nodes, wrt, outputs, b)
+    return [n for n in on_path if _lookup(rules, n, b.opset) is None]
+
+
+def backward(b: GraphBuilder, output: str, seed: str, wrt: list[str], overrides: dict | None = None,
+             ref: dict | None = None) -> dict[str, str]:
+    """Emit the backward pass of ``output`` seeded with ``seed``.
+
+    Returns a map from each name in ``wrt`` to the name of its cotangent.
+    ``overrides`` maps op types to modified rules (DeepLIFT, LRP, ...): the
+    standard table is never edited.
+    """
+    nodes = list(b.nodes)
+    rules = dict(RULES)
+    if overrides:
+        rules.update(overrides)
+    on_path, active = path_nodes(nodes, wrt, [output], b)
+    missing = [n for n in on_path if _lookup(rules, n, b.opset) is None]
+    if missing:
+        raise UnsupportedOperatorError(missing)
+
+    cot: dict[str, list[str]] = {output: [seed]}
+    frozen = frozenset(active)
+    for node in reversed(on_path):
+        if not any(o in cot for o in node.output):
+            continue
+        dy = [_accumulate(b, cot.pop(o)) if o in cot else None for o in node.output]
+        rule = _lookup(rules, node, b.opset)
+        ctx = VJPContext(b, node, dy, frozen, ref)
+        grads = rule.fn(ctx)
+        if len(grads) > len(node.input):
+            raise AssertionError(f"rule for {node.op_type} returned {len(grads)} cotangents for {len(node.input)} inputs")
+        for i, g in enumerate(grads):
+            name = node.input[i] if i < len(node.input) else ""
+            if g is None or not name or name not in active:
+                continue
+            if rule.broadcast:
+                g = unbroadcast(b, g, name, node.output[0])
+            cot.setdefault(name, []).append(g)
+
+    result = {}
+    for x in wrt:
+        result[x] = _accumulate(b, cot[x]) if x in cot else b.zeros_like(x)
+    return result
+
+
+def _accumulate(b: GraphBuilder, grads: list[str]) -> str:
+    return b.sum(grads)
+
+
+def unbroadcast(b: GraphBuilder, g: str, x: str, y: str) -> str:
+    """Sum ``g`` (shaped like ``y``) down to the shape of ``x`` (numpy broadcasting undone)."""
+    sx, sy = b.shape(x), b.shape(y)
+    if sx is not None and sy is not None and sx == sy and all(d is not None for d in sx):
+        return g
+    if sx is not None and sy is not None and all(isinstance(d, int) for d in sx + sy):
+        lead = len(sy) - len(sx)
+        axes = list(range(lead)) + [lead + i for i, d in enumerate(sx) if d == 1 and sy[lead + i] != 1]
+        if axes:
+            g = b.reduce_sum(g, axes, keepdims=1)
+        return g if not lead else b.reshape(g, b.ints(sx))
+    return _unbroadcast_dynamic(b, g, x, sx, sy)
+
+
+def _unbroadcast_dynamic(b: GraphBuilder, g: str, x: str, sx, sy) -> str:
+    """Broadcast axes found at run time: where the padded shape of x differs from g's."""
+    if sx is None or sy is None:
+        raise UnsupportedOperatorError.unknown_rank(x)
+    lead = len(sy) - len(sx)
+    shape_x = b.shape_of(x)
+    padded = b.op("Concat", b.ints([1] * lead), shape_x, axis=0) if lead else shape_x
+    differs = b.op("Not", b.op("Equal", padded, b.shape_of(g)))
+    axes = b.op("Compress", b.ints(range(len(sy))), differs, axis=0)
+    summed = b.op("ReduceSum", g, axes, keepdims=1, noop_with_empty_axes=1)
+    return b.reshape(summed, shape_x)
+
+
+def _lookup(rules: dict, node: onnx.NodeProto, opset: int) -> Rule | None:
+    key = node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}.{node.op_type}"
+    candidates = rules.get(key)
+    if candidates is None:
+        return None
+    if isinstance(candidates, Rule):
+        candidates = [candidates]
+    for r in candidates:
+        if r.since <= opset:
+            return r
+    return None
+
+
+def _may_be_float(b: GraphBuilder, name: str) -> bool:
+    et = b.elem_type(name)
+    return et is None or b.is_float(name)
+
+
+def _subgraph_reads(node: onnx.NodeProto, active: set) -> bool:
+    for a in node.attribute:
+        if a.type == onnx.AttributeProto.GRAPH and _graph_reads(a.g, active):
+            return True
+        if a.type == onnx.AttributeProto.GRAPHS and any(_graph_reads(g, active) for g in a.graphs):
+            return True
+    return False
+
+
+def _graph_reads(graph: onnx.GraphProto, active: set) -> bool:
+    for n in graph.node:
+        if any(i in active for i in n.input) or _subgraph_reads(n, active):
+            return True
+    return False

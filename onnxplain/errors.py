@@ -1,0 +1,30 @@
+"""The errors onnxplain raises on purpose."""
+from __future__ import annotations
+
+
+class OnnxplainError(Exception):
+    """Base class of onnxplain's own errors."""
+
+
+class UnsupportedOperatorError(OnnxplainError, NotImplementedError):
+    """A node on the path from the attributed inputs to the output has no backward rule."""
+
+    def __init__(self, nodes, message: str | None = None):
+        self.nodes = list(nodes)
+        self.op_types = sorted({n.op_type for n in self.nodes})
+        if message is None:
+            listed = ", ".join(f"{n.op_type} (node {n.name or n.output[0]!r})" for n in self.nodes[:10])
+            more = f" and {len(self.nodes) - 10} more" if len(self.nodes) > 10 else ""
+            message = (f"no backward rule for {listed}{more}. Gradient and modified-rule methods cannot "
+                       f"explain this model; the perturbation methods (occlusion, feature_ablation, "
+                       f"shapley_sampling) need only the forward pass and work on any ONNX model.")
+        super().__init__(message)
+
+    @classmethod
+    def unknown_rank(cls, tensor: str) -> "UnsupportedOperatorError":
+        return cls([], f"the rank of tensor {tensor!r} is unknown after shape inference, so its broadcast "
+                       f"cannot be undone; export the model with static ranks")
+
+
+class ModelError(OnnxplainError, ValueError):
+    """The model could not be read, checked or normalised."""

@@ -1,0 +1,210 @@
+"""Emitting ONNX nodes: fresh names, constants and small op helpers.
+
+A :class:`GraphBuilder` starts from a normalised model and collects the nodes,
+initializers, inputs and outputs of the explanation graph.  Every helper returns
+the *name* of the tensor it produced, so rules read like the maths they emit.
+"""
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+FLOAT_TYPES = {TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.FLOAT16, TensorProto.BFLOAT16}
+
+
+def np_dtype(elem_type: int) -> np.dtype:
+    return np.dtype(helper.tensor_dtype_to_np_dtype(elem_type))
+
+
+class GraphBuilder:
+    """Collects nodes and constants on top of a model's forward graph."""
+
+    def __init__(self, model: onnx.ModelProto, min_opset: int = 17):
+        self.model = model
+        self.graph = model.graph
+        self.opset = _default_opset(model)
+        self.nodes: list[onnx.NodeProto] = list(self.graph.node)
+        self.initializers: list[onnx.TensorProto] = list(self.graph.initializer)
+        self.inputs: list[onnx.ValueInfoProto] = []
+        self.outputs: list[onnx.ValueInfoProto] = []
+        self._types: dict[str, tuple[int, tuple | None]] = {}
+        self._used = set()
+        self._consts: dict[tuple, str] = {}
+        self._counter = itertools.count()
+        for vi in itertools.chain(self.graph.input, self.graph.output, self.graph.value_info):
+            self._record_value_info(vi)
+        for init in self.graph.initializer:
+            self._types[init.name] = (init.data_type, tuple(init.dims))
+            self._used.add(init.name)
+        for node in self.graph.node:
+            self._used.update(node.input)
+            self._used.update(node.output)
+            for attr in node.attribute:
+                if attr.type == onnx.AttributeProto.TENSOR and node.op_type == "Constant":
+                    self._types[node.output[0]] = (attr.t.data_type, tuple(attr.t.dims))
+
+    # ------------------------------------------------------------------ names and types
+    def _record_value_info(self, vi: onnx.ValueInfoProto) -> None:
+        self._used.add(vi.name)
+        tt = vi.type.tensor_type
+        if not vi.type.HasField("tensor_type"):
+            return
+        shape = None
+        if tt.HasField("shape"):
+            shape = tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in tt.shape.dim)
+        self._types[vi.name] = (tt.elem_type, shape)
+
+    def fresh(self, hint: str = "t") -> str:
+        """A tensor name not used anywhere in the graph."""
+        hint = hint.replace("/", "_").replace(":", "_").strip("_") or "t"
+        while True:
+            name = f"{hint}__{next(self._counter)}"
+            if name not in self._used:
+                self._used.add(name)
+                return name
+
+    def reserve(self, name: str) -> str:
+        if name in self._used:
+            raise ValueError(f"tensor name {name!r} is already used in the model")
+        self._used.add(name)
+        return name
+
+    def elem_type(self, name: str) -> int | None:
+        t = self._types.get(name)
+        return t[0] if t else None
+
+    def shape(self, name: str) -> tuple | None:
+        """Static shape: ints for known dims, strings for symbolic ones, None when unknown."""
+        t = self._types.get(name)
+        return t[1] if t else None
+
+    def rank(self, name: str) -> int | None:
+        s = self.shape(name)
+        return None if s is None else len(s)
+
+    def set_type(self, name: str, elem_type: int, shape=None) -> None:
+        self._types[name] = (elem_type, None if shape is None else tuple(shape))
+
+    def is_float(self, name: str) -> bool:
+        return self.elem_type(name) in FLOAT_TYPES
+
+    # ------------------------------------------------------------------ emission
+    def op(self, op_type: str, *inputs: str | None, outputs: int | list[str] = 1, domain: str = "",
+           hint: str | None = None, **attrs) -> str | list[str]:
+        """Append one node; return its output name (or names when ``outputs`` > 1)."""
+        if isinstance(outputs, int):
+            names = [self.fresh(hint or op_type.lower()) for _ in range(outputs)]
+        else:
+            names = list(outputs)
+        ins = ["" if i is None else i for i in inputs]
+        attrs = {k: v for k, v in attrs.items() if v is not None}
+        node = helper.make_node(op_type, ins, names, name=self.fresh(f"onnxplain_{op_type}"), domain=domain, **attrs)
+        self.nodes.append(node)
+        return names[0] if len(names) == 1 and isinstance(outputs, int) and outputs == 1 else names
+
+    def const(self, value, dtype=np.float32, hint: str = "c") -> str:
+        """An initializer holding ``value`` (cached for scalars and small lists)."""
+        arr = np.asarray(value, dtype=dtype)
+        key = None
+        if arr.size <= 16:
+            key = (arr.dtype.str, arr.shape, arr.tobytes())
+            if key in self._consts:
+                return self._consts[key]
+        name = self.fresh(hint)
+        self.initializers.append(numpy_helper.from_array(arr, name))
+        self._types[name] = (helper.np_dtype_to_tensor_dtype(arr.dtype), arr.shape)
+        if key is not None:
+            self._consts[key] = name
+        return name
+
+    def ints(self, values) -> str:
+        return self.const(list(values), np.int64, hint="i")
+
+    def like(self, value, ref: str) -> str:
+        """A scalar constant of the same float type as tensor ``ref``."""
+        et = self.elem_type(ref) or TensorProto.FLOAT
+        return self.const(value, np_dtype(et))
+
+    def add_input(self, name: str, elem_type: int, shape, default: np.ndarray | None = None) -> str:
+        """A graph input; with ``default`` also an initializer of the same name."""
+        self.inputs.append(helper.make_tensor_value_info(name, elem_type, shape))
+        self._types[name] = (elem_type, None if shape is None else tuple(shape))
+        self._used.add(name)
+        if default is not None:
+            self.initializers.append(numpy_helper.from_array(np.asarray(default, dtype=np_dtype(elem_type)), name))
+        return name
+
+    def add_output(self, name: str, elem_type: int | None = None, shape=None) -> None:
+        et = elem_type if elem_type is not None else (self.elem_type(name) or TensorProto.FLOAT)
+        if shape is None:
+            shape = self.shape(name)
+        self.outputs.append(helper.make_tensor_value_info(name, et, None if shape is None else list(shape)))
+
+    def build(self, name: str = "onnxplain") -> onnx.ModelProto:
+        graph = helper.make_graph(self.nodes, name, self.inputs, self.outputs, self.initializers)
+        model = helper.make_model(graph, opset_imports=list(self.model.opset_import))
+        model.ir_version = helper.find_min_ir_version_for(list(model.opset_import), ignore_unknown=True)
+        model.producer_name = "onnxplain"
+        return model
+
+    # ------------------------------------------------------------------ small op helpers
+    def add(self, a, b): return self.op("Add", a, b)
+    def sub(self, a, b): return self.op("Sub", a, b)
+    def mul(self, a, b): return self.op("Mul", a, b)
+    def div(self, a, b): return self.op("Div", a, b)
+    def neg(self, a): return self.op("Neg", a)
+
+    def sum(self, names: list[str]) -> str:
+        if len(names) == 1:
+            return names[0]
+        if len(names) == 2:
+            return self.add(*names)
+        return self.op("Sum", *names)
+
+    def shape_of(self, x: str) -> str:
+        return self.op("Shape", x)
+
+    def reshape(self, x: str, shape: str) -> str:
+        return self.op("Reshape", x, shape)
+
+    def reshape_like(self, x: str, ref: str) -> str:
+        return self.op("Reshape", x, self.shape_of(ref))
+
+    def zeros_like(self, x: str) -> str:
+        et = self.elem_type(x) or TensorProto.FLOAT
+        return self.op("ConstantOfShape", self.shape_of(x),
+                       value=numpy_helper.from_array(np.zeros(1, np_dtype(et))))
+
+    def cast_like(self, x: str, ref: str) -> str:
+        return self.op("CastLike", x, ref)
+
+    def reduce_sum(self, x: str, axes, keepdims: int = 1) -> str:
+        return self.op("ReduceSum", x, self.ints(axes), keepdims=keepdims)
+
+    def reduce(self, op_type: str, x: str, axes, keepdims: int = 1) -> str:
+        """ReduceMean/ReduceMax/... in whichever form this opset takes."""
+        if op_type == "ReduceSum" or self.opset >= 18:
+            return self.op(op_type, x, self.ints(axes), keepdims=keepdims)
+        return self.op(op_type, x, axes=list(axes), keepdims=keepdims)
+
+    def unsqueeze(self, x: str, axes) -> str:
+        return self.op("Unsqueeze", x, self.ints(axes))
+
+    def squeeze(self, x: str, axes) -> str:
+        return self.op("Squeeze", x, self.ints(axes))
+
+    def where(self, cond, a, b): return self.op("Where", cond, a, b)
+
+    def sign_pm1(self, z: str) -> str:
+        """+1 where z >= 0, -1 elsewhere (as float like z)."""
+        return self.where(self.op("GreaterOrEqual", z, self.like(0.0, z)), self.like(1.0, z), self.like(-1.0, z))
+
+
+def _default_opset(model: onnx.ModelProto) -> int:
+    for imp in model.opset_import:
+        if imp.domain in ("", "ai.onnx"):
+            return imp.version
+    return 0

@@ -1,0 +1,169 @@
+"""Table-driven checks of backward rules.
+
+A case is one ONNX node with its inputs.  For each case the backward graph that
+onnxplain emits is checked against
+
+* central finite differences in float64 (``<dy, J dx>`` against ``<J^T dy, dx>``),
+  run in ``onnx.reference``;
+* PyTorch autograd of an equivalent torch function, in float64 (``onnx.reference``)
+  and float32 (onnxruntime).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import TensorProto, helper, numpy_helper
+from onnx.reference import ReferenceEvaluator
+
+from onnxplain.backward import backward
+from onnxplain.converters import normalize
+from onnxplain.graph import GraphBuilder
+
+
+@dataclass
+class Case:
+    """One node to check.
+
+    ``inputs``: a list whose items are a shape tuple (an attributed float input),
+    a numpy array (a constant; a float constant is a weight and gets no cotangent),
+    or ``None`` (an omitted optional input).  ``torch_fn`` receives torch tensors
+    for all non-None inputs, in order, and returns the output explained.
+    """
+
+    name: str
+    op: str
+    inputs: list
+    torch_fn: Callable | None = None
+    attrs: dict = field(default_factory=dict)
+    n_outputs: int = 1
+    output: int = 0
+    opset: int = 17
+    positive: bool = False        # draw attributed inputs from (0.5, 2) instead of N(0, 1)
+    away_from: float | None = None  # keep inputs at least 0.05 from this kink (e.g. 0 for Relu)
+    sampler: Callable | None = None  # custom draw: sampler(rng, shape) -> float64 array
+    fd_rtol: float = 1e-5
+    extra_nodes: list = field(default_factory=list)  # nodes that run after the op (consume "y0")
+
+
+def build_case_model(case: Case, dtype=TensorProto.DOUBLE):
+    np_t = np.float64 if dtype == TensorProto.DOUBLE else np.float32
+    inputs, inits, names, wrt = [], [], [], []
+    for i, spec in enumerate(case.inputs):
+        if spec is None:
+            names.append("")
+            continue
+        name = f"in{i}"
+        names.append(name)
+        if isinstance(spec, tuple):
+            inputs.append(helper.make_tensor_value_info(name, dtype, list(spec)))
+            wrt.append(name)
+        else:
+            arr = np.asarray(spec)
+            if arr.dtype.kind == "f":
+                arr = arr.astype(np_t)
+            inits.append(numpy_helper.from_array(arr, name))
+    outs = [f"y{k}" for k in range(case.n_outputs)]
+    node = helper.make_node(case.op, names, outs, **case.attrs)
+    nodes = [node] + list(case.extra_nodes)
+    final = nodes[-1].output[0] if case.extra_nodes else outs[case.output]
+    def make(out_shape):
+        graph = helper.make_graph(nodes, case.name, inputs,
+                                  [helper.make_tensor_value_info(final, dtype, out_shape)], inits)
+        return helper.make_model(graph, opset_imports=[helper.make_opsetid("", case.opset)])
+
+    probe = {vi.name: np.zeros([d.dim_value for d in vi.type.tensor_type.shape.dim], np_t) for vi in inputs}
+    out_shape = list(np.shape(ReferenceEvaluator(make([])).run([final], probe)[0]))
+    return normalize(make(out_shape), dynamic_batch=False), wrt, final
+
+
+def vjp_model(model: onnx.ModelProto, wrt: list[str], output: str, overrides=None) -> onnx.ModelProto:
+    """Forward + backward of ``output`` seeded with input ``dy``; outputs ``grad_<x>``."""
+    b = GraphBuilder(model)
+    for vi in model.graph.input:
+        if vi.name not in {i.name for i in model.graph.initializer}:
+            b.inputs.append(vi)
+    et = b.elem_type(output)
+    seed = b.add_input("dy", et, b.shape(output))
+    grads = backward(b, output, seed, wrt, overrides=overrides)
+    b.add_output(output)
+    for x in wrt:
+        g = b.op("Identity", grads[x], outputs=[f"grad_{x}"])
+        b.set_type(g[0], et, b.shape(x))
+        b.add_output(g[0], et, b.shape(x))
+    return b.build()
+
+
+def draw(case: Case, rng, shape):
+    if case.sampler is not None:
+        return np.asarray(case.sampler(rng, shape), np.float64)
+    if case.positive:
+        return rng.uniform(0.5, 2.0, shape)
+    x = rng.standard_normal(shape)
+    if case.away_from is not None:
+        near = np.abs(x - case.away_from) < 0.05
+        x[near] += 0.2 * np.sign(x[near] - case.away_from + 1e-12)
+    return x
+
+
+def run_reference(model, feeds):
+    return ReferenceEvaluator(model).run(None, feeds)
+
+
+def check_case(case: Case, seed: int = 0, torch_check: bool = True, ort_check: bool = True):
+    rng = np.random.default_rng(seed)
+    model, wrt, out = build_case_model(case)
+    xs = {n: draw(case, rng, tuple(case.inputs[int(n[2:])])) for n in wrt}
+    fwd = run_reference(model, xs)[0]
+    dy = rng.standard_normal(np.shape(fwd))
+    vm = vjp_model(model, wrt, out)
+    onnx.checker.check_model(vm, full_check=True)
+    res = run_reference(vm, {**xs, "dy": dy})
+    grads = dict(zip([f"grad_{x}" for x in wrt], res[1:]))
+    for x in wrt:
+        assert grads[f"grad_{x}"].shape == xs[x].shape, (case.name, x, grads[f"grad_{x}"].shape, xs[x].shape)
+
+    # finite differences along a random direction, in float64
+    dirs = {x: rng.standard_normal(xs[x].shape) for x in wrt}
+    h = 1e-6
+    plus = run_reference(model, {x: xs[x] + h * dirs[x] for x in wrt})[0]
+    minus = run_reference(model, {x: xs[x] - h * dirs[x] for x in wrt})[0]
+    jvp = float(np.sum(dy * (plus - minus) / (2 * h)))
+    vjp = float(sum(np.sum(grads[f"grad_{x}"] * dirs[x]) for x in wrt))
+    scale = max(1.0, abs(jvp), float(sum(np.abs(grads[f"grad_{x}"]).sum() for x in wrt)) * 1e-3)
+    assert abs(jvp - vjp) <= case.fd_rtol * scale, f"{case.name}: finite differences {jvp} vs VJP {vjp}"
+
+    if torch_check and case.torch_fn is not None:
+        import torch
+        targs = []
+        for i, spec in enumerate(case.inputs):
+            if spec is None:
+                continue
+            if isinstance(spec, tuple):
+                targs.append(torch.tensor(xs[f"in{i}"], requires_grad=True))
+            else:
+                targs.append(torch.tensor(np.asarray(spec)))
+        y = case.torch_fn(*targs)
+        np.testing.assert_allclose(y.detach().numpy(), fwd, rtol=1e-6, atol=1e-8,
+                                   err_msg=f"{case.name}: torch_fn does not compute the same forward")
+        tw = [t for t in targs if t.requires_grad]
+        tg = torch.autograd.grad(y, tw, torch.tensor(dy), allow_unused=True)
+        for x, g in zip(wrt, tg):
+            ref = np.zeros_like(xs[x]) if g is None else g.numpy()
+            np.testing.assert_allclose(grads[f"grad_{x}"], ref, rtol=1e-6, atol=1e-8,
+                                       err_msg=f"{case.name}: gradient of {x} against torch autograd")
+
+    if ort_check:   # the same rule in float32 must run in onnxruntime
+        m32, wrt32, out32 = build_case_model(case, TensorProto.FLOAT)
+        vm32 = vjp_model(m32, wrt32, out32)
+        sess = ort.InferenceSession(vm32.SerializeToString(), providers=["CPUExecutionProvider"])
+        feeds = {x: xs[x].astype(np.float32) for x in wrt32}
+        feeds["dy"] = dy.astype(np.float32)
+        r32 = sess.run(None, feeds)
+        for x, g32 in zip(wrt32, r32[1:]):
+            g64 = grads[f"grad_{x}"]
+            np.testing.assert_allclose(g32, g64, rtol=2e-3, atol=2e-3 * max(1.0, float(np.abs(g64).max())),
+                                       err_msg=f"{case.name}: onnxruntime float32 against reference float64")
