@@ -1,4 +1,15 @@
-"""onnxplain: attribution graphs for any ONNX model."""
-from .errors import ModelError, OnnxplainError, UnsupportedOperatorError
+"""onnxplain: attribution graphs for any ONNX model.
 
-__all__ = ["ModelError", "OnnxplainError", "UnsupportedOperatorError"]
+>>> import onnxplain
+>>> ex = onnxplain.Explainer("model.onnx", method="integrated_gradients")   # builds once
+>>> a = ex.explain(x, target=3)                                            # numpy in, numpy out
+"""
+from .api import Explainer, convert, explain
+from .converters import normalize
+from .errors import ModelError, OnnxplainError, UnsupportedOperatorError
+from .methods import ALIASES, METHODS
+
+__version__ = "0.1.0"
+
+__all__ = ["ALIASES", "METHODS", "Explainer", "ModelError", "OnnxplainError", "UnsupportedOperatorError",
+           "convert", "explain", "normalize"]

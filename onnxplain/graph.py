@@ -22,7 +22,10 @@ def np_dtype(elem_type: int) -> np.dtype:
 class GraphBuilder:
     """Collects nodes and constants on top of a model's forward graph."""
 
-    def __init__(self, model: onnx.ModelProto, min_opset: int = 17):
+    def __init__(self, model: onnx.ModelProto):
+        copy = onnx.ModelProto()
+        copy.CopyFrom(model)  # rules may edit forward nodes (e.g. add MaxPool's Indices output)
+        model = copy
         self.model = model
         self.graph = model.graph
         self.opset = _default_opset(model)
@@ -71,6 +74,14 @@ class GraphBuilder:
             raise ValueError(f"tensor name {name!r} is already used in the model")
         self._used.add(name)
         return name
+
+    def rename(self, old: str, new: str) -> str:
+        """Rename tensor ``old`` to ``new`` wherever a node (or a subgraph) reads or writes it."""
+        _rename_in(self.nodes, old, new)
+        if old in self._types:
+            self._types[new] = self._types[old]
+        self._used.add(new)
+        return new
 
     def elem_type(self, name: str) -> int | None:
         t = self._types.get(name)
@@ -144,7 +155,7 @@ class GraphBuilder:
         self.outputs.append(helper.make_tensor_value_info(name, et, None if shape is None else list(shape)))
 
     def build(self, name: str = "onnxplain") -> onnx.ModelProto:
-        graph = helper.make_graph(self.nodes, name, self.inputs, self.outputs, self.initializers)
+        graph = helper.make_graph(topological_order(self.nodes), name, self.inputs, self.outputs, self.initializers)
         model = helper.make_model(graph, opset_imports=list(self.model.opset_import))
         model.ir_version = helper.find_min_ir_version_for(list(model.opset_import), ignore_unknown=True)
         model.producer_name = "onnxplain"
@@ -201,6 +212,61 @@ class GraphBuilder:
     def sign_pm1(self, z: str) -> str:
         """+1 where z >= 0, -1 elsewhere (as float like z)."""
         return self.where(self.op("GreaterOrEqual", z, self.like(0.0, z)), self.like(1.0, z), self.like(-1.0, z))
+
+
+def topological_order(nodes: list[onnx.NodeProto]) -> list[onnx.NodeProto]:
+    """Nodes ordered so that every tensor is produced before it is read (stable otherwise)."""
+    producer = {o: i for i, n in enumerate(nodes) for o in n.output if o}
+    deps = [{producer[t] for t in _reads(n) if t in producer} for n in nodes]
+    order, state = [], [0] * len(nodes)   # 0 new, 1 on the stack, 2 placed
+    for root in range(len(nodes)):
+        stack = [(root, iter(sorted(deps[root])))]
+        if state[root]:
+            continue
+        state[root] = 1
+        while stack:
+            i, it = stack[-1]
+            nxt = next((d for d in it if state[d] != 2), None)
+            if nxt is None:
+                stack.pop()
+                state[i] = 2
+                order.append(nodes[i])
+            elif state[nxt] == 1:
+                raise ValueError(f"the graph has a cycle through node {nodes[nxt].name!r}")
+            else:
+                state[nxt] = 1
+                stack.append((nxt, iter(sorted(deps[nxt]))))
+    return order
+
+
+def _reads(node: onnx.NodeProto) -> set[str]:
+    """Tensors a node reads, including the outer-scope names its subgraphs read."""
+    names = {i for i in node.input if i}
+    for attr in node.attribute:
+        graphs = [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)
+        for g in graphs:
+            local = {i.name for i in g.input} | {i.name for i in g.initializer}
+            for n in g.node:
+                local.update(n.output)
+            for n in g.node:
+                names.update(t for t in _reads(n) if t not in local)
+    return names
+
+
+def _rename_in(nodes, old: str, new: str) -> None:
+    for node in nodes:
+        for i, name in enumerate(node.input):
+            if name == old:
+                node.input[i] = new
+        for i, name in enumerate(node.output):
+            if name == old:
+                node.output[i] = new
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.GRAPH:
+                _rename_in(attr.g.node, old, new)
+            elif attr.type == onnx.AttributeProto.GRAPHS:
+                for g in attr.graphs:
+                    _rename_in(g.node, old, new)
 
 
 def _default_opset(model: onnx.ModelProto) -> int:

@@ -1,0 +1,287 @@
+"""Explainer: a model and a method -> one explanation graph and one session, reused."""
+from __future__ import annotations
+
+import os
+import tempfile
+import threading
+
+import numpy as np
+import onnx
+from onnx import TensorProto
+
+from .converters import digest, normalize
+from .graph import FLOAT_TYPES, GraphBuilder, np_dtype
+from .methods import Spec, get_method
+from .methods.base import TARGET_WEIGHTS
+from .runtime import DEFAULT_MEMORY_BUDGET, Session, bytes_per_row, rows_per_chunk, select_providers
+from .targets import check_target_weights, target_weights
+
+_CACHE: dict = {}
+_CACHE_LOCK = threading.Lock()
+
+
+class Explainer:
+    """Explains one output of one model with one method.
+
+    The explanation graph and its onnxruntime session are built here, once, and
+    shared by every Explainer of the same (model, method, output, inputs,
+    providers); :meth:`explain` only feeds them.
+
+    Parameters
+    ----------
+    model: a path, bytes or ``onnx.ModelProto``.
+    method: a name from :data:`onnxplain.METHODS` (or a DeepExplain alias).
+    output: the model output to explain (default: the first floating-point one).
+    inputs: the inputs to attribute (default: every floating-point input).
+    providers: onnxruntime providers (default: CUDA when usable, else CPU).
+    memory_budget: bytes one run may use for intermediate tensors; calls are
+        split into chunks of rows (and of integration steps) to stay within it.
+    """
+
+    def __init__(self, model, method: str = "saliency", output: str | None = None, inputs=None,
+                 providers=None, memory_budget: int | None = None):
+        self.method = get_method(method)
+        self.model = normalize(model)
+        self.output = _choose_output(self.model, output)
+        self.spec = _spec(self.model, self.output, inputs)
+        if memory_budget is not None and (not isinstance(memory_budget, (int, np.integer)) or memory_budget <= 0):
+            raise ValueError(f"memory_budget must be a positive number of bytes, got {memory_budget!r}")
+        self.memory_budget = int(memory_budget or DEFAULT_MEMORY_BUDGET)
+        self.providers = select_providers(providers)
+        key = (digest(self.model), self.method.name, self.output, tuple(self.spec.wrt), tuple(map(str, self.providers)))
+        with _CACHE_LOCK:
+            if key not in _CACHE:
+                graph = build_graph(self.model, self.method, self.spec)
+                _CACHE[key] = (graph, Session(graph, self.providers))
+            self.graph, self.session = _CACHE[key]
+        self._bytes_per_row = bytes_per_row(self.model)
+        self._forward = None
+
+    @property
+    def method_name(self) -> str:
+        return self.method.name
+
+    @property
+    def inputs(self) -> list[str]:
+        """The attributed inputs."""
+        return list(self.spec.wrt)
+
+    def save(self, path) -> None:
+        """Write the explanation graph (see :func:`convert`)."""
+        _write_atomically(self.graph, path)
+
+    def explain(self, inputs, target=None, *, target_weights=None, return_convergence_delta: bool = False,
+                **params):
+        """Attributions for ``inputs`` (an array, or a dict by input name).
+
+        ``target``: Captum's forms (None, int, tuple, or one per row); or
+        ``target_weights``: an array shaped like the output (DeepExplain's ys).
+        Method parameters (``n_steps``, ``baselines``, ``nt_samples``, ...) vary
+        per call without rebuilding anything.  Returns an array shaped like the
+        input (a dict by input name when several inputs are attributed), and
+        with ``return_convergence_delta=True`` a pair ``(attributions, delta)``.
+        """
+        params = self.method.check_params(params)
+        if return_convergence_delta and not self.method.has_delta:
+            raise ValueError(f"method {self.method.name!r} has no convergence delta")
+        feeds = self._check_inputs(inputs)
+        n = int(np.shape(feeds[self.spec.wrt[0]])[0])
+        tw = self._target_weights(target, target_weights, feeds, n)
+        parts = self.method.parts(params, self.spec, feeds, self._bytes_per_row, self.memory_budget)
+        names = [self.spec.attribution_name(x) for x in self.spec.wrt]
+        wanted = names + (["delta"] if self.method.has_delta else [])
+        total, delta = None, None
+        for part in parts:
+            out = self._run_rows(feeds, tw, part, n, wanted)
+            if total is None:
+                total = {k: out[k] for k in names}
+                if self.method.has_delta:   # f(x) - f(b) of each row, recovered from the first part
+                    gap = sum(_row_sums(out[k]) for k in names) - out["delta"]
+            else:
+                for k in names:
+                    total[k] = total[k] + out[k]
+        if self.method.has_delta:
+            delta = sum(_row_sums(total[k]) for k in names) - gap
+        result = total[names[0]] if self.spec.single else {x: total[self.spec.attribution_name(x)]
+                                                          for x in self.spec.wrt}
+        return (result, delta) if return_convergence_delta else result
+
+    # ------------------------------------------------------------------ helpers
+    def _run_rows(self, feeds, tw, part, n, wanted):
+        """Run ``part`` over all rows, in chunks sized from the memory budget."""
+        step = rows_per_chunk(self._bytes_per_row, self.method.expansion(part), n, self.memory_budget)
+        chunks = []
+        for start in range(0, n, step):
+            stop = min(n, start + step)
+            run = {k: v[start:stop] for k, v in feeds.items()}
+            run[TARGET_WEIGHTS] = tw[start:stop]
+            run.update(self.method.rows_split(part, start, stop))
+            chunks.append(self.session.run(run, wanted))
+        return {k: np.concatenate([c[k] for c in chunks], axis=0) for k in wanted}
+
+    def _check_inputs(self, inputs) -> dict:
+        model_inputs = _graph_inputs(self.model)
+        if not isinstance(inputs, dict):
+            if len(model_inputs) != 1:
+                raise ValueError(f"the model has {len(model_inputs)} inputs {[vi.name for vi in model_inputs]}; "
+                                 f"pass a dict by input name")
+            inputs = {model_inputs[0].name: inputs}
+        names = [vi.name for vi in model_inputs]
+        missing = [k for k in names if k not in inputs]
+        extra = [k for k in inputs if k not in names]
+        if missing or extra:
+            raise ValueError(f"the model's inputs are {names}; missing {missing}, unexpected {extra}")
+        feeds, rows = {}, None
+        for vi in model_inputs:
+            feeds[vi.name] = value = _check_array(vi, inputs[vi.name])
+            if rows is not None and value.shape[0] != rows:
+                raise ValueError(f"all inputs need the same number of rows; {vi.name!r} has {value.shape[0]}, "
+                                 f"others {rows}")
+            rows = value.shape[0]
+        if rows == 0:
+            raise ValueError("the inputs have no rows")
+        return feeds
+
+    def _target_weights(self, target, weights, feeds, n):
+        et = _elem_type(self.model, self.output)
+        dtype = np_dtype(et)
+        out_shape = self._output_row_shape(feeds)
+        if weights is not None:
+            if target is not None:
+                raise ValueError("give either target or target_weights, not both")
+            return check_target_weights(weights, out_shape, n, dtype)
+        return target_weights(target, out_shape, n, dtype)
+
+    def _output_row_shape(self, feeds) -> tuple:
+        shape = _static_shape(self.model, self.output)
+        if shape is not None and all(isinstance(d, int) for d in shape[1:]):
+            return tuple(shape[1:])
+        if self._forward is None:   # symbolic dims (e.g. sequence length): ask the model itself
+            self._forward = Session(self.model, self.providers)
+        one = {k: v[:1] for k, v in feeds.items()}
+        return tuple(self._forward.run(one, [self.output])[self.output].shape[1:])
+
+
+def build_graph(model: onnx.ModelProto, method, spec: Spec) -> onnx.ModelProto:
+    """The explanation graph of ``method`` over a normalised ``model``."""
+    b = GraphBuilder(model)
+    method.build(b, spec)
+    graph = b.build(f"onnxplain_{method.name}")
+    onnx.checker.check_model(graph)
+    return graph
+
+
+def explain(model, inputs, method: str = "saliency", target=None, **kwargs):
+    """One-shot :meth:`Explainer.explain` (the graph and session are cached all the same)."""
+    ctor = {k: kwargs.pop(k) for k in ("output", "providers", "memory_budget") if k in kwargs}
+    if "inputs_to_attribute" in kwargs:
+        ctor["inputs"] = kwargs.pop("inputs_to_attribute")
+    return Explainer(model, method, **ctor).explain(inputs, target, **kwargs)
+
+
+def convert(model, path, method: str = "saliency", output: str | None = None, inputs=None, **defaults):
+    """Write the standalone explanation graph of ``method`` to ``path``.
+
+    ``defaults`` set the graph's default parameters (e.g. ``n_steps=20``), stored
+    as initializers that a client may override by feeding the input of the same
+    name.  The file is written atomically: nothing is left behind on error.
+    """
+    m = get_method(method, **defaults)
+    model = normalize(model)
+    spec = _spec(model, _choose_output(model, output), inputs)
+    graph = build_graph(model, m, spec)
+    _write_atomically(graph, path)
+    return graph
+
+
+# ---------------------------------------------------------------------- model facts
+def _graph_inputs(model):
+    inits = {i.name for i in model.graph.initializer}
+    return [vi for vi in model.graph.input if vi.name not in inits]
+
+
+def _elem_type(model, name):
+    for vi in list(model.graph.output) + list(model.graph.value_info) + list(model.graph.input):
+        if vi.name == name:
+            return vi.type.tensor_type.elem_type
+    return TensorProto.FLOAT
+
+
+def _static_shape(model, name):
+    for vi in list(model.graph.output) + list(model.graph.value_info):
+        if vi.name == name and vi.type.tensor_type.HasField("shape"):
+            return tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
+                         for d in vi.type.tensor_type.shape.dim)
+    return None
+
+
+def _choose_output(model, output):
+    names = [o.name for o in model.graph.output]
+    if output is not None:
+        if output not in names:
+            raise ValueError(f"output {output!r} is not an output of the model; its outputs are {names}")
+        if model.graph.output[names.index(output)].type.tensor_type.elem_type not in FLOAT_TYPES:
+            raise ValueError(f"output {output!r} is not floating point; only float outputs can be explained")
+        return output
+    for o in model.graph.output:
+        if o.type.tensor_type.elem_type in FLOAT_TYPES:
+            return o.name
+    raise ValueError(f"the model has no floating-point output to explain (outputs: {names})")
+
+
+def _spec(model, output, inputs) -> Spec:
+    graph_inputs = _graph_inputs(model)
+    names = [vi.name for vi in graph_inputs]
+    floats = [vi.name for vi in graph_inputs if vi.type.tensor_type.elem_type in FLOAT_TYPES]
+    if inputs is None:
+        wrt = floats
+    else:
+        wrt = [inputs] if isinstance(inputs, str) else list(inputs)
+        bad = [x for x in wrt if x not in floats]
+        if bad:
+            raise ValueError(f"cannot attribute {bad}: the model's floating-point inputs are {floats}")
+    if not wrt:
+        raise ValueError(f"the model has no floating-point input to attribute (inputs: {names})")
+    for vi in graph_inputs:
+        if vi.name in wrt and len(vi.type.tensor_type.shape.dim) == 0:
+            raise ValueError(f"input {vi.name!r} has no batch dimension; onnxplain needs batch-first inputs")
+    return Spec(model, output, wrt, [x for x in names if x not in wrt])
+
+
+def _check_array(vi, value) -> np.ndarray:
+    tt = vi.type.tensor_type
+    expected = tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in tt.shape.dim)
+    want = np_dtype(tt.elem_type)
+    try:
+        arr = np.asarray(value)
+    except Exception as e:
+        raise ValueError(f"input {vi.name!r}: expected an array of {want} with shape {expected}: {e}") from e
+    if want.kind == "f" and arr.dtype.kind not in "f":
+        raise ValueError(f"input {vi.name!r} must be a floating-point array ({want}), got dtype {arr.dtype}")
+    if want.kind in "iu" and arr.dtype.kind not in "iu":
+        raise ValueError(f"input {vi.name!r} must be an integer array ({want}), got dtype {arr.dtype}")
+    if want.kind == "b" and arr.dtype.kind != "b":
+        raise ValueError(f"input {vi.name!r} must be a boolean array, got dtype {arr.dtype}")
+    if arr.ndim != len(expected) or any(isinstance(e, int) and e != g for e, g in zip(expected[1:], arr.shape[1:])):
+        raise ValueError(f"input {vi.name!r} must have shape {expected} (batch first), got {arr.shape}")
+    return np.ascontiguousarray(arr.astype(want, copy=False))
+
+
+def _row_sums(a: np.ndarray) -> np.ndarray:
+    return a.reshape(a.shape[0], -1).sum(axis=1, dtype=np.float64)
+
+
+def _write_atomically(model: onnx.ModelProto, path) -> None:
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise ValueError(f"cannot write {path!r}: folder {folder!r} does not exist")
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".onnxplain-", suffix=".onnx")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(model.SerializeToString())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise

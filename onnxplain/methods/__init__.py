@@ -1,0 +1,36 @@
+"""The methods, one module each, found by name or alias."""
+from __future__ import annotations
+
+from .base import Method, Spec
+from .gradient import Gradient, InputXGradient, Saliency
+from .integrated_gradients import IntegratedGradients
+from .noise_tunnel import SmoothGrad, SmoothGradSquared, VarGrad
+
+_CLASSES = [Saliency, Gradient, InputXGradient, IntegratedGradients, SmoothGrad, SmoothGradSquared, VarGrad]
+
+METHODS: tuple[str, ...] = tuple(c.name for c in _CLASSES)
+ALIASES: dict[str, str] = {alias: c.name for c in _CLASSES for alias in c.aliases}
+
+
+def canonical_name(name: str) -> str:
+    if not isinstance(name, str):
+        raise TypeError(f"method must be a string, got {type(name).__name__}")
+    key = name.strip().lower()
+    if key in METHODS:
+        return key
+    if key in ALIASES:
+        return ALIASES[key]
+    valid = ", ".join(METHODS)
+    aliases = ", ".join(f"{a} -> {c}" for a, c in sorted(ALIASES.items()))
+    raise ValueError(f"unknown method {name!r}; valid methods: {valid} (aliases: {aliases})")
+
+
+def get_method(name: str, **graph_defaults) -> Method:
+    """An instance of the method called ``name``, with its graph's default parameters overridden."""
+    cls = next(c for c in _CLASSES if c.name == canonical_name(name))
+    method = cls()
+    method.defaults = method.check_params(graph_defaults)
+    return method
+
+
+__all__ = ["ALIASES", "METHODS", "Method", "Spec", "canonical_name", "get_method"]

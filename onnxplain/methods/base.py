@@ -1,0 +1,211 @@
+"""What every method shares: the graph's interface and the row blocks of a run.
+
+An explanation graph runs the model once on an *expanded batch*: a stack of
+blocks of ``N`` rows each (integration steps, noisy copies, the inputs
+themselves, the baselines).  The model's inputs are renamed inside the graph so
+that a method's prelude can build those blocks from the graph inputs of the
+same names; the model's outputs are renamed so that the graph can return the
+rows that belong to the unmodified inputs under the original names.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+from onnx import TensorProto
+
+from ..graph import GraphBuilder, np_dtype
+
+TARGET_WEIGHTS = "target_weights"
+
+
+@dataclass
+class Spec:
+    """The model-side facts a method builds its graph from."""
+
+    model: onnx.ModelProto           # normalised
+    output: str                      # the explained output
+    wrt: list[str]                   # attributed inputs
+    passthrough: list[str] = field(default_factory=list)  # other model inputs, fed unchanged
+
+    @property
+    def single(self) -> bool:
+        return len(self.wrt) == 1
+
+    def param(self, base: str, x: str) -> str:
+        """Name of a per-input graph parameter: ``base`` alone, or ``base_<input>`` with several inputs."""
+        return base if self.single else f"{base}_{x}"
+
+    def attribution_name(self, x: str) -> str:
+        return self.param("attributions", x)
+
+    def input_info(self, name: str) -> onnx.ValueInfoProto:
+        for vi in self.model.graph.input:
+            if vi.name == name:
+                return vi
+        raise KeyError(name)
+
+
+class Method:
+    """A method: how its graph is built and what it is fed per call."""
+
+    name: str = ""
+    aliases: tuple[str, ...] = ()
+    has_delta: bool = False
+    forward_only: bool = False
+    #: parameters ``explain`` accepts, with their defaults
+    defaults: dict = {}
+    #: per-row parameter feeds (by name prefix) and the axis that indexes rows
+    row_axes: dict = {}
+
+    def build(self, b: GraphBuilder, spec: Spec) -> None:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def check_params(self, params: dict) -> dict:
+        """Validate call parameters (before anything runs); return them normalised."""
+        unknown = sorted(set(params) - set(self.defaults))
+        if unknown:
+            valid = ", ".join(sorted(self.defaults)) or "none"
+            raise TypeError(f"method {self.name!r} got unexpected parameter(s) {unknown}; it accepts: {valid}")
+        return {**self.defaults, **params}
+
+    def parts(self, params: dict, spec: Spec, inputs: dict, bytes_per_row: int, budget: int) -> list[dict]:
+        """Graph parameter feeds for one call; several when the call is split into additive parts."""
+        return [{}]
+
+    def expansion(self, part: dict) -> int:
+        """Rows of the expanded batch per input row for this part."""
+        return 1
+
+    def rows_split(self, part: dict, start: int, stop: int) -> dict:
+        """The feeds of ``part`` for input rows ``[start, stop)``."""
+        out = {}
+        for key, value in part.items():
+            axis = next((a for p, a in self.row_axes.items() if key == p or key.startswith(p + "_")), None)
+            if axis is not None and np.ndim(value) > axis and np.shape(value)[axis] > 1:
+                value = np.take(value, np.arange(start, stop), axis=axis)
+            out[key] = value
+        return out
+
+
+def baseline_feeds(spec: Spec, baselines, inputs: dict) -> dict:
+    """Per-input baseline arrays, shaped like the input, like one row of it (batch 1), or all ones.
+
+    Forms (Captum's): ``None`` (zeros), a scalar, an array shaped like the input
+    or like one row of it, one of these per input (tuple/list, in the order of the
+    attributed inputs), or a dict by input name (missing names get zeros).
+    """
+    if isinstance(baselines, dict):
+        unknown = sorted(set(baselines) - set(spec.wrt))
+        if unknown:
+            raise ValueError(f"baselines given for {unknown}, which are not attributed inputs {spec.wrt}")
+        given = {x: baselines.get(x) for x in spec.wrt}
+    elif isinstance(baselines, (tuple, list)) and not spec.single:
+        if len(baselines) != len(spec.wrt):
+            raise ValueError(f"{len(baselines)} baselines given for {len(spec.wrt)} attributed inputs {spec.wrt}")
+        given = dict(zip(spec.wrt, baselines))
+    elif not spec.single and baselines is not None and np.ndim(baselines) > 0:
+        raise ValueError(f"with several attributed inputs {spec.wrt}, give baselines as a scalar, a tuple "
+                         f"(one per input) or a dict by input name")
+    else:
+        given = {x: baselines for x in spec.wrt}
+    feeds = {}
+    for x, value in given.items():
+        xv = np.asarray(inputs[x])
+        v = np.asarray(0.0 if value is None else value, dtype=xv.dtype)
+        if v.ndim == 0:
+            v = v.reshape((1,) * xv.ndim)
+        elif v.shape == xv.shape[1:]:
+            v = v[None]
+        elif not (v.shape == xv.shape or (v.ndim == xv.ndim and v.shape[0] == 1 and v.shape[1:] == xv.shape[1:])):
+            raise ValueError(f"baselines for input {x!r} must be a scalar or shaped like the input {xv.shape} "
+                             f"or like one row of it {(1,) + xv.shape[1:]}, got shape {v.shape}")
+        feeds[spec.param("baselines", x)] = np.ascontiguousarray(v)
+    return feeds
+
+
+# ---------------------------------------------------------------------- graph pieces
+def open_forward(b: GraphBuilder, spec: Spec) -> tuple[dict, dict]:
+    """Declare the model's inputs and rename the forward graph's inputs and outputs.
+
+    Returns ``(inside, outputs)``: the internal names the forward pass reads its
+    inputs from (to be produced by the method's prelude), and the internal
+    names of the model's outputs.
+    """
+    inside = {}
+    for vi in spec.model.graph.input:
+        if vi.name in {i.name for i in spec.model.graph.initializer}:
+            continue
+        b.inputs.append(vi)
+        inside[vi.name] = b.rename(vi.name, b.fresh(f"{vi.name}__rows"))
+    outputs = {}
+    for vi in spec.model.graph.output:
+        outputs[vi.name] = b.rename(vi.name, b.fresh(f"{vi.name}__rows"))
+    return inside, outputs
+
+
+def declare_target_weights(b: GraphBuilder, spec: Spec) -> str:
+    et = b.elem_type(spec.output) or TensorProto.FLOAT
+    return b.add_input(TARGET_WEIGHTS, et, b.shape(spec.output))
+
+
+def declare_param(b: GraphBuilder, name: str, elem_type: int, rank: int, default) -> str:
+    """A method parameter: a graph input with a default initializer of the same name."""
+    shape = [f"{name}_d{i}" for i in range(rank)]
+    return b.add_input(name, elem_type, shape, default=None if default is None else np.asarray(default))
+
+
+def batch_rows(b: GraphBuilder, x: str) -> str:
+    """``[N]``: the number of rows of ``x`` as a 1-D int64 tensor."""
+    return b.op("Slice", b.shape_of(x), b.ints([0]), b.ints([1]))
+
+
+def row_shape(b: GraphBuilder, x: str) -> str:
+    """The shape of one row of ``x`` (1-D int64)."""
+    return b.op("Slice", b.shape_of(x), b.ints([1]), b.ints([np.iinfo(np.int64).max]))
+
+
+def tile_rows(b: GraphBuilder, t: str, times: str, rank: int) -> str:
+    """Repeat the rows block of ``t`` ``times`` (1-D int64 [K]) times along axis 0."""
+    reps = b.op("Concat", times, b.ints([1] * (rank - 1)), axis=0) if rank > 1 else times
+    return b.op("Tile", t, reps)
+
+
+def rows(b: GraphBuilder, t: str, start: str, count: str) -> str:
+    """Rows ``[start, start + count)`` of ``t`` (start and count 1-D int64)."""
+    return b.op("Slice", t, start, b.add(start, count), b.ints([0]))
+
+
+def split_steps(b: GraphBuilder, g: str, steps: str, x: str) -> str:
+    """Reshape the first ``S*N`` rows of ``g`` into ``(S, N, *row)``."""
+    n = batch_rows(b, x)
+    head = rows(b, g, b.ints([0]), b.mul(steps, n))
+    return b.reshape(head, b.op("Concat", steps, b.shape_of(x), axis=0))
+
+
+def flatten_steps(b: GraphBuilder, t: str, x: str) -> str:
+    """``(S, N, *row)`` -> ``(S*N, *row)``."""
+    return b.reshape(t, b.op("Concat", b.ints([-1]), row_shape(b, x), axis=0))
+
+
+def per_row_sum(b: GraphBuilder, t: str, rank: int) -> str:
+    """Sum over every axis but the first: shape ``(N,)``."""
+    if rank == 1:
+        return t
+    return b.reduce_sum(t, list(range(1, rank)), keepdims=0)
+
+
+def emit_outputs(b: GraphBuilder, spec: Spec, outputs: dict, start: str | None, n: str | None) -> dict:
+    """The model's own outputs under their names: rows ``[start, start+n)`` of the expanded run."""
+    picked = {}
+    for name, internal in outputs.items():
+        value = internal if start is None else rows(b, internal, start, n)
+        b.op("Identity", value, outputs=[name])
+        b.add_output(name, b.elem_type(internal), b.shape(internal))
+        picked[name] = internal if start is None else value
+    return picked
+
+
+def float_dtype(b: GraphBuilder, x: str) -> np.dtype:
+    return np_dtype(b.elem_type(x) or TensorProto.FLOAT)

@@ -1,0 +1,135 @@
+"""Integrated gradients (Sundararajan et al., 2017), every step of a chunk in one run.
+
+The expanded batch is ``S`` blocks of interpolated rows ``b + alpha_s (x - b)``,
+then the inputs ``x`` and the baselines ``b`` (for the model's outputs and the
+convergence delta).  The seed of step ``s`` is ``alpha_weight_s * target_weights``,
+so summing the step cotangents performs the quadrature; the baseline and input
+blocks are seeded with zeros.
+"""
+from __future__ import annotations
+
+import numpy as np
+from onnx import TensorProto
+
+from ..backward import backward
+from .base import (Method, Spec, baseline_feeds, batch_rows, declare_param, declare_target_weights, emit_outputs,
+                   flatten_steps, per_row_sum, split_steps, tile_rows)
+
+SCHEMES = ("gausslegendre", "riemann_left", "riemann_right", "riemann_middle", "riemann_trapezoid")
+
+
+def quadrature(n_steps: int, method: str = "gausslegendre") -> tuple[np.ndarray, np.ndarray]:
+    """``(alphas, weights)`` on [0, 1] for the integration schemes Captum offers."""
+    if method not in SCHEMES:
+        raise ValueError(f"unknown integration method {method!r}; choose one of {', '.join(SCHEMES)}")
+    if not isinstance(n_steps, (int, np.integer)) or isinstance(n_steps, bool) or n_steps < 1:
+        raise ValueError(f"n_steps must be a positive int, got {n_steps!r}")
+    n = int(n_steps)
+    if method == "gausslegendre":
+        nodes, weights = np.polynomial.legendre.leggauss(n)
+        return 0.5 * (nodes + 1.0), 0.5 * weights
+    if n < 2:
+        raise ValueError(f"the Riemann schemes need n_steps >= 2, got {n}")
+    weights = np.full(n, 1.0 / n)
+    kind = method.split("_")[1]
+    if kind == "trapezoid":   # Captum's trapezoid: equal steps, end points halved
+        weights[0] /= 2
+        weights[-1] /= 2
+        return np.linspace(0.0, 1.0, n), weights
+    start = {"left": 0.0, "right": 1.0 / n, "middle": 0.5 / n}[kind]
+    return start + np.arange(n) / n, weights
+
+
+class IntegratedGradients(Method):
+    name = "integrated_gradients"
+    aliases = ("intgrad", "ig")
+    has_delta = True
+    defaults = {"n_steps": 50, "method": "gausslegendre", "baselines": None, "internal_batch_size": None}
+    row_axes = {"baselines": 0}
+
+    def build(self, b, spec: Spec) -> None:
+        from .base import open_forward
+        inside, outputs = open_forward(b, spec)
+        alphas_default, weights_default = quadrature(self.defaults["n_steps"], self.defaults["method"])
+        first = spec.wrt[0]
+        ftype = b.elem_type(first) or TensorProto.FLOAT
+        alphas = declare_param(b, "alphas", ftype, 1, alphas_default)
+        alpha_weights = declare_param(b, "alpha_weights", ftype, 1, weights_default)
+        tw = declare_target_weights(b, spec)
+        steps = b.shape_of(alphas)
+        n = batch_rows(b, first)
+        blocks = b.add(steps, b.ints([2]))
+
+        diffs = {}
+        for x in spec.wrt:
+            rank = b.rank(x)
+            default = np.full((1,) * rank, float(self.defaults["baselines"] or 0.0))
+            base = declare_param(b, spec.param("baselines", x), b.elem_type(x), rank, default)
+            base_rows = b.op("Expand", base, b.shape_of(x))
+            diff = b.sub(x, base_rows)
+            diffs[x] = diff
+            alpha_col = b.reshape(b.cast_like(alphas, x), b.ints([-1] + [1] * (rank + 0)))
+            scaled = b.add(b.unsqueeze(base_rows, [0]), b.mul(alpha_col, b.unsqueeze(diff, [0])))
+            b.op("Concat", flatten_steps(b, scaled, x), x, base_rows, axis=0, outputs=[inside[x]])
+        for p in spec.passthrough:
+            b.op("Identity", tile_rows(b, p, blocks, b.rank(p)), outputs=[inside[p]])
+
+        out_rank = b.rank(spec.output)
+        w_col = b.reshape(alpha_weights, b.ints([-1] + [1] * out_rank))
+        step_seeds = flatten_steps(b, b.mul(w_col, b.unsqueeze(tw, [0])), tw)
+        zeros = b.zeros_like(tw)
+        seed = b.op("Concat", step_seeds, zeros, zeros, axis=0)
+
+        out_rows = outputs[spec.output]
+        picked = emit_outputs(b, spec, outputs, b.mul(steps, n), n)
+        grads = backward(b, out_rows, seed, [inside[x] for x in spec.wrt])
+
+        totals = []
+        for x in spec.wrt:
+            per_step = split_steps(b, grads[inside[x]], steps, x)
+            attr = b.mul(b.reduce_sum(per_step, [0], keepdims=0), diffs[x])
+            name = spec.attribution_name(x)
+            b.op("Identity", attr, outputs=[name])
+            b.add_output(name, b.elem_type(x), b.shape(x))
+            totals.append(per_row_sum(b, attr, b.rank(x)))
+        f_x = per_row_sum(b, b.mul(tw, picked[spec.output]), out_rank)
+        f_b = per_row_sum(b, b.mul(tw, _rows_after(b, out_rows, steps, n)), out_rank)
+        b.op("Sub", b.sum(totals), b.sub(f_x, f_b), outputs=["delta"])
+        b.add_output("delta", b.elem_type(spec.output), [b.shape(spec.output)[0]])
+
+    # --------------------------------------------------------------- per call
+    def check_params(self, params):
+        p = super().check_params(params)
+        quadrature(p["n_steps"], p["method"])  # validates both
+        ibs = p["internal_batch_size"]
+        if ibs is not None and (not isinstance(ibs, (int, np.integer)) or ibs < 1):
+            raise ValueError(f"internal_batch_size must be a positive int or None, got {ibs!r}")
+        return p
+
+    def parts(self, params, spec, inputs, bytes_per_row, budget):
+        """One part per chunk of integration steps; a chunk's steps fit the budget for one row."""
+        alphas, weights = quadrature(params["n_steps"], params["method"])
+        dtype = np.asarray(next(iter(inputs.values()))).dtype if inputs else np.float32
+        per_row = max(1, bytes_per_row)
+        fit = max(1, budget // per_row - 2)
+        if params["internal_batch_size"] is not None:   # Captum's cap on expanded rows per run
+            fit = min(fit, max(1, params["internal_batch_size"] // max(1, _rows(inputs, spec))))
+        bases = baseline_feeds(spec, params["baselines"], inputs)
+        parts = []
+        for start in range(0, len(alphas), fit):
+            parts.append({"alphas": alphas[start:start + fit].astype(dtype),
+                          "alpha_weights": weights[start:start + fit].astype(dtype), **bases})
+        return parts
+
+    def expansion(self, part):
+        return len(part["alphas"]) + 2
+
+
+def _rows(inputs, spec):
+    return int(np.shape(inputs[spec.wrt[0]])[0])
+
+
+def _rows_after(b, out_rows, steps, n):
+    """The last block of rows (the baselines') of the expanded output."""
+    start = b.add(b.mul(steps, n), n)
+    return b.op("Slice", out_rows, start, b.add(start, n), b.ints([0]))

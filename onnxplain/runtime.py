@@ -1,0 +1,131 @@
+"""Sessions, providers, IO binding and memory-budget chunking.
+
+One session is built per explanation graph and reused for every call and batch
+size.  CUDA is used when onnxruntime can really create it (a GPU and its
+libraries are present); otherwise the CPU, quietly.
+"""
+from __future__ import annotations
+
+import functools
+import threading
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+CPU = "CPUExecutionProvider"
+CUDA = "CUDAExecutionProvider"
+DEFAULT_MEMORY_BUDGET = 1 << 30  # bytes of intermediate tensors one run may use
+
+
+@functools.lru_cache(maxsize=None)
+def cuda_usable() -> bool:
+    """True when a CUDA session can actually be created here (probed once, silently)."""
+    if CUDA not in ort.get_available_providers():
+        return False
+    probe = _probe_model()
+    previous = _quiet_logging(4)
+    try:
+        so = ort.SessionOptions()
+        so.log_severity_level = 4
+        sess = ort.InferenceSession(probe, so, providers=[CUDA, CPU])
+        return CUDA in sess.get_providers()
+    except Exception:
+        return False
+    finally:
+        ort.set_default_logger_severity(previous)
+
+
+def select_providers(providers=None) -> list[str]:
+    """The providers to use: the ones asked for, else CUDA when usable, else CPU."""
+    if providers is not None:
+        providers = [providers] if isinstance(providers, str) else list(providers)
+        available = ort.get_available_providers()
+        unknown = [p for p in providers if (p[0] if isinstance(p, tuple) else p) not in available]
+        if unknown:
+            raise ValueError(f"providers {unknown} are not available in this onnxruntime; available: {available}")
+        return providers
+    return [CUDA, CPU] if cuda_usable() else [CPU]
+
+
+class Session:
+    """One onnxruntime session over an explanation graph, reused for every call."""
+
+    def __init__(self, model: onnx.ModelProto, providers=None, threads: int | None = None):
+        self.providers = select_providers(providers)
+        so = ort.SessionOptions()
+        so.log_severity_level = 3
+        if threads:
+            so.intra_op_num_threads = threads
+        previous = _quiet_logging()
+        try:
+            self._sess = ort.InferenceSession(model.SerializeToString(), so, providers=self.providers)
+        finally:
+            ort.set_default_logger_severity(previous)
+        self.on_cuda = CUDA in self._sess.get_providers()
+        self.input_names = [i.name for i in self._sess.get_inputs()]
+        self.output_names = [o.name for o in self._sess.get_outputs()]
+        self._lock = threading.Lock()
+
+    def run(self, feeds: dict[str, np.ndarray], outputs: list[str] | None = None) -> dict[str, np.ndarray]:
+        outputs = list(outputs or self.output_names)
+        if self.on_cuda:
+            return self._run_bound(feeds, outputs)
+        return dict(zip(outputs, self._sess.run(outputs, feeds)))
+
+    def _run_bound(self, feeds, outputs):
+        """CUDA: inputs copied once, outputs kept on the device until the run ends."""
+        with self._lock:
+            binding = self._sess.io_binding()
+            for name, value in feeds.items():
+                binding.bind_cpu_input(name, np.ascontiguousarray(value))
+            for name in outputs:
+                binding.bind_output(name, "cuda")
+            self._sess.run_with_iobinding(binding)
+            values = binding.copy_outputs_to_cpu()
+        return dict(zip(outputs, values))
+
+
+def rows_per_chunk(bytes_per_row: int, expansion: int, n_rows: int, budget: int | None) -> int:
+    """How many input rows fit one run when every row expands into ``expansion`` rows."""
+    budget = DEFAULT_MEMORY_BUDGET if budget is None else int(budget)
+    per = max(1, int(bytes_per_row)) * max(1, int(expansion))
+    return int(max(1, min(n_rows, budget // per)))
+
+
+def bytes_per_row(model: onnx.ModelProto, factor: float = 3.0) -> int:
+    """Estimate of the bytes one batch row costs in a forward + backward run.
+
+    Sums the per-row sizes of the model's floating tensors (shape inference,
+    batch first); ``factor`` covers the cotangents and temporaries of the
+    backward pass.  Unknown dimensions count as 64.
+    """
+    total = 0
+    infos = list(model.graph.value_info) + list(model.graph.input) + list(model.graph.output)
+    for vi in infos:
+        tt = vi.type.tensor_type
+        if not vi.type.HasField("tensor_type") or tt.elem_type not in (1, 10, 11, 16):
+            continue
+        dims = list(tt.shape.dim)[1:]
+        n = 1
+        for d in dims:
+            n *= d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else 64
+        total += n * np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tt.elem_type)).itemsize
+    return int(total * factor)
+
+
+def _quiet_logging(level: int = 3) -> int:
+    """Raise onnxruntime's default log level; return the level to restore."""
+    previous = 2  # onnxruntime's default (warning); it offers no getter
+    ort.set_default_logger_severity(level)
+    return previous
+
+
+def _probe_model() -> bytes:
+    from onnx import TensorProto, helper
+    g = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "probe",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+    m.ir_version = 7
+    return m.SerializeToString()

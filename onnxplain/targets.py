@@ -1,0 +1,65 @@
+"""Captum-style target forms -> ``target_weights`` (DeepExplain's ``ys``).
+
+``target_weights`` has the explained output's shape, batch first; the explained
+scalar of row ``n`` is ``sum(target_weights[n] * output[n])``.
+"""
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+
+
+def target_weights(target, out_shape: tuple, n_rows: int, dtype=np.float32) -> np.ndarray:
+    """Weights selecting, per row, the output element(s) that ``target`` names.
+
+    ``out_shape`` is the per-row shape of the output (without the batch).
+    Forms: ``None`` (the output has one value per row), an int (2-D outputs),
+    a tuple (one index per non-batch dimension), or a list/array with one int
+    or tuple per row.
+    """
+    out_shape = tuple(int(d) for d in out_shape)
+    w = np.zeros((n_rows,) + out_shape, dtype=dtype)
+    if target is None:
+        if int(np.prod(out_shape)) != 1:
+            raise ValueError(f"target=None needs an output with one value per row, but each row of the output "
+                             f"has shape {out_shape}; pass target=<index> (or a tuple, or one per row)")
+        w[...] = 1
+        return w
+    if isinstance(target, (numbers.Integral, tuple)):
+        index = _index(target, out_shape)
+        w[(slice(None),) + index] = 1
+        return w
+    rows = list(np.asarray(target).tolist()) if isinstance(target, np.ndarray) else list(target)
+    if len(rows) != n_rows:
+        raise ValueError(f"a target per row needs {n_rows} entries (one for each input row), got {len(rows)}")
+    for n, t in enumerate(rows):
+        t = tuple(t) if isinstance(t, list) else t
+        w[(n,) + _index(t, out_shape)] = 1
+    return w
+
+
+def check_target_weights(weights, out_shape: tuple, n_rows: int, dtype=np.float32) -> np.ndarray:
+    """``target_weights`` given by the caller: shaped like the output, or like one row of it."""
+    w = np.asarray(weights, dtype=dtype)
+    full = (n_rows,) + tuple(out_shape)
+    if w.shape == tuple(out_shape):
+        w = np.broadcast_to(w, full)
+    if w.shape != full:
+        raise ValueError(f"target_weights must have the output's shape {full} (or one row of it, "
+                         f"{tuple(out_shape)}), got {w.shape}")
+    return np.ascontiguousarray(w)
+
+
+def _index(t, out_shape: tuple) -> tuple:
+    if isinstance(t, numbers.Integral) and not isinstance(t, bool):
+        t = (int(t),)
+    if not isinstance(t, tuple) or not all(isinstance(i, numbers.Integral) and not isinstance(i, bool) for i in t):
+        raise ValueError(f"a target must be an int or a tuple of ints, got {t!r}")
+    if len(t) != len(out_shape):
+        raise ValueError(f"the output has {len(out_shape)} non-batch dimension(s) {out_shape}, so a target needs "
+                         f"{len(out_shape)} index(es); got {t!r}")
+    for i, d in zip(t, out_shape):
+        if not -d <= i < d:
+            raise ValueError(f"target {t!r} is out of range for an output whose rows have shape {out_shape}")
+    return tuple(int(i) % d for i, d in zip(t, out_shape))
