@@ -1,0 +1,290 @@
+"""The Explainer's contract: build once, feed everything, validate before running."""
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+import onnxplain
+from onnxplain import api, runtime
+from onnxplain.methods.integrated_gradients import quadrature
+
+RNG = np.random.default_rng(0)
+W1 = RNG.standard_normal((8, 5)).astype(np.float32)
+B1 = RNG.standard_normal(8).astype(np.float32)
+W2 = RNG.standard_normal((3, 8)).astype(np.float32)
+B2 = RNG.standard_normal(3).astype(np.float32)
+
+
+def mlp_model(with_mask: bool = False) -> onnx.ModelProto:
+    """x -> Gemm -> Relu -> Gemm (-> * mask, an int input passed through)."""
+    inits = [numpy_helper.from_array(a, n) for a, n in [(W1, "W1"), (B1, "B1"), (W2, "W2"), (B2, "B2")]]
+    nodes = [helper.make_node("Gemm", ["x", "W1", "B1"], ["h"], transB=1),
+             helper.make_node("Relu", ["h"], ["r"]),
+             helper.make_node("Gemm", ["r", "W2", "B2"], ["logits" if not with_mask else "z"], transB=1)]
+    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 5])]
+    if with_mask:
+        inputs.append(helper.make_tensor_value_info("mask", TensorProto.INT64, ["n", 3]))
+        nodes += [helper.make_node("Cast", ["mask"], ["maskf"], to=TensorProto.FLOAT),
+                  helper.make_node("Mul", ["z", "maskf"], ["logits"])]
+    outputs = [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["n", 3])]
+    g = helper.make_graph(nodes, "mlp", inputs, outputs, inits)
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def forward(x):
+    return np.maximum(x @ W1.T + B1, 0) @ W2.T + B2
+
+
+def grad(x, weights):
+    """Analytic gradient of sum(weights * f(x)) (float64)."""
+    z = x.astype(np.float64) @ W1.T + B1
+    return ((weights @ W2) * (z > 0)) @ W1
+
+
+def one_hot(targets, n=3):
+    w = np.zeros((len(targets), n))
+    w[np.arange(len(targets)), targets] = 1
+    return w
+
+
+def ig_reference(x, base, targets, n_steps=50, scheme="gausslegendre"):
+    alphas, weights = quadrature(n_steps, scheme)
+    total = sum(w * grad(base + a * (x - base), one_hot(targets)) for a, w in zip(alphas, weights))
+    return (x - base) * total
+
+
+@pytest.fixture(scope="module")
+def model_bytes():
+    return mlp_model().SerializeToString()
+
+
+X = RNG.standard_normal((4, 5)).astype(np.float32)
+
+
+def test_saliency_and_input_x_gradient_match_the_analytic_gradient(model_bytes):
+    g = grad(X, one_hot([0, 1, 2, 1]))
+    sal = onnxplain.Explainer(model_bytes, "saliency").explain(X, target=[0, 1, 2, 1])
+    np.testing.assert_allclose(sal, np.abs(g), rtol=1e-5, atol=1e-5)
+    ixg = onnxplain.Explainer(model_bytes, "grad*input").explain(X, target=[0, 1, 2, 1])
+    np.testing.assert_allclose(ixg, X * g, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("scheme", ["gausslegendre", "riemann_left", "riemann_right", "riemann_middle",
+                                    "riemann_trapezoid"])
+def test_integrated_gradients_match_a_quadrature_written_here(model_bytes, scheme):
+    ex = onnxplain.Explainer(model_bytes, "integrated_gradients")
+    base = np.full((1, 5), 0.25, np.float32)
+    a, delta = ex.explain(X, target=2, n_steps=16, method=scheme, baselines=base, return_convergence_delta=True)
+    np.testing.assert_allclose(a, ig_reference(X, base, [2] * 4, 16, scheme), rtol=1e-4, atol=1e-5)
+    completeness = a.sum(1) - (forward(X)[:, 2] - forward(base)[0, 2])
+    np.testing.assert_allclose(delta, completeness, rtol=1e-4, atol=1e-5)
+
+
+def test_nothing_is_rebuilt_between_calls(model_bytes, monkeypatch):
+    builds, sessions = [], []
+    real_build, real_session = api.build_graph, api.Session
+    monkeypatch.setattr(api, "build_graph", lambda *a, **k: builds.append(1) or real_build(*a, **k))
+    monkeypatch.setattr(api, "Session", lambda *a, **k: sessions.append(1) or real_session(*a, **k))
+    api._CACHE.clear()
+    ex = onnxplain.Explainer(model_bytes, "integrated_gradients")
+    runs = []
+    real_run = ex.session.run
+    monkeypatch.setattr(ex.session, "run", lambda *a, **k: runs.append(1) or real_run(*a, **k))
+    for n, target, steps, base in [(4, 1, 50, None), (2, [0, 2], 20, 0.5), (7, 2, 7, np.ones(5))]:
+        x = RNG.standard_normal((n, 5)).astype(np.float32)
+        a = ex.explain(x, target=target, n_steps=steps, baselines=base)
+        assert a.shape == x.shape
+    assert len(builds) == 1 and len(sessions) == 1
+    assert len(runs) == 3, "each call's steps for its rows go through the session in one run"
+    again = onnxplain.Explainer(model_bytes, "intgrad")
+    assert again.session is ex.session and len(builds) == 1
+
+
+def test_memory_budget_splits_rows_and_steps_without_changing_the_result(model_bytes):
+    x = RNG.standard_normal((5, 5)).astype(np.float32)
+    whole = onnxplain.Explainer(model_bytes, "integrated_gradients").explain(x, target=1, n_steps=30)
+    tiny = onnxplain.Explainer(model_bytes, "integrated_gradients", memory_budget=2000)
+    runs = []
+    real_run = tiny.session.run
+    tiny.session.run = lambda *a, **k: runs.append(1) or real_run(*a, **k)
+    a, delta = tiny.explain(x, target=1, n_steps=30, return_convergence_delta=True)
+    np.testing.assert_allclose(a, whole, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(delta, a.sum(1) - (forward(x)[:, 1] - forward(np.zeros((1, 5)))[0, 1]),
+                               rtol=1e-4, atol=1e-5)
+    assert len(runs) > 5, "a budget below one row's steps must split the integration steps"
+
+
+def test_internal_batch_size_caps_the_expanded_rows(model_bytes):
+    ex = onnxplain.Explainer(model_bytes, "integrated_gradients")
+    a = ex.explain(X, target=0, n_steps=10, internal_batch_size=8)
+    np.testing.assert_allclose(a, ig_reference(X, np.zeros((1, 5)), [0] * 4, 10), rtol=1e-4, atol=1e-5)
+
+
+def test_target_forms_and_target_weights(model_bytes):
+    ex = onnxplain.Explainer(model_bytes, "gradient")
+    w = RNG.standard_normal((4, 3)).astype(np.float32)
+    np.testing.assert_allclose(ex.explain(X, target_weights=w), grad(X, w), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(ex.explain(X, target=(2,)), grad(X, one_hot([2] * 4)), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(ex.explain(X, target=np.array([2, 0, 1, 1])), grad(X, one_hot([2, 0, 1, 1])),
+                               rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(ex.explain(X, target=-1), grad(X, one_hot([2] * 4)), rtol=1e-5, atol=1e-5)
+
+
+def test_smoothgrad_family_matches_the_statistics_of_gradients_at_the_noisy_points(model_bytes):
+    noise = RNG.standard_normal((6, 4, 5)).astype(np.float32)
+    stdev = 0.3
+    grads = np.stack([grad(X + stdev * e, one_hot([1] * 4)) for e in noise])
+    expected = {"smoothgrad": grads.mean(0), "smoothgrad_sq": (grads ** 2).mean(0), "vargrad": grads.var(0)}
+    for method, ref in expected.items():
+        got = onnxplain.Explainer(model_bytes, method).explain(X, target=1, nt_samples=6, stdevs=stdev, noise=noise)
+        np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-5, err_msg=method)
+
+
+def test_smoothgrad_seed_makes_calls_reproducible_and_differs_across_seeds(model_bytes):
+    ex = onnxplain.Explainer(model_bytes, "smoothgrad")
+    a = ex.explain(X, target=1, seed=3)
+    np.testing.assert_array_equal(a, ex.explain(X, target=1, seed=3))
+    assert not np.allclose(a, ex.explain(X, target=1, seed=4))
+
+
+def test_pass_through_inputs_and_dict_inputs():
+    model = mlp_model(with_mask=True).SerializeToString()
+    mask = np.array([[1, 0, 1], [1, 1, 1], [0, 0, 1], [1, 1, 0]], np.int64)
+    ex = onnxplain.Explainer(model, "integrated_gradients")
+    assert ex.inputs == ["x"]
+    a = ex.explain({"x": X, "mask": mask}, target=0, n_steps=8)
+    ref = ig_reference(X, np.zeros((1, 5)), [0] * 4, 8) * mask[:, :1]
+    np.testing.assert_allclose(a, ref, rtol=1e-4, atol=1e-5)
+
+
+# ---------------------------------------------------------------------- errors, before anything runs
+@pytest.mark.parametrize("bad, message", [
+    (np.zeros((4, 6), np.float32), r"must have shape \('n', 5\).*got \(4, 6\)"),
+    (np.zeros((5,), np.float32), r"must have shape \('n', 5\).*got \(5,\)"),
+    (np.zeros((4, 5), np.int64), "must be a floating-point array"),
+    ({"y": X}, r"missing \['x'\], unexpected \['y'\]"),
+])
+def test_bad_inputs_name_expected_and_given(model_bytes, bad, message):
+    with pytest.raises(ValueError, match=message):
+        onnxplain.Explainer(model_bytes, "saliency").explain(bad, target=0)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(target=3), "out of range"),
+    (dict(target=None), "target=None needs an output with one value per row"),
+    (dict(target=[0, 1]), "needs 4 entries"),
+    (dict(target=(0, 1)), "needs 1 index"),
+    (dict(target_weights=np.ones((4, 4))), r"must have the output's shape \(4, 3\)"),
+    (dict(target=0, n_steps=0), "n_steps must be a positive int"),
+    (dict(target=0, method="simpson"), "unknown integration method"),
+    (dict(target=0, baselines=np.zeros((2, 5))), "baselines for input 'x'"),
+])
+def test_bad_call_arguments_are_refused_before_running(model_bytes, kwargs, message, monkeypatch):
+    ex = onnxplain.Explainer(model_bytes, "integrated_gradients")
+    monkeypatch.setattr(ex.session, "run", lambda *a, **k: pytest.fail("ran despite bad arguments"))
+    with pytest.raises(ValueError, match=message):
+        ex.explain(X, **kwargs)
+
+
+def test_unknown_parameter_and_method_names(model_bytes):
+    with pytest.raises(TypeError, match="accepts: baselines, internal_batch_size, method, n_steps"):
+        onnxplain.Explainer(model_bytes, "integrated_gradients").explain(X, target=0, steps=3)
+    with pytest.raises(ValueError, match="valid methods: saliency, gradient, input_x_gradient"):
+        onnxplain.Explainer(model_bytes, "shap")
+
+
+def test_bad_models_and_outputs(tmp_path, model_bytes):
+    with pytest.raises(onnxplain.ModelError, match="no ONNX model at"):
+        onnxplain.Explainer(str(tmp_path / "missing.onnx"))
+    with pytest.raises(onnxplain.ModelError, match="not an ONNX model"):
+        onnxplain.Explainer(b"not a model")
+    with pytest.raises(ValueError, match=r"outputs are \['logits'\]"):
+        onnxplain.Explainer(model_bytes, output="probs")
+
+
+def test_missing_rule_names_op_and_node_and_points_to_perturbation_methods():
+    g = helper.make_graph([helper.make_node("Det", ["x"], ["d"], name="the_det"),
+                           helper.make_node("Unsqueeze", ["d", "ax"], ["y"])], "det",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 2, 2])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 1])],
+                          [numpy_helper.from_array(np.array([1], np.int64), "ax")])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    with pytest.raises(onnxplain.UnsupportedOperatorError, match=r"Det \(node 'the_det'\).*occlusion"):
+        onnxplain.Explainer(m, "saliency")
+
+
+# ---------------------------------------------------------------------- the standalone graph
+def test_converted_graph_runs_without_onnxplain_in_onnxruntime_and_reference(tmp_path, model_bytes):
+    path = tmp_path / "mlp.ig.onnx"
+    onnxplain.convert(model_bytes, path, method="integrated_gradients", n_steps=20)
+    g = onnx.load(str(path))
+    assert {o.name for o in g.graph.output} == {"attributions", "logits", "delta"}
+    assert {op.domain for op in g.opset_import} <= {"", "ai.onnx"}
+    assert all(n.domain in ("", "ai.onnx") for n in g.graph.node)
+    expected = onnxplain.Explainer(model_bytes, "integrated_gradients").explain(X, target=[0, 1, 2, 0], n_steps=20)
+    np.save(tmp_path / "x.npy", X)
+    np.save(tmp_path / "tw.npy", one_hot([0, 1, 2, 0]).astype(np.float32))
+    script = textwrap.dedent(f"""
+        import sys, numpy as np, onnxruntime as ort
+        from onnx.reference import ReferenceEvaluator
+        x, tw = np.load({str(tmp_path / 'x.npy')!r}), np.load({str(tmp_path / 'tw.npy')!r})
+        feeds = {{"x": x, "target_weights": tw}}   # every parameter left at its default
+        a = ort.InferenceSession({str(path)!r}, providers=["CPUExecutionProvider"]).run(["attributions"], feeds)[0]
+        b = ReferenceEvaluator({str(path)!r}).run(["attributions"], feeds)[0]
+        np.save({str(tmp_path / 'ort.npy')!r}, a); np.save({str(tmp_path / 'ref.npy')!r}, b)
+        assert "onnxplain" not in sys.modules
+    """)
+    subprocess.run([sys.executable, "-c", script], check=True, cwd=str(tmp_path))
+    np.testing.assert_allclose(np.load(tmp_path / "ort.npy"), expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(np.load(tmp_path / "ref.npy"), expected, rtol=1e-4, atol=1e-5)
+
+
+def test_convert_writes_nothing_on_error(tmp_path, model_bytes):
+    with pytest.raises(ValueError):
+        onnxplain.convert(model_bytes, tmp_path / "x.onnx", method="nope")
+    with pytest.raises(ValueError):
+        onnxplain.convert(model_bytes, tmp_path / "missing_dir" / "x.onnx", method="saliency")
+    assert os.listdir(tmp_path) == []
+
+
+def test_written_graphs_load_in_the_installed_onnxruntime(tmp_path, model_bytes):
+    """onnx writes IR versions newer than onnxruntime reads; onnxplain writes the oldest that fits."""
+    g = onnxplain.convert(model_bytes, tmp_path / "s.onnx", method="saliency")
+    assert g.ir_version == helper.find_min_ir_version_for(list(g.opset_import), ignore_unknown=True)
+    assert g.ir_version < onnx.IR_VERSION
+
+
+# ---------------------------------------------------------------------- providers
+def test_cuda_is_chosen_only_when_a_session_can_use_it(monkeypatch):
+    runtime.cuda_usable.cache_clear()
+    monkeypatch.setattr(runtime.ort, "get_available_providers", lambda: ["CPUExecutionProvider"])
+    assert runtime.select_providers() == ["CPUExecutionProvider"]
+    runtime.cuda_usable.cache_clear()
+
+    class FakeSession:
+        def __init__(self, *a, providers=None, **k):
+            self._p = providers
+
+        def get_providers(self):
+            return self._p
+
+    monkeypatch.setattr(runtime.ort, "get_available_providers",
+                        lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    monkeypatch.setattr(runtime.ort, "InferenceSession", FakeSession)
+    assert runtime.select_providers() == ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    runtime.cuda_usable.cache_clear()
+    with pytest.raises(ValueError, match="not available"):
+        runtime.select_providers(["TensorrtExecutionProvider", "NoSuchProvider"])
+    runtime.cuda_usable.cache_clear()
+
+
+def test_no_cuda_noise_on_a_machine_without_gpu():
+    script = "import onnxplain.runtime as r; print(r.select_providers())"
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "['CPUExecutionProvider']" or "CUDA" in done.stdout
+    assert "libcu" not in done.stderr and "Failed to load" not in done.stderr, done.stderr
