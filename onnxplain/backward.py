@@ -24,7 +24,8 @@ class VJPContext:
     node: onnx.NodeProto
     dy: list[str | None]
     active: frozenset = field(repr=False)
-    ref: dict | None = None  # reference-forward names, for modified rules
+    ref: object = None      # DeepLIFT: maps a tensor to its reference rows (rules.Partner)
+    params: dict = field(default_factory=dict)  # graph tensors a modified rule reads (e.g. eps)
 
     @property
     def x(self) -> list[str]:
@@ -85,7 +86,7 @@ def missing_rules(nodes, wrt, outputs, b: GraphBuilder, rules=None) -> list[onnx
 
 
 def backward(b: GraphBuilder, output: str, seed: str, wrt: list[str], overrides: dict | None = None,
-             ref: dict | None = None) -> dict[str, str]:
+             ref=None, params: dict | None = None) -> dict[str, str]:
     """Emit the backward pass of ``output`` seeded with ``seed``.
 
     Returns a map from each name in ``wrt`` to the name of its cotangent.
@@ -108,7 +109,7 @@ def backward(b: GraphBuilder, output: str, seed: str, wrt: list[str], overrides:
             continue
         dy = [_accumulate(b, cot.pop(o)) if o in cot else None for o in node.output]
         rule = _lookup(rules, node, b.opset)
-        ctx = VJPContext(b, node, dy, frozen, ref)
+        ctx = VJPContext(b, node, dy, frozen, ref, params or {})
         grads = rule.fn(ctx)
         if len(grads) > len(node.input):
             raise AssertionError(f"rule for {node.op_type} returned {len(grads)} cotangents for {len(node.input)} inputs")

@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 from .base import Method, Spec
-from .gradient import Gradient, InputXGradient, Saliency
+from .deeplift import DeepLift, DeepLiftShap
+from .gradient import Deconvolution, EpsilonLRP, Gradient, GuidedBackprop, InputXGradient, Saliency
 from .integrated_gradients import IntegratedGradients
 from .noise_tunnel import SmoothGrad, SmoothGradSquared, VarGrad
 
-_CLASSES = [Saliency, Gradient, InputXGradient, IntegratedGradients, SmoothGrad, SmoothGradSquared, VarGrad]
+_CLASSES = [Saliency, Gradient, InputXGradient, IntegratedGradients, SmoothGrad, SmoothGradSquared, VarGrad,
+            DeepLift, DeepLiftShap, EpsilonLRP, GuidedBackprop, Deconvolution]
 
 METHODS: tuple[str, ...] = tuple(c.name for c in _CLASSES)
 ALIASES: dict[str, str] = {alias: c.name for c in _CLASSES for alias in c.aliases}
