@@ -87,28 +87,16 @@ class Explainer:
         feeds = self._check_inputs(inputs)
         n = int(np.shape(feeds[self.spec.wrt[0]])[0])
         tw = self._target_weights(target, target_weights, feeds, n)
-        parts = self.method.parts(params, self.spec, feeds, self._bytes_per_row, self.memory_budget)
+        total, delta = self.method.run(self, feeds, tw, params)
         names = [self.spec.attribution_name(x) for x in self.spec.wrt]
-        wanted = names + (["delta"] if self.method.has_delta else [])
-        total, delta = None, None
-        for part in parts:
-            out = self._run_rows(feeds, tw, part, n, wanted)
-            if total is None:
-                total = {k: out[k] for k in names}
-                if self.method.has_delta:   # f(x) - f(b) of each row, recovered from the first part
-                    gap = sum(_row_sums(out[k]) for k in names) - out["delta"]
-            else:
-                for k in names:
-                    total[k] = total[k] + out[k]
-        if self.method.has_delta:
-            delta = sum(_row_sums(total[k]) for k in names) - gap
         result = total[names[0]] if self.spec.single else {x: total[self.spec.attribution_name(x)]
                                                           for x in self.spec.wrt}
         return (result, delta) if return_convergence_delta else result
 
     # ------------------------------------------------------------------ helpers
-    def _run_rows(self, feeds, tw, part, n, wanted):
-        """Run ``part`` over all rows, in chunks sized from the memory budget."""
+    def run_rows(self, feeds, tw, part, wanted):
+        """Run the graph with parameter feeds ``part`` over all rows, in chunks sized from the memory budget."""
+        n = int(np.shape(tw)[0])
         step = rows_per_chunk(self._bytes_per_row, self.method.expansion(part), n, self.memory_budget)
         chunks = []
         for start in range(0, n, step):
@@ -265,10 +253,6 @@ def _check_array(vi, value) -> np.ndarray:
     if arr.ndim != len(expected) or any(isinstance(e, int) and e != g for e, g in zip(expected[1:], arr.shape[1:])):
         raise ValueError(f"input {vi.name!r} must have shape {expected} (batch first), got {arr.shape}")
     return np.ascontiguousarray(arr.astype(want, copy=False))
-
-
-def _row_sums(a: np.ndarray) -> np.ndarray:
-    return a.reshape(a.shape[0], -1).sum(axis=1, dtype=np.float64)
 
 
 def _write_atomically(model: onnx.ModelProto, path) -> None:

@@ -78,6 +78,27 @@ class Method:
         """Rows of the expanded batch per input row for this part."""
         return 1
 
+    def run(self, ex, feeds: dict, tw, params: dict):
+        """Attributions (by output name) and the convergence delta (or None) for one call.
+
+        The call is split into additive parts (e.g. chunks of integration steps);
+        each part runs over all rows in memory-budgeted chunks.
+        """
+        names = [ex.spec.attribution_name(x) for x in ex.spec.wrt]
+        wanted = names + (["delta"] if self.has_delta else [])
+        total, gap = None, None
+        for part in self.parts(params, ex.spec, feeds, ex._bytes_per_row, ex.memory_budget):
+            out = ex.run_rows(feeds, tw, part, wanted)
+            if total is None:
+                total = {k: out[k] for k in names}
+                if self.has_delta:   # f(x) - f(b) of each row, recovered from the first part
+                    gap = sum(_row_sums(out[k]) for k in names) - out["delta"]
+            else:
+                for k in names:
+                    total[k] = total[k] + out[k]
+        delta = sum(_row_sums(total[k]) for k in names) - gap if self.has_delta else None
+        return total, delta
+
     def rows_split(self, part: dict, start: int, stop: int) -> dict:
         """The feeds of ``part`` for input rows ``[start, stop)``."""
         out = {}
@@ -209,3 +230,7 @@ def emit_outputs(b: GraphBuilder, spec: Spec, outputs: dict, start: str | None, 
 
 def float_dtype(b: GraphBuilder, x: str) -> np.dtype:
     return np_dtype(b.elem_type(x) or TensorProto.FLOAT)
+
+
+def _row_sums(a: np.ndarray) -> np.ndarray:
+    return a.reshape(a.shape[0], -1).sum(axis=1, dtype=np.float64)

@@ -11,7 +11,6 @@ of squares, and the variance ``E[g^2] - E[g]^2``.
 from __future__ import annotations
 
 import numpy as np
-from onnx import TensorProto
 
 from ..backward import backward
 from .base import (Method, Spec, batch_rows, declare_param, declare_target_weights, emit_outputs,
