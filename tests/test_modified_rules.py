@@ -1,6 +1,7 @@
 """DeepLIFT, DeepLiftShap, epsilon-LRP, guided backprop and deconvolution against
 Captum, exact summation-to-delta, a textbook LRP written here, and Ancona et al.'s
 propositions."""
+import copy
 import warnings
 
 import numpy as np
@@ -48,8 +49,10 @@ def test_deeplift_and_deepliftshap_match_captum(act, arch):
     x, base = inputs(shape), 0.3 * inputs((1,) + shape[1:], seed=1)
     ours, delta = onnxplain.Explainer(model, "deeplift").explain(x.numpy(), target=1, baselines=base.numpy(),
                                                                 return_convergence_delta=True)
-    ref, ref_delta = DeepLift(net).attribute(x, base, target=1, return_convergence_delta=True)
-    close(ours, ref)
+    # The reference runs in float64: (f(z) - f(z_ref)) / (z - z_ref) cancels in float32 where a saturating
+    # activation sees nearby z and z_ref, which costs Captum's float32 run as much as ours (~3e-4 relative).
+    net64 = copy.deepcopy(net).double()
+    close(ours, DeepLift(net64).attribute(x.double(), base.double(), target=1), rtol=5e-4)
     assert np.abs(delta).max() < 1e-4 * max(1.0, float(np.abs(ours).sum(axis=tuple(range(1, ours.ndim))).max()))
     dist = inputs((5,) + shape[1:], seed=2)
     ours = onnxplain.Explainer(model, "deeplift_shap").explain(x.numpy(), target=[0, 1, 2, 0][:shape[0]],

@@ -1,22 +1,64 @@
-"""Arithmetic: Add, Sub, Mul, Div with broadcasting, and unary maths."""
+"""Arithmetic: broadcasting binary and variadic ops, Where, Cast, and unary maths."""
 from __future__ import annotations
 
+import math
+
+import numpy as np
+from onnx import TensorProto, numpy_helper
+
+from ..graph import np_dtype
 from . import elementwise, register
 
 
+# ---------------------------------------------------------------- helpers
+def _constant_value(b, name: str):
+    """The value of ``name`` when it is an initializer or a Constant's output, else None."""
+    for init in b.initializers:
+        if init.name == name:
+            return numpy_helper.to_array(init)
+    for node in b.nodes:
+        if node.op_type == "Constant" and node.output and node.output[0] == name:
+            for a in node.attribute:
+                if a.name == "value":
+                    return numpy_helper.to_array(a.t)
+    return None
+
+
+def _float_dtype(b, ref: str) -> np.dtype:
+    """The numpy dtype of float tensor ``ref`` (float32 when unknown)."""
+    return np_dtype(b.elem_type(ref) or TensorProto.FLOAT)
+
+
+def _masked(b, cond: str, value: str, ref: str) -> str:
+    """``value`` where ``cond`` is false, 0 where it is true (0 of ``ref``'s type)."""
+    return b.where(cond, b.like(0.0, ref), value)
+
+
+# ---------------------------------------------------------------- linear ops
 @register("Add", "Sum", broadcast=True)
 def vjp_add(ctx):
+    """y = sum_i x_i: dx_i = dy."""
     return [ctx.dy[0] if ctx.needs(i) else None for i in range(len(ctx.x))]
+
+
+@register("Mean", broadcast=True)
+def vjp_mean(ctx):
+    """y = (1/n) sum_i x_i: dx_i = dy / n."""
+    n = len(ctx.x)
+    g = ctx.dy[0] if n == 1 else ctx.b.mul(ctx.dy[0], ctx.b.like(1.0 / n, ctx.y[0]))
+    return [g if ctx.needs(i) else None for i in range(n)]
 
 
 @register("Sub", broadcast=True)
 def vjp_sub(ctx):
+    """y = a - c: da = dy, dc = -dy."""
     return [ctx.dy[0] if ctx.needs(0) else None,
             ctx.b.neg(ctx.dy[0]) if ctx.needs(1) else None]
 
 
 @register("Mul", broadcast=True)
 def vjp_mul(ctx):
+    """y = a * c: da = dy * c, dc = dy * a."""
     b, (a, c), dy = ctx.b, ctx.x, ctx.dy[0]
     return [b.mul(dy, c) if ctx.needs(0) else None,
             b.mul(dy, a) if ctx.needs(1) else None]
@@ -24,10 +66,137 @@ def vjp_mul(ctx):
 
 @register("Div", broadcast=True)
 def vjp_div(ctx):
+    """y = a / c: da = dy / c, dc = -dy * y / c."""
     b, (a, c), dy = ctx.b, ctx.x, ctx.dy[0]
     da = b.div(dy, c) if ctx.needs(0) else None
     dc = b.neg(b.div(b.mul(dy, ctx.y[0]), c)) if ctx.needs(1) else None
     return [da, dc]
 
 
-elementwise("Neg", lambda ctx, x, y: ctx.b.like(-1.0, x))
+# ---------------------------------------------------------------- Pow
+@register("Pow", broadcast=True)
+def vjp_pow(ctx):
+    """y = a ** c: da = dy * c * a ** (c - 1) (0 where c == 0), dc = dy * y * log(a) (0 where a == 0, c >= 0)."""
+    b, (a, c), dy, y = ctx.b, ctx.x, ctx.dy[0], ctx.y[0]
+    da = dc = None
+    if ctx.needs(0):
+        da = _pow_base_grad(ctx, a, c, dy)
+    if ctx.needs(1):
+        c_like = c if b.elem_type(c) == b.elem_type(a) else b.cast_like(c, a)
+        g = b.mul(b.mul(dy, y), b.op("Log", a))
+        zero_base = b.op("And", b.op("Equal", a, b.like(0.0, a)),
+                        b.op("GreaterOrEqual", c_like, b.like(0.0, a)))
+        dc = _masked(b, zero_base, g, a)
+        if b.elem_type(c) != b.elem_type(a):
+            dc = b.cast_like(dc, c)
+    return [da, dc]
+
+
+def _pow_base_grad(ctx, a: str, c: str, dy: str) -> str:
+    """dy * c * a ** (c - 1), simplified when the exponent is a known constant."""
+    b = ctx.b
+    value = _constant_value(b, c)
+    if value is not None:
+        value = np.asarray(value, dtype=np.float64)
+        if value.size == 1 and float(value.reshape(())) == 1.0:
+            return dy
+        if value.size == 1 and float(value.reshape(())) == 2.0:
+            return b.mul(dy, b.mul(a, b.like(2.0, a)))
+        if value.size == 1 and float(value.reshape(())) == 0.0:
+            return b.mul(dy, b.like(0.0, a))
+        if not np.any(value == 0.0):  # no 0 * inf to guard against
+            scale = b.const(value, _float_dtype(b, a))
+            return b.mul(dy, b.mul(scale, b.op("Pow", a, b.const(value - 1.0, _float_dtype(b, a)))))
+    c_like = c if b.elem_type(c) == b.elem_type(a) else b.cast_like(c, a)
+    g = b.mul(dy, b.mul(c_like, b.op("Pow", a, b.sub(c_like, b.like(1.0, a)))))
+    return _masked(b, b.op("Equal", c_like, b.like(0.0, a)), g, a)
+
+
+# ---------------------------------------------------------------- Min, Max, Where
+@register("Max", "Min", broadcast=True)
+def vjp_minmax(ctx):
+    """y = max_i x_i (or min): dx_i = dy * [x_i == y] / #{j: x_j == y} (ties split equally)."""
+    b, dy, y = ctx.b, ctx.dy[0], ctx.y[0]
+    n = len(ctx.x)
+    if n == 1:
+        return [dy]
+    masks = [b.cast_like(b.op("Equal", x, y), y) for x in ctx.x]
+    share = b.div(dy, b.sum(masks))
+    return [b.mul(share, masks[i]) if ctx.needs(i) else None for i in range(n)]
+
+
+@register("Where", broadcast=True)
+def vjp_where(ctx):
+    """y = where(cond, a, c): da = where(cond, dy, 0), dc = where(cond, 0, dy)."""
+    b, (cond, a, c), dy = ctx.b, ctx.x, ctx.dy[0]
+    zero = b.like(0.0, ctx.y[0])
+    return [None,
+            b.where(cond, dy, zero) if ctx.needs(1) else None,
+            b.where(cond, zero, dy) if ctx.needs(2) else None]
+
+
+# ---------------------------------------------------------------- Cast
+@register("Cast", "CastLike")
+def vjp_cast(ctx):
+    """y = cast(x): dx = dy cast back to x's type."""
+    return [ctx.b.cast_like(ctx.dy[0], ctx.x[0])] + [None] * (len(ctx.x) - 1)
+
+
+# ---------------------------------------------------------------- unary maths
+def _neg_derivative(ctx, x, y):
+    """d(-x) = -1."""
+    return ctx.b.like(-1.0, x)
+
+
+def _abs_derivative(ctx, x, y):
+    """d|x| = sign(x) (0 at 0, as torch)."""
+    return ctx.b.op("Sign", x)
+
+
+def _exp_derivative(ctx, x, y):
+    """d exp(x) = y."""
+    return y
+
+
+def _erf_derivative(ctx, x, y):
+    """d erf(x) = 2 / sqrt(pi) * exp(-x^2)."""
+    b = ctx.b
+    return b.mul(b.like(2.0 / math.sqrt(math.pi), x), b.op("Exp", b.neg(b.mul(x, x))))
+
+
+def _sin_derivative(ctx, x, y):
+    """d sin(x) = cos(x)."""
+    return ctx.b.op("Cos", x)
+
+
+def _cos_derivative(ctx, x, y):
+    """d cos(x) = -sin(x)."""
+    return ctx.b.neg(ctx.b.op("Sin", x))
+
+
+elementwise("Neg", _neg_derivative)
+elementwise("Abs", _abs_derivative)
+elementwise("Exp", _exp_derivative)
+elementwise("Erf", _erf_derivative)
+elementwise("Sin", _sin_derivative)
+elementwise("Cos", _cos_derivative)
+
+
+@register("Log")
+def vjp_log(ctx):
+    """y = log(x): dx = dy / x."""
+    return [ctx.b.div(ctx.dy[0], ctx.x[0])]
+
+
+@register("Sqrt")
+def vjp_sqrt(ctx):
+    """y = sqrt(x): dx = dy / (2 y)."""
+    b, y = ctx.b, ctx.y[0]
+    return [b.div(ctx.dy[0], b.mul(y, b.like(2.0, y)))]
+
+
+@register("Reciprocal")
+def vjp_reciprocal(ctx):
+    """y = 1 / x: dx = -dy * y^2."""
+    b, y = ctx.b, ctx.y[0]
+    return [b.neg(b.mul(ctx.dy[0], b.mul(y, y)))]

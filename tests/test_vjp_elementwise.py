@@ -1,0 +1,296 @@
+"""Backward rules of arithmetic and activation ops, against finite differences and torch autograd."""
+import itertools
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+import torch.nn.functional as F
+from onnx import TensorProto, helper
+
+from vjp_harness import Case, build_case_model, check_case, run_reference, vjp_model
+
+W = np.random.default_rng(7)   # constants (weights) of the cases
+
+
+def avoiding(*points, scale=1.0, gap=0.05):
+    """Sampler: N(0, scale^2) kept at least ``gap`` away from every kink in ``points``."""
+    def sample(rng, shape):
+        x = scale * rng.standard_normal(shape)
+        for p in points:
+            near = np.abs(x - p) < gap
+            x[near] = p + 2 * gap * np.where(x[near] >= p, 1.0, -1.0)
+        return x
+    return sample
+
+
+def nonzero(rng, shape):
+    """Values of either sign with |x| in (0.5, 2): safe divisors."""
+    return rng.uniform(0.5, 2.0, shape) * rng.choice([-1.0, 1.0], shape)
+
+
+def small_ints(rng, shape):
+    """Integers in {-1, 0, 1}: many exact ties (central differences average the two sides there)."""
+    return rng.integers(-1, 2, shape).astype(np.float64)
+
+
+def with_zeros(rng, shape):
+    """N(0, 1) with about a third of the entries exactly 0."""
+    return rng.standard_normal(shape) * (rng.random(shape) > 0.3)
+
+
+def scalars_then(*values, avoid=None):
+    """Sampler: the rank-0 inputs get ``values`` in turn; others N(0, 1) kept away from ``avoid`` (or ``values``)."""
+    turn = itertools.cycle(range(len(values)))
+
+    def sample(rng, shape):
+        if shape == ():
+            return np.array(values[next(turn)])
+        return avoiding(*(values if avoid is None else avoid))(rng, shape)
+    return sample
+
+
+def positive_const(*shape):
+    return W.uniform(0.5, 2.0, shape)
+
+
+# ------------------------------------------------------------------ arithmetic
+BINARY_SHAPES = [                     # broadcasting both ways, rank-differing, 1 meeting > 1
+    ("same", [(3, 4), (3, 4)]),
+    ("rhs_bcast", [(3, 4), (4,)]),
+    ("lhs_bcast", [(4,), (3, 4)]),
+    ("both_ones", [(3, 1), (1, 4)]),
+    ("rank3_vs_2", [(2, 3, 4), (3, 1)]),
+    ("rank1_vs_3", [(1,), (2, 1, 4)]),
+    ("scalar", [(3, 4), ()]),
+]
+
+ARITH = []
+for tag, shapes in BINARY_SHAPES:
+    ARITH += [
+        Case(f"add_{tag}", "Add", shapes, lambda a, c: a + c),
+        Case(f"sub_{tag}", "Sub", shapes, lambda a, c: a - c),
+        Case(f"mul_{tag}", "Mul", shapes, lambda a, c: a * c),
+        Case(f"div_{tag}", "Div", shapes, lambda a, c: a / c, sampler=nonzero),
+        Case(f"max_{tag}", "Max", shapes, torch.maximum),
+        Case(f"min_{tag}", "Min", shapes, torch.minimum),
+        Case(f"pow_{tag}", "Pow", shapes, torch.pow, positive=True),
+    ]
+
+ARITH += [
+    # one operand a constant (a weight: no cotangent for it), on either side
+    Case("add_const", "Add", [(3, 4), W.standard_normal(4)], lambda a, c: a + c),
+    Case("sub_const_lhs", "Sub", [W.standard_normal((3, 1)), (3, 4)], lambda c, a: c - a),
+    Case("mul_const_lhs", "Mul", [W.standard_normal((2, 1, 4)), (3, 1)], lambda c, a: c * a),
+    Case("div_const_num", "Div", [W.standard_normal((3, 4)), (4,)], lambda c, a: c / a, sampler=nonzero),
+    Case("div_const_den", "Div", [(3, 4), positive_const(3, 1)], lambda a, c: a / c),
+    # Pow: exponent constant (float, vector, integer, with zeros) or base constant
+    Case("pow_const_sq", "Pow", [(3, 4), np.array(2.0)], torch.pow),
+    Case("pow_const_cube", "Pow", [(3, 4), np.array(3.0)], torch.pow),
+    Case("pow_const_one", "Pow", [(3, 4), np.array([1.0])], torch.pow),
+    Case("pow_const_vec", "Pow", [(3, 4), np.array([0.5, 1.5, -1.0, 2.5])], torch.pow, positive=True),
+    Case("pow_const_int", "Pow", [(3, 4), np.array(3, np.int64)], torch.pow),
+    Case("pow_const_with_zero", "Pow", [(3, 4), np.array([0.0, 1.0, 2.0, 3.0])], torch.pow, sampler=with_zeros),
+    Case("pow_const_base", "Pow", [positive_const(3, 4), (4,)], torch.pow),
+    # variadic Sum / Mean / Max / Min
+    Case("sum1", "Sum", [(3, 4)], lambda a: a * 1),
+    Case("sum3", "Sum", [(3, 4), (4,), (2, 1, 1)], lambda a, c, d: a + c + d),
+    Case("sum3_const", "Sum", [(3, 1), W.standard_normal(4), (4,)], lambda a, c, d: a + c + d),
+    Case("mean3", "Mean", [(2, 3, 4), (4,), (3, 1)], lambda a, c, d: (a + c + d) / 3),
+    Case("max1", "Max", [(3, 4)], lambda a: a * 1),
+    Case("max3", "Max", [(3, 4), (4,), (2, 1, 1)], lambda a, c, d: torch.maximum(torch.maximum(a, c), d)),
+    Case("min3", "Min", [(3, 1), (1, 4), (3, 4)], lambda a, c, d: torch.minimum(torch.minimum(a, c), d)),
+    Case("max_const_relu", "Max", [(3, 4), np.zeros(4)], torch.maximum, away_from=0.0),
+    Case("min_const", "Min", [W.standard_normal((3, 1)), (4,)], torch.minimum),
+    # 2-input ties: the gradient is split equally (as torch), which central differences also give
+    Case("max_ties", "Max", [(3, 4), (4,)], torch.maximum, sampler=small_ints),
+    Case("min_ties", "Min", [(3, 4), (3, 4)], torch.minimum, sampler=small_ints),
+    # Where: condition constant, both branches broadcast
+    Case("where_bcast", "Where", [W.random((3, 1)) > 0.5, (3, 4), (4,)], torch.where),
+    Case("where_rank", "Where", [W.random((2, 3, 4)) > 0.5, (3, 1), ()], torch.where),
+    Case("where_cond_small", "Where", [W.random(4) > 0.5, (2, 3, 1), (3, 4)], torch.where),
+    Case("where_const_branch", "Where", [W.random((3, 4)) > 0.5, W.standard_normal(4), (3, 1)], torch.where),
+    # unary maths
+    Case("neg", "Neg", [(3, 4)], torch.neg),
+    Case("abs", "Abs", [(3, 4)], torch.abs, away_from=0.0),
+    Case("exp", "Exp", [(3, 4)], torch.exp),
+    Case("log", "Log", [(3, 4)], torch.log, positive=True),
+    Case("sqrt", "Sqrt", [(3, 4)], torch.sqrt, positive=True),
+    Case("reciprocal", "Reciprocal", [(3, 4)], torch.reciprocal, sampler=nonzero),
+    Case("erf", "Erf", [(3, 4)], torch.erf),
+    Case("sin", "Sin", [(3, 4)], torch.sin),
+    Case("cos", "Cos", [(3, 4)], torch.cos),
+    # Cast to double: a no-op in the float64 run, float -> double -> float in onnxruntime
+    Case("cast_double", "Cast", [(3, 4)], lambda a: a.to(torch.float64), attrs=dict(to=TensorProto.DOUBLE),
+         extra_nodes=[helper.make_node("CastLike", ["y0", "in0"], ["y1"])]),
+    Case("castlike", "CastLike", [(3, 4), np.zeros(1)], lambda a, r: a * 1),
+]
+
+
+# ------------------------------------------------------------------ activations
+ACT = [
+    Case("relu", "Relu", [(3, 4)], torch.relu, away_from=0.0),
+    Case("leaky_relu", "LeakyRelu", [(3, 4)], F.leaky_relu, away_from=0.0),
+    Case("leaky_relu_alpha", "LeakyRelu", [(3, 4)], lambda x: F.leaky_relu(x, 0.3), attrs=dict(alpha=0.3),
+         away_from=0.0),
+    Case("thresholded_relu", "ThresholdedRelu", [(3, 4)], lambda x: torch.threshold(x, 0.5, 0.0),
+         attrs=dict(alpha=0.5), away_from=0.5),
+    # PRelu: slope a weight or attributed, per channel, broadcast over leading/trailing dims, or one value
+    *[Case(f"prelu_{tag}", "PRelu", [(2, 3, 4), slope], lambda x, s: torch.where(x > 0, x, s * x), away_from=0.0)
+      for tag, slope in [("w_last", W.uniform(0.1, 0.3, 4)), ("w_chan", W.uniform(0.1, 0.3, (3, 1))),
+                         ("w_one", np.array([0.25])), ("attr_last", (4,)), ("attr_chan", (3, 1)),
+                         ("attr_one", (1,)), ("attr_full", (2, 3, 4))]],
+    Case("elu", "Elu", [(3, 4)], F.elu, away_from=0.0),
+    Case("elu_alpha", "Elu", [(3, 4)], lambda x: F.elu(x, 0.5), attrs=dict(alpha=0.5), away_from=0.0),
+    Case("selu", "Selu", [(3, 4)], F.selu, away_from=0.0),
+    Case("selu_alpha_gamma", "Selu", [(3, 4)],
+         lambda x: torch.where(x > 0, 2.0 * x, 2.0 * 0.5 * (torch.exp(x) - 1)), attrs=dict(alpha=0.5, gamma=2.0),
+         away_from=0.0),
+    Case("sigmoid", "Sigmoid", [(3, 4)], torch.sigmoid),
+    Case("tanh", "Tanh", [(3, 4)], torch.tanh),
+    Case("softplus", "Softplus", [(3, 4)], F.softplus),
+    Case("softsign", "Softsign", [(3, 4)], F.softsign),
+    Case("mish", "Mish", [(3, 4)], F.mish, opset=18),
+    # HardSigmoid: wide inputs so that both flat regions (gradient 0) and the ramp are hit
+    Case("hard_sigmoid", "HardSigmoid", [(4, 5)], lambda x: torch.clamp(0.2 * x + 0.5, 0, 1),
+         sampler=avoiding(-2.5, 2.5, scale=3.0)),
+    Case("hard_sigmoid_torch", "HardSigmoid", [(4, 5)], F.hardsigmoid, attrs=dict(alpha=1 / 6, beta=0.5),
+         sampler=avoiding(-3.0, 3.0, scale=4.0)),
+    Case("hard_sigmoid_alpha_beta", "HardSigmoid", [(4, 5)], lambda x: torch.clamp(0.5 * x + 0.25, 0, 1),
+         attrs=dict(alpha=0.5, beta=0.25), sampler=avoiding(-0.5, 1.5, scale=2.0)),
+    Case("hard_swish", "HardSwish", [(4, 5)], F.hardswish, sampler=avoiding(-3.0, 3.0, scale=4.0)),
+    # Clip: min/max constants, either omitted, both omitted, or attributed
+    Case("clip_both", "Clip", [(4, 5), np.array(-0.5), np.array(0.5)], torch.clamp, sampler=avoiding(-0.5, 0.5)),
+    Case("clip_min", "Clip", [(4, 5), np.array(-0.5)], lambda x, lo: torch.clamp(x, min=lo),
+         sampler=avoiding(-0.5)),
+    Case("clip_max", "Clip", [(4, 5), None, np.array(0.5)], lambda x, hi: torch.clamp(x, max=hi),
+         sampler=avoiding(0.5)),
+    Case("clip_none", "Clip", [(4, 5)], lambda x: x * 1),
+    Case("clip_attr_bounds", "Clip", [(4, 5), (), ()], torch.clamp, sampler=scalars_then(-0.4, 0.4)),
+    Case("clip_attr_max", "Clip", [(4, 5), np.array(-1.0), ()], torch.clamp, sampler=scalars_then(0.3, avoid=(-1.0, 0.3))),
+    Case("clip_attr_crossed", "Clip", [(4, 5), (), ()], torch.clamp, sampler=scalars_then(0.4, -0.4)),
+    # Gelu exists from opset 20
+    Case("gelu", "Gelu", [(3, 4)], F.gelu, opset=20),
+    Case("gelu_tanh", "Gelu", [(3, 4)], lambda x: F.gelu(x, approximate="tanh"), attrs=dict(approximate="tanh"),
+         opset=20),
+    Case("gelu_wide", "Gelu", [(3, 4)], F.gelu, opset=20, sampler=avoiding(scale=3.0)),
+]
+for op, fn in [("Softmax", torch.softmax), ("LogSoftmax", torch.log_softmax)]:
+    ACT += [Case(f"{op.lower()}_default", op, [(2, 3, 4)], lambda x, fn=fn: fn(x, -1))]
+    ACT += [Case(f"{op.lower()}_axis{a}", op, [(2, 3, 4)], lambda x, fn=fn, a=a: fn(x, a), attrs=dict(axis=a))
+            for a in (0, 1, -2, -3)]
+    ACT += [Case(f"{op.lower()}_opset18", op, [(3, 5)], lambda x, fn=fn: fn(x, 0), attrs=dict(axis=0), opset=18)]
+
+
+# Batch dimension symbolic in the model ("batch"): the dynamic unbroadcast path and no baked batch sizes.
+# Every attributed input of rank >= 1 here has the batch as its first dimension.
+DYNAMIC = [
+    Case("dyn_add", "Add", [(3, 4), (3, 1)], lambda a, c: a + c),
+    Case("dyn_mul_rank3", "Mul", [(3, 1, 4), (3, 2, 1)], lambda a, c: a * c),
+    Case("dyn_div_const", "Div", [(3, 4), positive_const(4)], lambda a, c: a / c),
+    Case("dyn_pow_const", "Pow", [(3, 4), np.array([0.5, 1.0, 2.0, 3.0])], torch.pow, positive=True),
+    Case("dyn_max3", "Max", [(3, 4), (3, 1), W.standard_normal(4)], lambda a, c, d: torch.maximum(torch.maximum(a, c), d)),
+    Case("dyn_sum_const", "Sum", [(3, 1, 4), W.standard_normal((2, 1))], lambda a, c: a + c),
+    Case("dyn_where", "Where", [W.random(4) > 0.5, (3, 4), (3, 1)], torch.where),
+    Case("dyn_prelu", "PRelu", [(3, 2, 4), W.uniform(0.1, 0.3, (2, 1))], lambda x, s: torch.where(x > 0, x, s * x),
+         away_from=0.0),
+    Case("dyn_clip_attr", "Clip", [(3, 4), (), ()], torch.clamp, sampler=scalars_then(-0.4, 0.4)),
+    Case("dyn_softmax_axis0", "Softmax", [(3, 4)], lambda x: torch.softmax(x, 0), attrs=dict(axis=0)),
+    Case("dyn_log_softmax", "LogSoftmax", [(3, 4)], lambda x: torch.log_softmax(x, -1)),
+    Case("dyn_gelu_tanh", "Gelu", [(3, 4)], lambda x: F.gelu(x, approximate="tanh"), attrs=dict(approximate="tanh"),
+         opset=20),
+]
+for c in DYNAMIC:
+    c.dynamic = True
+
+
+@pytest.mark.parametrize("case", ARITH + ACT + DYNAMIC, ids=lambda c: c.name)
+def test_case(case):
+    check_case(case)
+
+
+# ------------------------------------------------------------------ at kinks and through rounding casts
+# Central differences are not a derivative at a kink, nor through a float32/float16 rounding (h = 1e-6
+# is below the rounding step), so these cases are held against torch autograd (float64, onnx.reference)
+# and run once more in onnxruntime (float32).
+def check_against_torch(case: Case, xs: dict):
+    model, wrt, out = build_case_model(case)
+    vm = vjp_model(model, wrt, out)
+    fwd = run_reference(model, xs)[0]
+    dy = np.random.default_rng(3).standard_normal(np.shape(fwd))
+    res = run_reference(vm, {**xs, "dy": dy})
+    grads = dict(zip(wrt, res[1:]))
+
+    targs = []
+    for i, spec in enumerate(case.inputs):
+        if spec is None:
+            continue
+        targs.append(torch.tensor(xs[f"in{i}"], requires_grad=True) if isinstance(spec, tuple)
+                     else torch.tensor(np.asarray(spec)))
+    y = case.torch_fn(*targs)
+    np.testing.assert_allclose(y.detach().numpy(), fwd, rtol=1e-6, atol=1e-8)
+    tw = [t for t in targs if t.requires_grad]
+    for x, g in zip(wrt, torch.autograd.grad(y, tw, torch.tensor(dy))):
+        np.testing.assert_allclose(grads[x], g.numpy(), rtol=1e-6, atol=1e-8, err_msg=f"{case.name}: {x}")
+
+    m32, wrt32, out32 = build_case_model(case, TensorProto.FLOAT)
+    sess = ort.InferenceSession(vjp_model(m32, wrt32, out32).SerializeToString(), providers=["CPUExecutionProvider"])
+    r32 = sess.run(None, {**{x: xs[x].astype(np.float32) for x in wrt32}, "dy": dy.astype(np.float32)})
+    for x, g32 in zip(wrt32, r32[1:]):
+        np.testing.assert_allclose(g32, grads[x], rtol=2e-3, atol=2e-3, err_msg=f"{case.name}: onnxruntime {x}")
+
+
+KINK = np.array([[-1.0, 0.0, 1.0, -0.5], [0.5, 0.0, -3.0, 3.0], [2.0, -2.0, 0.25, 0.0]])
+back = [helper.make_node("CastLike", ["y0", "in0"], ["y1"])]
+
+TORCH_ONLY = [
+    (Case("relu_at_0", "Relu", [(3, 4)], torch.relu), {"in0": KINK}),
+    (Case("leaky_relu_at_0", "LeakyRelu", [(3, 4)], F.leaky_relu), {"in0": KINK}),
+    (Case("elu_at_0", "Elu", [(3, 4)], F.elu), {"in0": KINK}),
+    (Case("selu_at_0", "Selu", [(3, 4)], F.selu), {"in0": KINK}),
+    (Case("abs_at_0", "Abs", [(3, 4)], torch.abs), {"in0": KINK}),
+    (Case("prelu_at_0", "PRelu", [(3, 4), (4,)], lambda x, s: torch.where(x > 0, x, s * x)),
+     {"in0": KINK, "in1": np.array([0.1, 0.2, 0.3, 0.4])}),
+    (Case("clip_at_bounds", "Clip", [(3, 4), np.array(-0.5), np.array(0.5)], torch.clamp), {"in0": KINK}),
+    (Case("clip_attr_at_bounds", "Clip", [(3, 4), (), ()], torch.clamp),
+     {"in0": KINK, "in1": np.array(-0.5), "in2": np.array(0.5)}),
+    (Case("hard_sigmoid_at_bounds", "HardSigmoid", [(3, 4)], F.hardsigmoid, attrs=dict(alpha=1 / 6, beta=0.5)),
+     {"in0": KINK}),
+    (Case("hard_swish_at_bounds", "HardSwish", [(3, 4)], F.hardswish), {"in0": KINK}),
+    (Case("max_ties", "Max", [(3, 4), (3, 4)], torch.maximum), {"in0": KINK, "in1": np.round(KINK)}),
+    (Case("min_ties", "Min", [(3, 4), (4,)], torch.minimum), {"in0": KINK, "in1": np.array([-1.0, 0.0, 0.25, 0.0])}),
+    # base 0 with exponents 0, 1, 2, 1.5, 3, 2.5: torch's masks (da = 0 where c == 0, dc = 0 where a == 0)
+    (Case("pow_zero_base", "Pow", [(3, 4), (3, 4)], torch.pow),
+     {"in0": np.array([[0.0, 0.0, 0.0, 0.0], [1.5, 0.0, 2.0, 0.0], [0.7, 0.0, 1.2, 0.0]]),
+      "in1": np.array([[0.0, 1.0, 2.0, 1.5], [0.0, 3.0, 0.5, 2.5], [1.0, 0.0, 2.0, 1.0]])}),
+    (Case("pow_zero_base_const_exp", "Pow", [(3, 4), np.array([0.0, 1.0, 2.0, 0.5])], torch.pow),
+     {"in0": np.abs(KINK) * (KINK > 0)}),
+    # Cast float64 -> float32 / float16 and back: the cotangent is cast back through the same types
+    (Case("cast_float", "Cast", [(3, 4)], lambda a: a.to(torch.float32).to(torch.float64),
+          attrs=dict(to=TensorProto.FLOAT), extra_nodes=back), {"in0": KINK / 3}),
+    (Case("cast_float16", "Cast", [(3, 4)], lambda a: a.to(torch.float16).to(torch.float64),
+          attrs=dict(to=TensorProto.FLOAT16), extra_nodes=back), {"in0": KINK / 3}),
+]
+
+
+@pytest.mark.parametrize("case,xs", TORCH_ONLY, ids=[c.name for c, _ in TORCH_ONLY])
+def test_against_torch_only(case, xs):
+    check_against_torch(case, xs)
+
+
+# Celu is defined for float32 only: no float64 model, so no finite differences; float32 in onnx.reference
+# and onnxruntime against torch autograd in float64.
+@pytest.mark.parametrize("alpha", [1.0, 0.7])
+def test_celu_float32(alpha):
+    case = Case("celu", "Celu", [(3, 4)], attrs=dict(alpha=alpha))
+    x = avoiding(0.0)(np.random.default_rng(0), (3, 4))
+    x[0, 0] = 0.0   # torch's value at the kink: the x <= 0 branch, slope 1
+    dy = np.random.default_rng(1).standard_normal((3, 4))
+    tx = torch.tensor(x, requires_grad=True)
+    (expected,) = torch.autograd.grad(F.celu(tx, alpha), tx, torch.tensor(dy))
+    m32, wrt, out = build_case_model(case, TensorProto.FLOAT)
+    vm = vjp_model(m32, wrt, out)
+    feeds = {"in0": x.astype(np.float32), "dy": dy.astype(np.float32)}
+    sess = ort.InferenceSession(vm.SerializeToString(), providers=["CPUExecutionProvider"])
+    for got in (run_reference(vm, feeds)[1], sess.run(None, feeds)[1]):
+        np.testing.assert_allclose(got, expected.numpy(), rtol=1e-5, atol=1e-6)
