@@ -8,6 +8,7 @@ along its axis.  Everything else (linear ops, products) keeps its standard rule.
 from __future__ import annotations
 
 from ..vjp import register
+from ..vjp.pool import max_pool_indices
 from . import NONLINEAR_UNARY, standard_rule
 
 RESCALE: dict = {}
@@ -52,7 +53,7 @@ def rescale_maxpool(ctx):
     """Cross-max rule: ``max(o, o_ref) - o_ref`` goes to the input's argmax, ``o - max(o, o_ref)``
     to the reference's argmax, each divided by that position's ``x - x_ref``."""
     b, x, o = ctx.b, ctx.x[0], ctx.y[0]
-    indices = _maxpool_indices(ctx)
+    indices = max_pool_indices(ctx)
     o_ref = ctx.ref(o)
     top = b.op("Max", o, o_ref)
     to_input = b.mul(ctx.dy[0], b.sub(top, o_ref))
@@ -72,16 +73,6 @@ def rescale_maxpool(ctx):
     dx_total = b.reshape_like(summed, x)
     delta = b.sub(x, ctx.ref(x))
     return [_safe_ratio(b, dx_total, delta, _small(ctx, delta))]
-
-
-def _maxpool_indices(ctx) -> str:
-    """The forward MaxPool's Indices output, added to the node when it has none."""
-    node = ctx.node
-    if len(node.output) > 1 and node.output[1]:
-        return node.output[1]
-    name = ctx.b.fresh(f"{node.output[0]}_indices")
-    node.output.append(name)
-    return name
 
 
 def _first_half(b, t: str, half: str) -> str:

@@ -1,1 +1,127 @@
-"""norm rules."""
+"""Normalisation: BatchNormalization (inference and training mode) and LayerNormalization.
+
+Both normalise ``xhat = (x - mean) / sqrt(var + eps)`` and apply an affine map.  With
+statistics that are constants (BatchNormalization at inference) the map is affine per
+channel; with statistics taken from x itself (LayerNormalization, BatchNormalization
+in training mode) the cotangent is projected: ``dx = inv * (g - mean(g) - xhat * mean(g xhat))``
+with ``g = dy * scale`` and means over the normalised axes.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from . import register
+from .linalg import _fail
+
+
+def _rank(ctx, x: str) -> int:
+    r = ctx.b.rank(x)
+    if r is None:
+        raise _fail(ctx, f"the rank of {x!r} is unknown")
+    return r
+
+
+def _statistics(b, x: str, axes, eps: float):
+    """(x - mean, 1 / sqrt(var + eps)) over ``axes``, both keeping dims."""
+    xc = b.sub(x, b.reduce("ReduceMean", x, axes))
+    var = b.reduce("ReduceMean", b.mul(xc, xc), axes)
+    inv = b.op("Reciprocal", b.op("Sqrt", b.add(var, b.like(eps, x))))
+    return xc, inv
+
+
+def _normalized_grad(b, g: str, xhat: str, inv: str, axes) -> str:
+    """dx = inv * (g - mean(g) - xhat * mean(g * xhat)): the cotangent through xhat = (x - mean) * inv."""
+    mean_g = b.reduce("ReduceMean", g, axes)
+    mean_gx = b.reduce("ReduceMean", b.mul(g, xhat), axes)
+    return b.mul(inv, b.sub(b.sub(g, mean_g), b.mul(xhat, mean_gx)))
+
+
+# ------------------------------------------------------------------------- BatchNormalization
+@register("BatchNormalization")
+def vjp_batch_norm(ctx):
+    """Y = scale * (X - mean) / sqrt(var + eps) + B per channel (axis 1); at inference
+    dX = dY * scale / sqrt(var + eps); in training mode the batch statistics are differentiated too."""
+    b, dy = ctx.b, ctx.dy[0]
+    X, scale, mean, var = ctx.x[0], ctx.x[1], ctx.x[3], ctx.x[4]
+    if dy is None:   # only the running statistics have cotangents: they are not explained outputs
+        return [None] * len(ctx.x)
+    eps = float(ctx.attr("epsilon", 1e-5))
+    rank = _rank(ctx, X)
+    axes = [0] + list(range(2, rank))
+
+    def per_channel(t):   # (C,) -> (C, 1, ..., 1), which broadcasts against (N, C, ...)
+        return b.unsqueeze(t, list(range(1, rank - 1))) if rank > 2 else t
+
+    grads = [None] * len(ctx.x)
+    if ctx.attr("training_mode", 0):
+        xc, inv = _statistics(b, X, axes, eps)
+        xhat = b.mul(xc, inv)
+        if ctx.needs(0):
+            grads[0] = _normalized_grad(b, b.mul(dy, per_channel(scale)), xhat, inv, axes)
+    else:
+        inv = b.op("Reciprocal", b.op("Sqrt", b.add(var, b.like(eps, X))))     # (C,)
+        if ctx.needs(0):
+            grads[0] = b.mul(dy, per_channel(b.mul(scale, inv)))
+        if ctx.needs(1):
+            xhat = b.mul(b.sub(X, per_channel(mean)), per_channel(inv))
+        if ctx.needs(3):   # d/dmean = -sum(dY) * scale * inv
+            grads[3] = b.neg(b.mul(b.reduce_sum(dy, axes, keepdims=0), b.mul(scale, inv)))
+        if ctx.needs(4):   # d/dvar = sum(dY (X - mean)) * scale * (-1/2) inv^3
+            s = b.reduce_sum(b.mul(dy, b.sub(X, per_channel(mean))), axes, keepdims=0)
+            inv3 = b.mul(inv, b.mul(inv, inv))
+            grads[4] = b.mul(s, b.mul(scale, b.mul(inv3, b.like(-0.5, X))))
+    if ctx.needs(1):
+        grads[1] = b.reduce_sum(b.mul(dy, xhat), axes, keepdims=0)
+    if ctx.needs(2):
+        grads[2] = b.reduce_sum(dy, axes, keepdims=0)
+    return grads
+
+
+# ------------------------------------------------------------------------- LayerNormalization
+@register("LayerNormalization")
+def vjp_layer_norm(ctx):
+    """Y = xhat * Scale + B, xhat normalised over axes [axis, rank): dX = inv (g - mean g - xhat mean(g xhat)),
+    g = dY Scale; dScale = sum dY xhat, dB = sum dY; cotangents of Mean / InvStdDev are added when present."""
+    b = ctx.b
+    X, scale = ctx.x[0], ctx.x[1]
+    bias = ctx.x[2] if len(ctx.x) > 2 and ctx.x[2] else None
+    rank = _rank(ctx, X)
+    axis = int(ctx.attr("axis", -1))
+    axis = axis + rank if axis < 0 else axis
+    axes = list(range(axis, rank))
+    eps = float(ctx.attr("epsilon", 1e-5))
+    dy = ctx.dy[0]
+    d_mean = ctx.dy[1] if len(ctx.dy) > 1 else None
+    d_inv = ctx.dy[2] if len(ctx.dy) > 2 else None
+    xc, inv = _statistics(b, X, axes, eps)
+    xhat = b.mul(xc, inv)
+    grads = [None] * len(ctx.x)
+    if ctx.needs(0):
+        parts = []
+        if dy is not None:
+            parts.append(_normalized_grad(b, b.mul(dy, scale), xhat, inv, axes))
+        if d_mean is not None or d_inv is not None:
+            n = _count(b, X, axes)
+            if d_mean is not None:     # mean = sum(x) / n
+                parts.append(b.op("Expand", b.div(b.cast_like(d_mean, X), n), b.shape_of(X)))
+            if d_inv is not None:      # d inv / dx = -inv^3 (x - mean) / n
+                inv3 = b.mul(inv, b.mul(inv, inv))
+                parts.append(b.neg(b.div(b.mul(b.mul(b.cast_like(d_inv, X), inv3), xc), n)))
+        grads[0] = b.sum(parts) if parts else None
+    if dy is not None:
+        from ..backward import unbroadcast
+        if ctx.needs(1):
+            grads[1] = unbroadcast(b, b.mul(dy, xhat), scale, ctx.y[0])
+        if bias is not None and ctx.needs(2):
+            grads[2] = unbroadcast(b, dy, bias, ctx.y[0])
+    return grads
+
+
+def _count(b, x: str, axes) -> str:
+    """Number of elements normalised together, as a scalar of x's type."""
+    s = b.shape(x)
+    dims = [s[a] for a in axes] if s is not None else [None]
+    if all(isinstance(d, int) for d in dims):
+        return b.like(float(np.prod(dims)), x)
+    size = b.op("ReduceProd", b.op("Shape", x, start=axes[0]), keepdims=0)
+    return b.cast_like(size, x)

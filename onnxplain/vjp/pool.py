@@ -1,1 +1,179 @@
-"""pool rules."""
+"""Pooling: MaxPool, AveragePool, GlobalMaxPool, GlobalAveragePool.
+
+MaxPool routes each output's cotangent to the input element its window picked (the
+node's own ``Indices`` output, flat over N*C*H*W); AveragePool spreads ``dy / count``
+back over each window with a ConvTranspose of ones.  Window geometry is shared with
+Conv (:func:`onnxplain.vjp.linalg.window`).
+"""
+from __future__ import annotations
+
+import numpy as np
+from onnx import TensorProto, helper
+
+from ..graph import np_dtype
+from . import register
+from .linalg import _fail, _known, _shape_tail, spread, window
+
+
+def _spatial(ctx):
+    s = ctx.b.shape(ctx.x[0])
+    if s is None or len(s) < 3:
+        raise _fail(ctx, f"expected an input of known rank >= 3, got shape {s}")
+    return tuple(s[2:])
+
+
+def _dtype(b, ref: str):
+    return np_dtype(b.elem_type(ref) or TensorProto.FLOAT)
+
+
+# ------------------------------------------------------------------------------------ MaxPool
+@register("MaxPool")
+def vjp_max_pool(ctx):
+    """dX = scatter-add of dY at each window's argmax (the Indices output, flat over N*C*spatial)."""
+    b, X, dy = ctx.b, ctx.x[0], ctx.dy[0]
+    if dy is None:
+        return [None]
+    indices = max_pool_indices(ctx)
+    flat = b.op("Reshape", b.zeros_like(X), b.ints([-1]))
+    g = b.op("ScatterElements", flat, b.op("Reshape", indices, b.ints([-1])),
+             b.op("Reshape", dy, b.ints([-1])), axis=0, reduction="add")
+    return [b.reshape_like(g, X)]
+
+
+def max_pool_indices(ctx) -> str:
+    """Name of a row-major Indices tensor for this MaxPool: the node's own output when it has one
+    (appended to the node when it has not), or a second MaxPool's where that cannot be used."""
+    b, node = ctx.b, ctx.node
+    spatial = _spatial(ctx)
+    n = len(spatial)
+    strides = list(ctx.attr("strides", None) or [1] * n)
+    dilations = list(ctx.attr("dilations", None) or [1] * n)
+    if n <= 2 and all(s == 1 for s in strides) and all(d == 1 for d in dilations):
+        return _unit_stride_indices(ctx, spatial)
+    storage = ctx.attr("storage_order", 0)
+    has = len(node.output) > 1 and node.output[1]
+    if has and storage == 0:
+        return node.output[1]
+    if not has and storage == 0:
+        name = b.fresh(f"{node.output[0]}_argmax")
+        if len(node.output) > 1:
+            node.output[1] = name
+        else:
+            node.output.append(name)
+        b.set_type(name, TensorProto.INT64, b.shape(node.output[0]))
+        return name
+    # storage_order=1 makes the node's Indices column-major: pool once more for row-major ones
+    return b.op("MaxPool", ctx.x[0], outputs=2, **_attrs(node, drop=("storage_order",)))[1]
+
+
+def _attrs(node, drop=()) -> dict:
+    out = {}
+    for a in node.attribute:
+        if a.name in drop:
+            continue
+        v = helper.get_attribute_value(a)
+        out[a.name] = v.decode() if isinstance(v, bytes) else v
+    return out
+
+
+def _unit_stride_indices(ctx, spatial) -> str:
+    """Indices of a stride-1, dilation-1 MaxPool, from a copy pooled over X with a trailing size-1
+    axis of dilation 2: the same windows and the same flat indices, but onnx.reference computes its
+    Indices correctly only when some stride or dilation differs from 1 (its other code path decodes
+    the window offsets wrongly and is not flat over N*C)."""
+    b, X = ctx.b, ctx.x[0]
+    n = len(spatial)
+    kernel = list(ctx.attr("kernel_shape"))
+    attrs = _attrs(ctx.node, drop=("storage_order", "ceil_mode", "pads", "auto_pad", "strides", "dilations"))
+    auto_pad = ctx.attr("auto_pad", b"NOTSET")
+    auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else auto_pad
+    if auto_pad in ("SAME_UPPER", "SAME_LOWER") and not _known(spatial):
+        attrs["auto_pad"] = auto_pad      # the dummy axis (kernel 1) needs no padding either way
+    else:
+        win = window(ctx, spatial, kernel)
+        attrs["pads"] = list(win.begin) + [0] + list(win.end) + [0]
+    attrs.update(kernel_shape=kernel + [1], strides=[1] * (n + 1), dilations=[1] * n + [2])
+    _, indices = b.op("MaxPool", b.unsqueeze(X, [-1]), outputs=2, **attrs)
+    return indices
+
+
+# -------------------------------------------------------------------------------- AveragePool
+@register("AveragePool")
+def vjp_average_pool(ctx):
+    """dX = conv_transpose(dY / count, ones) per channel; count = taps averaged by each window."""
+    b, X, dy = ctx.b, ctx.x[0], ctx.dy[0]
+    spatial = _spatial(ctx)
+    kernel = tuple(ctx.attr("kernel_shape"))
+    auto_pad = ctx.attr("auto_pad", b"NOTSET")
+    auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else auto_pad
+    ceil_mode = bool(ctx.attr("ceil_mode", 0)) and auto_pad == "NOTSET"   # VALID/SAME sizes are floor sizes
+    include_pad = bool(ctx.attr("count_include_pad", 0))
+    win = window(ctx, spatial, kernel, ceil_mode)
+    dtype = _dtype(b, X)
+    if win.out is not None:
+        count = _window_counts(spatial, win, include_pad)
+        scale = (b.like(1.0 / float(count.flat[0]), X) if np.all(count == count.flat[0])
+                 else b.const(1.0 / count, dtype, hint="inv_count"))
+    elif ceil_mode:
+        raise _fail(ctx, "ceil_mode needs static spatial sizes")
+    else:
+        scale = _dynamic_inv_count(b, X, win, include_pad, dtype)
+    g = b.mul(dy, scale)
+    g = b.op("Reshape", g, b.ints([-1, 1] + list(win.out)) if win.out is not None else _shape_tail(b, dy, [-1, 1]))
+    ones = b.const(np.ones((1, 1) + kernel), dtype, hint="ones_kernel")
+    return [b.reshape_like(spread(b, g, ones, win, X, spatial), X)]
+
+
+def _window_counts(spatial, win, include_pad: bool) -> np.ndarray:
+    """Divisor of each output position: taps inside the input (or inside the padded input)."""
+    counts = None
+    for x, k, s, d, pb, pe, o in zip(spatial, win.kernel, win.strides, win.dilations, win.begin, win.end, win.out):
+        lo, hi = (-pb, x + pe) if include_pad else (0, x)
+        taps = np.arange(o)[:, None] * s - pb + np.arange(k)[None, :] * d
+        c = ((taps >= lo) & (taps < hi)).sum(axis=1).astype(np.float64)
+        counts = c if counts is None else np.multiply.outer(counts, c)
+    return counts
+
+
+def _dynamic_inv_count(b, X: str, win, include_pad: bool, dtype) -> str:
+    """1 / count when the spatial sizes are only known at run time (floor mode): the kernel size,
+    or, excluding padding, a Conv of ones over a ones image shaped like one channel of X."""
+    if include_pad or not any(win.begin + win.end):
+        return b.const(1.0 / float(np.prod(win.kernel)), dtype)
+    one = b.op("ConstantOfShape", _shape_tail(b, X, [1, 1]),
+               value=helper.make_tensor("one", helper.np_dtype_to_tensor_dtype(np.dtype(dtype)), [1], [1]))
+    ones_k = b.const(np.ones((1, 1) + tuple(win.kernel)), dtype, hint="ones_kernel")
+    count = b.op("Conv", one, ones_k, strides=list(win.strides), dilations=list(win.dilations),
+                 pads=list(win.begin) + list(win.end))
+    return b.op("Reciprocal", count)
+
+
+# ----------------------------------------------------------------------------- Global pooling
+@register("GlobalAveragePool")
+def vjp_global_average_pool(ctx):
+    """dX = dY / (number of spatial positions), broadcast over the spatial axes."""
+    b, X, dy = ctx.b, ctx.x[0], ctx.dy[0]
+    spatial = _spatial(ctx)
+    if _known(spatial):
+        inv = b.like(1.0 / float(np.prod(spatial)), X)
+    else:
+        size = b.op("ReduceProd", b.op("Shape", X, start=2), keepdims=0)
+        inv = b.op("Reciprocal", b.cast_like(size, X))
+    return [b.op("Expand", b.mul(dy, inv), b.shape_of(X))]
+
+
+@register("GlobalMaxPool")
+def vjp_global_max_pool(ctx):
+    """dX = dY at the first argmax of each (n, c) spatial extent, zero elsewhere."""
+    b, X, dy = ctx.b, ctx.x[0], ctx.dy[0]
+    spatial = _spatial(ctx)
+    flat = b.op("Reshape", X, b.ints([0, 0, -1]))
+    arg = b.op("ArgMax", flat, axis=2, keepdims=1)                       # (N, C, 1)
+    if _known(spatial):
+        pos = b.const(np.arange(int(np.prod(spatial))), np.int64, hint="positions")
+    else:
+        size = b.op("Squeeze", b.op("Shape", flat, start=2), b.ints([0]))
+        pos = b.op("Range", b.const(0, np.int64), size, b.const(1, np.int64))
+    mask = b.op("Equal", pos, arg)                                     # (N, C, H*W)
+    g = b.where(mask, b.op("Reshape", dy, b.ints([0, 0, 1])), b.like(0.0, X))
+    return [b.reshape_like(g, X)]
