@@ -12,6 +12,7 @@ from onnx import TensorProto
 from .converters import digest, normalize
 from .graph import FLOAT_TYPES, GraphBuilder, np_dtype
 from .methods import Spec, get_method
+from .methods.base import Point
 from .methods.base import TARGET_WEIGHTS
 from .runtime import DEFAULT_MEMORY_BUDGET, Session, bytes_per_row, rows_per_chunk, select_providers
 from .targets import check_target_weights, target_weights
@@ -32,23 +33,27 @@ class Explainer:
     model: a path, bytes or ``onnx.ModelProto``.
     method: a name from :data:`onnxplain.METHODS` (or a DeepExplain alias).
     output: the model output to explain (default: the first floating-point one).
-    inputs: the inputs to attribute (default: every floating-point input).
+    inputs: the inputs to attribute (default: every floating-point input; for a
+        model without any, its token input, attributed at the embedding it feeds).
+    layer: attribute this intermediate tensor instead of the inputs (Captum's
+        Layer* methods); baselines are still given for ``inputs``.
     providers: onnxruntime providers (default: CUDA when usable, else CPU).
     memory_budget: bytes one run may use for intermediate tensors; calls are
         split into chunks of rows (and of integration steps) to stay within it.
     """
 
-    def __init__(self, model, method: str = "saliency", output: str | None = None, inputs=None,
+    def __init__(self, model, method: str = "saliency", output: str | None = None, inputs=None, layer=None,
                  providers=None, memory_budget: int | None = None):
         self.method = get_method(method)
         self.model = normalize(model)
         self.output = _choose_output(self.model, output)
-        self.spec = _spec(self.model, self.output, inputs)
+        self.spec = _spec(self.model, self.output, inputs, layer, self.method)
         if memory_budget is not None and (not isinstance(memory_budget, (int, np.integer)) or memory_budget <= 0):
             raise ValueError(f"memory_budget must be a positive number of bytes, got {memory_budget!r}")
         self.memory_budget = int(memory_budget or DEFAULT_MEMORY_BUDGET)
         self.providers = select_providers(providers)
-        key = (digest(self.model), self.method.name, self.output, tuple(self.spec.wrt), tuple(map(str, self.providers)))
+        key = (digest(self.model), self.method.name, self.output, tuple(self.spec.wrt), tuple(self.spec.carriers),
+               tuple(map(str, self.providers)))
         with _CACHE_LOCK:
             if key not in _CACHE:
                 graph = build_graph(self.model, self.method, self.spec)
@@ -85,7 +90,7 @@ class Explainer:
         if return_convergence_delta and not self.method.has_delta:
             raise ValueError(f"method {self.method.name!r} has no convergence delta")
         feeds = self._check_inputs(inputs)
-        n = int(np.shape(feeds[self.spec.wrt[0]])[0])
+        n = int(np.shape(feeds[self.spec.carriers[0]])[0])
         tw = self._target_weights(target, target_weights, feeds, n)
         total, delta = self.method.run(self, feeds, tw, params)
         names = [self.spec.attribution_name(x) for x in self.spec.wrt]
@@ -161,13 +166,14 @@ def build_graph(model: onnx.ModelProto, method, spec: Spec) -> onnx.ModelProto:
 
 def explain(model, inputs, method: str = "saliency", target=None, **kwargs):
     """One-shot :meth:`Explainer.explain` (the graph and session are cached all the same)."""
-    ctor = {k: kwargs.pop(k) for k in ("output", "providers", "memory_budget") if k in kwargs}
+    ctor = {k: kwargs.pop(k) for k in ("output", "providers", "memory_budget", "layer") if k in kwargs}
     if "inputs_to_attribute" in kwargs:
         ctor["inputs"] = kwargs.pop("inputs_to_attribute")
     return Explainer(model, method, **ctor).explain(inputs, target, **kwargs)
 
 
-def convert(model, path, method: str = "saliency", output: str | None = None, inputs=None, **defaults):
+def convert(model, path, method: str = "saliency", output: str | None = None, inputs=None, layer=None,
+            **defaults):
     """Write the standalone explanation graph of ``method`` to ``path``.
 
     ``defaults`` set the graph's default parameters (e.g. ``n_steps=20``), stored
@@ -176,7 +182,7 @@ def convert(model, path, method: str = "saliency", output: str | None = None, in
     """
     m = get_method(method, **defaults)
     model = normalize(model)
-    spec = _spec(model, _choose_output(model, output), inputs)
+    spec = _spec(model, _choose_output(model, output), inputs, layer, m)
     graph = build_graph(model, m, spec)
     _write_atomically(graph, path)
     return graph
@@ -217,23 +223,69 @@ def _choose_output(model, output):
     raise ValueError(f"the model has no floating-point output to explain (outputs: {names})")
 
 
-def _spec(model, output, inputs) -> Spec:
+def _spec(model, output, inputs, layer=None, method=None) -> Spec:
+    """Which tensors get attributions (points), which inputs take baselines (carriers), which pass through.
+
+    By default every floating-point input is attributed; a model with none has
+    its token inputs (integers feeding an embedding Gather) attributed at that
+    Gather's output.  ``inputs`` names them explicitly; ``layer`` attributes an
+    intermediate tensor instead, with baselines for ``inputs``.
+    """
     graph_inputs = _graph_inputs(model)
     names = [vi.name for vi in graph_inputs]
     floats = [vi.name for vi in graph_inputs if vi.type.tensor_type.elem_type in FLOAT_TYPES]
+    tokens = token_embeddings(model)
     if inputs is None:
-        wrt = floats
+        chosen = floats or list(tokens)[:1]
+        if not chosen:
+            raise ValueError(f"the model has no floating-point input and no token input feeding an embedding "
+                             f"to attribute (inputs: {names})")
     else:
-        wrt = [inputs] if isinstance(inputs, str) else list(inputs)
-        bad = [x for x in wrt if x not in floats]
+        chosen = [inputs] if isinstance(inputs, str) else list(inputs)
+        bad = [x for x in chosen if x not in floats and x not in tokens]
         if bad:
-            raise ValueError(f"cannot attribute {bad}: the model's floating-point inputs are {floats}")
-    if not wrt:
-        raise ValueError(f"the model has no floating-point input to attribute (inputs: {names})")
+            raise ValueError(f"cannot attribute {bad}: attributable inputs are the floating-point inputs {floats} "
+                             f"and the token inputs feeding an embedding {list(tokens)}")
     for vi in graph_inputs:
-        if vi.name in wrt and len(vi.type.tensor_type.shape.dim) == 0:
+        if vi.name in chosen and len(vi.type.tensor_type.shape.dim) == 0:
             raise ValueError(f"input {vi.name!r} has no batch dimension; onnxplain needs batch-first inputs")
-    return Spec(model, output, wrt, [x for x in names if x not in wrt])
+    if layer is not None:
+        points = [Point(layer, _check_layer(model, layer))]
+    else:
+        points = [Point(x, x, x) if x in floats else Point(x, tokens[x]) for x in chosen]
+    if method is not None and not method.supports_layers and not all(p.is_input for p in points):
+        raise ValueError(f"method {method.name!r} attributes floating-point inputs only; "
+                         f"{'layer=' if layer else 'token inputs'} needs another method")
+    return Spec(model, output, points, chosen, [x for x in names if x not in chosen])
+
+
+def token_embeddings(model) -> dict[str, str]:
+    """Integer inputs that feed exactly one Gather on a float table: input name -> that Gather's output."""
+    inits = {i.name: i.data_type for i in model.graph.initializer}
+    floats = {vi.name for vi in model.graph.value_info if vi.type.tensor_type.elem_type in FLOAT_TYPES}
+    found = {}
+    for vi in _graph_inputs(model):
+        if vi.type.tensor_type.elem_type not in (TensorProto.INT64, TensorProto.INT32):
+            continue
+        gathers = [n for n in model.graph.node if n.op_type == "Gather" and len(n.input) > 1
+                   and n.input[1] == vi.name and (inits.get(n.input[0]) in FLOAT_TYPES or n.input[0] in floats)]
+        if len(gathers) == 1:
+            found[vi.name] = gathers[0].output[0]
+    return found
+
+
+def _check_layer(model, layer: str) -> str:
+    produced = {o for n in model.graph.node for o in n.output}
+    if layer not in produced:
+        raise ValueError(f"layer {layer!r} is not a tensor computed by the model; onnxplain.inspect(model) lists "
+                         f"the model's tensors")
+    info = {vi.name: vi for vi in model.graph.value_info}
+    vi = info.get(layer)
+    if vi is None or not vi.type.tensor_type.HasField("shape"):
+        raise ValueError(f"the shape of layer {layer!r} is unknown after shape inference; onnxplain needs its rank")
+    if vi.type.tensor_type.elem_type not in FLOAT_TYPES:
+        raise ValueError(f"layer {layer!r} is not floating point")
+    return layer
 
 
 def _check_array(vi, value) -> np.ndarray:

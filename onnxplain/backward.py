@@ -74,8 +74,10 @@ def needed_tensors(nodes, outputs) -> set[str]:
 def path_nodes(nodes, wrt, outputs, b: GraphBuilder):
     active = active_tensors(nodes, wrt, b)
     needed = needed_tensors(nodes, outputs)
+    # nodes downstream of an attributed tensor (never the producer of one: layers are attributed as they are)
     on_path = [n for n in nodes
-               if any(o in needed and o in active for o in n.output)]
+               if any(o in needed and o in active for o in n.output)
+               and (any(i in active for i in n.input if i) or _subgraph_reads(n, active))]
     return on_path, active
 
 
@@ -107,7 +109,7 @@ def backward(b: GraphBuilder, output: str, seed: str, wrt: list[str], overrides:
     for node in reversed(on_path):
         if not any(o in cot for o in node.output):
             continue
-        dy = [_accumulate(b, cot.pop(o)) if o in cot else None for o in node.output]
+        dy = [_take(b, cot, o, keep=o in wrt) for o in node.output]
         rule = _lookup(rules, node, b.opset)
         ctx = VJPContext(b, node, dy, frozen, ref, params or {})
         grads = rule.fn(ctx)
@@ -129,6 +131,18 @@ def backward(b: GraphBuilder, output: str, seed: str, wrt: list[str], overrides:
 
 def _accumulate(b: GraphBuilder, grads: list[str]) -> str:
     return b.sum(grads)
+
+
+def _take(b: GraphBuilder, cot: dict, name: str, keep: bool) -> str | None:
+    """The summed cotangent of ``name``; kept in ``cot`` when ``name`` is itself attributed."""
+    if name not in cot:
+        return None
+    total = _accumulate(b, cot[name])
+    if keep:
+        cot[name] = [total]
+    else:
+        del cot[name]
+    return total
 
 
 def unbroadcast(b: GraphBuilder, g: str, x: str, y: str) -> str:

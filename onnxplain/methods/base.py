@@ -21,24 +21,57 @@ TARGET_WEIGHTS = "target_weights"
 
 
 @dataclass
+class Point:
+    """A tensor that gets attributions.
+
+    ``key`` names it to the user (an input's name, or the layer tensor's);
+    ``tensor`` is the graph tensor attributed (the input itself, the output of
+    the embedding Gather a token input feeds, or a layer); ``carrier`` is the
+    model input whose value it *is* (None for layers and token embeddings).
+    """
+
+    key: str
+    tensor: str
+    carrier: str | None = None
+
+    @property
+    def is_input(self) -> bool:
+        return self.carrier is not None and self.carrier == self.tensor
+
+
+@dataclass
 class Spec:
     """The model-side facts a method builds its graph from."""
 
     model: onnx.ModelProto           # normalised
     output: str                      # the explained output
-    wrt: list[str]                   # attributed inputs
-    passthrough: list[str] = field(default_factory=list)  # other model inputs, fed unchanged
+    points: list[Point]              # what gets attributions
+    carriers: list[str]              # model inputs that take baselines (differ between input and reference rows)
+    passthrough: list[str] = field(default_factory=list)  # other model inputs, fed unchanged to every row
+
+    @property
+    def wrt(self) -> list[str]:
+        """The keys of the attributed points (input names in the common case)."""
+        return [p.key for p in self.points]
 
     @property
     def single(self) -> bool:
-        return len(self.wrt) == 1
+        return len(self.points) == 1
+
+    @property
+    def inputs_only(self) -> bool:
+        return all(p.is_input for p in self.points)
+
+    def point_of(self, carrier: str) -> Point | None:
+        """The point that *is* input ``carrier`` (None when the input only carries a layer or an embedding)."""
+        return next((p for p in self.points if p.is_input and p.carrier == carrier), None)
 
     def param(self, base: str, x: str) -> str:
-        """Name of a per-input graph parameter: ``base`` alone, or ``base_<input>`` with several inputs."""
-        return base if self.single else f"{base}_{x}"
+        """Name of a per-input graph parameter: ``base`` alone, or ``base_<input>`` with several carriers."""
+        return base if len(self.carriers) <= 1 else f"{base}_{x}"
 
-    def attribution_name(self, x: str) -> str:
-        return self.param("attributions", x)
+    def attribution_name(self, key: str) -> str:
+        return "attributions" if self.single else f"attributions_{key}"
 
     def input_info(self, name: str) -> onnx.ValueInfoProto:
         for vi in self.model.graph.input:
@@ -54,6 +87,8 @@ class Method:
     aliases: tuple[str, ...] = ()
     has_delta: bool = False
     forward_only: bool = False
+    #: whether layers and token embeddings can be attributed (not only float inputs)
+    supports_layers: bool = True
     #: parameters ``explain`` accepts, with their defaults
     defaults: dict = {}
     #: per-row parameter feeds (by name prefix) and the axis that indexes rows
@@ -111,30 +146,36 @@ class Method:
 
 
 def baseline_feeds(spec: Spec, baselines, inputs: dict) -> dict:
-    """Per-input baseline arrays, shaped like the input, like one row of it (batch 1), or all ones.
+    """Per-input baseline arrays for the carriers, shaped like the input, like one row of it, or all ones.
 
     Forms (Captum's): ``None`` (zeros), a scalar, an array shaped like the input
     or like one row of it, one of these per input (tuple/list, in the order of the
-    attributed inputs), or a dict by input name (missing names get zeros).
+    attributed inputs), or a dict by input name (missing names get zeros).  Token
+    inputs take token ids (e.g. a padding id).
     """
+    names = spec.carriers
     if isinstance(baselines, dict):
-        unknown = sorted(set(baselines) - set(spec.wrt))
+        unknown = sorted(set(baselines) - set(names))
         if unknown:
-            raise ValueError(f"baselines given for {unknown}, which are not attributed inputs {spec.wrt}")
-        given = {x: baselines.get(x) for x in spec.wrt}
-    elif isinstance(baselines, (tuple, list)) and not spec.single:
-        if len(baselines) != len(spec.wrt):
-            raise ValueError(f"{len(baselines)} baselines given for {len(spec.wrt)} attributed inputs {spec.wrt}")
-        given = dict(zip(spec.wrt, baselines))
-    elif not spec.single and baselines is not None and np.ndim(baselines) > 0:
-        raise ValueError(f"with several attributed inputs {spec.wrt}, give baselines as a scalar, a tuple "
+            raise ValueError(f"baselines given for {unknown}, which are not attributed inputs {names}")
+        given = {x: baselines.get(x) for x in names}
+    elif isinstance(baselines, (tuple, list)) and len(names) > 1:
+        if len(baselines) != len(names):
+            raise ValueError(f"{len(baselines)} baselines given for {len(names)} attributed inputs {names}")
+        given = dict(zip(names, baselines))
+    elif len(names) > 1 and baselines is not None and np.ndim(baselines) > 0:
+        raise ValueError(f"with several attributed inputs {names}, give baselines as a scalar, a tuple "
                          f"(one per input) or a dict by input name")
     else:
-        given = {x: baselines for x in spec.wrt}
+        given = {x: baselines for x in names}
     feeds = {}
     for x, value in given.items():
         xv = np.asarray(inputs[x])
-        v = np.asarray(0.0 if value is None else value, dtype=xv.dtype)
+        v = np.asarray(0 if value is None else value)
+        if xv.dtype.kind in "iu" and v.dtype.kind not in "iub":
+            raise ValueError(f"baselines for token input {x!r} must be integer ids (e.g. a padding id), "
+                             f"got dtype {v.dtype}")
+        v = v.astype(xv.dtype)
         if v.ndim == 0:
             v = v.reshape((1,) * xv.ndim)
         elif v.shape == xv.shape[1:]:
@@ -169,6 +210,21 @@ def open_forward(b: GraphBuilder, spec: Spec) -> tuple[dict, dict]:
 def declare_target_weights(b: GraphBuilder, spec: Spec) -> str:
     et = b.elem_type(spec.output) or TensorProto.FLOAT
     return b.add_input(TARGET_WEIGHTS, et, b.shape(spec.output))
+
+
+def declare_baselines(b: GraphBuilder, spec: Spec, carrier: str, default) -> str:
+    """The ``baselines`` input of one carrier: rank-matched, broadcast over rows, default ``default`` or 0."""
+    rank = b.rank(carrier)
+    value = np.full((1,) * rank, default or 0, dtype=np_dtype(b.elem_type(carrier)))
+    return declare_param(b, spec.param("baselines", carrier), b.elem_type(carrier), rank, value)
+
+
+def emit_attribution(b: GraphBuilder, spec: Spec, point: Point, attr: str) -> str:
+    """Name ``attr`` as the point's attribution output; return its per-row sum (for deltas)."""
+    name = spec.attribution_name(point.key)
+    b.op("Identity", attr, outputs=[name])
+    b.add_output(name, b.elem_type(point.tensor), b.shape(point.tensor))
+    return per_row_sum(b, attr, b.rank(point.tensor))
 
 
 def declare_param(b: GraphBuilder, name: str, elem_type: int, rank: int, default) -> str:
@@ -217,6 +273,26 @@ def per_row_sum(b: GraphBuilder, t: str, rank: int) -> str:
     return b.reduce_sum(t, list(range(1, rank)), keepdims=0)
 
 
+def block_rows(b: GraphBuilder, t: str, block: str, n: str) -> str:
+    """Rows ``[block*N, (block+1)*N)`` of ``t`` (``block`` and ``n`` 1-D int64)."""
+    return rows(b, t, b.mul(block, n), n)
+
+
+def redirect_layer(b: GraphBuilder, layer: str) -> str:
+    """Make every node that reads ``layer`` read a new tensor instead; return the new name.
+
+    The method then defines the new tensor from ``layer`` (e.g. integration steps
+    between the layer's values on the inputs and on the baselines).
+    """
+    new = b.fresh(f"{layer}__attributed")
+    for node in list(b.nodes):
+        for i, name in enumerate(node.input):
+            if name == layer:
+                node.input[i] = new
+    b.set_type(new, b.elem_type(layer), b.shape(layer))
+    return new
+
+
 def emit_outputs(b: GraphBuilder, spec: Spec, outputs: dict, start: str | None, n: str | None) -> dict:
     """The model's own outputs under their names: rows ``[start, start+n)`` of the expanded run."""
     picked = {}
@@ -226,6 +302,14 @@ def emit_outputs(b: GraphBuilder, spec: Spec, outputs: dict, start: str | None, 
         b.add_output(name, b.elem_type(internal), b.shape(internal))
         picked[name] = internal if start is None else value
     return picked
+
+
+def ex_float(spec: Spec) -> np.dtype:
+    """The float dtype of the explained output (for scalar parameter feeds)."""
+    for vi in list(spec.model.graph.output) + list(spec.model.graph.value_info):
+        if vi.name == spec.output:
+            return np_dtype(vi.type.tensor_type.elem_type)
+    return np.dtype(np.float32)
 
 
 def float_dtype(b: GraphBuilder, x: str) -> np.dtype:

@@ -16,8 +16,9 @@ from onnx import TensorProto
 from ..backward import backward
 from ..rules import Partner
 from ..rules.rescale import RESCALE
-from .base import (Method, Spec, baseline_feeds, batch_rows, declare_param, declare_target_weights, emit_outputs,
-                   flatten_steps, open_forward, per_row_sum, rows, split_steps, tile_rows)
+from .base import (Method, Spec, baseline_feeds, batch_rows, declare_baselines, declare_param, declare_target_weights,
+                   emit_attribution, emit_outputs, ex_float, flatten_steps, open_forward, per_row_sum, rows, split_steps,
+                   tile_rows)
 
 DEFAULT_EPS = 1e-10   # Captum's threshold below which the Rescale rule falls back to the gradient
 
@@ -31,35 +32,36 @@ class DeepLift(Method):
 
     def build(self, b, spec: Spec) -> None:
         inside, outputs = open_forward(b, spec)
-        first = spec.wrt[0]
         tw = declare_target_weights(b, spec)
-        eps = declare_param(b, "eps", b.elem_type(first) or TensorProto.FLOAT, 0, np.asarray(self.defaults["eps"]))
-        n = batch_rows(b, first)
-        copies, refs, k = None, {}, None
-        for x in spec.wrt:
-            k, refs[x] = self.references(b, spec, x)
-            copies = tile_rows(b, x, k, b.rank(x))
-            b.op("Concat", copies, refs[x], axis=0, outputs=[inside[x]])
+        eps = declare_param(b, "eps", b.elem_type(spec.output) or TensorProto.FLOAT, 0,
+                            np.asarray(self.defaults["eps"]))
+        n = batch_rows(b, spec.carriers[0])
+        k = None
+        for c in spec.carriers:
+            k, refs = self.references(b, spec, c)
+            b.op("Concat", tile_rows(b, c, k, b.rank(c)), refs, axis=0, outputs=[inside[c]])
         half = b.mul(k, n)
         for p in spec.passthrough:
             b.op("Identity", tile_rows(b, p, b.add(k, k), b.rank(p)), outputs=[inside[p]])
+        fed = {p.key: inside[p.carrier] if p.is_input else p.tensor for p in spec.points}
 
         out_rank = b.rank(spec.output)
-        seed = b.op("Concat", tile_rows(b, tw, k, out_rank), b.zeros_like(tile_rows(b, tw, k, out_rank)), axis=0)
+        tw_pairs = tile_rows(b, tw, k, out_rank)
+        seed = b.op("Concat", tw_pairs, b.zeros_like(tw_pairs), axis=0)
         out_rows = outputs[spec.output]
         picked = emit_outputs(b, spec, outputs, b.ints([0]), n)
-        grads = backward(b, out_rows, seed, [inside[x] for x in spec.wrt], overrides=RESCALE,
+        grads = backward(b, out_rows, seed, list(fed.values()), overrides=RESCALE,
                          ref=Partner(b, half), params={"eps": eps})
 
         totals = []
-        for x in spec.wrt:
-            multipliers = split_steps(b, grads[inside[x]], k, x)                 # (K, N, *row)
-            diff = b.sub(b.unsqueeze(x, [0]), b.reshape(refs[x], b.shape_of(multipliers)))
+        for point in spec.points:
+            t = fed[point.key]
+            on_x = rows(b, t, b.ints([0]), n)
+            # (K, N, *row): multipliers of each (baseline, row) pair and the pair's difference
+            multipliers = split_steps(b, grads[t], k, on_x)
+            diff = b.reshape(b.sub(rows(b, t, b.ints([0]), half), rows(b, t, half, half)), b.shape_of(multipliers))
             attr = b.reduce("ReduceMean", b.mul(multipliers, diff), [0], keepdims=0)
-            name = spec.attribution_name(x)
-            b.op("Identity", attr, outputs=[name])
-            b.add_output(name, b.elem_type(x), b.shape(x))
-            totals.append(per_row_sum(b, attr, b.rank(x)))
+            totals.append(emit_attribution(b, spec, point, attr))
         f_x = per_row_sum(b, b.mul(tw, picked[spec.output]), out_rank)
         ref_out = split_steps(b, rows(b, out_rows, half, half), k, tw)            # (K, N, *out)
         f_b = b.reduce("ReduceMean", _per_pair_sum(b, b.mul(b.unsqueeze(tw, [0]), ref_out), out_rank + 1), [0],
@@ -67,12 +69,10 @@ class DeepLift(Method):
         b.op("Sub", b.sum(totals), b.sub(f_x, f_b), outputs=["delta"])
         b.add_output("delta", b.elem_type(spec.output), [b.shape(spec.output)[0]])
 
-    def references(self, b, spec: Spec, x: str) -> tuple[str, str]:
+    def references(self, b, spec: Spec, carrier: str) -> tuple[str, str]:
         """``(K, reference rows)``: one reference row per input row, per row or shared."""
-        rank = b.rank(x)
-        default = np.full((1,) * rank, float(self.defaults["baselines"] or 0.0))
-        base = declare_param(b, spec.param("baselines", x), b.elem_type(x), rank, default)
-        return b.ints([1]), b.op("Expand", base, b.shape_of(x))
+        base = declare_baselines(b, spec, carrier, self.defaults["baselines"])
+        return b.ints([1]), b.op("Expand", base, b.shape_of(carrier))
 
     def check_params(self, params):
         p = super().check_params(params)
@@ -81,8 +81,7 @@ class DeepLift(Method):
         return p
 
     def parts(self, params, spec, inputs, bytes_per_row, budget):
-        dtype = np.asarray(inputs[spec.wrt[0]]).dtype
-        return [{"eps": np.asarray(params["eps"], dtype=dtype), **self.baselines(params, spec, inputs)}]
+        return [{"eps": np.asarray(params["eps"], dtype=ex_float(spec)), **self.baselines(params, spec, inputs)}]
 
     def baselines(self, params, spec, inputs) -> dict:
         return baseline_feeds(spec, params["baselines"], inputs)
@@ -99,8 +98,7 @@ class DeepLiftShap(DeepLift):
     row_axes = {}
 
     def references(self, b, spec, x):
-        rank = b.rank(x)
-        base = declare_param(b, spec.param("baselines", x), b.elem_type(x), rank, np.zeros((1,) * rank))
+        base = declare_baselines(b, spec, x, None)
         k = b.op("Slice", b.shape_of(base), b.ints([0]), b.ints([1]))
         # reference (k, n) = baseline k, for every row n: rows ordered k-major like the tiled inputs
         per_pair = b.op("Expand", b.unsqueeze(base, [1]), b.op("Concat", k, b.shape_of(x), axis=0))
@@ -111,14 +109,15 @@ class DeepLiftShap(DeepLift):
         if given is None:
             raise ValueError("deeplift_shap needs baselines: an array of B reference rows shaped (B, *row) "
                              "(or a dict of them by input name)")
-        per = given if isinstance(given, dict) else ({spec.wrt[0]: given} if spec.single else None)
+        names = spec.carriers
+        per = given if isinstance(given, dict) else ({names[0]: given} if len(names) == 1 else None)
         if per is None:
-            if not isinstance(given, (tuple, list)) or len(given) != len(spec.wrt):
-                raise ValueError(f"give deeplift_shap one baseline set per attributed input {spec.wrt} "
+            if not isinstance(given, (tuple, list)) or len(given) != len(names):
+                raise ValueError(f"give deeplift_shap one baseline set per attributed input {names} "
                                  f"(a tuple or a dict by name)")
-            per = dict(zip(spec.wrt, given))
+            per = dict(zip(names, given))
         feeds, count = {}, None
-        for x in spec.wrt:
+        for x in names:
             xv = np.asarray(inputs[x])
             if x not in per:
                 raise ValueError(f"deeplift_shap needs baselines for input {x!r}")

@@ -8,7 +8,8 @@ import numpy as np
 from ..backward import backward
 from ..rules.epsilon import EPSILON
 from ..rules.guided import DECONVOLUTION, GUIDED
-from .base import Method, Spec, declare_param, declare_target_weights, emit_outputs, open_forward
+from .base import (Method, Spec, declare_param, declare_target_weights, emit_attribution, emit_outputs, ex_float,
+                   open_forward)
 
 
 class _OneRun(Method):
@@ -23,12 +24,11 @@ class _OneRun(Method):
         tw = declare_target_weights(b, spec)
         params = self.rule_params(b, spec)
         emit_outputs(b, spec, outputs, None, None)
-        grads = backward(b, outputs[spec.output], tw, [inside[x] for x in spec.wrt],
-                         overrides=self.overrides, params=params)
-        for x in spec.wrt:
-            attr = self.attribute(b, x, grads[inside[x]])
-            b.op("Identity", attr, outputs=[spec.attribution_name(x)])
-            b.add_output(spec.attribution_name(x), b.elem_type(x), b.shape(x))
+        fed = {p.key: inside[p.carrier] if p.is_input else p.tensor for p in spec.points}
+        grads = backward(b, outputs[spec.output], tw, list(fed.values()), overrides=self.overrides, params=params)
+        for point in spec.points:
+            t = fed[point.key]
+            emit_attribution(b, spec, point, self.attribute(b, t, grads[t]))
 
     def rule_params(self, b, spec: Spec) -> dict:
         """Graph inputs the modified rules read (none for plain gradients)."""
@@ -75,7 +75,7 @@ class EpsilonLRP(InputXGradient):
     defaults = {"epsilon": 1e-4}
 
     def rule_params(self, b, spec):
-        ftype = b.elem_type(spec.wrt[0])
+        ftype = b.elem_type(spec.output)
         return {"epsilon": declare_param(b, "epsilon", ftype, 0, np.asarray(self.defaults["epsilon"]))}
 
     def check_params(self, params):
@@ -85,8 +85,7 @@ class EpsilonLRP(InputXGradient):
         return p
 
     def parts(self, params, spec, inputs, bytes_per_row, budget):
-        dtype = np.asarray(inputs[spec.wrt[0]]).dtype
-        return [{"epsilon": np.asarray(params["epsilon"], dtype=dtype)}]
+        return [{"epsilon": np.asarray(params["epsilon"], dtype=ex_float(spec))}]
 
 
 class GuidedBackprop(Gradient):

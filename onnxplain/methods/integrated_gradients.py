@@ -12,8 +12,9 @@ import numpy as np
 from onnx import TensorProto
 
 from ..backward import backward
-from .base import (Method, Spec, baseline_feeds, batch_rows, declare_param, declare_target_weights, emit_outputs,
-                   flatten_steps, per_row_sum, split_steps, tile_rows)
+from .base import (Method, Spec, baseline_feeds, batch_rows, declare_baselines, declare_param, declare_target_weights,
+                   emit_attribution, emit_outputs, flatten_steps, open_forward, per_row_sum, redirect_layer, rows,
+                   split_steps, tile_rows)
 
 SCHEMES = ("gausslegendre", "riemann_left", "riemann_right", "riemann_middle", "riemann_trapezoid")
 
@@ -48,31 +49,34 @@ class IntegratedGradients(Method):
     row_axes = {"baselines": 0}
 
     def build(self, b, spec: Spec) -> None:
-        from .base import open_forward
         inside, outputs = open_forward(b, spec)
+        ftype = b.elem_type(spec.output) or TensorProto.FLOAT
         alphas_default, weights_default = quadrature(self.defaults["n_steps"], self.defaults["method"])
-        first = spec.wrt[0]
-        ftype = b.elem_type(first) or TensorProto.FLOAT
         alphas = declare_param(b, "alphas", ftype, 1, alphas_default)
         alpha_weights = declare_param(b, "alpha_weights", ftype, 1, weights_default)
         tw = declare_target_weights(b, spec)
         steps = b.shape_of(alphas)
-        n = batch_rows(b, first)
-        blocks = b.add(steps, b.ints([2]))
+        n = batch_rows(b, spec.carriers[0])
 
-        diffs = {}
-        for x in spec.wrt:
-            rank = b.rank(x)
-            default = np.full((1,) * rank, float(self.defaults["baselines"] or 0.0))
-            base = declare_param(b, spec.param("baselines", x), b.elem_type(x), rank, default)
-            base_rows = b.op("Expand", base, b.shape_of(x))
-            diff = b.sub(x, base_rows)
-            diffs[x] = diff
-            alpha_col = b.reshape(b.cast_like(alphas, x), b.ints([-1] + [1] * (rank + 0)))
-            scaled = b.add(b.unsqueeze(base_rows, [0]), b.mul(alpha_col, b.unsqueeze(diff, [0])))
-            b.op("Concat", flatten_steps(b, scaled, x), x, base_rows, axis=0, outputs=[inside[x]])
+        points = {}   # key -> (tensor the backward pass starts from, value on the inputs, value on the baselines)
+        for c in spec.carriers:
+            base = b.op("Expand", declare_baselines(b, spec, c, self.defaults["baselines"]), b.shape_of(c))
+            point = spec.point_of(c)
+            steps_rows = (_interpolate(b, alphas, c, base, b.rank(c)) if point
+                          else tile_rows(b, c, steps, b.rank(c)))
+            b.op("Concat", steps_rows, c, base, axis=0, outputs=[inside[c]])
+            if point:
+                points[point.key] = (inside[c], c, base)
         for p in spec.passthrough:
-            b.op("Identity", tile_rows(b, p, blocks, b.rank(p)), outputs=[inside[p]])
+            b.op("Identity", tile_rows(b, p, b.add(steps, b.ints([2])), b.rank(p)), outputs=[inside[p]])
+        for point in spec.points:
+            if not point.is_input:   # a layer: interpolate between its values on the inputs and the baselines
+                fed = redirect_layer(b, point.tensor)
+                on_x = rows(b, point.tensor, b.mul(steps, n), n)
+                on_base = rows(b, point.tensor, b.mul(b.add(steps, b.ints([1])), n), n)
+                interpolated = _interpolate(b, alphas, on_x, on_base, b.rank(point.tensor))
+                b.op("Concat", interpolated, on_x, on_base, axis=0, outputs=[fed])
+                points[point.key] = (fed, on_x, on_base)
 
         out_rank = b.rank(spec.output)
         w_col = b.reshape(alpha_weights, b.ints([-1] + [1] * out_rank))
@@ -82,16 +86,14 @@ class IntegratedGradients(Method):
 
         out_rows = outputs[spec.output]
         picked = emit_outputs(b, spec, outputs, b.mul(steps, n), n)
-        grads = backward(b, out_rows, seed, [inside[x] for x in spec.wrt])
+        grads = backward(b, out_rows, seed, [fed for fed, _, _ in points.values()])
 
         totals = []
-        for x in spec.wrt:
-            per_step = split_steps(b, grads[inside[x]], steps, x)
-            attr = b.mul(b.reduce_sum(per_step, [0], keepdims=0), diffs[x])
-            name = spec.attribution_name(x)
-            b.op("Identity", attr, outputs=[name])
-            b.add_output(name, b.elem_type(x), b.shape(x))
-            totals.append(per_row_sum(b, attr, b.rank(x)))
+        for point in spec.points:
+            fed, on_x, on_base = points[point.key]
+            per_step = split_steps(b, grads[fed], steps, on_x)
+            attr = b.mul(b.reduce_sum(per_step, [0], keepdims=0), b.sub(on_x, on_base))
+            totals.append(emit_attribution(b, spec, point, attr))
         f_x = per_row_sum(b, b.mul(tw, picked[spec.output]), out_rank)
         f_b = per_row_sum(b, b.mul(tw, _rows_after(b, out_rows, steps, n)), out_rank)
         b.op("Sub", b.sum(totals), b.sub(f_x, f_b), outputs=["delta"])
@@ -109,7 +111,7 @@ class IntegratedGradients(Method):
     def parts(self, params, spec, inputs, bytes_per_row, budget):
         """One part per chunk of integration steps; a chunk's steps fit the budget for one row."""
         alphas, weights = quadrature(params["n_steps"], params["method"])
-        dtype = np.asarray(next(iter(inputs.values()))).dtype if inputs else np.float32
+        dtype = np.dtype(np.float32) if not spec.inputs_only else np.asarray(inputs[spec.carriers[0]]).dtype
         per_row = max(1, bytes_per_row)
         fit = max(1, budget // per_row - 2)
         if params["internal_batch_size"] is not None:   # Captum's cap on expanded rows per run
@@ -126,7 +128,14 @@ class IntegratedGradients(Method):
 
 
 def _rows(inputs, spec):
-    return int(np.shape(inputs[spec.wrt[0]])[0])
+    return int(np.shape(inputs[spec.carriers[0]])[0])
+
+
+def _interpolate(b, alphas: str, x: str, base: str, rank: int) -> str:
+    """``(S*N, *row)``: the rows ``base + alpha_s * (x - base)`` for every step ``s``, step-major."""
+    alpha_col = b.reshape(b.cast_like(alphas, x), b.ints([-1] + [1] * rank))
+    scaled = b.add(b.unsqueeze(base, [0]), b.mul(alpha_col, b.unsqueeze(b.sub(x, base), [0])))
+    return flatten_steps(b, scaled, x)
 
 
 def _rows_after(b, out_rows, steps, n):

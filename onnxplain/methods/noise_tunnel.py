@@ -21,6 +21,7 @@ DEFAULT_NOISE_SEED = 0
 
 
 class _NoiseTunnel(Method):
+    supports_layers = False   # the noise is added to float inputs
     defaults = {"nt_samples": DEFAULT_SAMPLES, "stdevs": 1.0, "seed": None, "noise": None}
     row_axes = {"noise": 1}
 

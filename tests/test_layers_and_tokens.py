@@ -1,0 +1,157 @@
+"""Attributions at intermediate tensors and at token embeddings, and several inputs,
+against Captum's Layer* methods."""
+import io
+import warnings
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from captum.attr import (LayerDeepLift, LayerGradientXActivation, LayerIntegratedGradients)
+from torch import nn
+
+import onnxplain
+
+warnings.filterwarnings("ignore")
+
+
+class TokenNet(nn.Module):
+    """ids -> embedding -> conv1d -> relu -> masked mean -> linear; an int mask passed through."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(11)
+        self.emb = nn.Embedding(20, 8)
+        self.conv = nn.Conv1d(8, 6, 3, padding=1)
+        self.head = nn.Linear(6, 3)
+
+    def forward(self, ids, mask):
+        h = torch.relu(self.conv(self.emb(ids).transpose(1, 2)))
+        m = mask.to(h.dtype).unsqueeze(1)
+        return self.head((h * m).sum(-1) / m.sum(-1))
+
+
+class ConvNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(12)
+        self.conv1 = nn.Conv2d(2, 4, 3, padding=1)
+        self.conv2 = nn.Conv2d(4, 4, 3, stride=2)
+        self.head = nn.Linear(4 * 3 * 3, 3)
+        self.relu, self.tanh = nn.ReLU(), nn.Tanh()   # modules, so Captum's DeepLift rules apply to them
+
+    def forward(self, x):
+        return self.head(self.tanh(self.conv2(self.relu(self.conv1(x)))).flatten(1))
+
+
+def export(net, args, names, dynamic):
+    buf = io.BytesIO()
+    torch.onnx.export(net, args, buf, dynamo=False, opset_version=17, input_names=names, output_names=["y"],
+                      dynamic_axes={**{n: {0: "batch"} for n in names}, "y": {0: "batch"}} if dynamic else None)
+    return buf.getvalue()
+
+
+def output_of(model_bytes, op_type, index=0):
+    """Name of the output of the ``index``-th node of ``op_type`` (how a user finds a layer: inspect)."""
+    nodes = [n for n in onnx.load_from_string(model_bytes).graph.node if n.op_type == op_type]
+    return nodes[index].output[0]
+
+
+IDS = torch.tensor([[1, 5, 7, 2, 9, 3, 0], [4, 4, 8, 1, 0, 0, 0], [2, 3, 11, 19, 7, 6, 5]])
+MASK = torch.tensor([[1, 1, 1, 1, 1, 1, 0], [1, 1, 1, 1, 0, 0, 0], [1, 1, 1, 1, 1, 1, 1]])
+
+
+@pytest.fixture(scope="module")
+def token_model():
+    net = TokenNet().eval()
+    return net, export(net, (IDS, MASK), ["ids", "mask"], dynamic=True)
+
+
+def close(ours, ref, rtol=1e-4):
+    ref = ref.detach().numpy()
+    np.testing.assert_allclose(ours, ref, rtol=rtol, atol=rtol * max(1e-6, float(np.abs(ref).max())))
+
+
+def test_token_inputs_are_attributed_at_their_embedding_like_layer_integrated_gradients(token_model):
+    net, model = token_model
+    ex = onnxplain.Explainer(model, "integrated_gradients")
+    assert ex.inputs == ["ids"]
+    ours, delta = ex.explain({"ids": IDS.numpy(), "mask": MASK.numpy()}, target=1, baselines=0,
+                             return_convergence_delta=True)
+    ref, ref_delta = LayerIntegratedGradients(net, net.emb).attribute(
+        IDS, baselines=torch.zeros_like(IDS), additional_forward_args=(MASK,), target=1,
+        return_convergence_delta=True)
+    assert ours.shape == (3, 7, 8)
+    close(ours, ref)
+    np.testing.assert_allclose(delta, ref_delta.detach().numpy(), atol=1e-4 * np.abs(ours).sum((1, 2)).max())
+    tokens = ours.sum(-1)   # token-level scores
+    assert tokens.shape == IDS.shape
+
+
+def test_layer_integrated_gradients_at_a_conv_output_with_token_baselines(token_model):
+    net, model = token_model
+    layer = output_of(model, "Conv")
+    ex = onnxplain.Explainer(model, "integrated_gradients", inputs=["ids"], layer=layer)
+    pad = np.full((1, 7), 3, np.int64)
+    ours = ex.explain({"ids": IDS.numpy(), "mask": MASK.numpy()}, target=[0, 2, 1], baselines={"ids": pad},
+                      n_steps=20)
+    ref = LayerIntegratedGradients(net, net.conv).attribute(
+        IDS, baselines=torch.tensor(pad).expand(3, 7), additional_forward_args=(MASK,), target=[0, 2, 1], n_steps=20)
+    close(ours, ref)
+
+
+@pytest.fixture(scope="module")
+def conv_model():
+    net = ConvNet().eval()
+    x = torch.randn(3, 2, 8, 8, generator=torch.Generator().manual_seed(0))
+    return net, export(net, (x,), ["x"], dynamic=True), x
+
+
+def test_layer_methods_at_a_conv_output_match_captum(conv_model):
+    net, model, x = conv_model
+    layer = output_of(model, "Conv", 1)
+    base = 0.2 * torch.ones(1, 2, 8, 8)
+    ig = onnxplain.Explainer(model, "integrated_gradients", layer=layer).explain(x.numpy(), target=2,
+                                                                                 baselines=base.numpy())
+    close(ig, LayerIntegratedGradients(net, net.conv2).attribute(x, baselines=base, target=2))
+    dl = onnxplain.Explainer(model, "deeplift", layer=layer).explain(x.numpy(), target=2, baselines=base.numpy())
+    close(dl, LayerDeepLift(net, net.conv2).attribute(x, baselines=base, target=2))
+    gxa = onnxplain.Explainer(model, "input_x_gradient", layer=layer).explain(x.numpy(), target=2)
+    close(gxa, LayerGradientXActivation(net, net.conv2).attribute(x, target=2))
+
+
+def test_layer_and_token_errors(token_model, conv_model):
+    _, model = token_model
+    with pytest.raises(ValueError, match="not a tensor computed by the model"):
+        onnxplain.Explainer(model, "integrated_gradients", layer="nope")
+    with pytest.raises(ValueError, match="attributes floating-point inputs only"):
+        onnxplain.Explainer(model, "smoothgrad")
+    with pytest.raises(ValueError, match=r"cannot attribute \['mask'\]"):
+        onnxplain.Explainer(model, "saliency", inputs=["mask"])
+    ex = onnxplain.Explainer(model, "integrated_gradients")
+    with pytest.raises(ValueError, match="must be integer ids"):
+        ex.explain({"ids": IDS.numpy(), "mask": MASK.numpy()}, target=0, baselines=0.5)
+
+
+class TwoInputs(nn.Module):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(13)
+        self.a, self.b = nn.Linear(4, 5), nn.Linear(3, 5)
+        self.head = nn.Linear(5, 2)
+
+    def forward(self, u, v):
+        return self.head(torch.sigmoid(self.a(u)) * torch.tanh(self.b(v)))
+
+
+def test_several_float_inputs_give_a_dict_and_take_baselines_by_name():
+    from captum.attr import IntegratedGradients
+    net = TwoInputs().eval()
+    u, v = torch.randn(3, 4), torch.randn(3, 3)
+    model = export(net, (u, v), ["u", "v"], dynamic=True)
+    ours = onnxplain.Explainer(model, "integrated_gradients").explain(
+        {"u": u.numpy(), "v": v.numpy()}, target=1, baselines={"v": 0.5})
+    ref = IntegratedGradients(net).attribute((u, v), baselines=(0.0, 0.5), target=1)
+    assert set(ours) == {"u", "v"}
+    close(ours["u"], ref[0])
+    close(ours["v"], ref[1])
