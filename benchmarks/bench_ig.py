@@ -1,0 +1,175 @@
+"""Integrated gradients: onnxplain vs Captum vs plain forward passes, in one run.
+
+    python benchmarks/bench_ig.py [--batch 8] [--n-steps 50] [--repeats 7] [--threads N] [--json out.json]
+
+The same small CNN (3x32x32 input, three convolutions, 10 classes, seeded
+weights) is explained in PyTorch by Captum's ``IntegratedGradients`` and, after
+export to ONNX, by ``onnxplain.Explainer(..., "integrated_gradients")``, with the
+same settings (``n_steps``, Gauss-Legendre, zero baseline, one target per row,
+every step in one run).  The reference is the cost of ``n_steps`` plain forward
+passes of the same batch in onnxruntime: computing a gradient costs about two
+forward passes, so a ratio near 2 is the floor.
+
+PyTorch and onnxruntime get the same number of threads.  Warm-up runs are not
+timed; each figure is the median of ``--repeats`` timed runs.  Not a test: it
+prints a table (and writes JSON with ``--json``).
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+import warnings
+
+import numpy as np
+
+
+def build_torch_model(seed: int = 0):
+    import torch
+    from torch import nn
+
+    torch.manual_seed(seed)
+    model = nn.Sequential(
+        nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(),
+        nn.Conv2d(16, 32, 3, padding=1, stride=2), nn.ReLU(),
+        nn.Conv2d(32, 64, 3, padding=1, stride=2), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, 10),
+    )
+    return model.eval()
+
+
+def export(model) -> bytes:
+    import torch
+
+    buf = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (torch.zeros(2, 3, 32, 32),), buf, dynamo=False, opset_version=17,
+                          input_names=["x"], output_names=["y"],
+                          dynamic_axes={"x": {0: "batch"}, "y": {0: "batch"}})
+    return buf.getvalue()
+
+
+def timeit_interleaved(fns: dict, repeats: int, warmup: int) -> dict:
+    """Median and min seconds of each function, timed round-robin so that background load hits all alike."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    times = {k: [] for k in fns}
+    for _ in range(repeats):
+        for k, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[k].append(time.perf_counter() - t0)
+    return {k: (statistics.median(v), min(v), v) for k, v in times.items()}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--n-steps", type=int, default=50)
+    ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                    else os.cpu_count(), help="threads for both PyTorch and onnxruntime (default: usable cores)")
+    ap.add_argument("--json", help="also write the results to this JSON file")
+    args = ap.parse_args(argv)
+
+    import onnxruntime as ort
+    import torch
+    from captum.attr import IntegratedGradients
+
+    import onnxplain
+    from onnxplain.runtime import Session
+
+    torch.set_num_threads(args.threads)
+    model = build_torch_model()
+    onnx_bytes = export(model)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((args.batch, 3, 32, 32)).astype(np.float32)
+    target = [int(t) for t in rng.integers(0, 10, size=args.batch)]
+    xt = torch.from_numpy(x)
+
+    # onnxplain: graph and session built once (not timed), each call only feeds them
+    ex = onnxplain.Explainer(onnx_bytes, method="integrated_gradients", providers=["CPUExecutionProvider"])
+    ex.session = Session(ex.graph, ["CPUExecutionProvider"], threads=args.threads)   # same threads as torch
+
+    def run_onnxplain():
+        return ex.explain(x, target=target, n_steps=args.n_steps, method="gausslegendre")
+
+    ig = IntegratedGradients(model)
+
+    def run_captum():
+        return ig.attribute(xt, target=target, n_steps=args.n_steps, method="gausslegendre")
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = args.threads
+    so.log_severity_level = 3
+    fwd = ort.InferenceSession(onnx_bytes, so, providers=["CPUExecutionProvider"])
+    expanded = np.repeat(x, args.n_steps, axis=0)
+
+    def run_forwards():
+        for _ in range(args.n_steps):
+            fwd.run(None, {"x": x})
+
+    def run_one_big_forward():
+        fwd.run(None, {"x": expanded})
+
+    def run_torch_forwards():
+        with torch.no_grad():
+            for _ in range(args.n_steps):
+                model(xt)
+
+    # the two implementations must agree before their times mean anything
+    a_ours = run_onnxplain()
+    a_captum = run_captum().detach().numpy()
+    scale = float(np.abs(a_captum).max())
+    max_diff = float(np.abs(a_ours - a_captum).max())
+    agree = max_diff <= 1e-3 * scale + 1e-6
+
+    fns = {f"onnxplain IG ({args.n_steps} steps, one session)": run_onnxplain,
+           f"Captum IntegratedGradients ({args.n_steps} steps)": run_captum,
+           f"onnxruntime: {args.n_steps} forward passes of the batch": run_forwards,
+           f"onnxruntime: 1 forward pass of {args.n_steps}x{args.batch} rows": run_one_big_forward,
+           f"PyTorch: {args.n_steps} forward passes of the batch (no_grad)": run_torch_forwards}
+    timed = timeit_interleaved(fns, args.repeats, args.warmup)
+    rows = [{"what": k, "median_s": m, "min_s": lo, "times_s": v} for k, (m, lo, v) in timed.items()]
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+
+    ours = rows[0]["median_s"]
+    fwd50 = rows[2]["median_s"]
+    print(f"IG on a small CNN: batch {args.batch} x 3x32x32, 10 classes, {args.n_steps} steps (gausslegendre), "
+          f"zero baseline")
+    print(f"threads: {args.threads} (torch {torch.get_num_threads()}, onnxruntime intra-op {args.threads}); "
+          f"median of {args.repeats} interleaved runs after {args.warmup} warm-up runs; "
+          f"load average {load:.2f} (other processes on the machine skew the numbers)")
+    print(f"onnxruntime {ort.__version__}, torch {torch.__version__}, numpy {np.__version__}, "
+          f"python {platform.python_version()}, {platform.machine()}")
+    print(f"attributions agree with Captum: {'yes' if agree else 'NO'} (max |diff| {max_diff:.2e}, "
+          f"max |attr| {scale:.2e})")
+    print()
+    header = ("", "ms / batch", "(min)", "ms / image", "x onnxplain", f"x {args.n_steps} fwd")
+    table = [[r["what"], f"{r['median_s'] * 1e3:.1f}", f"{r['min_s'] * 1e3:.1f}", f"{r['median_s'] * 1e3 / args.batch:.2f}",
+              f"{r['median_s'] / ours:.2f}", f"{r['median_s'] / fwd50:.2f}"] for r in rows]
+    widths = [max(len(str(c)) for c in col) for col in zip(header, *table)]
+    print("  ".join(h.ljust(w) if i == 0 else h.rjust(w) for i, (h, w) in enumerate(zip(header, widths))))
+    for row in table:
+        print("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))))
+    print()
+    print(f"Captum / onnxplain: {rows[1]['median_s'] / ours:.2f}x;  "
+          f"onnxplain / {args.n_steps} onnxruntime forward passes: {ours / fwd50:.2f}x (about 2 is the floor)")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"batch": args.batch, "n_steps": args.n_steps, "threads": args.threads, "repeats": args.repeats,
+                       "agree": agree, "max_abs_diff": max_diff, "rows": rows, "load_average": load,
+                       "versions": {"onnxruntime": ort.__version__, "torch": torch.__version__}}, f, indent=2)
+    return 0 if agree else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
