@@ -85,7 +85,6 @@ def main(argv=None) -> int:
     from captum.attr import IntegratedGradients
 
     import onnxplain
-    from onnxplain.runtime import Session
 
     torch.set_num_threads(args.threads)
     model = build_torch_model()
@@ -96,8 +95,8 @@ def main(argv=None) -> int:
     xt = torch.from_numpy(x)
 
     # onnxplain: graph and session built once (not timed), each call only feeds them
-    ex = onnxplain.Explainer(onnx_bytes, method="integrated_gradients", providers=["CPUExecutionProvider"])
-    ex.session = Session(ex.graph, ["CPUExecutionProvider"], threads=args.threads)   # same threads as torch
+    ex = onnxplain.Explainer(onnx_bytes, method="integrated_gradients", providers=["CPUExecutionProvider"],
+                             threads=args.threads)   # the same threads as torch
 
     def run_onnxplain():
         return ex.explain(x, target=target, n_steps=args.n_steps, method="gausslegendre")

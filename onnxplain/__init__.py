@@ -7,9 +7,10 @@
 from .api import Explainer, convert, explain
 from .converters import normalize
 from .errors import ModelError, OnnxplainError, UnsupportedOperatorError
+from .inspection import inspect
 from .methods import ALIASES, METHODS
 
 __version__ = "0.1.0"
 
 __all__ = ["ALIASES", "METHODS", "Explainer", "ModelError", "OnnxplainError", "UnsupportedOperatorError",
-           "convert", "explain", "normalize"]
+           "convert", "explain", "inspect", "normalize"]

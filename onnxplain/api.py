@@ -40,10 +40,11 @@ class Explainer:
     providers: onnxruntime providers (default: CUDA when usable, else CPU).
     memory_budget: bytes one run may use for intermediate tensors; calls are
         split into chunks of rows (and of integration steps) to stay within it.
+    threads: onnxruntime's intra-op threads (default: onnxruntime's choice).
     """
 
     def __init__(self, model, method: str = "saliency", output: str | None = None, inputs=None, layer=None,
-                 providers=None, memory_budget: int | None = None):
+                 providers=None, memory_budget: int | None = None, threads: int | None = None):
         self.method = get_method(method)
         self.model = normalize(model)
         self.output = _choose_output(self.model, output)
@@ -51,13 +52,16 @@ class Explainer:
         if memory_budget is not None and (not isinstance(memory_budget, (int, np.integer)) or memory_budget <= 0):
             raise ValueError(f"memory_budget must be a positive number of bytes, got {memory_budget!r}")
         self.memory_budget = int(memory_budget or DEFAULT_MEMORY_BUDGET)
+        if threads is not None and (not isinstance(threads, (int, np.integer)) or threads < 1):
+            raise ValueError(f"threads must be a positive int or None (onnxruntime's default), got {threads!r}")
+        self.threads = threads
         self.providers = select_providers(providers)
         key = (digest(self.model), self.method.name, self.output, tuple(self.spec.wrt), tuple(self.spec.carriers),
-               tuple(map(str, self.providers)))
+               tuple(map(str, self.providers)), threads)
         with _CACHE_LOCK:
             if key not in _CACHE:
                 graph = build_graph(self.model, self.method, self.spec)
-                _CACHE[key] = (graph, Session(graph, self.providers))
+                _CACHE[key] = (graph, Session(graph, self.providers, threads))
             self.graph, self.session = _CACHE[key]
         self._bytes_per_row = bytes_per_row(self.model)
         self._forward = None
@@ -70,6 +74,21 @@ class Explainer:
     def inputs(self) -> list[str]:
         """The attributed inputs."""
         return list(self.spec.wrt)
+
+    @property
+    def model_inputs(self) -> list[str]:
+        """The model's input names (attributed or not)."""
+        return [vi.name for vi in _graph_inputs(self.model)]
+
+    def forward(self, inputs) -> dict[str, np.ndarray]:
+        """The model's own outputs for ``inputs`` (a plain forward session, built on first use)."""
+        feeds = self._check_inputs(inputs)
+        return self._forward_session().run(feeds)
+
+    def _forward_session(self) -> Session:
+        if self._forward is None:
+            self._forward = Session(self.model, self.providers, self.threads)
+        return self._forward
 
     def save(self, path) -> None:
         """Write the explanation graph (see :func:`convert`)."""
@@ -149,10 +168,8 @@ class Explainer:
         shape = _static_shape(self.model, self.output)
         if shape is not None and all(isinstance(d, int) for d in shape[1:]):
             return tuple(shape[1:])
-        if self._forward is None:   # symbolic dims (e.g. sequence length): ask the model itself
-            self._forward = Session(self.model, self.providers)
-        one = {k: v[:1] for k, v in feeds.items()}
-        return tuple(self._forward.run(one, [self.output])[self.output].shape[1:])
+        one = {k: v[:1] for k, v in feeds.items()}   # symbolic dims (e.g. sequence length): ask the model
+        return tuple(self._forward_session().run(one, [self.output])[self.output].shape[1:])
 
 
 def build_graph(model: onnx.ModelProto, method, spec: Spec) -> onnx.ModelProto:
@@ -166,7 +183,7 @@ def build_graph(model: onnx.ModelProto, method, spec: Spec) -> onnx.ModelProto:
 
 def explain(model, inputs, method: str = "saliency", target=None, **kwargs):
     """One-shot :meth:`Explainer.explain` (the graph and session are cached all the same)."""
-    ctor = {k: kwargs.pop(k) for k in ("output", "providers", "memory_budget", "layer") if k in kwargs}
+    ctor = {k: kwargs.pop(k) for k in ("output", "providers", "memory_budget", "layer", "threads") if k in kwargs}
     if "inputs_to_attribute" in kwargs:
         ctor["inputs"] = kwargs.pop("inputs_to_attribute")
     return Explainer(model, method, **ctor).explain(inputs, target, **kwargs)

@@ -81,8 +81,9 @@ def path_nodes(nodes, wrt, outputs, b: GraphBuilder):
     return on_path, active
 
 
-def missing_rules(nodes, wrt, outputs, b: GraphBuilder, rules=None) -> list[onnx.NodeProto]:
-    rules = RULES if rules is None else rules
+def missing_rules(nodes, wrt, outputs, b: GraphBuilder, overrides: dict | None = None) -> list[onnx.NodeProto]:
+    """The nodes between ``wrt`` and ``outputs`` that no rule (standard or override) covers."""
+    rules = {**RULES, **(overrides or {})}
     on_path, _ = path_nodes(nodes, wrt, outputs, b)
     return [n for n in on_path if _lookup(rules, n, b.opset) is None]
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import ast
-import collections
 import json
 import os
 import sys
@@ -269,11 +268,8 @@ def cmd_demo(args) -> int:
 
 
 def _forward(explainer, x: np.ndarray) -> np.ndarray:
-    """The model's output for ``x`` (one plain forward session, built once)."""
-    from .runtime import Session
-    if getattr(explainer, "_cli_forward", None) is None:
-        explainer._cli_forward = Session(explainer.model, explainer.providers)
-    return explainer._cli_forward.run({explainer.model.graph.input[0].name: x}, [explainer.output])[explainer.output]
+    """The model's explained output for ``x``."""
+    return explainer.forward(x)[explainer.output]
 
 
 def _class_index(text: str, n_classes: int) -> int:
@@ -431,8 +427,7 @@ def _load_inputs(path: str):
 
 def _match_inputs(ex, inputs, path: str):
     """An .npz with one unnamed array (np.savez's arr_0) feeds a one-input model."""
-    from .api import _graph_inputs
-    names = [vi.name for vi in _graph_inputs(ex.model)]
+    names = ex.model_inputs
     if isinstance(inputs, dict):
         if len(inputs) == 1 and len(names) == 1 and names[0] not in inputs:
             return next(iter(inputs.values()))
@@ -453,10 +448,7 @@ def _parse_target(values, ex, inputs):
     if words == ["none"]:
         return None
     if words in (["pred"], ["predicted"]):
-        from .runtime import Session
-        feeds = inputs if isinstance(inputs, dict) else {ex.model.graph.input[0].name: inputs}
-        feeds = ex._check_inputs(feeds)
-        out = Session(ex.model, ex.providers).run(feeds, [ex.output])[ex.output]
+        out = ex.forward(inputs)[ex.output]
         flat = out.reshape(len(out), -1).argmax(axis=1)
         shape = out.shape[1:]
         if len(shape) == 1:
@@ -501,55 +493,10 @@ def _check_out(path, suffixes, strict: bool = True, why: str = "") -> None:
 
 # ---------------------------------------------------------------------- inspect
 def cmd_inspect(args) -> int:
-    import onnx
+    from .inspection import inspect
 
-    from .backward import missing_rules
-    from .converters import load_model, normalize
-    from .graph import FLOAT_TYPES, GraphBuilder
-    from .methods import METHODS, get_method
-
-    raw = load_model(args.model)
-    model = normalize(raw)
-    inits = {t.name for t in model.graph.initializer}
-    facts = {
-        "model": args.model if isinstance(args.model, str) else "<bytes>",
-        "ir_version": raw.ir_version,
-        "producer": " ".join(x for x in (raw.producer_name, raw.producer_version) if x),
-        "opsets": {(imp.domain or "ai.onnx"): imp.version for imp in raw.opset_import},
-        "inputs": [_value_facts(vi) for vi in model.graph.input if vi.name not in inits],
-        "outputs": [_value_facts(vi) for vi in model.graph.output],
-        "nodes": len(raw.graph.node),
-        "ops": dict(collections.Counter(_op_name(n) for n in raw.graph.node).most_common()),
-        "functions": [f.name for f in raw.functions],
-    }
-    from .api import _spec
-    gradient = {}
-    float_outputs = [vi.name for vi in model.graph.output if vi.type.tensor_type.elem_type in FLOAT_TYPES]
-    attributed = []
-    for out in float_outputs:
-        try:   # what Explainer attributes by default: the float inputs, or the embedding of a token input
-            spec = _spec(model, out, None)
-        except ValueError as e:
-            gradient[out] = {"available": False, "reason": _one_line(e), "missing": {}}
-            continue
-        points = getattr(spec, "points", None)
-        wrt = [p.tensor for p in points] if points is not None else list(spec.wrt)
-        attributed = list(spec.wrt)
-        b = GraphBuilder(model)
-        missing = missing_rules(b.nodes, wrt, [out], b)
-        by_op = collections.defaultdict(list)
-        for node in missing:
-            by_op[_op_name(node)].append(node.name or node.output[0])
-        gradient[out] = {"available": not missing, "missing": dict(by_op),
-                         "reason": "" if not missing else "no backward rule for " + ", ".join(sorted(by_op))}
-    if not float_outputs:
-        gradient["-"] = {"available": False, "reason": "the model has no floating-point output", "missing": {}}
-    facts["attributed"] = attributed
-    backward_methods = [m for m in METHODS if not get_method(m).forward_only]
-    facts["backward_methods"] = backward_methods
-    facts["forward_only_methods"] = [m for m in METHODS if m not in backward_methods]
-    facts["gradient"] = gradient
-
+    facts = inspect(args.model)
+    facts = {"model": args.model if isinstance(args.model, str) else "<bytes>", **facts}
     if args.json:
         print(json.dumps(facts, indent=2))
         return 0
@@ -565,41 +512,21 @@ def cmd_inspect(args) -> int:
     _print_table(["", "op", "count"], [["", op, str(k)] for op, k in facts["ops"].items()])
     if facts["functions"]:
         print(f"local functions (inlined before explaining): {', '.join(facts['functions'])}")
-    print(f"methods that need a backward rule for every op ({', '.join(backward_methods)}):")
-    for out, g in gradient.items():
+    if facts["output"] is None:
+        print("no floating-point output: nothing to explain")
+        return 0
+    print(f"explained output: {facts['output']!r}; attributed: {', '.join(facts['attributed']) or '-'}")
+    print("methods:")
+    for name, g in facts["methods"].items():
+        kind = "forward only" if g["forward_only"] else "backward"
         if g["available"]:
-            print(f"  output {out!r}: available (every op between {', '.join(attributed)} and {out!r} "
-                  f"has a backward rule)")
-        else:
-            print(f"  output {out!r}: NOT available: {g['reason']}")
-            for op, nodes in g["missing"].items():
-                listed = ", ".join(nodes[:5]) + (f" and {len(nodes) - 5} more" if len(nodes) > 5 else "")
-                print(f"    {op}: {len(nodes)} node(s): {listed}")
-    if facts["forward_only_methods"]:
-        print(f"forward-only methods ({', '.join(facts['forward_only_methods'])}): available for every model")
+            print(f"  {name:22s} available ({kind})")
+            continue
+        print(f"  {name:22s} NOT available: {g['reason']}")
+        for op, nodes in g["missing"].items():
+            listed = ", ".join(nodes[:5]) + (f" and {len(nodes) - 5} more" if len(nodes) > 5 else "")
+            print(f"    {op}: {len(nodes)} node(s): {listed}")
     return 0
-
-
-def _op_name(node) -> str:
-    return node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}.{node.op_type}"
-
-
-def _value_facts(vi) -> dict:
-    import onnx
-    t = vi.type
-    if not t.HasField("tensor_type"):
-        return {"name": vi.name, "type": t.WhichOneof("value") or "?", "shape": "?"}
-    tt = t.tensor_type
-    try:
-        dtype = str(onnx.helper.tensor_dtype_to_np_dtype(tt.elem_type))
-    except Exception:
-        dtype = onnx.TensorProto.DataType.Name(tt.elem_type).lower()
-    if not tt.HasField("shape"):
-        shape = "?"
-    else:
-        shape = "[" + ", ".join(str(d.dim_value) if d.HasField("dim_value") else (d.dim_param or "?")
-                                for d in tt.shape.dim) + "]"
-    return {"name": vi.name, "type": dtype, "shape": shape}
 
 
 # ---------------------------------------------------------------------- printing

@@ -291,8 +291,9 @@ def test_inspect_json_counts_ops_and_finds_rules(mlp, capsys):
     assert facts["ops"] == {"Gemm": 2, "Relu": 1}
     assert facts["opsets"] == {"ai.onnx": 17}
     assert facts["inputs"] == [{"name": "x", "type": "float32", "shape": "[batch, 4]"}]
-    assert facts["gradient"]["y"]["available"] is True
-    assert "integrated_gradients" in facts["backward_methods"]
+    assert facts["output"] == "y" and facts["attributed"] == ["x"]
+    assert facts["methods"]["integrated_gradients"] == {"available": True, "forward_only": False, "reason": "",
+                                                        "missing": {}}
 
 
 def test_inspect_names_ops_without_rules(tmp_path, capsys):
@@ -311,7 +312,8 @@ def test_inspect_names_ops_without_rules(tmp_path, capsys):
     assert "NOT available" in text and "example.custom.Frobnicate" in text and "the_odd_one" in text
     assert main(["inspect", str(path), "--json"]) == 0
     facts = json.loads(capsys.readouterr().out)
-    assert facts["gradient"]["y"]["missing"] == {"example.custom.Frobnicate": ["the_odd_one"]}
+    assert facts["methods"]["saliency"]["missing"] == {"example.custom.Frobnicate": ["the_odd_one"]}
+    assert facts["methods"]["deeplift"]["available"] is False
 
 
 def test_inspect_errors(tmp_path, capsys):

@@ -155,3 +155,15 @@ def test_several_float_inputs_give_a_dict_and_take_baselines_by_name():
     assert set(ours) == {"u", "v"}
     close(ours["u"], ref[0])
     close(ours["v"], ref[1])
+
+
+def test_inspect_reports_what_each_method_can_do_on_a_token_model(token_model):
+    _, model = token_model
+    facts = onnxplain.inspect(model)
+    assert [i["name"] for i in facts["inputs"]] == ["ids", "mask"]
+    assert facts["output"] == "y" and facts["attributed"] == ["ids"]
+    assert facts["ops"]["Gather"] >= 1 and facts["ops"]["Conv"] == 1
+    assert facts["methods"]["integrated_gradients"]["available"]
+    assert not facts["methods"]["smoothgrad"]["available"]
+    assert "floating-point inputs only" in facts["methods"]["smoothgrad"]["reason"]
+    assert output_of(model, "Conv") in facts["layers"]

@@ -89,6 +89,8 @@ class Method:
     forward_only: bool = False
     #: whether layers and token embeddings can be attributed (not only float inputs)
     supports_layers: bool = True
+    #: modified rules overriding the standard table (None: plain gradients)
+    overrides: dict | None = None
     #: parameters ``explain`` accepts, with their defaults
     defaults: dict = {}
     #: per-row parameter feeds (by name prefix) and the axis that indexes rows

@@ -29,6 +29,7 @@ class DeepLift(Method):
     has_delta = True
     defaults = {"baselines": None, "eps": DEFAULT_EPS}
     row_axes = {"baselines": 0}
+    overrides = RESCALE
 
     def build(self, b, spec: Spec) -> None:
         inside, outputs = open_forward(b, spec)
@@ -50,7 +51,7 @@ class DeepLift(Method):
         seed = b.op("Concat", tw_pairs, b.zeros_like(tw_pairs), axis=0)
         out_rows = outputs[spec.output]
         picked = emit_outputs(b, spec, outputs, b.ints([0]), n)
-        grads = backward(b, out_rows, seed, list(fed.values()), overrides=RESCALE,
+        grads = backward(b, out_rows, seed, list(fed.values()), overrides=self.overrides,
                          ref=Partner(b, half), params={"eps": eps})
 
         totals = []

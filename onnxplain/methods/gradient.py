@@ -15,8 +15,6 @@ from .base import (Method, Spec, declare_param, declare_target_weights, emit_att
 class _OneRun(Method):
     """One block of rows, seeded with ``target_weights``; ``overrides`` modify the chain rule."""
 
-    overrides: dict | None = None
-
     def build(self, b, spec: Spec) -> None:
         inside, outputs = open_forward(b, spec)
         for name, internal in inside.items():
