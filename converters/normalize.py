@@ -50,6 +50,7 @@ def normalize(model, min_opset: int = MIN_OPSET, dynamic_batch: bool = True) -> 
     """Return a checked, inlined, upgraded, shape-inferred copy of ``model``."""
     m = load_model(model)
     _check(m)
+    _dedupe_opsets(m)
     if m.functions:
         from onnx import inliner
         m = inliner.inline_local_functions(m)
@@ -68,6 +69,17 @@ def _check(m: onnx.ModelProto) -> None:
         raise ModelError(f"the model fails onnx.checker: {e}") from e
     if not m.graph.output:
         raise ModelError("the model has no outputs")
+
+
+def _dedupe_opsets(m: onnx.ModelProto) -> None:
+    """One opset import per domain, the highest (skl2onnx may import the default domain twice)."""
+    versions: dict[str, int] = {}
+    for imp in m.opset_import:
+        domain = "" if imp.domain == "ai.onnx" else imp.domain
+        versions[domain] = max(versions.get(domain, 0), imp.version)
+    if len(versions) != len(m.opset_import):
+        del m.opset_import[:]
+        m.opset_import.extend(helper.make_opsetid(d, v) for d, v in versions.items())
 
 
 def _opset(m: onnx.ModelProto) -> int:

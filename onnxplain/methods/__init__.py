@@ -1,14 +1,18 @@
 """The methods, one module each, found by name or alias."""
 from __future__ import annotations
 
+from .ablation import FeatureAblation
 from .base import Method, Spec
 from .deeplift import DeepLift, DeepLiftShap
 from .gradient import Deconvolution, EpsilonLRP, Gradient, GuidedBackprop, InputXGradient, Saliency
 from .integrated_gradients import IntegratedGradients
 from .noise_tunnel import SmoothGrad, SmoothGradSquared, VarGrad
+from .occlusion import Occlusion
+from .shapley import ShapleySampling, ShapleyValues
 
 _CLASSES = [Saliency, Gradient, InputXGradient, IntegratedGradients, SmoothGrad, SmoothGradSquared, VarGrad,
-            DeepLift, DeepLiftShap, EpsilonLRP, GuidedBackprop, Deconvolution]
+            DeepLift, DeepLiftShap, EpsilonLRP, GuidedBackprop, Deconvolution,
+            Occlusion, FeatureAblation, ShapleySampling, ShapleyValues]
 
 METHODS: tuple[str, ...] = tuple(c.name for c in _CLASSES)
 ALIASES: dict[str, str] = {alias: c.name for c in _CLASSES for alias in c.aliases}

@@ -1,0 +1,169 @@
+"""What the kernel wrappers share: argument checks, bit views, spreading group values to elements.
+
+Layout used by every kernel: one attributed input of an ``n``-row block is a
+C-contiguous ``(n, D)`` array (the row flattened); its baselines are ``(Nb, D)``
+and its group labels ``(Nm, D)`` with ``Nb`` and ``Nm`` either 1 (shared by all
+rows) or ``n`` (one per row).  A batch holds ``U`` perturbations of the block,
+perturbation-major: row ``u * n + j`` is perturbation ``u`` of input row ``j``.
+"""
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+import numba
+import numpy as np
+from numba import njit, prange
+
+_NATIVE = (np.dtype(np.float32), np.dtype(np.float64))
+#: elements one Numba thread should get at least: below that, waking a thread costs more than it saves
+#: (and on a busy machine a descheduled worker stalls the whole parallel loop for a scheduler tick)
+GRAIN = 1 << 20
+_BITS = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}
+
+
+@contextmanager
+def threads_for(work: int):
+    """Run the Numba kernels inside with no more threads than ``work`` elements justify."""
+    have = numba.get_num_threads()
+    want = int(max(1, min(have, work // GRAIN)))
+    if want == have:
+        yield
+        return
+    numba.set_num_threads(want)
+    try:
+        yield
+    finally:
+        numba.set_num_threads(have)
+
+
+def rows2d(a, name: str, cols: int | None = None) -> np.ndarray:
+    """``a`` as a C-contiguous 2-D array (rows, D); ``cols`` checks D."""
+    a = np.asarray(a)
+    if a.ndim != 2:
+        raise ValueError(f"{name} must be 2-D (rows, features), got shape {a.shape}")
+    if cols is not None and a.shape[1] != cols:
+        raise ValueError(f"{name} must have {cols} columns (the row size of x), got shape {a.shape}")
+    return np.ascontiguousarray(a)
+
+
+def check_rows_like(a: np.ndarray, name: str, n: int) -> None:
+    if a.shape[0] not in (1, n):
+        raise ValueError(f"{name} must have 1 row (shared) or {n} rows (one per input row), got {a.shape[0]}")
+
+
+class Labels:
+    """Group labels ``(1 or n, D)`` checked once: integer, in ``[0, n_groups)``.
+
+    The fill and fold wrappers check raw label arrays on every call (a pass over
+    them); a ``Labels`` made once per explanation skips that on every chunk.
+    """
+
+    def __init__(self, labels, n_groups: int):
+        labels = np.asarray(labels)
+        if labels.ndim != 2:
+            raise ValueError(f"labels must be 2-D (rows, features), got shape {labels.shape}")
+        if labels.dtype.kind not in "iu":
+            raise ValueError(f"labels must be an integer array, got dtype {labels.dtype}")
+        if labels.size and (labels.min() < 0 or labels.max() >= n_groups):
+            raise ValueError(f"labels must be group indices in [0, {n_groups}), got values in "
+                             f"[{labels.min()}, {labels.max()}]")
+        self.array = np.ascontiguousarray(labels, dtype=np.int32 if n_groups < 2**31 else np.int64)
+        self.n_groups = int(n_groups)
+
+    def rows(self, start: int, stop: int) -> "Labels":
+        """The labels of input rows ``[start, stop)`` (shared labels are shared by every block)."""
+        if self.array.shape[0] == 1:
+            return self
+        out = Labels.__new__(Labels)
+        out.array, out.n_groups = self.array[start:stop], self.n_groups
+        return out
+
+
+def check_labels(labels, n: int, d: int, n_groups: int) -> np.ndarray:
+    """The label array of ``labels`` (a :class:`Labels` or an integer array, checked here)."""
+    if not isinstance(labels, Labels):
+        labels = Labels(labels, n_groups)
+    elif labels.n_groups > n_groups:
+        raise ValueError(f"labels index {labels.n_groups} groups, more than the {n_groups} expected")
+    array = labels.array
+    if array.shape[1] != d:
+        raise ValueError(f"labels must have {d} columns (the row size of x), got shape {array.shape}")
+    check_rows_like(array, "labels", n)
+    return array
+
+
+def check_float(a, name: str) -> np.ndarray:
+    a = np.asarray(a)
+    if a.dtype.kind != "f" and a.dtype.name != "bfloat16":
+        raise ValueError(f"{name} must be a floating-point array, got dtype {a.dtype}")
+    return a
+
+
+def batch_out(out, rows: int, d: int, dtype, name: str = "out") -> np.ndarray:
+    """The batch to fill: allocated when ``out`` is None, else checked (C-contiguous, right shape and dtype)."""
+    if out is None:
+        return np.empty((rows, d), dtype=dtype)
+    if not isinstance(out, np.ndarray) or out.shape != (rows, d) or out.dtype != dtype \
+            or not out.flags.c_contiguous:
+        got = (out.shape, out.dtype) if isinstance(out, np.ndarray) else type(out).__name__
+        raise ValueError(f"{name} must be a C-contiguous {np.dtype(dtype)} array of shape {(rows, d)}, got {got}")
+    return out
+
+
+def bits(a: np.ndarray) -> np.ndarray:
+    """A view Numba can copy: float32/float64 as they are, other floats (float16...) as unsigned ints."""
+    if a.dtype in _NATIVE:
+        return a
+    return a.view(_BITS[a.dtype.itemsize])
+
+
+def outputs_1d(f, rows: int, name: str = "f") -> np.ndarray:
+    """One output per batch row, as float32/float64 (float16 outputs are widened)."""
+    f = np.asarray(f)
+    if f.ndim != 1 or f.shape[0] != rows:
+        raise ValueError(f"{name} must hold one value per batch row: shape ({rows},), got {f.shape}")
+    if f.dtype not in _NATIVE:
+        f = f.astype(np.float32)
+    return np.ascontiguousarray(f)
+
+
+def accumulator(a, shape: tuple, name: str) -> np.ndarray:
+    if not isinstance(a, np.ndarray) or a.shape != tuple(shape) or a.dtype != np.float64 \
+            or not a.flags.c_contiguous:
+        got = (a.shape, a.dtype) if isinstance(a, np.ndarray) else type(a).__name__
+        raise ValueError(f"{name} must be a C-contiguous float64 array of shape {tuple(shape)}, got {got}")
+    return a
+
+
+# ---------------------------------------------------------------------- spreading
+@njit(parallel=True, cache=True)
+def _spread(values, labels, scale, out):
+    n, d = out.shape
+    m_step = 0 if labels.shape[0] == 1 else 1
+    for j in prange(n):
+        m = j * m_step
+        for e in range(d):
+            out[j, e] = values[j, labels[m, e]] * scale
+
+
+def spread_groups(values, labels, scale: float = 1.0, out=None, dtype=np.float64) -> np.ndarray:
+    """``out[j, e] = scale * values[j, labels[j or 0, e]]``: a value per group, given to each of its elements."""
+    values = np.asarray(values)
+    if values.ndim != 2:
+        raise ValueError(f"values must be 2-D (rows, groups), got shape {values.shape}")
+    values = np.ascontiguousarray(values, dtype=np.float64)
+    n, g = values.shape
+    labels = check_labels(labels, n, _cols(labels), g)
+    out = batch_out(out, n, labels.shape[1], np.dtype(dtype))
+    if out.dtype not in _NATIVE:
+        raise ValueError(f"out must be float32 or float64, got {out.dtype}")
+    with threads_for(out.size):
+        _spread(values, labels, float(scale), out)
+    return out
+
+
+def _cols(labels) -> int:
+    array = labels.array if isinstance(labels, Labels) else np.asarray(labels)
+    if array.ndim != 2:
+        raise ValueError(f"labels must be 2-D (rows, features), got shape {array.shape}")
+    return array.shape[1]

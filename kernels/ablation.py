@@ -1,0 +1,88 @@
+"""Feature ablation: one group replaced by its baseline per perturbation.
+
+Row ``u * n + j`` of the batch is input row ``j`` with every element of group
+``groups[u]`` set to the baseline; the fold records ``f(x_j) - f(row)`` as the
+group's attribution for row ``j`` (Captum's ``FeatureAblation``: each element
+belongs to exactly one group, so nothing overlaps and nothing is divided).
+"""
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+from ._common import (accumulator, batch_out, bits, check_float, check_labels, check_rows_like, outputs_1d, rows2d,
+                      threads_for)
+
+
+@njit(parallel=True, cache=True)
+def _fill_ablation(x, base, labels, groups, out):
+    n, d = x.shape
+    rows = groups.shape[0] * n
+    b_step = 0 if base.shape[0] == 1 else 1
+    m_step = 0 if labels.shape[0] == 1 else 1
+    for r in prange(rows):
+        u = r // n
+        j = r - u * n
+        g = groups[u]
+        b = j * b_step
+        m = j * m_step
+        for e in range(d):
+            out[r, e] = base[b, e] if labels[m, e] == g else x[j, e]
+
+
+@njit(parallel=True, cache=True)
+def _fold_ablation(f0, f, groups, diffs):
+    n = f0.shape[0]
+    for j in prange(n):
+        for u in range(groups.shape[0]):
+            g = groups[u]
+            if g >= 0:
+                diffs[j, g] = np.float64(f0[j]) - f[u * n + j]
+
+
+def fill_ablation(x, base, labels, groups, n_groups: int, out=None) -> np.ndarray:
+    """The batch of ``len(groups)`` ablations of the rows of ``x``: shape ``(len(groups) * n, D)``.
+
+    ``x`` (n, D); ``base`` (1 or n, D) same dtype; ``labels`` (1 or n, D) group
+    indices in ``[0, n_groups)`` (an array or a :class:`Labels`); ``groups`` (U,)
+    the group each perturbation ablates (a group absent from ``labels`` leaves
+    the rows unchanged, e.g. -1).
+    """
+    x = check_float(rows2d(x, "x"), "x")
+    n, d = x.shape
+    base = rows2d(base, "base", d)
+    if base.dtype != x.dtype:
+        raise ValueError(f"base must have the dtype of x ({x.dtype}), got {base.dtype}")
+    check_rows_like(base, "base", n)
+    labels = check_labels(labels, n, d, n_groups)
+    groups = _groups(groups)
+    out = batch_out(out, groups.shape[0] * n, d, x.dtype)
+    with threads_for(out.size):
+        _fill_ablation(bits(x), bits(base), labels, groups, bits(out))
+    return out
+
+
+def fold_ablation(f0, f, groups, diffs) -> np.ndarray:
+    """``diffs[j, groups[u]] = f0[j] - f[u * n + j]`` (groups < 0 are skipped); ``diffs`` float64 (n, G), in place."""
+    f0 = np.asarray(f0)
+    if f0.ndim != 1:
+        raise ValueError(f"f0 must be 1-D (one value per input row), got shape {f0.shape}")
+    f0 = outputs_1d(f0, f0.shape[0], "f0")
+    n = f0.shape[0]
+    groups = _groups(groups)
+    f = outputs_1d(f, groups.shape[0] * n)
+    if not isinstance(diffs, np.ndarray) or diffs.ndim != 2:
+        raise ValueError("diffs must be a float64 array of shape (n, groups)")
+    accumulator(diffs, (n, diffs.shape[1]), "diffs")
+    if groups.size and groups.max() >= diffs.shape[1]:
+        raise ValueError(f"groups must be < {diffs.shape[1]} (the columns of diffs), got {groups.max()}")
+    with threads_for(f.size):
+        _fold_ablation(f0, f, groups, diffs)
+    return diffs
+
+
+def _groups(groups) -> np.ndarray:
+    groups = np.asarray(groups)
+    if groups.ndim != 1 or groups.dtype.kind not in "iu":
+        raise ValueError(f"groups must be a 1-D integer array, got {groups.dtype} of shape {groups.shape}")
+    return np.ascontiguousarray(groups, dtype=np.int64)

@@ -1,0 +1,260 @@
+"""Shapley values: coalitions of groups taken from the input, the rest from the baseline.
+
+Sampling (Captum's ``ShapleyValueSampling``): each permutation ``s`` of the
+``G`` groups gives ``G`` coalitions, its first ``k + 1`` groups for step ``k``;
+the marginal contribution of group ``perms[s, k]`` is ``f(step k) - f(step k-1)``
+(step -1 is the baseline).  A perturbation is a pair ``(perm_ids[u], steps[u])``.
+
+Exact: a perturbation is a coalition code (bit ``g`` set when group ``g`` comes
+from the input) and each group's value is the weighted sum
+``sum_S |S|! (G - |S| - 1)! / G! * (f(S + g) - f(S))`` over all coalitions.
+"""
+from __future__ import annotations
+
+from math import comb
+
+import numpy as np
+from numba import njit, prange
+
+from ._common import (accumulator, batch_out, bits, check_float, check_labels, check_rows_like, outputs_1d, rows2d,
+                      threads_for)
+
+MAX_EXACT_GROUPS = 16
+
+
+# ---------------------------------------------------------------------- permutations
+def sample_permutations(n_groups: int, n_samples: int, rng: np.random.Generator,
+                        antithetic: bool = False) -> np.ndarray:
+    """``(n_samples, n_groups)`` int32 permutations; antithetic: each odd row reverses the row before it."""
+    if n_groups < 1 or n_samples < 1:
+        raise ValueError(f"need at least one group and one sample, got {n_groups} groups, {n_samples} samples")
+    drawn = -(-n_samples // 2) if antithetic else n_samples
+    perms = rng.permuted(np.broadcast_to(np.arange(n_groups, dtype=np.int32), (drawn, n_groups)), axis=1)
+    if antithetic:
+        pairs = np.empty((2 * drawn, n_groups), dtype=np.int32)
+        pairs[0::2] = perms
+        pairs[1::2] = perms[:, ::-1]
+        perms = pairs[:n_samples]
+    return np.ascontiguousarray(perms, dtype=np.int32)
+
+
+def permutation_ranks(perms) -> np.ndarray:
+    """``ranks[s, g]``: the position of group ``g`` in permutation ``s``."""
+    perms = np.asarray(perms)
+    ranks = np.empty(perms.shape, dtype=np.int32)
+    np.put_along_axis(ranks, perms.astype(np.int64), np.arange(perms.shape[1], dtype=np.int32)[None, :], axis=1)
+    return ranks
+
+
+@njit(parallel=True, cache=True)
+def _fill_permutation(x, base, labels, ranks, perm_ids, steps, out):
+    n, d = x.shape
+    b_step = 0 if base.shape[0] == 1 else 1
+    m_step = 0 if labels.shape[0] == 1 else 1
+    for r in prange(perm_ids.shape[0] * n):
+        u = r // n
+        j = r - u * n
+        b = j * b_step
+        m = j * m_step
+        s = perm_ids[u]
+        k = steps[u]
+        for e in range(d):
+            out[r, e] = x[j, e] if ranks[s, labels[m, e]] <= k else base[b, e]
+
+
+@njit(parallel=True, cache=True)
+def _fill_permutation_shared(x, base, labels, ranks, perm_ids, steps, p0, scratch, out):
+    """Labels shared by all rows: each permutation's rank per element first (``scratch``), so the
+    row loop is a contiguous compare-and-select the compiler vectorises."""
+    n, d = x.shape
+    for q in prange(scratch.shape[0]):
+        for e in range(d):
+            scratch[q, e] = ranks[p0 + q, labels[0, e]]
+    b_step = 0 if base.shape[0] == 1 else 1
+    for r in prange(perm_ids.shape[0] * n):
+        u = r // n
+        j = r - u * n
+        k = steps[u]
+        xr = x[j]
+        br = base[j * b_step]
+        sr = scratch[perm_ids[u] - p0]
+        orow = out[r]
+        for e in range(d):
+            orow[e] = xr[e] if sr[e] <= k else br[e]
+
+
+@njit(parallel=True, cache=True)
+def _fold_permutation(f, f_base, f_prev, perms, perm_ids, steps, phi):
+    n = f_base.shape[0]
+    for j in prange(n):
+        prev = f_prev[j]
+        for u in range(perm_ids.shape[0]):
+            k = steps[u]
+            if k == 0:
+                prev = np.float64(f_base[j])
+            val = np.float64(f[u * n + j])
+            phi[j, perms[perm_ids[u], k]] += val - prev
+            prev = val
+        f_prev[j] = prev
+
+
+def fill_permutation(x, base, labels, ranks, perm_ids, steps, out=None) -> np.ndarray:
+    """The batch of coalitions ``(perm_ids[u], steps[u])`` of the rows of ``x`` (n, D): ``(U * n, D)``.
+
+    Element ``e`` of row ``j`` comes from ``x`` when its group's rank in the
+    permutation is ``<= steps[u]``, else from ``base`` (1 or n, D).
+    """
+    x, base, labels = _check_rows(x, base, labels)
+    ranks = _ranks(ranks)
+    labels = check_labels(labels, x.shape[0], x.shape[1], ranks.shape[1])
+    perm_ids, steps = _units(perm_ids, steps, ranks.shape)
+    out = batch_out(out, perm_ids.shape[0] * x.shape[0], x.shape[1], x.dtype)
+    if labels.shape[0] == 1 and perm_ids.size:
+        p0 = int(perm_ids.min())
+        scratch = np.empty((int(perm_ids.max()) - p0 + 1, x.shape[1]), dtype=np.int32)
+        with threads_for(out.size):
+            _fill_permutation_shared(bits(x), bits(base), labels, ranks, perm_ids, steps, p0, scratch, bits(out))
+    else:
+        with threads_for(out.size):
+            _fill_permutation(bits(x), bits(base), labels, ranks, perm_ids, steps, bits(out))
+    return out
+
+
+def fold_permutation(f, f_base, f_prev, perms, perm_ids, steps, phi) -> np.ndarray:
+    """Add each coalition's marginal contribution to ``phi[j, perms[s, k]]``; in place.
+
+    ``f`` (U * n,) are the outputs of the batch; ``f_base`` (n,) the outputs of
+    the baselines; ``f_prev`` (n,) float64 carries the output of the unit before
+    the first one across chunks (updated to the last one's).
+    """
+    f_base = np.asarray(f_base)
+    if f_base.ndim != 1:
+        raise ValueError(f"f_base must be 1-D (one value per input row), got shape {f_base.shape}")
+    f_base = outputs_1d(f_base, f_base.shape[0], "f_base")
+    n = f_base.shape[0]
+    perms = _ranks(perms, "perms")
+    perm_ids, steps = _units(perm_ids, steps, perms.shape)
+    f = outputs_1d(f, perm_ids.shape[0] * n)
+    accumulator(f_prev, (n,), "f_prev")
+    accumulator(phi, (n, perms.shape[1]), "phi")
+    with threads_for(f.size):
+        _fold_permutation(f, f_base, f_prev, perms, perm_ids, steps, phi)
+    return phi
+
+
+# ---------------------------------------------------------------------- all coalitions
+def shapley_weights(n_groups: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(w_in, w_out)`` by coalition size ``s``: the weight of ``f(S)`` for a group in ``S`` (+) and not in it (-)."""
+    g = int(n_groups)
+    w_in = np.zeros(g + 1)
+    w_out = np.zeros(g + 1)
+    for s in range(g + 1):
+        if s >= 1:
+            w_in[s] = 1.0 / (g * comb(g - 1, s - 1))
+        if s <= g - 1:
+            w_out[s] = 1.0 / (g * comb(g - 1, s))
+    return w_in, w_out
+
+
+@njit(parallel=True, cache=True)
+def _fill_coalitions(x, base, labels, codes, out):
+    n, d = x.shape
+    b_step = 0 if base.shape[0] == 1 else 1
+    m_step = 0 if labels.shape[0] == 1 else 1
+    for r in prange(codes.shape[0] * n):
+        u = r // n
+        j = r - u * n
+        b = j * b_step
+        m = j * m_step
+        c = codes[u]
+        for e in range(d):
+            out[r, e] = x[j, e] if (c >> labels[m, e]) & 1 else base[b, e]
+
+
+@njit(parallel=True, cache=True)
+def _fold_coalitions(f, codes, sizes, w_in, w_out, phi):
+    n, g = phi.shape
+    for j in prange(n):
+        for u in range(codes.shape[0]):
+            val = np.float64(f[u * n + j])
+            c = codes[u]
+            s = sizes[u]
+            plus = w_in[s] * val
+            minus = w_out[s] * val
+            for i in range(g):
+                if (c >> i) & 1:
+                    phi[j, i] += plus
+                else:
+                    phi[j, i] -= minus
+
+
+def fill_coalitions(x, base, labels, codes, out=None) -> np.ndarray:
+    """The batch of coalitions ``codes`` (U,) of the rows of ``x`` (n, D): ``(U * n, D)``.
+
+    Element ``e`` comes from ``x`` when bit ``labels[e]`` of the code is set, else from ``base``.
+    """
+    x, base, labels = _check_rows(x, base, labels)
+    labels = check_labels(labels, x.shape[0], x.shape[1], 63)
+    codes = _codes(codes)
+    out = batch_out(out, codes.shape[0] * x.shape[0], x.shape[1], x.dtype)
+    with threads_for(out.size):
+        _fill_coalitions(bits(x), bits(base), labels, codes, bits(out))
+    return out
+
+
+def fold_coalitions(f, codes, phi) -> np.ndarray:
+    """Add the Shapley-weighted outputs of coalitions ``codes`` to ``phi`` (n, G) float64; in place."""
+    if not isinstance(phi, np.ndarray) or phi.ndim != 2:
+        raise ValueError("phi must be a float64 array of shape (n, groups)")
+    n, g = phi.shape
+    if not 1 <= g <= MAX_EXACT_GROUPS:
+        raise ValueError(f"exact Shapley values take 1 to {MAX_EXACT_GROUPS} groups, got {g}")
+    accumulator(phi, (n, g), "phi")
+    codes = _codes(codes)
+    if codes.size and codes.max() >= (1 << g):
+        raise ValueError(f"coalition codes must be < 2**{g}, got {codes.max()}")
+    f = outputs_1d(f, codes.shape[0] * n)
+    sizes = np.bitwise_count(codes.astype(np.uint64)).astype(np.int64)
+    w_in, w_out = shapley_weights(g)
+    with threads_for(f.size * g):
+        _fold_coalitions(f, codes, sizes, w_in, w_out, phi)
+    return phi
+
+
+# ---------------------------------------------------------------------- checks
+def _check_rows(x, base, labels):
+    x = check_float(rows2d(x, "x"), "x")
+    n, d = x.shape
+    base = rows2d(base, "base", d)
+    if base.dtype != x.dtype:
+        raise ValueError(f"base must have the dtype of x ({x.dtype}), got {base.dtype}")
+    check_rows_like(base, "base", n)
+    return x, base, labels
+
+
+def _ranks(a, name="ranks") -> np.ndarray:
+    a = np.asarray(a)
+    if a.ndim != 2 or a.dtype.kind not in "iu":
+        raise ValueError(f"{name} must be a 2-D integer array (permutations, groups), got {a.dtype} {a.shape}")
+    return np.ascontiguousarray(a, dtype=np.int32)
+
+
+def _units(perm_ids, steps, shape):
+    perm_ids = np.ascontiguousarray(perm_ids, dtype=np.int64)
+    steps = np.ascontiguousarray(steps, dtype=np.int64)
+    if perm_ids.ndim != 1 or perm_ids.shape != steps.shape:
+        raise ValueError(f"perm_ids and steps must be 1-D of the same length, got {perm_ids.shape} and "
+                         f"{steps.shape}")
+    if perm_ids.size and (perm_ids.min() < 0 or perm_ids.max() >= shape[0] or steps.min() < 0
+                          or steps.max() >= shape[1]):
+        raise ValueError(f"perm_ids must be in [0, {shape[0]}) and steps in [0, {shape[1]})")
+    return perm_ids, steps
+
+
+def _codes(codes) -> np.ndarray:
+    codes = np.asarray(codes)
+    if codes.ndim != 1 or codes.dtype.kind not in "iu":
+        raise ValueError(f"codes must be a 1-D integer array, got {codes.dtype} {codes.shape}")
+    if codes.size and codes.min() < 0:
+        raise ValueError("coalition codes must be non-negative")
+    return np.ascontiguousarray(codes, dtype=np.int64)

@@ -1,0 +1,297 @@
+"""What the perturbation methods share: a forward-only graph, the chunk loop, masks and baselines.
+
+The explanation graph of a perturbation method is the model's forward pass and
+a *target reduction*: inputs are the model's inputs and ``target_weights``
+(shaped like the explained output, batch first); outputs are the model's own
+outputs and ``target_output``, one scalar per row,
+``sum(target_weights[r] * output[r])`` over the non-batch axes.  No backward
+pass is built, so any ONNX model works, ``ai.onnx.ml`` tree ensembles included.
+
+Per call, a method makes a *plan*: the perturbations of one row as ``U``
+*units*.  The loop below splits the input rows into blocks and the units into
+chunks (sizes from the memory budget, capped by Captum's
+``perturbations_per_eval``); for each chunk the plan's Numba kernels write the
+perturbed rows straight into preallocated batches (perturbation-major: row
+``u * n + j`` is unit ``u`` of input row ``j``, fed with ``target_weights[j]``),
+one session run returns one scalar per row, and the kernels fold those back into
+sums and counts.  No Python loop runs per perturbation, only per chunk.
+"""
+from __future__ import annotations
+
+import numbers
+import threading
+from dataclasses import dataclass
+
+import numpy as np
+
+from onnxplain.kernels import Labels
+
+from ..runtime import bytes_per_row
+from .base import TARGET_WEIGHTS, Method, Spec, baseline_feeds, declare_target_weights, emit_outputs, open_forward
+
+TARGET_OUTPUT = "target_output"
+#: bytes per row of a forward-only run, as a multiple of the sum of the model's per-row tensors
+#: (onnxruntime reuses buffers across a forward pass; the extra half covers our own batches)
+FORWARD_FACTOR = 1.5
+#: rows of one session run at most, whatever the budget (larger runs gain nothing on a CPU)
+MAX_ROWS_PER_RUN = 8192
+
+
+# ---------------------------------------------------------------------- per-input facts
+@dataclass
+class Attributed:
+    """One attributed input, flattened to rows: ``x`` (N, D), ``base`` (1 or N, D)."""
+
+    name: str
+    row: tuple
+    dtype: np.dtype
+    x: np.ndarray
+    base: np.ndarray
+
+    @property
+    def size(self) -> int:
+        return int(self.x.shape[1])
+
+    def base_rows(self, r0: int, r1: int) -> np.ndarray:
+        return self.base if self.base.shape[0] == 1 else self.base[r0:r1]
+
+
+def attributed_inputs(spec: Spec, feeds: dict, baselines) -> list[Attributed]:
+    """The attributed inputs with their baselines (the forms of :func:`baseline_feeds`)."""
+    bases = baseline_feeds(spec, baselines, feeds)
+    out = []
+    for x in spec.wrt:
+        value = np.ascontiguousarray(feeds[x])
+        row = tuple(value.shape[1:])
+        d = int(np.prod(row, dtype=np.int64))
+        base = bases[spec.param("baselines", x)]
+        base = np.broadcast_to(base, (base.shape[0],) + row).reshape(base.shape[0], d)
+        out.append(Attributed(x, row, value.dtype, value.reshape(value.shape[0], d),
+                              np.ascontiguousarray(base, dtype=value.dtype)))
+    return out
+
+
+def per_input(value, spec: Spec, what: str, is_one) -> dict:
+    """Captum's per-input forms: one value (single input), a tuple with one per input, or a dict by name."""
+    if isinstance(value, dict):
+        missing = [x for x in spec.wrt if x not in value]
+        unknown = sorted(set(value) - set(spec.wrt))
+        if missing or unknown:
+            raise ValueError(f"{what} given by name must cover the attributed inputs {spec.wrt}; "
+                             f"missing {missing}, unknown {unknown}")
+        return {x: value[x] for x in spec.wrt}
+    if spec.single:
+        if isinstance(value, tuple) and len(value) == 1 and not is_one(value):
+            value = value[0]
+        return {spec.wrt[0]: value}
+    if not isinstance(value, (tuple, list)) or len(value) != len(spec.wrt):
+        raise ValueError(f"with several attributed inputs {spec.wrt}, give {what} as a tuple with one entry per "
+                         f"input (in that order) or a dict by input name; got {value!r}")
+    return dict(zip(spec.wrt, value))
+
+
+def group_labels(spec: Spec, inputs: list[Attributed], feature_mask, n_rows: int) -> tuple[dict, int]:
+    """Captum's feature masks -> group labels ``(1 or N, D)`` per input, and the number of groups.
+
+    A mask is an integer array broadcastable to the input (its first dimension 1
+    or the number of rows, or no batch dimension at all); equal ids are one
+    group, across inputs too (Captum's cross-tensor groups).  Ids may be any
+    integers: they are numbered 0..G-1 in increasing order.  ``None``: every
+    element is its own group, numbered across the inputs in order.
+    """
+    if feature_mask is None:
+        labels, offset = {}, 0
+        for a in inputs:
+            labels[a.name] = Labels(np.arange(offset, offset + a.size, dtype=np.int64)[None, :], offset + a.size)
+            offset += a.size
+        return labels, offset
+    masks = per_input(feature_mask, spec, "feature_mask", lambda v: np.ndim(v[0]) == 0)
+    raw = {}
+    for a in inputs:
+        raw[a.name] = _check_mask(masks[a.name], a, n_rows)
+    ids = np.unique(np.concatenate([m.ravel() for m in raw.values()]))
+    labels = {}
+    for a in inputs:
+        m = raw[a.name]
+        full = np.broadcast_to(m, (m.shape[0],) + a.row).reshape(m.shape[0], a.size)
+        labels[a.name] = Labels(np.searchsorted(ids, full).astype(np.int32), len(ids))
+    return labels, len(ids)
+
+
+def _check_mask(mask, a: Attributed, n_rows: int) -> np.ndarray:
+    shape = (n_rows,) + a.row
+    try:
+        m = np.asarray(mask)
+    except Exception as e:
+        raise ValueError(f"feature_mask for input {a.name!r} must be an integer array broadcastable to {shape}: "
+                         f"{e}") from e
+    if m.dtype.kind not in "iu":
+        raise ValueError(f"feature_mask for input {a.name!r} must hold integer group ids, got dtype {m.dtype}")
+    if m.ndim > len(shape) or any(md not in (1, d) for md, d in zip(m.shape[::-1], shape[::-1])):
+        raise ValueError(f"feature_mask for input {a.name!r} must be broadcastable to the input's shape {shape} "
+                         f"(each dimension 1 or equal, the first 1 or {n_rows}), got shape {m.shape}")
+    return m.reshape((1,) * (len(shape) - m.ndim) + m.shape)
+
+
+def check_positive_int(value, what: str, allow_none: bool = False):
+    if value is None and allow_none:
+        return None
+    if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 1:
+        expected = "a positive int or None" if allow_none else "a positive int"
+        raise ValueError(f"{what} must be {expected}, got {value!r}")
+    return int(value)
+
+
+# ---------------------------------------------------------------------- the method
+class Plan:
+    """One call's perturbations: ``units`` per input row, filled and folded chunk by chunk."""
+
+    inputs: list[Attributed]
+    units: int
+
+    def begin(self, r0: int, r1: int, evaluate) -> None:
+        """Start input rows ``[r0, r1)``; ``evaluate({name: rows})`` runs the model (other inputs unchanged)."""
+
+    def fill(self, u0: int, u1: int, batches: dict) -> None:
+        raise NotImplementedError
+
+    def fold(self, u0: int, u1: int, f: np.ndarray) -> None:
+        raise NotImplementedError
+
+    def end(self) -> None:
+        """Finish the current block of rows."""
+
+    def result(self) -> dict:
+        """Attributions by input name, shaped and typed like the inputs."""
+        raise NotImplementedError
+
+
+class Perturbation(Method):
+    """A forward-only method: the graph returns ``target_output``, Numba kernels do the rest."""
+
+    forward_only = True
+    supports_layers = False     # float inputs only: the kernels perturb the values fed to the model
+    defaults = {"baselines": None, "perturbations_per_eval": None}
+    _pool = None     # batch buffers reused across calls (made on the first call)
+
+    def build(self, b, spec: Spec) -> None:
+        inside, outputs = open_forward(b, spec)
+        for name, internal in inside.items():
+            b.op("Identity", name, outputs=[internal])
+        tw = declare_target_weights(b, spec)
+        emit_outputs(b, spec, outputs, None, None)
+        out = outputs[spec.output]
+        weighted = b.op("Flatten", b.mul(tw, out), axis=1)
+        b.op("ReduceSum", weighted, b.ints([1]), keepdims=0, outputs=[b.reserve(TARGET_OUTPUT)])
+        shape = b.shape(spec.output)
+        b.add_output(TARGET_OUTPUT, b.elem_type(out), [shape[0] if shape else "batch"])
+
+    def check_params(self, params: dict) -> dict:
+        p = super().check_params(params)
+        check_positive_int(p["perturbations_per_eval"], "perturbations_per_eval", allow_none=True)
+        return p
+
+    def plan(self, spec: Spec, feeds: dict, n_rows: int, params: dict) -> Plan:
+        raise NotImplementedError
+
+    def run(self, ex, feeds: dict, tw, params: dict):
+        n_rows = int(np.shape(tw)[0])
+        plan = self.plan(ex.spec, feeds, n_rows, params)   # every check happens here, before any run
+        if self._pool is None:
+            self._pool = BufferPool()
+        drive(ex, feeds, np.ascontiguousarray(tw), plan, params["perturbations_per_eval"], self._pool)
+        return {ex.spec.attribution_name(x): a for x, a in plan.result().items()}, None
+
+
+class BufferPool:
+    """Batch buffers kept between calls: a fresh buffer costs a page fault per 4 KiB on its first fill,
+    as much as the fill itself.  A buffer is taken for one call and given back after it, so concurrent
+    calls never share one; at most ``keep`` buffers (the largest) are retained."""
+
+    def __init__(self, keep: int = 4):
+        self.keep = keep
+        self._free: list[np.ndarray] = []
+        self._lock = threading.Lock()
+
+    def take(self, shape: tuple, dtype) -> np.ndarray:
+        dtype = np.dtype(dtype)
+        nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+        with self._lock:
+            fits = [i for i, b in enumerate(self._free) if b.nbytes >= nbytes]
+            raw = self._free.pop(min(fits, key=lambda i: self._free[i].nbytes)) if fits else None
+        if raw is None:
+            raw = np.empty(max(nbytes, 1), dtype=np.uint8)
+        return raw[:nbytes].view(dtype).reshape(shape)
+
+    def give(self, arrays) -> None:
+        """Return arrays from :meth:`take` (their memory, whatever view of it is given)."""
+        with self._lock:
+            self._free.extend(_root(a) for a in arrays)
+            self._free.sort(key=lambda b: b.nbytes)
+            del self._free[:max(0, len(self._free) - self.keep)]
+
+
+def _root(a: np.ndarray) -> np.ndarray:
+    while a.base is not None and isinstance(a.base, np.ndarray):
+        a = a.base
+    return a
+
+
+def forward_bytes_per_row(ex) -> int:
+    cached = getattr(ex, "_forward_bytes_per_row", None)
+    if cached is None:
+        cached = ex._forward_bytes_per_row = bytes_per_row(ex.model, FORWARD_FACTOR)
+    return cached
+
+
+def chunking(n_rows: int, units: int, per_row: int, budget: int, cap: int | None) -> tuple[int, int]:
+    """``(rows per block, units per chunk)``: one run holds at most ``budget // per_row`` rows (and
+    :data:`MAX_ROWS_PER_RUN`), and at most ``cap`` units (Captum's ``perturbations_per_eval``)."""
+    fit = int(max(1, min(budget // max(1, per_row), MAX_ROWS_PER_RUN)))
+    block = min(n_rows, fit)
+    per_chunk = max(1, min(units, fit // block))
+    if cap is not None:
+        per_chunk = min(per_chunk, cap)
+    return block, per_chunk
+
+
+def drive(ex, feeds: dict, tw: np.ndarray, plan: Plan, cap: int | None, pool: BufferPool | None = None) -> None:
+    """Blocks of rows x chunks of units: fill, run, fold.  The session is ``ex.session``, reused."""
+    pool = pool or BufferPool(keep=0)
+    spec = ex.spec
+    n_rows = tw.shape[0]
+    block, per_chunk = chunking(n_rows, plan.units, forward_bytes_per_row(ex), ex.memory_budget, cap)
+    run = ex.session.run
+    for r0 in range(0, n_rows, block):
+        r1 = min(n_rows, r0 + block)
+        n = r1 - r0
+        tw_rows = tw[r0:r1]
+        fixed = {p: feeds[p][r0:r1] for p in spec.passthrough}
+        originals = {a.name: feeds[a.name][r0:r1] for a in plan.inputs}
+
+        def evaluate(values: dict) -> np.ndarray:
+            one = {**originals, **fixed, **values, TARGET_WEIGHTS: tw_rows}
+            return run(one, [TARGET_OUTPUT])[TARGET_OUTPUT].reshape(-1)
+
+        plan.begin(r0, r1, evaluate)
+        if plan.units:
+            most = per_chunk * n
+            batches = {a.name: pool.take((most, a.size), a.dtype) for a in plan.inputs}
+            tiled = {p: np.tile(v, (per_chunk,) + (1,) * (v.ndim - 1)) for p, v in fixed.items()}
+            tiled[TARGET_WEIGHTS] = np.tile(tw_rows, (per_chunk,) + (1,) * (tw.ndim - 1))
+            rows_of = {a.name: a.row for a in plan.inputs}
+            for u0 in range(0, plan.units, per_chunk):
+                u1 = min(plan.units, u0 + per_chunk)
+                rows = (u1 - u0) * n
+                views = {k: v[:rows] for k, v in batches.items()}
+                plan.fill(u0, u1, views)
+                one = {k: v.reshape((rows,) + rows_of[k]) for k, v in views.items()}
+                one.update({k: v[:rows] for k, v in tiled.items()})
+                plan.fold(u0, u1, run(one, [TARGET_OUTPUT])[TARGET_OUTPUT].reshape(-1))
+            pool.give(batches.values())
+        plan.end()
+
+
+def broadcast_rows(a: Attributed, base: np.ndarray, n: int) -> np.ndarray:
+    """The baselines of ``n`` rows, shaped like the input."""
+    return np.ascontiguousarray(np.broadcast_to(base, (n, a.size))).reshape((n,) + a.row)

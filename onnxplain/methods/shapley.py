@@ -1,0 +1,134 @@
+"""Shapley values of groups of features: sampled permutations, or exact over every coalition.
+
+``shapley_sampling`` follows Captum's ``ShapleyValueSampling``: for each of
+``n_samples`` random permutations of the groups, the groups are added to the
+baselines one by one and each group gets the change of the output when it is
+added; the attribution is the mean over the permutations, given to each element
+of the group.  That costs one run of the baselines plus ``n_samples x groups``
+rows per input row, as Captum counts them.  Every permutation's contributions
+sum to ``f(x) - f(baselines)``, so the estimate satisfies efficiency exactly,
+and on a model linear in the inputs it is exact for any ``n_samples``.
+``antithetic=True`` pairs each permutation with its reverse (variance reduction).
+
+``shapley_values`` is exact: all ``2**G`` coalitions are run once and weighted
+(``|S|! (G - |S| - 1)! / G!``); it refuses more than
+:data:`~onnxplain.kernels.MAX_EXACT_GROUPS` groups.  Captum's ``ShapleyValues``
+computes the same numbers from all ``G!`` permutations.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from onnxplain.kernels import (MAX_EXACT_GROUPS, fill_coalitions, fill_permutation, fold_coalitions,
+                               fold_permutation, permutation_ranks, sample_permutations, spread_groups)
+
+from .perturbation import Perturbation, Plan, attributed_inputs, broadcast_rows, check_positive_int, group_labels
+
+
+class ShapleySampling(Perturbation):
+    name = "shapley_sampling"
+    aliases = ("shapley_value_sampling", "shapleyvaluesampling")
+    defaults = {"n_samples": 25, "feature_mask": None, "baselines": None, "seed": None, "antithetic": False,
+                "perturbations_per_eval": None}
+
+    def check_params(self, params):
+        p = super().check_params(params)
+        check_positive_int(p["n_samples"], "n_samples")
+        if not isinstance(p["antithetic"], (bool, np.bool_)):
+            raise ValueError(f"antithetic must be True or False, got {p['antithetic']!r}")
+        seed = p["seed"]
+        if isinstance(seed, bool) or (seed is not None
+                                      and not isinstance(seed, (int, np.integer, np.random.Generator))):
+            raise ValueError(f"seed must be None, an int or a numpy Generator, got {seed!r}")
+        return p
+
+    def plan(self, spec, feeds, n_rows, params):
+        inputs = attributed_inputs(spec, feeds, params["baselines"])
+        labels, n_groups = group_labels(spec, inputs, params["feature_mask"], n_rows)
+        perms = sample_permutations(n_groups, int(params["n_samples"]), np.random.default_rng(params["seed"]),
+                                    bool(params["antithetic"]))
+        return _SamplingPlan(inputs, labels, perms)
+
+
+class ShapleyValues(Perturbation):
+    name = "shapley_values"
+    aliases = ("exact_shapley",)
+    defaults = {"feature_mask": None, "baselines": None, "perturbations_per_eval": None}
+
+    def plan(self, spec, feeds, n_rows, params):
+        inputs = attributed_inputs(spec, feeds, params["baselines"])
+        if params["feature_mask"] is None:
+            total = sum(a.size for a in inputs)
+            if total > MAX_EXACT_GROUPS:
+                raise ValueError(_too_many(total, "features (no feature_mask: every element is a group)"))
+        labels, n_groups = group_labels(spec, inputs, params["feature_mask"], n_rows)
+        if n_groups > MAX_EXACT_GROUPS:
+            raise ValueError(_too_many(n_groups, "groups in feature_mask"))
+        return _ExactPlan(inputs, labels, n_groups)
+
+
+def _too_many(count, what):
+    return (f"shapley_values is exact over all 2**G coalitions and takes at most {MAX_EXACT_GROUPS} groups; "
+            f"got {count} {what}. Group the features with feature_mask, or use shapley_sampling")
+
+
+class _GroupPlan(Plan):
+    def __init__(self, inputs, labels, n_groups):
+        self.inputs, self.labels, self.n_groups = inputs, labels, n_groups
+        self.attr = {a.name: np.empty(a.x.shape, dtype=a.dtype) for a in inputs}
+        self.scale = 1.0
+
+    def begin(self, r0, r1, evaluate):
+        self.r0, self.r1 = r0, r1
+        self.phi = np.zeros((r1 - r0, self.n_groups), dtype=np.float64)
+        self.block_labels = {k: v.rows(r0, r1) for k, v in self.labels.items()}
+
+    def end(self):
+        for a in self.inputs:
+            self.attr[a.name][self.r0:self.r1] = spread_groups(self.phi, self.block_labels[a.name], self.scale)
+
+    def result(self):
+        return {a.name: self.attr[a.name].reshape((-1,) + a.row) for a in self.inputs}
+
+
+class _SamplingPlan(_GroupPlan):
+    def __init__(self, inputs, labels, perms):
+        super().__init__(inputs, labels, perms.shape[1])
+        self.perms, self.ranks = perms, permutation_ranks(perms)
+        self.units = perms.shape[0] * perms.shape[1]
+        self.scale = 1.0 / perms.shape[0]
+
+    def begin(self, r0, r1, evaluate):
+        super().begin(r0, r1, evaluate)
+        n = r1 - r0
+        self.f_base = evaluate({a.name: broadcast_rows(a, a.base_rows(r0, r1), n) for a in self.inputs})
+        self.f_prev = np.zeros(n, dtype=np.float64)
+
+    def _units(self, u0, u1):
+        u = np.arange(u0, u1, dtype=np.int64)
+        return u // self.n_groups, u % self.n_groups
+
+    def fill(self, u0, u1, batches):
+        perm_ids, steps = self._units(u0, u1)
+        for a in self.inputs:
+            fill_permutation(a.x[self.r0:self.r1], a.base_rows(self.r0, self.r1), self.block_labels[a.name],
+                             self.ranks, perm_ids, steps, out=batches[a.name])
+
+    def fold(self, u0, u1, f):
+        perm_ids, steps = self._units(u0, u1)
+        fold_permutation(f, self.f_base, self.f_prev, self.perms, perm_ids, steps, self.phi)
+
+
+class _ExactPlan(_GroupPlan):
+    def __init__(self, inputs, labels, n_groups):
+        super().__init__(inputs, labels, n_groups)
+        self.units = 1 << n_groups
+
+    def fill(self, u0, u1, batches):
+        codes = np.arange(u0, u1, dtype=np.int64)
+        for a in self.inputs:
+            fill_coalitions(a.x[self.r0:self.r1], a.base_rows(self.r0, self.r1), self.block_labels[a.name],
+                            codes, out=batches[a.name])
+
+    def fold(self, u0, u1, f):
+        fold_coalitions(f, np.arange(u0, u1, dtype=np.int64), self.phi)
