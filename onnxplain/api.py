@@ -237,7 +237,11 @@ def _choose_output(model, output):
     for o in model.graph.output:
         if o.type.tensor_type.elem_type in FLOAT_TYPES:
             return o.name
-    raise ValueError(f"the model has no floating-point output to explain (outputs: {names})")
+    hint = ""
+    if any(not o.type.HasField("tensor_type") for o in model.graph.output):
+        hint = ("; its outputs include sequences or maps (a scikit-learn classifier converted with ZipMap): "
+                "convert it with options={'zipmap': False}, or use onnxplain.converters.from_sklearn")
+    raise ValueError(f"the model has no floating-point output to explain (outputs: {names}){hint}")
 
 
 def _spec(model, output, inputs, layer=None, method=None) -> Spec:

@@ -288,3 +288,17 @@ def test_no_cuda_noise_on_a_machine_without_gpu():
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "['CPUExecutionProvider']" or "CUDA" in done.stdout
     assert "libcu" not in done.stderr and "Failed to load" not in done.stderr, done.stderr
+
+
+def test_a_zipmap_classifier_gets_told_how_to_convert_it():
+    """skl2onnx's default ZipMap output is a sequence of maps, not a tensor to explain."""
+    seq_of_maps = helper.make_sequence_type_proto(helper.make_map_type_proto(TensorProto.INT64,
+                                                                             helper.make_tensor_type_proto(
+                                                                                 TensorProto.FLOAT, [])))
+    g = helper.make_graph([helper.make_node("ZipMap", ["p"], ["probs"], domain="ai.onnx.ml",
+                                            classlabels_int64s=[0, 1])], "zip",
+                          [helper.make_tensor_value_info("p", TensorProto.FLOAT, ["n", 2])],
+                          [helper.make_value_info("probs", seq_of_maps)])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("ai.onnx.ml", 3)])
+    with pytest.raises(ValueError, match="zipmap"):
+        onnxplain.Explainer(m, "occlusion")
