@@ -59,6 +59,8 @@ def normalize(model, min_opset: int = MIN_OPSET, dynamic_batch: bool = True) -> 
         _make_batch_dynamic(m)
     m = _infer_shapes(m)
     m.ir_version = helper.find_min_ir_version_for(list(m.opset_import), ignore_unknown=True)
+    _probe_missing_shapes(m)
+    m.ir_version = helper.find_min_ir_version_for(list(m.opset_import), ignore_unknown=True)
     return m
 
 
@@ -119,3 +121,48 @@ def _infer_shapes(m: onnx.ModelProto) -> onnx.ModelProto:
         return shape_inference.infer_shapes(m, check_type=True, strict_mode=False, data_prop=True)
     except Exception as e:
         raise ModelError(f"shape inference failed on the model: {e}") from e
+
+
+def _probe_missing_shapes(m: onnx.ModelProto) -> None:
+    """Shapes that inference could not find (ops without inference, e.g. ai.onnx.ml's Scaler),
+    read off two runs of the model in onnxruntime on placeholder rows (batch 1 and 2).
+
+    Dims that agree between the runs are kept, the others are left symbolic; nothing is
+    recorded when the model does not run on placeholders.
+    """
+    known = {vi.name for vi in list(m.graph.value_info) + list(m.graph.input) + list(m.graph.output)
+             if vi.type.tensor_type.HasField("shape")}
+    known |= {i.name for i in m.graph.initializer}
+    missing = [o for n in m.graph.node for o in n.output if o and o not in known]
+    if not missing:
+        return
+    try:
+        import numpy as np
+        import onnxruntime as ort
+
+        probe = onnx.ModelProto()
+        probe.CopyFrom(m)
+        del probe.graph.output[:]
+        probe.graph.output.extend(onnx.helper.make_empty_tensor_value_info(name) for name in missing)
+        so = ort.SessionOptions()
+        so.log_severity_level = 4
+        sess = ort.InferenceSession(probe.SerializeToString(), so, providers=["CPUExecutionProvider"])
+        inits = {i.name for i in m.graph.initializer}
+        runs = []
+        for rows in (1, 2):
+            feeds = {}
+            for vi in m.graph.input:
+                if vi.name in inits:
+                    continue
+                tt = vi.type.tensor_type
+                dims = [rows] + [d.dim_value if d.HasField("dim_value") else 2 for d in list(tt.shape.dim)[1:]]
+                feeds[vi.name] = np.zeros(dims, dtype=onnx.helper.tensor_dtype_to_np_dtype(tt.elem_type))
+            runs.append(sess.run(missing, feeds))
+    except Exception:   # placeholders are not valid input for every model: then shapes stay unknown
+        return
+    for name, first, second in zip(missing, *runs):
+        if not isinstance(first, np.ndarray) or first.ndim != second.ndim:
+            continue
+        dims = [a if a == b else None for a, b in zip(first.shape, second.shape)]
+        elem = onnx.helper.np_dtype_to_tensor_dtype(first.dtype)
+        m.graph.value_info.append(onnx.helper.make_tensor_value_info(name, elem, dims))

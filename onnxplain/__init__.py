@@ -5,7 +5,7 @@
 >>> a = ex.explain(x, target=3)                                            # numpy in, numpy out
 """
 from .api import Explainer, convert, explain
-from .converters import normalize
+from .converters import from_keras, from_sklearn, from_torch, normalize
 from .errors import ModelError, OnnxplainError, UnsupportedOperatorError
 from .inspection import inspect
 from .methods import ALIASES, METHODS
@@ -13,4 +13,4 @@ from .methods import ALIASES, METHODS
 __version__ = "0.1.0"
 
 __all__ = ["ALIASES", "METHODS", "Explainer", "ModelError", "OnnxplainError", "UnsupportedOperatorError",
-           "convert", "explain", "inspect", "normalize"]
+           "convert", "explain", "from_keras", "from_sklearn", "from_torch", "inspect", "normalize"]

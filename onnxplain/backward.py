@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
 import onnx
 
 from .errors import UnsupportedOperatorError
@@ -161,14 +162,23 @@ def unbroadcast(b: GraphBuilder, g: str, x: str, y: str) -> str:
 
 
 def _unbroadcast_dynamic(b: GraphBuilder, g: str, x: str, sx, sy) -> str:
-    """Broadcast axes found at run time: where the padded shape of x differs from g's."""
-    if sx is None or sy is None:
-        raise UnsupportedOperatorError.unknown_rank(x)
-    lead = len(sy) - len(sx)
-    shape_x = b.shape_of(x)
-    padded = b.op("Concat", b.ints([1] * lead), shape_x, axis=0) if lead else shape_x
-    differs = b.op("Not", b.op("Equal", padded, b.shape_of(g)))
-    axes = b.op("Compress", b.ints(range(len(sy))), differs, axis=0)
+    """Broadcast axes found at run time: where the padded shape of x differs from g's.
+
+    Works with unknown ranks too: the padding of x's shape is computed from the ranks at run time.
+    """
+    shape_x, shape_g = b.shape_of(x), b.shape_of(g)
+    if sx is not None and sy is not None:
+        lead = len(sy) - len(sx)
+        padded = b.op("Concat", b.ints([1] * lead), shape_x, axis=0) if lead else shape_x
+        positions = b.ints(range(len(sy)))
+    else:
+        rank_g, rank_x = b.op("Size", shape_g), b.op("Size", shape_x)
+        ones = b.op("ConstantOfShape", b.reshape(b.sub(rank_g, rank_x), b.ints([1])),
+                    value=onnx.numpy_helper.from_array(np.ones(1, np.int64)))
+        padded = b.op("Concat", ones, shape_x, axis=0)
+        positions = b.op("Range", b.const(0, np.int64), rank_g, b.const(1, np.int64))
+    differs = b.op("Not", b.op("Equal", padded, shape_g))
+    axes = b.op("Compress", positions, differs, axis=0)
     summed = b.op("ReduceSum", g, axes, keepdims=1, noop_with_empty_axes=1)
     return b.reshape(summed, shape_x)
 

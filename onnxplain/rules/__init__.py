@@ -16,25 +16,34 @@ NONLINEAR_UNARY = ("Relu", "LeakyRelu", "PRelu", "Elu", "Selu", "Celu", "Sigmoid
 
 
 class Partner:
-    """``partner(t)``: rows ``[H, 2H)`` of ``t`` stacked on rows ``[0, H)`` (cached per tensor)."""
+    """``partner(t)``: the second half of ``t``'s rows stacked on the first half (cached per tensor).
 
-    def __init__(self, b, half: str):
-        self.b, self.half = b, half
+    The expanded batch is ``[inputs; references]``; a tensor whose axis 0 folds
+    more than the batch (attention windows, heads) keeps that order, so each
+    tensor is split at half of its *own* first axis.
+    """
+
+    def __init__(self, b):
+        self.b = b
         self._cache: dict[str, str] = {}
+
+    def half(self, t: str) -> str:
+        """``[rows of t / 2]`` (1-D int64)."""
+        b = self.b
+        return b.div(b.op("Slice", b.shape_of(t), b.ints([0]), b.ints([1])), b.ints([2]))
 
     def __call__(self, t: str) -> str:
         if t not in self._cache:
-            b, h = self.b, self.half
+            b, h = self.b, self.half(t)
             top = b.op("Slice", t, b.ints([0]), h, b.ints([0]))
             bottom = b.op("Slice", t, h, b.add(h, h), b.ints([0]))
             self._cache[t] = b.op("Concat", bottom, top, axis=0)
         return self._cache[t]
 
     def bottom_offset(self, t: str) -> str:
-        """Elements in the first half of ``t`` (int64 scalar-shaped [1]): flat-index offset of the second half."""
+        """Flat-index offset of the second half of ``t`` (1-D int64 [size / 2])."""
         b = self.b
-        row_shape = b.op("Slice", b.shape_of(t), b.ints([1]), b.ints([1 << 62]))
-        return b.mul(b.op("ReduceProd", row_shape, keepdims=1), self.half)
+        return b.div(b.reshape(b.op("Size", t), b.ints([1])), b.ints([2]))
 
 
 def standard_rule(op_type: str, opset: int):

@@ -61,7 +61,7 @@ def rescale_maxpool(ctx):
     # the second half's indices point into the second half: move them onto the partner rows
     offset = ctx.ref.bottom_offset(x)
     ref_indices = ctx.ref(b.op("Sub", indices, offset))
-    half = ctx.ref.half
+    half = ctx.ref.half(o)
     # only the first half of the rows carries target cotangents; keep both halves' terms from it
     flat_size = b.op("Size", x)
     updates = b.op("Concat", _flat(b, _first_half(b, to_input, half)), _flat(b, _first_half(b, to_reference, half)),

@@ -200,3 +200,11 @@ def vjp_reciprocal(ctx):
     """y = 1 / x: dx = -dy * y^2."""
     b, y = ctx.b, ctx.y[0]
     return [b.neg(b.mul(ctx.dy[0], b.mul(y, y)))]
+
+
+@register("ai.onnx.ml.Scaler")
+def vjp_ml_scaler(ctx):
+    """y = (x - offset) * scale (ai.onnx.ml, scale per feature on the last axis): dx = dy * scale."""
+    b = ctx.b
+    scale = np.asarray(ctx.attr("scale", [1.0]), dtype=np_dtype(b.elem_type(ctx.y[0]) or 1))
+    return [b.mul(ctx.dy[0], b.const(scale, scale.dtype))]

@@ -1,6 +1,9 @@
-"""Normalisation: BatchNormalization (inference and training mode) and LayerNormalization.
+"""Normalisation: BatchNormalization (inference and training mode), LayerNormalization,
+InstanceNormalization, GroupNormalization (opset 21 form), LpNormalization and
+MeanVarianceNormalization.
 
-Both normalise ``xhat = (x - mean) / sqrt(var + eps)`` and apply an affine map.  With
+All but LpNormalization normalise ``xhat = (x - mean) / sqrt(var + eps)`` (MeanVarianceNormalization:
+``/ (std + 1e-9)``) and most apply an affine map.  With
 statistics that are constants (BatchNormalization at inference) the map is affine per
 channel; with statistics taken from x itself (LayerNormalization, BatchNormalization
 in training mode) the cotangent is projected: ``dx = inv * (g - mean(g) - xhat * mean(g xhat))``
@@ -125,3 +128,89 @@ def _count(b, x: str, axes) -> str:
         return b.like(float(np.prod(dims)), x)
     size = b.op("ReduceProd", b.op("Shape", x, start=axes[0]), keepdims=0)
     return b.cast_like(size, x)
+
+
+def _per_channel(b, t: str, rank: int) -> str:
+    """(C,) -> (C, 1, ..., 1): broadcasts against (N, C, ...)."""
+    return b.unsqueeze(t, list(range(1, rank - 1))) if rank > 2 else t
+
+
+# ---------------------------------------------------------------------- InstanceNormalization
+@register("InstanceNormalization")
+def vjp_instance_norm(ctx):
+    """Y = scale_c * xhat + B_c, xhat normalised per (n, c) over the spatial axes:
+    dX = inv (g - mean g - xhat mean(g xhat)) with g = dY scale_c; dscale = sum dY xhat, dB = sum dY."""
+    b, dy = ctx.b, ctx.dy[0]
+    X, scale = ctx.x[0], ctx.x[1]
+    rank = _rank(ctx, X)
+    if rank < 3:
+        raise _fail(ctx, f"expected an input of rank >= 3 (N, C, D1, ...), got rank {rank}")
+    axes = list(range(2, rank))
+    xc, inv = _statistics(b, X, axes, float(ctx.attr("epsilon", 1e-5)))
+    xhat = b.mul(xc, inv)
+    grads = [None] * len(ctx.x)
+    if ctx.needs(0):
+        grads[0] = _normalized_grad(b, b.mul(dy, _per_channel(b, scale, rank)), xhat, inv, axes)
+    if ctx.needs(1):
+        grads[1] = b.reduce_sum(b.mul(dy, xhat), [0] + axes, keepdims=0)
+    if len(ctx.x) > 2 and ctx.needs(2):
+        grads[2] = b.reduce_sum(dy, [0] + axes, keepdims=0)
+    return grads
+
+
+# ------------------------------------------------------------------------- GroupNormalization
+# (Only the opset 21 form: GroupNormalization-18, with one scale and bias per group, is deprecated
+# and onnx.checker rejects models that use it, so the normaliser never hands one to a rule.)
+@register("GroupNormalization", since=21)
+def vjp_group_norm(ctx):
+    """Y = scale_c * xhat + bias_c, xhat normalised over each group of C/G channels and the spatial axes:
+    in group layout (N, G, C/G * spatial) dX is LayerNormalization's over the last axis, with g = dY scale_c."""
+    b, dy = ctx.b, ctx.dy[0]
+    X, scale = ctx.x[0], ctx.x[1]
+    rank = _rank(ctx, X)
+    grouped = b.ints([0, int(ctx.attr("num_groups")), -1])     # 0 keeps the (dynamic) batch size
+    xg = b.reshape(X, grouped)
+    b.set_type(xg, b.elem_type(X))
+    xc, inv = _statistics(b, xg, [2], float(ctx.attr("epsilon", 1e-5)))
+    xhat = b.mul(xc, inv)                                      # (N, G, C/G * spatial)
+    axes = [0] + list(range(2, rank))
+    grads = [None] * len(ctx.x)
+    if ctx.needs(0):
+        g = b.reshape(b.mul(dy, _per_channel(b, scale, rank)), grouped)
+        grads[0] = b.reshape_like(_normalized_grad(b, g, xhat, inv, [2]), X)
+    if ctx.needs(1):
+        grads[1] = b.reduce_sum(b.mul(dy, b.reshape_like(xhat, X)), axes, keepdims=0)
+    if ctx.needs(2):
+        grads[2] = b.reduce_sum(dy, axes, keepdims=0)
+    return grads
+
+
+# ----------------------------------------------------------------------------- LpNormalization
+@register("LpNormalization")
+def vjp_lp_norm(ctx):
+    """Y = X / ||X||_p along ``axis``: p=2: dX = (dY - Y sum(dY Y)) / ||X||_2;
+    p=1: dX = (dY - sign(X) sum(dY Y)) / ||X||_1."""
+    b, X, Y, dy = ctx.b, ctx.x[0], ctx.y[0], ctx.dy[0]
+    axis = int(ctx.attr("axis", -1))
+    p = int(ctx.attr("p", 2))
+    if p not in (1, 2):
+        raise _fail(ctx, f"p must be 1 or 2, got {p}")
+    norm = b.reduce("ReduceL2" if p == 2 else "ReduceL1", X, [axis])
+    proj = b.reduce_sum(b.mul(dy, Y), [axis])
+    direction = Y if p == 2 else b.op("Sign", X)
+    return [b.div(b.sub(dy, b.mul(direction, proj)), norm)]
+
+
+# ------------------------------------------------------------------- MeanVarianceNormalization
+@register("MeanVarianceNormalization")
+def vjp_mean_variance_norm(ctx):
+    """Y = (X - mean) / (std + 1e-9) over ``axes`` (the op's function body): with D = std + 1e-9,
+    dX = (dY - mean dY) / D - (X - mean) mean(dY (X - mean)) / (D^2 std)."""
+    b, X, dy = ctx.b, ctx.x[0], ctx.dy[0]
+    axes = list(ctx.attr("axes", [0, 2, 3]))
+    xc = b.sub(X, b.reduce("ReduceMean", X, axes))
+    std = b.op("Sqrt", b.reduce("ReduceMean", b.mul(xc, xc), axes))
+    d = b.add(std, b.like(1e-9, X))
+    centred = b.div(b.sub(dy, b.reduce("ReduceMean", dy, axes)), d)
+    spread = b.div(b.mul(xc, b.reduce("ReduceMean", b.mul(dy, xc), axes)), b.mul(b.mul(d, d), std))
+    return [b.sub(centred, spread)]
