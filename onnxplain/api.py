@@ -280,16 +280,32 @@ def _spec(model, output, inputs, layer=None, method=None) -> Spec:
     return Spec(model, output, points, chosen, [x for x in names if x not in chosen])
 
 
+_SHAPE_ONLY = ("Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity", "Cast")
+
+
 def token_embeddings(model) -> dict[str, str]:
-    """Integer inputs that feed exactly one Gather on a float table: input name -> that Gather's output."""
+    """Integer inputs that feed exactly one Gather on a float table: input name -> that Gather's output.
+
+    The ids may pass through shape-only ops first (GPT-2 reshapes them to (-1, seq)).
+    """
     inits = {i.name: i.data_type for i in model.graph.initializer}
     floats = {vi.name for vi in model.graph.value_info if vi.type.tensor_type.elem_type in FLOAT_TYPES}
+    readers: dict[str, list] = {}
+    for n in model.graph.node:
+        for k, name in enumerate(n.input):
+            readers.setdefault(name, []).append((n, k))
     found = {}
     for vi in _graph_inputs(model):
         if vi.type.tensor_type.elem_type not in (TensorProto.INT64, TensorProto.INT32):
             continue
-        gathers = [n for n in model.graph.node if n.op_type == "Gather" and len(n.input) > 1
-                   and n.input[1] == vi.name and (inits.get(n.input[0]) in FLOAT_TYPES or n.input[0] in floats)]
+        ids, gathers = [vi.name], []
+        while ids:
+            for node, k in readers.get(ids.pop(), []):
+                if node.op_type == "Gather" and k == 1 and (inits.get(node.input[0]) in FLOAT_TYPES
+                                                            or node.input[0] in floats):
+                    gathers.append(node)
+                elif node.op_type in _SHAPE_ONLY and k == 0 and node.output[0] not in floats:
+                    ids.append(node.output[0])
         if len(gathers) == 1:
             found[vi.name] = gathers[0].output[0]
     return found

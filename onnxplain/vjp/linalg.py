@@ -1,7 +1,8 @@
-"""Linear maps: Gemm, MatMul, Conv, ConvTranspose, and the window geometry that pooling shares.
+"""Linear maps: Gemm, MatMul, Einsum, Conv, ConvTranspose, and the window geometry that pooling shares.
 
 The cotangent of a linear map is its transpose applied to ``dy``: Gemm and
-MatMul multiply by the other operand transposed, Conv spreads ``dy`` back with
+MatMul multiply by the other operand transposed, Einsum contracts ``dy`` with the other
+operands onto the subscripts of the one it differentiates, Conv spreads ``dy`` back with
 a ConvTranspose of the same weight and ConvTranspose gathers it with a Conv.
 Windows (kernel, strides, dilations, resolved pads) are read from the node's
 attributes and the static spatial sizes; the batch dimension is never read.
@@ -134,6 +135,81 @@ def _promote(b, x: str, shape2, is_vector: bool, axis: int) -> str:
     x2 = b.unsqueeze(x, [axis])
     b.set_type(x2, b.elem_type(x), shape2)
     return x2
+
+
+# ------------------------------------------------------------------------------------- Einsum
+def _einsum_terms(ctx) -> tuple[list[str], str]:
+    """The operands' and the output's subscripts, one letter per axis: implicit output made explicit,
+    each "..." spelt out with fresh letters (right-aligned, shared across operands; a size-1 axis that
+    broadcasts against a larger one gets a letter of its own, so that it is summed in the backward pass)."""
+    b = ctx.b
+    eq = ctx.attr("equation")
+    eq = (eq.decode() if isinstance(eq, bytes) else eq).replace(" ", "")
+    lhs, arrow, rhs = eq.partition("->")
+    terms = lhs.split(",")
+    shapes = [_rank_or_fail(b, x) for x in ctx.x]
+    if len(terms) != len(shapes):
+        raise _fail(ctx, f"equation {eq!r} has {len(terms)} operands, the node {len(shapes)}")
+    if not arrow:   # implicit form: "..." first, then the letters seen once, in ASCII order
+        once = [c for c in sorted(set(lhs)) if c.isalpha() and lhs.count(c) == 1]
+        rhs = ("..." if "..." in lhs else "") + "".join(once)
+    spare = (c for c in "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz" if c not in eq)
+    n_ell = []
+    for t, s in zip(terms, shapes):
+        n = len(s) - (len(t) - 3 if "..." in t else len(t))
+        if n < 0 or (n and "..." not in t):
+            raise _fail(ctx, f"term {t!r} of {eq!r} does not match an operand of rank {len(s)}")
+        n_ell.append(n)
+    width = max(n_ell, default=0)
+    shared = [next(spare) for _ in range(width)]
+    spelt = []
+    for t, s, n in zip(terms, shapes, n_ell):
+        letters = []
+        for j in range(n):
+            p = width - n + j
+            dims = _ellipsis_dims(shapes, terms, n_ell, width, p)
+            own = s[_ellipsis_start(t) + j] == 1 and any(d != 1 for d in dims)
+            letters.append(next(spare) if own else shared[p])
+        spelt.append(t.replace("...", "".join(letters)))
+    return spelt, rhs.replace("...", "".join(shared))
+
+
+def _ellipsis_start(term: str) -> int:
+    return term.index("...") if "..." in term else 0
+
+
+def _ellipsis_dims(shapes, terms, n_ell, width: int, p: int) -> set:
+    """Sizes (ints, symbols or None) of the operands' axes at ellipsis position ``p`` (right-aligned)."""
+    dims = set()
+    for s, t, n in zip(shapes, terms, n_ell):
+        j = p - (width - n)
+        if 0 <= j < n:
+            dims.add(s[_ellipsis_start(t) + j])
+    return dims
+
+
+@register("Einsum")
+def vjp_einsum(ctx):
+    """y = einsum(x_1, ..., x_n): dx_i = einsum(dy, x_j (j != i)) onto x_i's subscripts,
+    broadcast along the subscripts that only x_i has (it was summed over them alone)."""
+    b, dy = ctx.b, ctx.dy[0]
+    terms, out = _einsum_terms(ctx)
+    grads = [None] * len(ctx.x)
+    for i, target in enumerate(terms):
+        if not ctx.needs(i):
+            continue
+        if len(set(target)) != len(target):
+            raise _fail(ctx, f"repeated subscripts (a diagonal) in term {target!r} are not supported")
+        others = [(t, x) for j, (t, x) in enumerate(zip(terms, ctx.x)) if j != i]
+        seen = set(out).union(*[set(t) for t, _ in others])
+        keep = "".join(c for c in target if c in seen)
+        equation = ",".join([out] + [t for t, _ in others]) + "->" + keep
+        g = b.op("Einsum", dy, *[x for _, x in others], equation=equation)
+        alone = [k for k, c in enumerate(target) if c not in seen]
+        if alone:
+            g = b.op("Expand", b.unsqueeze(g, alone), b.shape_of(ctx.x[i]))
+        grads[i] = g
+    return grads
 
 
 # ---------------------------------------------------------------------------- window geometry
