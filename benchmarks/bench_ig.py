@@ -1,4 +1,4 @@
-"""Integrated gradients: onnxplain vs Captum vs plain forward passes, in one run.
+"""Integrated gradients and DeepLIFT: onnxplain vs Captum vs plain forward passes, in one run.
 
     python benchmarks/bench_ig.py [--batch 8] [--n-steps 50] [--repeats 7] [--threads N] [--json out.json]
 
@@ -162,12 +162,91 @@ def main(argv=None) -> int:
     print()
     print(f"Captum / onnxplain: {rows[1]['median_s'] / ours:.2f}x;  "
           f"onnxplain / {args.n_steps} onnxruntime forward passes: {ours / fwd50:.2f}x (about 2 is the floor)")
+    extra = {"deeplift": bench_deeplift(model, onnx_bytes, x, target, args),
+             "transformer": bench_transformer(args)}
+    agree = agree and all(section["agree"] for section in extra.values())
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"batch": args.batch, "n_steps": args.n_steps, "threads": args.threads, "repeats": args.repeats,
-                       "agree": agree, "max_abs_diff": max_diff, "rows": rows, "load_average": load,
+                       "agree": agree, "max_abs_diff": max_diff, "rows": rows, "load_average": load, **extra,
                        "versions": {"onnxruntime": ort.__version__, "torch": torch.__version__}}, f, indent=2)
     return 0 if agree else 1
+
+
+def compare_section(title: str, ours, theirs, reference, args) -> dict:
+    """Time two implementations of one method (interleaved), check they agree, print one line."""
+    a, b = np.asarray(ours()), np.asarray(reference(theirs()))
+    scale = float(np.abs(b).max())
+    diff = float(np.abs(a - b).max())
+    agree = diff <= 1e-3 * scale + 1e-6
+    timed = timeit_interleaved({"onnxplain": ours, "Captum": theirs}, args.repeats, args.warmup)
+    t_ours, t_theirs = timed["onnxplain"][0], timed["Captum"][0]
+    print(f"{title}: onnxplain {t_ours * 1e3:.1f} ms, Captum {t_theirs * 1e3:.1f} ms, Captum / onnxplain "
+          f"{t_theirs / t_ours:.2f}x; agree: {'yes' if agree else 'NO'} (max |diff| {diff:.1e}, max |attr| "
+          f"{scale:.1e})")
+    return {"onnxplain_s": t_ours, "captum_s": t_theirs, "agree": agree, "max_abs_diff": diff}
+
+
+def bench_deeplift(model, onnx_bytes, x, target, args) -> dict:
+    """DeepLIFT (Rescale) on the same CNN and batch: its ReLUs are modules, so Captum's rules apply."""
+    import torch
+    from captum.attr import DeepLift
+
+    import onnxplain
+    ex = onnxplain.Explainer(onnx_bytes, "deeplift", providers=["CPUExecutionProvider"], threads=args.threads)
+    base = np.zeros_like(x)
+    xt, bt = torch.from_numpy(x), torch.from_numpy(base)
+    dl = DeepLift(model)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return compare_section(f"DeepLIFT on the same CNN, batch {args.batch}",
+                               lambda: ex.explain(x, target=target, baselines=base),
+                               lambda: dl.attribute(xt, bt, target=target),
+                               lambda t: t.detach().numpy(), args)
+
+
+def bench_transformer(args) -> dict:
+    """IG at the word embeddings of a tiny random BERT classifier: LayerIntegratedGradients vs onnxplain."""
+    import torch
+    from captum.attr import LayerIntegratedGradients
+    from transformers import BertConfig, BertForSequenceClassification
+
+    import onnxplain
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=32, num_labels=2)
+    bert = BertForSequenceClassification(config).eval()
+
+    class Logits(torch.nn.Module):
+        def __init__(self, net):
+            super().__init__()
+            self.net = net
+
+        def forward(self, input_ids, attention_mask):
+            return self.net(input_ids=input_ids, attention_mask=attention_mask).logits
+
+    net = Logits(bert).eval()
+    rng = np.random.default_rng(1)
+    ids = rng.integers(1, 100, size=(args.batch, 12)).astype(np.int64)
+    mask = np.ones_like(ids)
+    buf = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(net, (torch.from_numpy(ids), torch.from_numpy(mask)), buf, dynamo=False, opset_version=17,
+                          input_names=["input_ids", "attention_mask"], output_names=["logits"],
+                          dynamic_axes={"input_ids": {0: "b", 1: "s"}, "attention_mask": {0: "b", 1: "s"},
+                                        "logits": {0: "b"}})
+    ex = onnxplain.Explainer(buf.getvalue(), "integrated_gradients", providers=["CPUExecutionProvider"],
+                             threads=args.threads)
+    lig = LayerIntegratedGradients(net, bert.bert.embeddings.word_embeddings)
+    ids_t, mask_t = torch.from_numpy(ids), torch.from_numpy(mask)
+    return compare_section(f"IG at the word embeddings of a 2-layer BERT, batch {args.batch} x 12 tokens, "
+                           f"{args.n_steps} steps",
+                           lambda: ex.explain({"input_ids": ids, "attention_mask": mask}, target=1, baselines=0,
+                                              n_steps=args.n_steps),
+                           lambda: lig.attribute(ids_t, baselines=torch.zeros_like(ids_t),
+                                                 additional_forward_args=(mask_t,), target=1, n_steps=args.n_steps),
+                           lambda t: t.detach().numpy(), args)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ from .graph import FLOAT_TYPES, GraphBuilder, np_dtype
 from .methods import Spec, get_method
 from .methods.base import Point
 from .methods.base import TARGET_WEIGHTS
-from .runtime import DEFAULT_MEMORY_BUDGET, Session, bytes_per_row, rows_per_chunk, select_providers
+from .runtime import DEFAULT_MEMORY_BUDGET, RowCost, Session, rows_per_chunk, select_providers
 from .targets import check_target_weights, target_weights
 
 _CACHE: dict = {}
@@ -63,7 +63,7 @@ class Explainer:
                 graph = build_graph(self.model, self.method, self.spec)
                 _CACHE[key] = (graph, Session(graph, self.providers, threads))
             self.graph, self.session = _CACHE[key]
-        self._bytes_per_row = bytes_per_row(self.model)
+        self.row_cost = RowCost(self.model, self.method.row_cost_factor)
         self._forward = None
 
     @property
@@ -121,7 +121,7 @@ class Explainer:
     def run_rows(self, feeds, tw, part, wanted):
         """Run the graph with parameter feeds ``part`` over all rows, in chunks sized from the memory budget."""
         n = int(np.shape(tw)[0])
-        step = rows_per_chunk(self._bytes_per_row, self.method.expansion(part), n, self.memory_budget)
+        step = rows_per_chunk(self.row_cost(feeds), self.method.expansion(part), n, self.memory_budget)
         chunks = []
         for start in range(0, n, step):
             stop = min(n, start + step)

@@ -93,25 +93,55 @@ def rows_per_chunk(bytes_per_row: int, expansion: int, n_rows: int, budget: int 
     return int(max(1, min(n_rows, budget // per)))
 
 
-def bytes_per_row(model: onnx.ModelProto, factor: float = 3.0) -> int:
-    """Estimate of the bytes one batch row costs in a forward + backward run.
+class RowCost:
+    """Estimate of the bytes one batch row costs in a run, bound to each call's input shapes.
 
-    Sums the per-row sizes of the model's floating tensors (shape inference,
-    batch first); ``factor`` covers the cotangents and temporaries of the
-    backward pass.  Unknown dimensions count as 64.
+    Sums the per-row sizes of the model's floating-point tensors (shape
+    inference, batch first); ``factor`` covers the cotangents and temporaries
+    of a backward pass (3) or a forward pass alone (about 1.5).  Symbolic
+    dimensions (a sequence length) take their size from the inputs of the call;
+    dimensions nothing names count as the largest bound one (or 64).
     """
-    total = 0
-    infos = list(model.graph.value_info) + list(model.graph.input) + list(model.graph.output)
-    for vi in infos:
-        tt = vi.type.tensor_type
-        if not vi.type.HasField("tensor_type") or tt.elem_type not in (1, 10, 11, 16):
-            continue
-        dims = list(tt.shape.dim)[1:]
-        n = 1
-        for d in dims:
-            n *= d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else 64
-        total += n * np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tt.elem_type)).itemsize
-    return int(total * factor)
+
+    def __init__(self, model: onnx.ModelProto, factor: float = 3.0):
+        self.factor = factor
+        self.terms = []   # (bytes of the static part of a row, symbolic dim names, dims nothing names)
+        infos = list(model.graph.value_info) + list(model.graph.input) + list(model.graph.output)
+        for vi in infos:
+            tt = vi.type.tensor_type
+            if not vi.type.HasField("tensor_type") or tt.elem_type not in (1, 10, 11, 16):
+                continue
+            static, names, unknown = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tt.elem_type)).itemsize, [], 0
+            for d in list(tt.shape.dim)[1:]:
+                if d.HasField("dim_value") and d.dim_value > 0:
+                    static *= d.dim_value
+                elif d.dim_param:
+                    names.append(d.dim_param)
+                else:
+                    unknown += 1
+            self.terms.append((static, tuple(names), unknown))
+        self.input_dims = {vi.name: [d.dim_param for d in vi.type.tensor_type.shape.dim]
+                           for vi in model.graph.input}
+
+    def __call__(self, feeds: dict | None = None) -> int:
+        bound = {}
+        for name, value in (feeds or {}).items():
+            for param, size in zip(self.input_dims.get(name, [])[1:], np.shape(value)[1:]):
+                if param:
+                    bound[param] = int(size)
+        default = max(bound.values(), default=64)
+        total = 0
+        for static, names, unknown in self.terms:
+            size = static * default ** unknown
+            for n in names:
+                size *= bound.get(n, default)
+            total += size
+        return int(total * self.factor)
+
+
+def bytes_per_row(model: onnx.ModelProto, factor: float = 3.0, feeds: dict | None = None) -> int:
+    """:class:`RowCost` of ``model`` for one set of inputs."""
+    return RowCost(model, factor)(feeds)
 
 
 def _quiet_logging(level: int = 3) -> int:

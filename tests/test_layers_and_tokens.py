@@ -167,3 +167,21 @@ def test_inspect_reports_what_each_method_can_do_on_a_token_model(token_model):
     assert not facts["methods"]["smoothgrad"]["available"]
     assert "floating-point inputs only" in facts["methods"]["smoothgrad"]["reason"]
     assert output_of(model, "Conv") in facts["layers"]
+
+
+def test_memory_estimate_follows_the_sequence_length_of_each_call():
+    """Symbolic dims take their size from the call's inputs, so a short sequence runs in one go."""
+    net = TokenNet().eval()
+    buf = io.BytesIO()
+    torch.onnx.export(net, (IDS, MASK), buf, dynamo=False, opset_version=17, input_names=["ids", "mask"],
+                      output_names=["y"], dynamic_axes={"ids": {0: "batch", 1: "seq"}, "mask": {0: "batch", 1: "seq"},
+                                                        "y": {0: "batch"}})
+    ex = onnxplain.Explainer(buf.getvalue(), "integrated_gradients")
+    short = ex.row_cost({"ids": IDS.numpy(), "mask": MASK.numpy()})
+    longer = ex.row_cost({"ids": np.tile(IDS.numpy(), 3), "mask": np.tile(MASK.numpy(), 3)})
+    assert 2.5 * short < longer < 3.5 * short   # every activation of this net is linear in the sequence length
+    runs = []
+    real = ex.session.run
+    ex.session.run = lambda *a, **k: runs.append(1) or real(*a, **k)
+    ex.explain({"ids": IDS.numpy(), "mask": MASK.numpy()}, target=0)
+    assert len(runs) == 1, "all 50 steps of all rows fit one run"

@@ -91,6 +91,8 @@ class Method:
     supports_layers: bool = True
     #: modified rules overriding the standard table (None: plain gradients)
     overrides: dict | None = None
+    #: bytes of intermediate tensors per row, in units of the forward pass's tensors (see runtime.RowCost)
+    row_cost_factor: float = 3.0
     #: parameters ``explain`` accepts, with their defaults
     defaults: dict = {}
     #: per-row parameter feeds (by name prefix) and the axis that indexes rows
@@ -124,7 +126,7 @@ class Method:
         names = [ex.spec.attribution_name(x) for x in ex.spec.wrt]
         wanted = names + (["delta"] if self.has_delta else [])
         total, gap = None, None
-        for part in self.parts(params, ex.spec, feeds, ex._bytes_per_row, ex.memory_budget):
+        for part in self.parts(params, ex.spec, feeds, ex.row_cost(feeds), ex.memory_budget):
             out = ex.run_rows(feeds, tw, part, wanted)
             if total is None:
                 total = {k: out[k] for k in names}

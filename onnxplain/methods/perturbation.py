@@ -26,7 +26,6 @@ import numpy as np
 
 from onnxplain.kernels import Labels
 
-from ..runtime import bytes_per_row
 from .base import TARGET_WEIGHTS, Method, Spec, baseline_feeds, declare_target_weights, emit_outputs, open_forward
 
 TARGET_OUTPUT = "target_output"
@@ -171,6 +170,7 @@ class Perturbation(Method):
 
     forward_only = True
     supports_layers = False     # float inputs only: the kernels perturb the values fed to the model
+    row_cost_factor = FORWARD_FACTOR
     defaults = {"baselines": None, "perturbations_per_eval": None}
     _pool = None     # batch buffers reused across calls (made on the first call)
 
@@ -237,11 +237,6 @@ def _root(a: np.ndarray) -> np.ndarray:
     return a
 
 
-def forward_bytes_per_row(ex) -> int:
-    cached = getattr(ex, "_forward_bytes_per_row", None)
-    if cached is None:
-        cached = ex._forward_bytes_per_row = bytes_per_row(ex.model, FORWARD_FACTOR)
-    return cached
 
 
 def chunking(n_rows: int, units: int, per_row: int, budget: int, cap: int | None) -> tuple[int, int]:
@@ -260,7 +255,7 @@ def drive(ex, feeds: dict, tw: np.ndarray, plan: Plan, cap: int | None, pool: Bu
     pool = pool or BufferPool(keep=0)
     spec = ex.spec
     n_rows = tw.shape[0]
-    block, per_chunk = chunking(n_rows, plan.units, forward_bytes_per_row(ex), ex.memory_budget, cap)
+    block, per_chunk = chunking(n_rows, plan.units, ex.row_cost(feeds), ex.memory_budget, cap)
     run = ex.session.run
     for r0 in range(0, n_rows, block):
         r1 = min(n_rows, r0 + block)
