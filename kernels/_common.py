@@ -51,6 +51,17 @@ def check_rows_like(a: np.ndarray, name: str, n: int) -> None:
         raise ValueError(f"{name} must have 1 row (shared) or {n} rows (one per input row), got {a.shape[0]}")
 
 
+def check_input_and_base(x, base) -> tuple[np.ndarray, np.ndarray]:
+    """``x`` as float ``(n, D)`` rows and ``base`` as ``(1 or n, D)`` rows of the same dtype."""
+    x = check_float(rows2d(x, "x"), "x")
+    n, d = x.shape
+    base = rows2d(base, "base", d)
+    if base.dtype != x.dtype:
+        raise ValueError(f"base must have the dtype of x ({x.dtype}), got {base.dtype}")
+    check_rows_like(base, "base", n)
+    return x, base
+
+
 class Labels:
     """Group labels ``(1 or n, D)`` checked once: integer, in ``[0, n_groups)``.
 

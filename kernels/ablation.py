@@ -10,8 +10,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from ._common import (accumulator, batch_out, bits, check_float, check_labels, check_rows_like, outputs_1d, rows2d,
-                      threads_for)
+from ._common import accumulator, batch_out, bits, check_input_and_base, check_labels, outputs_1d, threads_for
 
 
 @njit(parallel=True, cache=True)
@@ -48,12 +47,8 @@ def fill_ablation(x, base, labels, groups, n_groups: int, out=None) -> np.ndarra
     the group each perturbation ablates (a group absent from ``labels`` leaves
     the rows unchanged, e.g. -1).
     """
-    x = check_float(rows2d(x, "x"), "x")
+    x, base = check_input_and_base(x, base)
     n, d = x.shape
-    base = rows2d(base, "base", d)
-    if base.dtype != x.dtype:
-        raise ValueError(f"base must have the dtype of x ({x.dtype}), got {base.dtype}")
-    check_rows_like(base, "base", n)
     labels = check_labels(labels, n, d, n_groups)
     groups = _groups(groups)
     out = batch_out(out, groups.shape[0] * n, d, x.dtype)

@@ -16,8 +16,7 @@ from math import comb
 import numpy as np
 from numba import njit, prange
 
-from ._common import (accumulator, batch_out, bits, check_float, check_labels, check_rows_like, outputs_1d, rows2d,
-                      threads_for)
+from ._common import accumulator, batch_out, bits, check_input_and_base, check_labels, outputs_1d, threads_for
 
 MAX_EXACT_GROUPS = 16
 
@@ -223,12 +222,7 @@ def fold_coalitions(f, codes, phi) -> np.ndarray:
 
 # ---------------------------------------------------------------------- checks
 def _check_rows(x, base, labels):
-    x = check_float(rows2d(x, "x"), "x")
-    n, d = x.shape
-    base = rows2d(base, "base", d)
-    if base.dtype != x.dtype:
-        raise ValueError(f"base must have the dtype of x ({x.dtype}), got {base.dtype}")
-    check_rows_like(base, "base", n)
+    x, base = check_input_and_base(x, base)
     return x, base, labels
 
 

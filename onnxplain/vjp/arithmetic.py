@@ -67,7 +67,7 @@ def vjp_mul(ctx):
 @register("Div", broadcast=True)
 def vjp_div(ctx):
     """y = a / c: da = dy / c, dc = -dy * y / c."""
-    b, (a, c), dy = ctx.b, ctx.x, ctx.dy[0]
+    b, c, dy = ctx.b, ctx.x[1], ctx.dy[0]
     da = b.div(dy, c) if ctx.needs(0) else None
     dc = b.neg(b.div(b.mul(dy, ctx.y[0]), c)) if ctx.needs(1) else None
     return [da, dc]
@@ -128,7 +128,7 @@ def vjp_minmax(ctx):
 @register("Where", broadcast=True)
 def vjp_where(ctx):
     """y = where(cond, a, c): da = where(cond, dy, 0), dc = where(cond, 0, dy)."""
-    b, (cond, a, c), dy = ctx.b, ctx.x, ctx.dy[0]
+    b, cond, dy = ctx.b, ctx.x[0], ctx.dy[0]
     zero = b.like(0.0, ctx.y[0])
     return [None,
             b.where(cond, dy, zero) if ctx.needs(1) else None,
