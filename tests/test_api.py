@@ -302,3 +302,53 @@ def test_a_zipmap_classifier_gets_told_how_to_convert_it():
     m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("ai.onnx.ml", 3)])
     with pytest.raises(ValueError, match="zipmap"):
         onnxplain.Explainer(m, "occlusion")
+
+
+def test_on_cuda_outputs_are_bound_on_the_device_and_copied_once(monkeypatch):
+    """The CUDA path feeds through IO binding (no GPU here: onnxruntime's session is faked)."""
+    calls = []
+
+    class FakeBinding:
+        def __init__(self):
+            self.inputs, self.outputs = {}, []
+
+        def bind_cpu_input(self, name, value):
+            self.inputs[name] = value
+
+        def bind_output(self, name, device):
+            calls.append(("bind_output", name, device))
+            self.outputs.append(name)
+
+        def copy_outputs_to_cpu(self):
+            return [self.inputs["x"] * 2 for _ in self.outputs]
+
+    class FakeSession:
+        def __init__(self, *a, providers=None, **k):
+            self.binding = FakeBinding()
+
+        def get_providers(self):
+            return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+
+        def get_inputs(self):
+            return [type("I", (), {"name": "x"})()]
+
+        def get_outputs(self):
+            return [type("O", (), {"name": "y"})()]
+
+        def io_binding(self):
+            return self.binding
+
+        def run_with_iobinding(self, binding):
+            calls.append(("run_with_iobinding",))
+
+        def run(self, *a, **k):
+            raise AssertionError("the CUDA path must not use run()")
+
+    monkeypatch.setattr(runtime.ort, "InferenceSession", FakeSession)
+    monkeypatch.setattr(runtime.ort, "get_available_providers",
+                        lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    sess = runtime.Session(mlp_model(), providers=["CUDAExecutionProvider", "CPUExecutionProvider"])
+    assert sess.on_cuda
+    out = sess.run({"x": np.ones((2, 5), np.float32)}, ["y"])
+    np.testing.assert_array_equal(out["y"], np.full((2, 5), 2, np.float32))
+    assert calls == [("bind_output", "y", "cuda"), ("run_with_iobinding",)]
