@@ -73,11 +73,7 @@ class Spec:
     def attribution_name(self, key: str) -> str:
         return "attributions" if self.single else f"attributions_{key}"
 
-    def input_info(self, name: str) -> onnx.ValueInfoProto:
-        for vi in self.model.graph.input:
-            if vi.name == name:
-                return vi
-        raise KeyError(name)
+
 
 
 class Method:
@@ -277,11 +273,6 @@ def per_row_sum(b: GraphBuilder, t: str, rank: int) -> str:
     return b.reduce_sum(t, list(range(1, rank)), keepdims=0)
 
 
-def block_rows(b: GraphBuilder, t: str, block: str, n: str) -> str:
-    """Rows ``[block*N, (block+1)*N)`` of ``t`` (``block`` and ``n`` 1-D int64)."""
-    return rows(b, t, b.mul(block, n), n)
-
-
 def redirect_layer(b: GraphBuilder, layer: str) -> str:
     """Make every node that reads ``layer`` read a new tensor instead; return the new name.
 
@@ -314,10 +305,6 @@ def ex_float(spec: Spec) -> np.dtype:
         if vi.name == spec.output:
             return np_dtype(vi.type.tensor_type.elem_type)
     return np.dtype(np.float32)
-
-
-def float_dtype(b: GraphBuilder, x: str) -> np.dtype:
-    return np_dtype(b.elem_type(x) or TensorProto.FLOAT)
 
 
 def _row_sums(a: np.ndarray) -> np.ndarray:
