@@ -203,6 +203,22 @@ def test_gradients_at_the_embedding_match_layer_gradient_x_activation(kind, expo
     close(ours, ref.abs() if method == "saliency" else ref)
 
 
+@pytest.mark.parametrize("kind,exporter", PAIRS, ids=IDS)
+def test_deeplift_runs_at_the_embedding_and_reports_its_completeness_residual(kind, exporter):
+    """Attention multiplies two activations, so DeepLIFT's attributions do not sum to f(x) - f(baseline)
+    here (and Captum's hooks do not reach the functional attention ops to compare with); what must hold is
+    that they are finite and that ``delta`` is exactly that gap, measured here with PyTorch's forward."""
+    c = case(kind, exporter)
+    ours, delta = c.explainer("deeplift").explain(c.feeds, target=TARGET, baselines=c.pad,
+                                                  return_convergence_delta=True)
+    assert ours.shape == (N_ROWS, SEQ, 32) and np.all(np.isfinite(ours)) and np.abs(ours).max() > 0
+    with torch.no_grad():
+        fx = c.wrapper(c.ids, *c.extra)[:, TARGET].numpy()
+        fb = c.wrapper(torch.full_like(c.ids, c.pad), *c.extra)[:, TARGET].numpy()
+    expected = ours.sum((1, 2)) - (fx - fb)
+    np.testing.assert_allclose(delta, expected, atol=RTOL * max(1.0, np.abs(ours).sum((1, 2)).max()))
+
+
 # ---------------------------------------------------------------------- BERT's three inputs
 def test_bert_with_three_inputs_is_explained_at_its_word_embeddings():
     c = case("bert", "torchscript")

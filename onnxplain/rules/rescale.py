@@ -21,8 +21,10 @@ def _safe_ratio(b, num: str, den: str, small: str) -> str:
 
 
 def _small(ctx, delta: str) -> str:
+    """``|delta| < eps``, and true where ``delta`` is NaN (``-inf - -inf`` at masked attention scores):
+    the Rescale rule falls back to the gradient there."""
     b = ctx.b
-    return b.op("Less", b.op("Abs", delta), b.cast_like(ctx.params["eps"], delta))
+    return b.op("Not", b.op("GreaterOrEqual", b.op("Abs", delta), b.cast_like(ctx.params["eps"], delta)))
 
 
 def rescale_unary(ctx):
