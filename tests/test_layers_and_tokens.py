@@ -185,3 +185,20 @@ def test_memory_estimate_follows_the_sequence_length_of_each_call():
     ex.session.run = lambda *a, **k: runs.append(1) or real(*a, **k)
     ex.explain({"ids": IDS.numpy(), "mask": MASK.numpy()}, target=0)
     assert len(runs) == 1, "all 50 steps of all rows fit one run"
+
+
+def test_integrated_gradients_on_a_float64_token_model():
+    """The step feeds take the model's float type (here double), not the int type of the token input."""
+    from onnx import TensorProto, helper, numpy_helper
+    table = np.random.default_rng(0).standard_normal((10, 4))
+    g = helper.make_graph([helper.make_node("Gather", ["table", "ids"], ["e"]),
+                           helper.make_node("ReduceSum", ["e", "axes"], ["y"], keepdims=0)], "tok64",
+                          [helper.make_tensor_value_info("ids", TensorProto.INT64, ["n", 3])],
+                          [helper.make_tensor_value_info("y", TensorProto.DOUBLE, ["n", 4])],
+                          [numpy_helper.from_array(table, "table"), numpy_helper.from_array(np.array([1]), "axes")])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    ids = np.array([[1, 2, 3], [4, 5, 6]])
+    a = onnxplain.Explainer(m, "integrated_gradients").explain(ids, target=2, baselines=0)
+    expected = np.zeros((2, 3, 4))
+    expected[..., 2] = table[ids, 2] - table[0, 2]   # a linear model: IG is exactly the difference
+    np.testing.assert_allclose(a, expected, rtol=1e-12, atol=1e-12)

@@ -13,8 +13,8 @@ from onnx import TensorProto
 
 from ..backward import backward
 from .base import (Method, Spec, baseline_feeds, batch_rows, declare_baselines, declare_param, declare_target_weights,
-                   emit_attribution, emit_outputs, flatten_steps, open_forward, per_row_sum, redirect_layer, rows,
-                   split_steps, tile_rows)
+                   emit_attribution, emit_outputs, ex_float, flatten_steps, open_forward, per_row_sum, redirect_layer,
+                   rows, split_steps, tile_rows)
 
 SCHEMES = ("gausslegendre", "riemann_left", "riemann_right", "riemann_middle", "riemann_trapezoid")
 
@@ -111,7 +111,7 @@ class IntegratedGradients(Method):
     def parts(self, params, spec, inputs, bytes_per_row, budget):
         """One part per chunk of integration steps; a chunk's steps fit the budget for one row."""
         alphas, weights = quadrature(params["n_steps"], params["method"])
-        dtype = np.dtype(np.float32) if not spec.inputs_only else np.asarray(inputs[spec.carriers[0]]).dtype
+        dtype = ex_float(spec)   # alphas are declared with the explained output's float type
         per_row = max(1, bytes_per_row)
         fit = max(1, budget // per_row - 2)
         if params["internal_batch_size"] is not None:   # Captum's cap on expanded rows per run
