@@ -84,9 +84,17 @@ def path_nodes(nodes, wrt, outputs, b: GraphBuilder):
 
 def missing_rules(nodes, wrt, outputs, b: GraphBuilder, overrides: dict | None = None) -> list[onnx.NodeProto]:
     """The nodes between ``wrt`` and ``outputs`` that no rule (standard or override) covers."""
-    rules = {**RULES, **(overrides or {})}
     on_path, _ = path_nodes(nodes, wrt, outputs, b)
-    return [n for n in on_path if _lookup(rules, n, b.opset) is None]
+    return _uncovered(on_path, _table(overrides), b.opset)
+
+
+def _table(overrides: dict | None) -> dict:
+    """The standard rules with a method's modified rules on top (the standard table is never edited)."""
+    return {**RULES, **(overrides or {})}
+
+
+def _uncovered(nodes, rules: dict, opset: int) -> list[onnx.NodeProto]:
+    return [n for n in nodes if _lookup(rules, n, opset) is None]
 
 
 def backward(b: GraphBuilder, output: str, seed: str, wrt: list[str], overrides: dict | None = None,
@@ -97,12 +105,9 @@ def backward(b: GraphBuilder, output: str, seed: str, wrt: list[str], overrides:
     ``overrides`` maps op types to modified rules (DeepLIFT, LRP, ...): the
     standard table is never edited.
     """
-    nodes = list(b.nodes)
-    rules = dict(RULES)
-    if overrides:
-        rules.update(overrides)
-    on_path, active = path_nodes(nodes, wrt, [output], b)
-    missing = [n for n in on_path if _lookup(rules, n, b.opset) is None]
+    rules = _table(overrides)
+    on_path, active = path_nodes(list(b.nodes), wrt, [output], b)
+    missing = _uncovered(on_path, rules, b.opset)
     if missing:
         raise UnsupportedOperatorError(missing)
 
@@ -127,19 +132,15 @@ def backward(b: GraphBuilder, output: str, seed: str, wrt: list[str], overrides:
 
     result = {}
     for x in wrt:
-        result[x] = _accumulate(b, cot[x]) if x in cot else b.zeros_like(x)
+        result[x] = b.sum(cot[x]) if x in cot else b.zeros_like(x)
     return result
-
-
-def _accumulate(b: GraphBuilder, grads: list[str]) -> str:
-    return b.sum(grads)
 
 
 def _take(b: GraphBuilder, cot: dict, name: str, keep: bool) -> str | None:
     """The summed cotangent of ``name``; kept in ``cot`` when ``name`` is itself attributed."""
     if name not in cot:
         return None
-    total = _accumulate(b, cot[name])
+    total = b.sum(cot[name])
     if keep:
         cot[name] = [total]
     else:
