@@ -83,6 +83,14 @@ class GraphBuilder:
         self._used.add(new)
         return new
 
+    def redirect_reads(self, old: str, new: str) -> str:
+        """Make every node (and subgraph) that reads ``old`` read ``new``; ``old``'s producer is kept."""
+        _rename_in(self.nodes, old, new, outputs=False)
+        if old in self._types:
+            self._types[new] = self._types[old]
+        self._used.add(new)
+        return new
+
     def elem_type(self, name: str) -> int | None:
         t = self._types.get(name)
         return t[0] if t else None
@@ -253,20 +261,20 @@ def _reads(node: onnx.NodeProto) -> set[str]:
     return names
 
 
-def _rename_in(nodes, old: str, new: str) -> None:
+def _rename_in(nodes, old: str, new: str, outputs: bool = True) -> None:
     for node in nodes:
         for i, name in enumerate(node.input):
             if name == old:
                 node.input[i] = new
         for i, name in enumerate(node.output):
-            if name == old:
+            if outputs and name == old:
                 node.output[i] = new
         for attr in node.attribute:
             if attr.type == onnx.AttributeProto.GRAPH:
-                _rename_in(attr.g.node, old, new)
+                _rename_in(attr.g.node, old, new, outputs)
             elif attr.type == onnx.AttributeProto.GRAPHS:
                 for g in attr.graphs:
-                    _rename_in(g.node, old, new)
+                    _rename_in(g.node, old, new, outputs)
 
 
 def _default_opset(model: onnx.ModelProto) -> int:

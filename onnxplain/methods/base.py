@@ -58,10 +58,6 @@ class Spec:
     def single(self) -> bool:
         return len(self.points) == 1
 
-    @property
-    def inputs_only(self) -> bool:
-        return all(p.is_input for p in self.points)
-
     def point_of(self, carrier: str) -> Point | None:
         """The point that *is* input ``carrier`` (None when the input only carries a layer or an embedding)."""
         return next((p for p in self.points if p.is_input and p.carrier == carrier), None)
@@ -279,13 +275,7 @@ def redirect_layer(b: GraphBuilder, layer: str) -> str:
     The method then defines the new tensor from ``layer`` (e.g. integration steps
     between the layer's values on the inputs and on the baselines).
     """
-    new = b.fresh(f"{layer}__attributed")
-    for node in list(b.nodes):
-        for i, name in enumerate(node.input):
-            if name == layer:
-                node.input[i] = new
-    b.set_type(new, b.elem_type(layer), b.shape(layer))
-    return new
+    return b.redirect_reads(layer, b.fresh(f"{layer}__attributed"))
 
 
 def emit_outputs(b: GraphBuilder, spec: Spec, outputs: dict, start: str | None, n: str | None) -> dict:
