@@ -118,10 +118,11 @@ class Explainer:
         return (result, delta) if return_convergence_delta else result
 
     # ------------------------------------------------------------------ helpers
-    def run_rows(self, feeds, tw, part, wanted):
-        """Run the graph with parameter feeds ``part`` over all rows, in chunks sized from the memory budget."""
+    def run_rows(self, feeds, tw, part, wanted, row_bytes: int):
+        """Run the graph with parameter feeds ``part`` over all rows, in chunks of rows that fit the
+        memory budget (``row_bytes``: this call's :attr:`row_cost`)."""
         n = int(np.shape(tw)[0])
-        step = rows_per_chunk(self.row_cost(feeds), self.method.expansion(part), n, self.memory_budget)
+        step = rows_per_chunk(row_bytes, self.method.expansion(part), n, self.memory_budget)
         chunks = []
         for start in range(0, n, step):
             stop = min(n, start + step)

@@ -118,8 +118,9 @@ class Method:
         names = [ex.spec.attribution_name(x) for x in ex.spec.wrt]
         wanted = names + (["delta"] if self.has_delta else [])
         total, gap = None, None
-        for part in self.parts(params, ex.spec, feeds, ex.row_cost(feeds), ex.memory_budget):
-            out = ex.run_rows(feeds, tw, part, wanted)
+        row_bytes = ex.row_cost(feeds)
+        for part in self.parts(params, ex.spec, feeds, row_bytes, ex.memory_budget):
+            out = ex.run_rows(feeds, tw, part, wanted, row_bytes)
             if total is None:
                 total = {k: out[k] for k in names}
                 if self.has_delta:   # f(x) - f(b) of each row, recovered from the first part
