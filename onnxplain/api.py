@@ -65,6 +65,7 @@ class Explainer:
             self.graph, self.session = _CACHE[key]
         self.row_cost = RowCost(self.model, self.method.row_cost_factor)
         self._forward = None
+        self._output_shapes: dict = {}
 
     @property
     def method_name(self) -> str:
@@ -169,8 +170,11 @@ class Explainer:
         shape = _static_shape(self.model, self.output)
         if shape is not None and all(isinstance(d, int) for d in shape[1:]):
             return tuple(shape[1:])
-        one = {k: v[:1] for k, v in feeds.items()}   # symbolic dims (e.g. sequence length): ask the model
-        return tuple(self._forward_session().run(one, [self.output])[self.output].shape[1:])
+        key = tuple((k, v.shape[1:]) for k, v in feeds.items())   # symbolic dims (a sequence length):
+        if key not in self._output_shapes:                         # ask the model, once per row shape
+            one = {k: v[:1] for k, v in feeds.items()}
+            self._output_shapes[key] = tuple(self._forward_session().run(one, [self.output])[self.output].shape[1:])
+        return self._output_shapes[key]
 
 
 def build_graph(model: onnx.ModelProto, method, spec: Spec) -> onnx.ModelProto:

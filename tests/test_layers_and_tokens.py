@@ -202,3 +202,28 @@ def test_integrated_gradients_on_a_float64_token_model():
     expected = np.zeros((2, 3, 4))
     expected[..., 2] = table[ids, 2] - table[0, 2]   # a linear model: IG is exactly the difference
     np.testing.assert_allclose(a, expected, rtol=1e-12, atol=1e-12)
+
+
+def test_an_output_with_a_symbolic_dim_is_measured_once_per_row_shape():
+    """Per-token outputs (n, seq): target (t,) needs the output's row shape, read off the model once per shape."""
+    from onnx import TensorProto, helper, numpy_helper
+    table = np.random.default_rng(1).standard_normal((10, 4)).astype(np.float32)
+    g = helper.make_graph([helper.make_node("Gather", ["table", "ids"], ["e"]),
+                           helper.make_node("ReduceSum", ["e", "axes"], ["y"], keepdims=0)], "per_token",
+                          [helper.make_tensor_value_info("ids", TensorProto.INT64, ["n", "seq"])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", "seq"])],
+                          [numpy_helper.from_array(table, "table"), numpy_helper.from_array(np.array([2]), "axes")])
+    ex = onnxplain.Explainer(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), "gradient")
+    runs = []
+    real = ex._forward_session().run
+    ex._forward.run = lambda *a, **k: runs.append(1) or real(*a, **k)
+    ids = np.array([[1, 2, 3], [4, 5, 6]])
+    for _ in range(2):
+        a = ex.explain(ids, target=(1,))
+        expected = np.zeros((2, 3, 4), np.float32)
+        expected[:, 1, :] = 1   # d y[:, 1] / d embedding of token 1: ones over the hidden axis
+        np.testing.assert_array_equal(a, expected)
+    assert len(runs) == 1
+    with pytest.raises(ValueError, match="out of range"):
+        ex.explain(ids[:, :1], target=(1,))
+    assert len(runs) == 2
