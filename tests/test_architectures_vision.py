@@ -27,6 +27,7 @@ import torch
 from captum.attr import IntegratedGradients, LayerDeepLift, Saliency
 
 import onnxplain
+from checks import assert_close
 import vision_models as vm
 
 pytestmark = pytest.mark.filterwarnings("ignore")
@@ -85,17 +86,6 @@ class Zoo(dict):
 @pytest.fixture(scope="module")
 def zoo():
     return Zoo()
-
-
-def assert_close(ours, ref, rtol: float, scale=None, what: str = "attributions"):
-    """``|ours - ref| <= rtol * (|ref| + scale)``, ``scale`` defaulting to the largest |ref|."""
-    ref = ref.detach().numpy() if isinstance(ref, torch.Tensor) else np.asarray(ref)
-    ours = np.asarray(ours)
-    assert ours.shape == ref.shape, f"{what}: shape {ours.shape} != {ref.shape}"
-    assert np.all(np.isfinite(ours)), f"{what}: non-finite values"
-    scale = float(np.abs(ref).max()) if scale is None else float(scale)
-    assert scale > 0, f"{what}: the reference is all zeros, the comparison would be vacuous"
-    np.testing.assert_allclose(ours, ref, rtol=rtol, atol=rtol * scale, err_msg=what)
 
 
 def delta_scale(attr) -> float:

@@ -26,6 +26,7 @@ from captum.attr import InputXGradient, IntegratedGradients, NoiseTunnel, Salien
 
 import models as zoo
 import onnxplain
+from checks import assert_close
 
 N_ROWS = 3
 TARGET = 1
@@ -101,17 +102,6 @@ def cases():
 
 
 # ---------------------------------------------------------------------- helpers
-def assert_close(ours, ref, rtol: float, scale=None, what: str = "attributions"):
-    """``|ours - ref| <= rtol * (|ref| + scale)``, ``scale`` defaulting to the largest |ref|."""
-    ref = ref.detach().numpy() if isinstance(ref, torch.Tensor) else np.asarray(ref)
-    ours = np.asarray(ours)
-    assert ours.shape == ref.shape, f"{what}: shape {ours.shape} != Captum's {ref.shape}"
-    assert np.all(np.isfinite(ours)), f"{what}: non-finite values"
-    scale = float(np.abs(ref).max()) if scale is None else float(scale)
-    assert scale > 0, f"{what}: Captum's reference is all zeros, the comparison would be vacuous"
-    np.testing.assert_allclose(ours, ref, rtol=rtol, atol=rtol * scale, err_msg=what)
-
-
 def captum_noise(x: torch.Tensor, seed: int, samples: int, stdev: float) -> np.ndarray:
     """The standard-normal draws NoiseTunnel makes after ``torch.manual_seed(seed)``, as (S, N, *row).
 
