@@ -34,7 +34,10 @@ class Explainer:
     method: a name from :data:`onnxplain.METHODS` (or a DeepExplain alias).
     output: the model output to explain (default: the first floating-point one).
     inputs: the inputs to attribute (default: every floating-point input; for a
-        model without any, its token input, attributed at the embedding it feeds).
+        model without any, its token input: the gradient methods attribute it at
+        the embedding it feeds, the perturbation methods as itself).  The
+        perturbation methods attribute inputs of any dtype (token ids, bytes,
+        booleans); the inputs not attributed (an attention mask) pass through.
     layer: attribute this intermediate tensor instead of the inputs (Captum's
         Layer* methods); baselines are still given for ``inputs``.
     providers: onnxruntime providers (default: CUDA when usable, else CPU).
@@ -253,32 +256,42 @@ def _spec(model, output, inputs, layer=None, method=None) -> Spec:
     """Which tensors get attributions (points), which inputs take baselines (carriers), which pass through.
 
     By default every floating-point input is attributed; a model with none has
-    its token inputs (integers feeding an embedding Gather) attributed at that
-    Gather's output.  ``inputs`` names them explicitly; ``layer`` attributes an
-    intermediate tensor instead, with baselines for ``inputs``.
+    its first token input (integers feeding an embedding Gather) attributed: at
+    that Gather's output by the gradient methods, as itself by the perturbation
+    methods (``forward_only``), which take inputs of any dtype and, for a model
+    with neither float nor token inputs, attribute every input.  ``inputs``
+    names them explicitly; ``layer`` attributes an intermediate tensor instead,
+    with baselines for ``inputs``.
     """
     graph_inputs = _graph_inputs(model)
     names = [vi.name for vi in graph_inputs]
     floats = [vi.name for vi in graph_inputs if vi.type.tensor_type.elem_type in FLOAT_TYPES]
     tokens = token_embeddings(model)
+    as_themselves = method is not None and method.forward_only   # perturbations feed the values themselves
     if inputs is None:
-        chosen = floats or list(tokens)[:1]
+        chosen = floats or list(tokens)[:1] or (names if as_themselves else [])
         if not chosen:
             raise ValueError(f"the model has no floating-point input and no token input feeding an embedding "
-                             f"to attribute (inputs: {names})")
+                             f"to attribute (inputs: {names}); the perturbation methods attribute inputs of any "
+                             f"dtype")
     else:
         chosen = [inputs] if isinstance(inputs, str) else list(inputs)
-        bad = [x for x in chosen if x not in floats and x not in tokens]
+        if as_themselves:
+            bad = [x for x in chosen if x not in names]
+            if bad:
+                raise ValueError(f"cannot attribute {bad}: not inputs of the model, whose inputs are {names}")
+        bad = [x for x in chosen if x not in floats and x not in tokens and not as_themselves]
         if bad:
             raise ValueError(f"cannot attribute {bad}: attributable inputs are the floating-point inputs {floats} "
-                             f"and the token inputs feeding an embedding {list(tokens)}")
+                             f"and the token inputs feeding an embedding {list(tokens)} (the perturbation "
+                             f"methods attribute inputs of any dtype)")
     for vi in graph_inputs:
         if vi.name in chosen and len(vi.type.tensor_type.shape.dim) == 0:
             raise ValueError(f"input {vi.name!r} has no batch dimension; onnxplain needs batch-first inputs")
     if layer is not None:
         points = [Point(layer, _check_layer(model, layer))]
     else:
-        points = [Point(x, x, x) if x in floats else Point(x, tokens[x]) for x in chosen]
+        points = [Point(x, x, x) if x in floats or as_themselves else Point(x, tokens[x]) for x in chosen]
     if method is not None and not method.supports_layers and not all(p.is_input for p in points):
         raise ValueError(f"method {method.name!r} attributes floating-point inputs only; "
                          f"{'layer=' if layer else 'token inputs'} needs another method")

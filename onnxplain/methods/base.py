@@ -147,8 +147,8 @@ def baseline_feeds(spec: Spec, baselines, inputs: dict) -> dict:
 
     Forms (Captum's): ``None`` (zeros), a scalar, an array shaped like the input
     or like one row of it, one of these per input (tuple/list, in the order of the
-    attributed inputs), or a dict by input name (missing names get zeros).  Token
-    inputs take token ids (e.g. a padding id).
+    attributed inputs), or a dict by input name (missing names get zeros).  Integer
+    inputs take integers of their range (a padding id, a byte value), booleans booleans.
     """
     names = spec.carriers
     if isinstance(baselines, dict):
@@ -168,11 +168,7 @@ def baseline_feeds(spec: Spec, baselines, inputs: dict) -> dict:
     feeds = {}
     for x, value in given.items():
         xv = np.asarray(inputs[x])
-        v = np.asarray(0 if value is None else value)
-        if xv.dtype.kind in "iu" and v.dtype.kind not in "iub":
-            raise ValueError(f"baselines for token input {x!r} must be integer ids (e.g. a padding id), "
-                             f"got dtype {v.dtype}")
-        v = v.astype(xv.dtype)
+        v = exact_cast(np.asarray(0 if value is None else value), xv.dtype, f"baselines for input {x!r}")
         if v.ndim == 0:
             v = v.reshape((1,) * xv.ndim)
         elif v.shape == xv.shape[1:]:
@@ -182,6 +178,26 @@ def baseline_feeds(spec: Spec, baselines, inputs: dict) -> dict:
                              f"or like one row of it {(1,) + xv.shape[1:]}, got shape {v.shape}")
         feeds[spec.param("baselines", x)] = np.ascontiguousarray(v)
     return feeds
+
+
+def exact_cast(v: np.ndarray, dtype: np.dtype, what: str) -> np.ndarray:
+    """``v`` as ``dtype``; for an integer or boolean ``dtype``, only values it holds exactly.
+
+    Token and byte inputs take ids (a padding id, byte 256 of an int32 byte
+    model); a float there, or an id outside the dtype's range, is an error
+    rather than a silent rounding or wrap-around.
+    """
+    if dtype.kind in "iu":
+        if v.dtype.kind not in "iub":
+            raise ValueError(f"{what} must be integer ids (e.g. a padding id) like the {dtype} input, "
+                             f"got dtype {v.dtype}")
+        info = np.iinfo(dtype)
+        if v.size and (v.min() < info.min or v.max() > info.max):
+            raise ValueError(f"{what} must lie in [{info.min}, {info.max}] (the range of the {dtype} input), "
+                             f"got values in [{v.min()}, {v.max()}]")
+    elif dtype.kind == "b" and v.dtype.kind != "b" and not (v.dtype.kind in "iu" and np.isin(v, (0, 1)).all()):
+        raise ValueError(f"{what} must be booleans (or 0 and 1) like the bool input, got {v.dtype}")
+    return v.astype(dtype, copy=False)
 
 
 # ---------------------------------------------------------------------- graph pieces

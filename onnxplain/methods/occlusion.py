@@ -78,5 +78,5 @@ class _OcclusionPlan(Plan):
             self.sums[a.name][self.r0:self.r1] = self.block[a.name]
 
     def result(self):
-        return {a.name: (self.sums[a.name] / self.counts[a.name]).astype(a.dtype).reshape((-1,) + a.row)
+        return {a.name: (self.sums[a.name] / self.counts[a.name]).astype(a.attr_dtype).reshape((-1,) + a.row)
                 for a in self.inputs}

@@ -26,7 +26,8 @@ import numpy as np
 
 from onnxplain.kernels import Labels
 
-from .base import TARGET_WEIGHTS, Method, Spec, baseline_feeds, declare_target_weights, emit_outputs, open_forward
+from .base import (TARGET_WEIGHTS, Method, Spec, baseline_feeds, declare_target_weights, emit_outputs, ex_float,
+                   open_forward)
 
 TARGET_OUTPUT = "target_output"
 #: bytes per row of a forward-only run, as a multiple of the sum of the model's per-row tensors
@@ -39,13 +40,16 @@ MAX_ROWS_PER_RUN = 8192
 # ---------------------------------------------------------------------- per-input facts
 @dataclass
 class Attributed:
-    """One attributed input, flattened to rows: ``x`` (N, D), ``base`` (1 or N, D)."""
+    """One attributed input, flattened to rows: ``x`` (N, D), ``base`` (1 or N, D), both of the input's
+    ``dtype`` (any: float, integer ids, bytes, booleans); attributions are ``attr_dtype`` (the input's own
+    float type, or the explained output's for an integer or boolean input)."""
 
     name: str
     row: tuple
     dtype: np.dtype
     x: np.ndarray
     base: np.ndarray
+    attr_dtype: np.dtype
 
     @property
     def size(self) -> int:
@@ -58,6 +62,7 @@ class Attributed:
 def attributed_inputs(spec: Spec, feeds: dict, baselines) -> list[Attributed]:
     """The attributed inputs with their baselines (the forms of :func:`baseline_feeds`)."""
     bases = baseline_feeds(spec, baselines, feeds)
+    scores = ex_float(spec)
     out = []
     for x in spec.wrt:
         value = np.ascontiguousarray(feeds[x])
@@ -66,7 +71,8 @@ def attributed_inputs(spec: Spec, feeds: dict, baselines) -> list[Attributed]:
         base = bases[spec.param("baselines", x)]
         base = np.broadcast_to(base, (base.shape[0],) + row).reshape(base.shape[0], d)
         out.append(Attributed(x, row, value.dtype, value.reshape(value.shape[0], d),
-                              np.ascontiguousarray(base, dtype=value.dtype)))
+                              np.ascontiguousarray(base, dtype=value.dtype),
+                              value.dtype if value.dtype.kind == "f" else scores))
     return out
 
 
@@ -169,7 +175,7 @@ class Perturbation(Method):
     """A forward-only method: the graph returns ``target_output``, Numba kernels do the rest."""
 
     forward_only = True
-    supports_layers = False     # float inputs only: the kernels perturb the values fed to the model
+    supports_layers = False     # inputs only (of any dtype): the kernels perturb the values fed to the model
     row_cost_factor = FORWARD_FACTOR
     defaults = {"baselines": None, "perturbations_per_eval": None}
     _pool = None     # batch buffers reused across calls (made on the first call)

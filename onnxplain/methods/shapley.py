@@ -75,7 +75,7 @@ def _too_many(count, what):
 class _GroupPlan(Plan):
     def __init__(self, inputs, labels, n_groups):
         self.inputs, self.labels, self.n_groups = inputs, labels, n_groups
-        self.attr = {a.name: np.empty(a.x.shape, dtype=a.dtype) for a in inputs}
+        self.attr = {a.name: np.empty(a.x.shape, dtype=a.attr_dtype) for a in inputs}
         self.scale = 1.0
 
     def begin(self, r0, r1, evaluate):
