@@ -14,7 +14,7 @@ from .graph import FLOAT_TYPES, GraphBuilder, np_dtype
 from .methods import Spec, get_method
 from .methods.base import Point
 from .methods.base import TARGET_WEIGHTS
-from .runtime import DEFAULT_MEMORY_BUDGET, RowCost, Session, rows_per_chunk, select_providers
+from .runtime import DEFAULT_MEMORY_BUDGET, Cost, RowCost, Session, rows_per_chunk, select_providers
 from .targets import check_target_weights, target_weights
 
 _CACHE: dict = {}
@@ -109,27 +109,46 @@ class Explainer:
         input (a dict by input name when several inputs are attributed), and
         with ``return_convergence_delta=True`` a pair ``(attributions, delta)``.
         """
-        params = self.method.check_params(params)
         if return_convergence_delta and not self.method.has_delta:
             raise ValueError(f"method {self.method.name!r} has no convergence delta")
-        feeds = self._check_inputs(inputs)
-        n = int(np.shape(feeds[self.spec.carriers[0]])[0])
-        tw = self._target_weights(target, target_weights, feeds, n)
+        feeds, tw, params = self._call(inputs, target, target_weights, params)
         total, delta = self.method.run(self, feeds, tw, params)
         names = [self.spec.attribution_name(x) for x in self.spec.wrt]
         result = total[names[0]] if self.spec.single else {x: total[self.spec.attribution_name(x)]
                                                           for x in self.spec.wrt}
         return (result, delta) if return_convergence_delta else result
 
+    def estimate(self, inputs, target=None, *, target_weights=None, **params) -> Cost:
+        """What :meth:`explain` with the same arguments will run, without running it.
+
+        Returns a :class:`~onnxplain.runtime.Cost`: the forward ``rows`` in
+        total (integration steps, noisy samples, (input, reference) pairs and
+        perturbations each count as rows), the session ``runs`` they are split
+        into by the memory budget (and ``perturbations_per_eval`` or
+        ``internal_batch_size``), and the most rows of one run.  The numbers
+        come from the planning code the call itself uses.
+        """
+        feeds, tw, params = self._call(inputs, target, target_weights, params)
+        return self.method.estimate(self, feeds, tw, params)
+
     # ------------------------------------------------------------------ helpers
-    def run_rows(self, feeds, tw, part, wanted, row_bytes: int):
-        """Run the graph with parameter feeds ``part`` over all rows, in chunks of rows that fit the
-        memory budget (``row_bytes``: this call's :attr:`row_cost`)."""
-        n = int(np.shape(tw)[0])
+    def _call(self, inputs, target, target_weights, params) -> tuple[dict, np.ndarray, dict]:
+        """One call's checked feeds, target weights and parameters."""
+        params = self.method.check_params(params)
+        feeds = self._check_inputs(inputs)
+        n = int(np.shape(feeds[self.spec.carriers[0]])[0])
+        return feeds, self._target_weights(target, target_weights, feeds, n), params
+
+    def row_chunks(self, part: dict, n: int, row_bytes: int) -> list[tuple[int, int]]:
+        """The ``[start, stop)`` input rows of each run of ``part``: as many rows as fit the memory budget
+        once each expands into the method's rows (``row_bytes``: this call's :attr:`row_cost`)."""
         step = rows_per_chunk(row_bytes, self.method.expansion(part), n, self.memory_budget)
+        return [(start, min(n, start + step)) for start in range(0, n, step)]
+
+    def run_rows(self, feeds, tw, part, wanted, row_bytes: int):
+        """Run the graph with parameter feeds ``part`` over all rows, in the chunks of :meth:`row_chunks`."""
         chunks = []
-        for start in range(0, n, step):
-            stop = min(n, start + step)
+        for start, stop in self.row_chunks(part, int(np.shape(tw)[0]), row_bytes):
             run = {k: v[start:stop] for k, v in feeds.items()}
             run[TARGET_WEIGHTS] = tw[start:stop]
             run.update(self.method.rows_split(part, start, stop))

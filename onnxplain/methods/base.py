@@ -16,6 +16,7 @@ import onnx
 from onnx import TensorProto
 
 from ..graph import GraphBuilder, np_dtype
+from ..runtime import Cost
 
 TARGET_WEIGHTS = "target_weights"
 
@@ -130,6 +131,14 @@ class Method:
                     total[k] = total[k] + out[k]
         delta = sum(_row_sums(total[k]) for k in names) - gap if self.has_delta else None
         return total, delta
+
+    def estimate(self, ex, feeds: dict, tw, params: dict) -> Cost:
+        """The rows and session runs :meth:`run` will take: the same parts, cut into the same chunks."""
+        n = int(np.shape(tw)[0])
+        row_bytes = ex.row_cost(feeds)
+        return Cost.of((stop - start) * self.expansion(part)
+                       for part in self.parts(params, ex.spec, feeds, row_bytes, ex.memory_budget)
+                       for start, stop in ex.row_chunks(part, n, row_bytes))
 
     def rows_split(self, part: dict, start: int, stop: int) -> dict:
         """The feeds of ``part`` for input rows ``[start, stop)``."""

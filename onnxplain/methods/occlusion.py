@@ -19,7 +19,8 @@ from .perturbation import Perturbation, Plan, attributed_inputs, per_input
 
 class Occlusion(Perturbation):
     name = "occlusion"
-    defaults = {"sliding_window_shapes": None, "strides": None, "baselines": None, "perturbations_per_eval": None}
+    defaults = {"sliding_window_shapes": None, "strides": None, "baselines": None, "perturbations_per_eval": None,
+                "progress": None}
 
     def plan(self, spec, feeds, n_rows, params):
         if params["sliding_window_shapes"] is None:

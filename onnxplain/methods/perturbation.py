@@ -19,12 +19,16 @@ sums and counts.  No Python loop runs per perturbation, only per chunk.
 from __future__ import annotations
 
 import numbers
+import sys
 import threading
 from dataclasses import dataclass
 
 import numpy as np
+from tqdm import tqdm
 
 from onnxplain.kernels import Labels
+
+from ..runtime import Cost
 
 from .base import (TARGET_WEIGHTS, Method, Spec, baseline_feeds, declare_target_weights, emit_outputs, ex_float,
                    open_forward)
@@ -35,6 +39,8 @@ TARGET_OUTPUT = "target_output"
 FORWARD_FACTOR = 1.5
 #: rows of one session run at most, whatever the budget (larger runs gain nothing on a CPU)
 MAX_ROWS_PER_RUN = 8192
+#: seconds a call runs before its progress bar appears (shorter calls stay quiet)
+PROGRESS_DELAY = 2.0
 
 
 # ---------------------------------------------------------------------- per-input facts
@@ -153,6 +159,8 @@ class Plan:
 
     inputs: list[Attributed]
     units: int
+    #: session runs :meth:`begin` makes per block of rows through ``evaluate`` (the inputs, the baselines)
+    evaluations: int = 1
 
     def begin(self, r0: int, r1: int, evaluate) -> None:
         """Start input rows ``[r0, r1)``; ``evaluate({name: rows})`` runs the model (other inputs unchanged)."""
@@ -177,7 +185,7 @@ class Perturbation(Method):
     forward_only = True
     supports_layers = False     # inputs only (of any dtype): the kernels perturb the values fed to the model
     row_cost_factor = FORWARD_FACTOR
-    defaults = {"baselines": None, "perturbations_per_eval": None}
+    defaults = {"baselines": None, "perturbations_per_eval": None, "progress": None}
     _pool = None     # batch buffers reused across calls (made on the first call)
 
     def build(self, b, spec: Spec) -> None:
@@ -195,6 +203,9 @@ class Perturbation(Method):
     def check_params(self, params: dict) -> dict:
         p = super().check_params(params)
         check_positive_int(p["perturbations_per_eval"], "perturbations_per_eval", allow_none=True)
+        if p["progress"] is not None and not isinstance(p["progress"], (bool, np.bool_)):
+            raise ValueError(f"progress must be True, False or None (a bar when stderr is a terminal), "
+                             f"got {p['progress']!r}")
         return p
 
     def plan(self, spec: Spec, feeds: dict, n_rows: int, params: dict) -> Plan:
@@ -205,8 +216,15 @@ class Perturbation(Method):
         plan = self.plan(ex.spec, feeds, n_rows, params)   # every check happens here, before any run
         if self._pool is None:
             self._pool = BufferPool()
-        drive(ex, feeds, np.ascontiguousarray(tw), plan, params["perturbations_per_eval"], self._pool)
+        drive(ex, feeds, np.ascontiguousarray(tw), plan, params["perturbations_per_eval"], self._pool,
+              params["progress"])
         return {ex.spec.attribution_name(x): a for x, a in plan.result().items()}, None
+
+    def estimate(self, ex, feeds: dict, tw, params: dict) -> Cost:
+        """The rows and session runs :meth:`run` will take: the same plan, cut by the same :class:`Schedule`."""
+        n_rows = int(np.shape(tw)[0])
+        plan = self.plan(ex.spec, feeds, n_rows, params)
+        return Cost.of(Schedule.of(ex, feeds, n_rows, plan, params["perturbations_per_eval"]).run_rows())
 
 
 class BufferPool:
@@ -243,8 +261,6 @@ def _root(a: np.ndarray) -> np.ndarray:
     return a
 
 
-
-
 def chunking(n_rows: int, units: int, per_row: int, budget: int, cap: int | None) -> tuple[int, int]:
     """``(rows per block, units per chunk)``: one run holds at most ``budget // per_row`` rows (and
     :data:`MAX_ROWS_PER_RUN`), and at most ``cap`` units (Captum's ``perturbations_per_eval``)."""
@@ -256,15 +272,71 @@ def chunking(n_rows: int, units: int, per_row: int, budget: int, cap: int | None
     return block, per_chunk
 
 
-def drive(ex, feeds: dict, tw: np.ndarray, plan: Plan, cap: int | None, pool: BufferPool | None = None) -> None:
+@dataclass
+class Schedule:
+    """How one call's perturbations are cut into session runs: blocks of input rows, and per block the
+    plan's ``evaluations`` runs of whole rows, then chunks of units (:func:`drive` walks exactly these)."""
+
+    n_rows: int
+    units: int
+    evaluations: int
+    block: int
+    per_chunk: int
+
+    @classmethod
+    def of(cls, ex, feeds: dict, n_rows: int, plan: Plan, cap: int | None) -> "Schedule":
+        block, per_chunk = chunking(n_rows, plan.units, ex.row_cost(feeds), ex.memory_budget, cap)
+        return cls(n_rows, plan.units, plan.evaluations, block, per_chunk)
+
+    def blocks(self):
+        """``(r0, r1)`` of each block of input rows."""
+        for r0 in range(0, self.n_rows, self.block):
+            yield r0, min(self.n_rows, r0 + self.block)
+
+    def chunks(self):
+        """``(u0, u1)`` of each chunk of units (the same for every block)."""
+        for u0 in range(0, self.units, self.per_chunk):
+            yield u0, min(self.units, u0 + self.per_chunk)
+
+    def run_rows(self) -> list[int]:
+        """The rows of every session run, in order."""
+        out = []
+        for r0, r1 in self.blocks():
+            out += [r1 - r0] * self.evaluations + [(u1 - u0) * (r1 - r0) for u0, u1 in self.chunks()]
+        return out
+
+
+def progress_bar(total_rows: int, progress: bool | None):
+    """A tqdm bar over the rows of a call on stderr, shown only once the call has run for
+    :data:`PROGRESS_DELAY` seconds; ``progress=None`` shows it only when stderr is a terminal."""
+    show = bool(progress) if progress is not None else sys.stderr.isatty()
+    return tqdm(total=total_rows, unit="row", unit_scale=True, delay=PROGRESS_DELAY, disable=not show,
+                leave=False, desc="perturbations")
+
+
+def drive(ex, feeds: dict, tw: np.ndarray, plan: Plan, cap: int | None, pool: BufferPool | None = None,
+          progress: bool | None = None) -> None:
     """Blocks of rows x chunks of units: fill, run, fold.  The session is ``ex.session``, reused."""
     pool = pool or BufferPool(keep=0)
+    schedule = Schedule.of(ex, feeds, tw.shape[0], plan, cap)
+    with progress_bar(sum(schedule.run_rows()), progress) as bar:
+        _walk(ex, feeds, tw, plan, schedule, pool, _counted(ex.session.run, bar))
+
+
+def _counted(run, bar):
+    """``run`` (a session's) that moves the progress bar by the rows of each run."""
+    def counted(feeds, outputs):
+        result = run(feeds, outputs)
+        bar.update(len(feeds[TARGET_WEIGHTS]))
+        return result
+    return counted
+
+
+def _walk(ex, feeds: dict, tw: np.ndarray, plan: Plan, schedule: Schedule, pool: BufferPool, run) -> None:
+    """The runs of ``schedule``: per block, the plan's own evaluations, then fill, ``run``, fold per chunk."""
     spec = ex.spec
-    n_rows = tw.shape[0]
-    block, per_chunk = chunking(n_rows, plan.units, ex.row_cost(feeds), ex.memory_budget, cap)
-    run = ex.session.run
-    for r0 in range(0, n_rows, block):
-        r1 = min(n_rows, r0 + block)
+    per_chunk = schedule.per_chunk
+    for r0, r1 in schedule.blocks():
         n = r1 - r0
         tw_rows = tw[r0:r1]
         fixed = {p: feeds[p][r0:r1] for p in spec.passthrough}
@@ -281,8 +353,7 @@ def drive(ex, feeds: dict, tw: np.ndarray, plan: Plan, cap: int | None, pool: Bu
             tiled = {p: np.tile(v, (per_chunk,) + (1,) * (v.ndim - 1)) for p, v in fixed.items()}
             tiled[TARGET_WEIGHTS] = np.tile(tw_rows, (per_chunk,) + (1,) * (tw.ndim - 1))
             rows_of = {a.name: a.row for a in plan.inputs}
-            for u0 in range(0, plan.units, per_chunk):
-                u1 = min(plan.units, u0 + per_chunk)
+            for u0, u1 in schedule.chunks():
                 rows = (u1 - u0) * n
                 views = {k: v[:rows] for k, v in batches.items()}
                 plan.fill(u0, u1, views)
