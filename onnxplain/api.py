@@ -295,11 +295,9 @@ def _spec(model, output, inputs, layer=None, method=None) -> Spec:
                              f"dtype")
     else:
         chosen = [inputs] if isinstance(inputs, str) else list(inputs)
-        if as_themselves:
-            bad = [x for x in chosen if x not in names]
-            if bad:
-                raise ValueError(f"cannot attribute {bad}: not inputs of the model, whose inputs are {names}")
-        bad = [x for x in chosen if x not in floats and x not in tokens and not as_themselves]
+        bad = [x for x in chosen if x not in (names if as_themselves else floats + list(tokens))]
+        if bad and as_themselves:
+            raise ValueError(f"cannot attribute {bad}: not inputs of the model, whose inputs are {names}")
         if bad:
             raise ValueError(f"cannot attribute {bad}: attributable inputs are the floating-point inputs {floats} "
                              f"and the token inputs feeding an embedding {list(tokens)} (the perturbation "
@@ -312,7 +310,8 @@ def _spec(model, output, inputs, layer=None, method=None) -> Spec:
     else:
         points = [Point(x, x, x) if x in floats or as_themselves else Point(x, tokens[x]) for x in chosen]
     if method is not None and not method.supports_layers and not all(p.is_input for p in points):
-        raise ValueError(f"method {method.name!r} attributes floating-point inputs only; "
+        what = "the model's inputs (of any dtype)" if as_themselves else "floating-point inputs"
+        raise ValueError(f"method {method.name!r} attributes {what} only; "
                          f"{'layer=' if layer else 'token inputs'} needs another method")
     return Spec(model, output, points, chosen, [x for x in names if x not in chosen])
 

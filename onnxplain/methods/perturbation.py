@@ -29,7 +29,6 @@ from tqdm import tqdm
 from onnxplain.kernels import Labels
 
 from ..runtime import Cost
-
 from .base import (TARGET_WEIGHTS, Method, Spec, baseline_feeds, declare_target_weights, emit_outputs, ex_float,
                    open_forward)
 
@@ -316,7 +315,8 @@ def progress_bar(total_rows: int, progress: bool | None):
 
 def drive(ex, feeds: dict, tw: np.ndarray, plan: Plan, cap: int | None, pool: BufferPool | None = None,
           progress: bool | None = None) -> None:
-    """Blocks of rows x chunks of units: fill, run, fold.  The session is ``ex.session``, reused."""
+    """Blocks of rows x chunks of units (a :class:`Schedule`): fill, run, fold, under a
+    :func:`progress_bar`.  The session is ``ex.session``, reused."""
     pool = pool or BufferPool(keep=0)
     schedule = Schedule.of(ex, feeds, tw.shape[0], plan, cap)
     with progress_bar(sum(schedule.run_rows()), progress) as bar:
