@@ -1,6 +1,7 @@
 """Explainer: a model and a method -> one explanation graph and one session, reused."""
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
 import threading
@@ -14,11 +15,22 @@ from .graph import FLOAT_TYPES, GraphBuilder, np_dtype
 from .methods import Spec, get_method
 from .methods.base import Point
 from .methods.base import TARGET_WEIGHTS
-from .runtime import DEFAULT_MEMORY_BUDGET, Cost, RowCost, Session, rows_per_chunk, select_providers
+from .runtime import Cost, LRUCache, RowCost, Session, memory_budget as _memory_budget, rows_per_chunk, select_providers
 from .targets import check_target_weights, target_weights
 
-_CACHE: dict = {}
+#: explanation graphs and their sessions, by (model digest, method, output, inputs, providers, threads)
+_CACHE = LRUCache(max_items=16, max_bytes=2 << 30)
+#: normalised models, by the path (with its size and modification time) or the bytes they were read from
+_MODELS = LRUCache(max_items=8, max_bytes=1 << 30)
 _CACHE_LOCK = threading.Lock()
+
+
+def clear_cache() -> None:
+    """Drop every cached explanation graph, session and normalised model (their memory is freed once no
+    Explainer uses them any more)."""
+    with _CACHE_LOCK:
+        _CACHE.clear()
+        _MODELS.clear()
 
 
 class Explainer:
@@ -41,31 +53,35 @@ class Explainer:
     layer: attribute this intermediate tensor instead of the inputs (Captum's
         Layer* methods); baselines are still given for ``inputs``.
     providers: onnxruntime providers (default: CUDA when usable, else CPU).
-    memory_budget: bytes one run may use for intermediate tensors; calls are
-        split into chunks of rows (and of integration steps) to stay within it.
+    memory_budget: what one run may use for intermediate tensors: bytes, a
+        share of the memory free now (``"80%"``) or a size (``"512MiB"``);
+        default: a quarter of the memory free when the Explainer is built (the
+        CUDA device's when running on CUDA, else the available RAM).  Calls are
+        split into chunks of rows (and of integration steps, noisy samples and
+        baselines) to stay within it.
     threads: onnxruntime's intra-op threads (default: onnxruntime's choice).
     """
 
     def __init__(self, model, method: str = "saliency", output: str | None = None, inputs=None, layer=None,
-                 providers=None, memory_budget: int | None = None, threads: int | None = None):
+                 providers=None, memory_budget: int | str | None = None, threads: int | None = None):
         self.method = get_method(method)
-        self.model = normalize(model)
+        self.model, self.digest = normalized(model)
         self.output = _choose_output(self.model, output)
         self.spec = _spec(self.model, self.output, inputs, layer, self.method)
-        if memory_budget is not None and (not isinstance(memory_budget, (int, np.integer)) or memory_budget <= 0):
-            raise ValueError(f"memory_budget must be a positive number of bytes, got {memory_budget!r}")
-        self.memory_budget = int(memory_budget or DEFAULT_MEMORY_BUDGET)
         if threads is not None and (not isinstance(threads, (int, np.integer)) or threads < 1):
             raise ValueError(f"threads must be a positive int or None (onnxruntime's default), got {threads!r}")
         self.threads = threads
         self.providers = select_providers(providers)
-        key = (digest(self.model), self.method.name, self.output, tuple(self.spec.wrt), tuple(self.spec.carriers),
+        self.memory_budget = _memory_budget(memory_budget, self.providers)
+        key = (self.digest, self.method.name, self.output, tuple(self.spec.wrt), tuple(self.spec.carriers),
                tuple(map(str, self.providers)), threads)
         with _CACHE_LOCK:
-            if key not in _CACHE:
+            cached = _CACHE.get(key)
+            if cached is None:
                 graph = build_graph(self.model, self.method, self.spec)
-                _CACHE[key] = (graph, Session(graph, self.providers, threads))
-            self.graph, self.session = _CACHE[key]
+                cached = (graph, Session(graph, self.providers, threads))
+                _CACHE.put(key, cached, 2 * graph.ByteSize())   # the graph, and the session's copy of its weights
+            self.graph, self.session = cached
         self.row_cost = RowCost(self.model, self.method.row_cost_factor)
         self._forward = None
         self._output_shapes: dict = {}
@@ -197,6 +213,27 @@ class Explainer:
             one = {k: v[:1] for k, v in feeds.items()}
             self._output_shapes[key] = tuple(self._forward_session().run(one, [self.output])[self.output].shape[1:])
         return self._output_shapes[key]
+
+
+def normalized(model) -> tuple[onnx.ModelProto, str]:
+    """``model`` normalised, and its digest; a path (same size and modification time) or bytes seen before
+    are not normalised again.  The model returned is shared: do not modify it."""
+    if isinstance(model, (str, os.PathLike)) and os.path.isfile(model):
+        st = os.stat(model)
+        key = ("path", os.path.abspath(os.fspath(model)), st.st_size, st.st_mtime_ns)
+    elif isinstance(model, (bytes, bytearray, memoryview)):
+        key = ("bytes", hashlib.sha256(model).hexdigest())
+    else:
+        m = normalize(model)
+        return m, digest(m)
+    with _CACHE_LOCK:
+        found = _MODELS.get(key)
+    if found is None:
+        m = normalize(model)
+        found = (m, digest(m))
+        with _CACHE_LOCK:
+            _MODELS.put(key, found, m.ByteSize())
+    return found
 
 
 def build_graph(model: onnx.ModelProto, method, spec: Spec) -> onnx.ModelProto:

@@ -7,7 +7,9 @@ libraries are present); otherwise the CPU, quietly.
 from __future__ import annotations
 
 import functools
+import re
 import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import numpy as np
@@ -16,7 +18,11 @@ import onnxruntime as ort
 
 CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"
-DEFAULT_MEMORY_BUDGET = 1 << 30  # bytes of intermediate tensors one run may use
+DEFAULT_MEMORY_BUDGET = 1 << 30  # bytes of intermediate tensors one run may use, when free memory is unknown
+#: share of the memory free when an Explainer is built that its runs may use by default
+DEFAULT_MEMORY_SHARE = 0.25
+_UNITS = {"": 1, "b": 1, "k": 1 << 10, "kb": 1000, "kib": 1 << 10, "m": 1 << 20, "mb": 1000 ** 2, "mib": 1 << 20,
+          "g": 1 << 30, "gb": 1000 ** 3, "gib": 1 << 30, "t": 1 << 40, "tb": 1000 ** 4, "tib": 1 << 40}
 
 
 @functools.lru_cache(maxsize=None)
@@ -56,6 +62,9 @@ class Session:
         self.providers = select_providers(providers)
         so = ort.SessionOptions()
         so.log_severity_level = 3
+        # A memory pattern is planned and kept per input shape; the chunks of a call have several shapes (the
+        # last one is shorter), so the patterns add up past the budget.  The arena reuses buffers anyway.
+        so.enable_mem_pattern = False
         if threads:
             so.intra_op_num_threads = threads
         previous = _quiet_logging()
@@ -87,6 +96,41 @@ class Session:
         return dict(zip(outputs, values))
 
 
+class LRUCache:
+    """A mapping that forgets its least recently used entries beyond ``max_items`` entries or ``max_bytes``
+    bytes (each entry's size is given when it is put; the newest entry stays even when larger alone).
+    Not locked: callers hold their own lock."""
+
+    def __init__(self, max_items: int, max_bytes: int):
+        self.max_items, self.max_bytes = int(max_items), int(max_bytes)
+        self._entries: OrderedDict = OrderedDict()   # key -> (value, size), least recently used first
+        self.nbytes = 0
+
+    def get(self, key, default=None):
+        if key not in self._entries:
+            return default
+        self._entries.move_to_end(key)
+        return self._entries[key][0]
+
+    def put(self, key, value, size: int) -> None:
+        if key in self._entries:
+            self.nbytes -= self._entries.pop(key)[1]
+        self._entries[key] = (value, int(size))
+        self.nbytes += int(size)
+        while len(self._entries) > 1 and (len(self._entries) > self.max_items or self.nbytes > self.max_bytes):
+            self.nbytes -= self._entries.popitem(last=False)[1][1]
+
+    def clear(self) -> None:
+        self._entries.clear()
+        self.nbytes = 0
+
+    def __contains__(self, key) -> bool:
+        return key in self._entries
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
 @dataclass(frozen=True)
 class Cost:
     """What one call runs: ``rows`` forward rows in all, over ``runs`` session runs of at most ``rows_per_run``."""
@@ -100,6 +144,81 @@ class Cost:
         """The cost of session runs of ``run_rows`` rows each."""
         sizes = [int(r) for r in run_rows]
         return cls(sum(sizes), len(sizes), max(sizes, default=0))
+
+
+def free_memory(providers=None) -> int | None:
+    """Bytes free now where the runs will happen: the CUDA device's free memory when the first provider is
+    CUDA, else the available RAM (``psutil`` when installed, else ``/proc/meminfo``); None when unknown."""
+    providers = select_providers(providers)
+    first = providers[0][0] if isinstance(providers[0], tuple) else providers[0]
+    if first == CUDA:
+        device = providers[0][1].get("device_id", 0) if isinstance(providers[0], tuple) else 0
+        return _cuda_free(int(device))
+    return _ram_available()
+
+
+def _ram_available() -> int | None:
+    try:
+        import psutil
+        return int(psutil.virtual_memory().available)
+    except ImportError:
+        pass
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def _cuda_free(device: int) -> int | None:
+    """Free memory of CUDA ``device`` through the CUDA runtime library onnxruntime-gpu loads (no torch)."""
+    import ctypes
+    for lib in ("libcudart.so", "libcudart.so.12", "libcudart.so.11.0", "cudart64_12.dll", "cudart64_110.dll"):
+        try:
+            cudart = ctypes.CDLL(lib)
+        except OSError:
+            continue
+        free, total = ctypes.c_size_t(), ctypes.c_size_t()
+        if cudart.cudaSetDevice(device) != 0 or cudart.cudaMemGetInfo(ctypes.byref(free), ctypes.byref(total)) != 0:
+            return None
+        return int(free.value)
+    return None
+
+
+def memory_budget(value=None, providers=None) -> int:
+    """The bytes of intermediate tensors one run may use.
+
+    ``None``: :data:`DEFAULT_MEMORY_SHARE` of the memory free now (:func:`free_memory`; 1 GiB when unknown);
+    an int: that many bytes; a string: a share of the free memory (``"80%"``) or a size (``"512MiB"``,
+    ``"2GB"``, ``"300k"``).
+    """
+    if value is None:
+        free = free_memory(providers)
+        return max(1, int(free * DEFAULT_MEMORY_SHARE)) if free else DEFAULT_MEMORY_BUDGET
+    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+        if value <= 0:
+            raise ValueError(f"memory_budget must be a positive number of bytes, got {value!r}")
+        return int(value)
+    if isinstance(value, str):
+        text = value.strip().lower().replace(" ", "")
+        share = re.fullmatch(r"(\d+(?:\.\d+)?)%", text)
+        if share:
+            fraction = float(share.group(1)) / 100
+            if not 0 < fraction <= 1:
+                raise ValueError(f"memory_budget {value!r}: a share must lie in (0%, 100%]")
+            free = free_memory(providers)
+            if not free:
+                raise ValueError(f"memory_budget {value!r}: the free memory of this machine is unknown; "
+                                 f"give a number of bytes")
+            return max(1, int(free * fraction))
+        size = re.fullmatch(r"(\d+(?:\.\d+)?)([a-z]*)", text)
+        if size and size.group(2) in _UNITS and float(size.group(1)) > 0:
+            return max(1, int(float(size.group(1)) * _UNITS[size.group(2)]))
+    raise ValueError(f"memory_budget must be a positive number of bytes, a share of the free memory such as "
+                     f"'80%', or a size such as '512MiB', got {value!r}")
 
 
 def rows_per_chunk(bytes_per_row: int, expansion: int, n_rows: int, budget: int | None) -> int:
