@@ -90,6 +90,8 @@ class Method:
     defaults: dict = {}
     #: per-row parameter feeds (by name prefix) and the axis that indexes rows
     row_axes: dict = {}
+    #: whether the parts of a call are a weighted mixture (see :meth:`part_weights`) rather than a sum
+    mixes_parts: bool = False
 
     def build(self, b: GraphBuilder, spec: Spec) -> None:  # pragma: no cover - interface
         raise NotImplementedError
@@ -120,17 +122,22 @@ class Method:
         wanted = names + (["delta"] if self.has_delta else [])
         total, gap = None, None
         row_bytes = ex.row_cost(feeds)
-        for part in self.parts(params, ex.spec, feeds, row_bytes, ex.memory_budget):
+        parts = self.parts(params, ex.spec, feeds, row_bytes, ex.memory_budget)
+        for part, weight in zip(parts, self.part_weights(parts)):
             out = ex.run_rows(feeds, tw, part, wanted, row_bytes)
-            if total is None:
-                total = {k: out[k] for k in names}
-                if self.has_delta:   # f(x) - f(b) of each row, recovered from the first part
-                    gap = sum(_row_sums(out[k]) for k in names) - out["delta"]
-            else:
-                for k in names:
-                    total[k] = total[k] + out[k]
+            attrs = {k: out[k] if weight == 1 else (out[k] * weight).astype(out[k].dtype) for k in names}
+            if self.has_delta and (gap is None or self.mixes_parts):
+                # f(x) - f(b) of each row: from the first of additive parts, weighted over a mixture's
+                part_gap = (sum(_row_sums(out[k]) for k in names) - out["delta"]) * weight
+                gap = part_gap if gap is None else gap + part_gap
+            total = attrs if total is None else {k: total[k] + attrs[k] for k in names}
         delta = sum(_row_sums(total[k]) for k in names) - gap if self.has_delta else None
         return total, delta
+
+    def part_weights(self, parts: list[dict]) -> list[float]:
+        """The weight of each part's attributions in the result: 1 for additive parts (chunks of integration
+        steps); a mixture's (:attr:`mixes_parts`: chunks of a baseline distribution) sum to 1."""
+        return [1.0] * len(parts)
 
     def estimate(self, ex, feeds: dict, tw, params: dict) -> Cost:
         """The rows and session runs :meth:`run` will take: the same parts, cut into the same chunks."""
@@ -187,6 +194,15 @@ def baseline_feeds(spec: Spec, baselines, inputs: dict) -> dict:
                              f"or like one row of it {(1,) + xv.shape[1:]}, got shape {v.shape}")
         feeds[spec.param("baselines", x)] = np.ascontiguousarray(v)
     return feeds
+
+
+def draw_rows(values: np.ndarray, k: int | None, seed) -> np.ndarray:
+    """``k`` rows of ``values`` drawn without replacement (seeded: the same ``seed`` draws the same rows, in
+    their original order); all of them when ``k`` is None or at least their number."""
+    if k is None or k >= len(values):
+        return values
+    picked = np.sort(np.random.default_rng(seed).choice(len(values), size=k, replace=False))
+    return values[picked]
 
 
 def exact_cast(v: np.ndarray, dtype: np.dtype, what: str) -> np.ndarray:

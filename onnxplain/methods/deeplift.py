@@ -17,8 +17,8 @@ from ..backward import backward
 from ..rules import Partner
 from ..rules.rescale import RESCALE
 from .base import (Method, Spec, baseline_feeds, batch_rows, declare_baselines, declare_param, declare_target_weights,
-                   emit_attribution, emit_outputs, ex_float, flatten_steps, open_forward, per_row_sum, rows, split_steps,
-                   tile_rows)
+                   draw_rows, emit_attribution, emit_outputs, ex_float, flatten_steps, open_forward, per_row_sum, rows,
+                   split_steps, tile_rows)
 
 DEFAULT_EPS = 1e-10   # Captum's threshold below which the Rescale rule falls back to the gradient
 
@@ -92,11 +92,22 @@ class DeepLift(Method):
 
 
 class DeepLiftShap(DeepLift):
-    """DeepLIFT averaged over a distribution of ``B`` baselines, all pairs in one run."""
+    """DeepLIFT averaged over a distribution of ``B`` baselines.
+
+    The (row, baseline) pairs of as many baselines as the memory budget holds
+    run together; larger sets are split into parts of baselines whose means
+    are weighted by their share.  ``n_baselines=K`` draws ``K`` of a large
+    background set (seeded by ``seed``, without replacement), as SHAP users
+    do to keep DeepExplainer affordable: the result is the mean over the
+    drawn baselines, an unbiased estimate of the mean over the whole set whose
+    error shrinks as ``1/sqrt(K)``.
+    """
 
     name = "deeplift_shap"
     aliases = ("deepliftshap", "deep_shap")
+    defaults = {"baselines": None, "eps": DEFAULT_EPS, "n_baselines": None, "seed": 0}
     row_axes = {}
+    mixes_parts = True
 
     def references(self, b, spec, x):
         base = declare_baselines(b, spec, x, None)
@@ -129,11 +140,40 @@ class DeepLiftShap(DeepLift):
             if count is not None and v.shape[0] != count:
                 raise ValueError("every input needs the same number B of baselines")
             count = v.shape[0]
-            feeds[spec.param("baselines", x)] = np.ascontiguousarray(v)
+            feeds[spec.param("baselines", x)] = np.ascontiguousarray(draw_rows(v, params["n_baselines"],
+                                                                               params["seed"]))
         return feeds
 
+    def check_params(self, params):
+        p = super().check_params(params)
+        k = p["n_baselines"]
+        if k is not None and (isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1):
+            raise ValueError(f"n_baselines must be a positive int (baselines drawn from the set given) or None "
+                             f"(all of them), got {k!r}")
+        if isinstance(p["seed"], bool) or (p["seed"] is not None and not isinstance(p["seed"], (int, np.integer))):
+            raise ValueError(f"seed must be an int or None, got {p['seed']!r}")
+        return p
+
+    def parts(self, params, spec, inputs, bytes_per_row, budget):
+        """The baselines in parts whose (row, baseline) pairs fit the budget for one input row."""
+        eps = np.asarray(params["eps"], dtype=ex_float(spec))
+        bases = self.baselines(params, spec, inputs)
+        count = next(iter(bases.values())).shape[0]
+        fit = max(1, budget // (2 * max(1, bytes_per_row)))
+        n_parts = -(-count // fit)
+        bounds = np.linspace(0, count, n_parts + 1).round().astype(int)
+        return [{"eps": eps, **{k: v[a:b] for k, v in bases.items()}} for a, b in zip(bounds[:-1], bounds[1:])]
+
+    def part_weights(self, parts):
+        counts = [self._count(part) for part in parts]
+        return [c / sum(counts) for c in counts]
+
     def expansion(self, part):
-        return 2 * next(v.shape[0] for k, v in part.items() if k.startswith("baselines"))
+        return 2 * self._count(part)
+
+    @staticmethod
+    def _count(part) -> int:
+        return next(v.shape[0] for k, v in part.items() if k.startswith("baselines"))
 
 
 def _per_pair_sum(b, t: str, rank: int) -> str:
