@@ -134,6 +134,17 @@ class Explainer:
                                                           for x in self.spec.wrt}
         return (result, delta) if return_convergence_delta else result
 
+    def explain_dataset(self, source, out, target=None, *, batch_size: int | None = None, **params):
+        """Explain a whole dataset, streamed batch by batch, into ``out`` (a ``.npy`` path or a zarr store).
+
+        ``source``: an array-like with ``shape`` and slicing (a numpy memmap, ``np.load(path,
+        mmap_mode="r")``, zarr, h5py), a dict of them by input name, an iterable of batches, or a dask
+        array.  Resumable: run again with the same arguments after a crash, it computes only what is not on
+        disk.  See :func:`onnxplain.datasets.explain_dataset` for every option.
+        """
+        from .datasets import explain_dataset
+        return explain_dataset(self, source, out, target, batch_size=batch_size, **params)
+
     def estimate(self, inputs, target=None, *, target_weights=None, **params) -> Cost:
         """What :meth:`explain` with the same arguments will run, without running it.
 
