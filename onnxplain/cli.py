@@ -3,6 +3,7 @@
     onnxplain demo [--out attributions.npz]
     onnxplain convert MODEL OUT --method M [--output NAME] [--n-steps N ...]
     onnxplain explain MODEL INPUT.npy|.npz --method M --target T [--out attr.npy]
+    onnxplain explain MODEL DATA.npy --method M --out ATTR.npy --batch-size N   (streamed, resumable)
     onnxplain inspect MODEL
 
 Mistakes of the caller (a bad path, method, parameter or target; a model that
@@ -114,6 +115,14 @@ def _build_parser() -> argparse.ArgumentParser:
                         "one value per row")
     e.add_argument("--target-weights", metavar="FILE.npy", help="weights shaped like the output instead of --target")
     e.add_argument("--out", help="write the attributions: .npy (one attributed input) or .npz")
+    s = e.add_argument_group("streaming (a dataset larger than memory; resumable)")
+    s.add_argument("--batch-size", type=int, metavar="N",
+                   help="read INPUT (.npy, memmapped) N rows at a time and write --out (.npy or .zarr) batch by "
+                        "batch; run the same command again after a crash to finish the job")
+    s.add_argument("--target-file", metavar="FILE.npy", help="with --batch-size: one target per row")
+    s.add_argument("--memory-budget", metavar="BYTES|SHARE", help="what one run may use: 512MiB, 80%%, or bytes")
+    s.add_argument("--overwrite", action="store_true", help="with --batch-size: replace the results of another run")
+    s.add_argument("--no-progress", action="store_true", help="with --batch-size: no progress bar")
     e.set_defaults(run=cmd_explain)
 
     i = sub.add_parser("inspect", help="inputs, outputs, opset, ops, and which methods can explain the model",
@@ -342,8 +351,11 @@ def cmd_explain(args) -> int:
     params = _method_params(args, allow_files=True)
     if args.target is not None and args.target_weights is not None:
         raise CLIError("give either --target or --target-weights, not both")
+    if args.batch_size is not None:
+        return _explain_streamed(args, method, params)
     inputs = _load_inputs(args.input)
-    ex = Explainer(args.model, method=method, output=args.output, inputs=args.inputs, **_layer(args))
+    budget = {"memory_budget": args.memory_budget} if args.memory_budget else {}
+    ex = Explainer(args.model, method=method, output=args.output, inputs=args.inputs, **_layer(args), **budget)
     ex.method.check_params(dict(params))   # unknown or bad parameters fail before anything runs
     several = not ex.spec.single
     _check_out(args.out, (".npz",) if several else (".npy", ".npz"),
@@ -400,13 +412,41 @@ def cmd_explain(args) -> int:
     return 0
 
 
-def _load_array(path: str, what: str) -> np.ndarray:
+def _explain_streamed(args, method: str, params: dict) -> int:
+    """``explain --batch-size N``: :meth:`Explainer.explain_dataset` over the memmapped INPUT."""
+    from .api import Explainer
+    if not args.input.endswith(".npy"):
+        raise CLIError(f"--batch-size streams one .npy INPUT (memmapped), got {args.input!r}")
+    if not args.out:
+        raise CLIError("--batch-size needs --out (.npy, or .zarr for a zarr store)")
+    if args.target is not None and args.target_file is not None:
+        raise CLIError("give either --target or --target-file, not both")
+    source = _load_array(args.input, "INPUT", mmap=True)
+    budget = {"memory_budget": args.memory_budget} if args.memory_budget else {}
+    ex = Explainer(args.model, method=method, output=args.output, inputs=args.inputs, **_layer(args), **budget)
+    if args.target_file is not None:
+        target = _load_array(args.target_file, "--target-file", mmap=True)
+    elif args.target is not None and [v.strip().lower() for v in args.target] in (["pred"], ["predicted"]):
+        raise CLIError("--target pred is not streamed: write the predicted classes to a file for --target-file")
+    else:
+        target = _parse_target(args.target, ex, None)
+    kwargs = {"target_weights": _load_array(args.target_weights, "--target-weights", mmap=True)} \
+        if args.target_weights is not None else {}
+    run = ex.explain_dataset(source, args.out, target, batch_size=args.batch_size, overwrite=args.overwrite,
+                             progress=False if args.no_progress else None, **kwargs, **params)
+    print(f"{ex.method_name} attributions of {ex.output!r} for {run.rows} row(s) in {run.batches} batch(es), "
+          f"{run.computed} computed now, in {run.seconds:.1f} s: wrote {run.out}"
+          + (f" (deltas: {run.deltas})" if run.deltas else ""))
+    return 0
+
+
+def _load_array(path: str, what: str, mmap: bool = False) -> np.ndarray:
     if not path.endswith(".npy"):
         raise CLIError(f"{what} must be an .npy file, got {path!r}")
     if not os.path.isfile(path):
         raise CLIError(f"{what}: no such file {path!r}")
     try:
-        return np.load(path, allow_pickle=False)
+        return np.load(path, allow_pickle=False, mmap_mode="r" if mmap else None)
     except Exception as e:
         raise CLIError(f"{what}: cannot read {path!r} as an .npy array: {_one_line(e)}") from e
 
