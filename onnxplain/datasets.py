@@ -77,6 +77,7 @@ def explain_dataset(ex, source, out, target=None, *, target_weights=None, batch_
         raise ValueError("give either target or target_weights, not both")
     params = ex.method.check_params(params)
     _check_reproducible(ex, params)
+    target_out = _OutputTarget(out, ex.spec.single)
     reader = _reader(ex, source)
     targets = _Targets(target, target_weights, reader.rows)
     first = reader.first_batch()
@@ -85,7 +86,6 @@ def explain_dataset(ex, source, out, target=None, *, target_weights=None, batch_
     batch_size = _check_batch_size(batch_size, reader.rows)
     probe = {k: v[:1] for k, v in first.items()}
     layout = _layout(ex, probe, targets.first_row(reader), params)
-    target_out = _OutputTarget(out, ex.spec.single)
     identity = _identity(ex, reader, targets, params, batch_size, layout, target_out.kind)
     manifest = Manifest.open(target_out, identity, overwrite)
 
