@@ -1,0 +1,159 @@
+"""Memory kept, not hoped for: the resident set size sampled during each call stays within 1.5x the budget
+over its size before the call, for every method family; DeepLiftShap's baseline parts and ``n_baselines``
+against Captum.
+
+The calls run in a fresh interpreter (no memory freed by earlier tests to reuse), each with its own
+Explainer and session, so onnxruntime's arena grows during the call that is measured.
+"""
+import json
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+from captum.attr import DeepLiftShap
+from torch import nn
+
+import onnxplain
+from models import export
+
+BUDGET = 48 << 20
+
+MEASURE = textwrap.dedent("""
+    import json, os, sys, threading, time
+    import numpy as np
+    import onnxplain
+
+    PAGE = os.sysconf("SC_PAGE_SIZE")
+
+    def rss():
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * PAGE
+
+    def peak_over(call):
+        top, stop = [0], threading.Event()
+        def watch():
+            while not stop.is_set():
+                top[0] = max(top[0], rss())
+                time.sleep(0.001)
+        before = rss()
+        watcher = threading.Thread(target=watch)
+        watcher.start()
+        try:
+            call()
+        finally:
+            stop.set()
+            watcher.join()
+        return max(top[0], rss()) - before
+
+    model, budget = sys.argv[1], int(sys.argv[2])
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((96, 3, 32, 32)).astype(np.float32)
+    mask = (np.arange(32 * 32).reshape(1, 1, 32, 32) // 4).repeat(3, axis=1)      # 256 groups
+    cases = {
+        "saliency": {},
+        "integrated_gradients": dict(n_steps=50),
+        "smoothgrad": dict(nt_samples=20, stdevs=0.1),
+        "deeplift": {},
+        "deeplift_shap": dict(baselines=rng.standard_normal((100, 3, 32, 32)).astype(np.float32)),
+        "occlusion": dict(sliding_window_shapes=(3, 4, 4), strides=(3, 4, 4)),
+        "shapley_sampling": dict(n_samples=2, feature_mask=mask, seed=0),
+    }
+    rows = {"deeplift_shap": 8, "shapley_sampling": 8, "occlusion": 32}
+    out = {}
+    for method, params in cases.items():
+        ex = onnxplain.Explainer(model, method, memory_budget=budget)
+        xs = x[:rows.get(method, len(x))]
+        runs = ex.estimate(xs, target=1, **params).runs
+        out[method] = {"peak": peak_over(lambda: ex.explain(xs, target=1, **params)), "runs": runs}
+    print(json.dumps(out))
+""")
+
+
+class CNN(nn.Module):
+    """3x32x32 -> 10 classes: convolutions, ReLU, max pooling, a linear head."""
+
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+                                  nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+                                  nn.Conv2d(32, 32, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                                  nn.Linear(32, 10))
+
+    def forward(self, x):
+        return self.body(x)
+
+
+@pytest.fixture(scope="module")
+def peaks(tmp_path_factory):
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("memory") / "cnn.onnx"
+    path.write_bytes(export(CNN().eval(), (3, 32, 32)))
+    script = tmp_path_factory.mktemp("memory") / "measure.py"
+    script.write_text(MEASURE)
+    done = subprocess.run([sys.executable, str(script), str(path), str(BUDGET)], capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("method", ["saliency", "integrated_gradients", "smoothgrad", "deeplift", "deeplift_shap",
+                                    "occlusion", "shapley_sampling"])
+def test_peak_resident_memory_of_a_call_stays_within_the_budget(peaks, method):
+    measured = peaks[method]
+    assert measured["runs"] > 1, "the budget must split the call for the measure to mean anything"
+    assert measured["peak"] <= 1.5 * BUDGET, \
+        f"{method}: peak {measured['peak'] / 2**20:.0f} MiB over the RSS before the call, budget {BUDGET >> 20} MiB"
+
+
+# ---------------------------------------------------------------------- DeepLiftShap against Captum
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(7, 16), nn.ReLU(), nn.Linear(16, 9), nn.Tanh(), nn.Linear(9, 3))
+
+    def forward(self, x):
+        return self.net(x)
+
+
+@pytest.fixture(scope="module")
+def net():
+    torch.manual_seed(3)
+    module = Net().eval()
+    return module, export(module, (7,))
+
+
+def test_a_baseline_set_larger_than_the_budget_is_split_and_still_matches_captum(net):
+    module, onx = net
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((5, 7)).astype(np.float32)
+    background = rng.standard_normal((37, 7)).astype(np.float32)
+    ex = onnxplain.Explainer(onx, "deeplift_shap", memory_budget=6000)   # a few baselines per run
+    assert ex.estimate(x, target=2, baselines=background).runs > 5
+    attr, delta = ex.explain(x, target=2, baselines=background, return_convergence_delta=True)
+    ref = DeepLiftShap(module).attribute(torch.from_numpy(x), torch.from_numpy(background), target=2)
+    np.testing.assert_allclose(attr, ref.detach().numpy(), rtol=1e-4, atol=1e-5)
+    with torch.no_grad():
+        f = module(torch.from_numpy(x))[:, 2].numpy() - module(torch.from_numpy(background))[:, 2].numpy().mean()
+    np.testing.assert_allclose(delta, attr.sum(1) - f, rtol=1e-3, atol=1e-5)
+    np.testing.assert_allclose(delta, 0, atol=1e-4)
+
+
+def test_n_baselines_draws_k_rows_of_the_background_seeded(net):
+    module, onx = net
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((4, 7)).astype(np.float32)
+    background = rng.standard_normal((500, 7)).astype(np.float32)
+    ex = onnxplain.Explainer(onx, "deeplift_shap")
+    a = ex.explain(x, target=0, baselines=background, n_baselines=20, seed=5)
+    drawn = background[np.sort(np.random.default_rng(5).choice(500, size=20, replace=False))]
+    ref = DeepLiftShap(module).attribute(torch.from_numpy(x), torch.from_numpy(drawn), target=0)
+    np.testing.assert_allclose(a, ref.detach().numpy(), rtol=1e-4, atol=1e-5)
+    full = DeepLiftShap(module).attribute(torch.from_numpy(x), torch.from_numpy(background), target=0)
+    errors = [np.abs(ex.explain(x, target=0, baselines=background, n_baselines=k) - full.detach().numpy()).mean()
+              for k in (5, 80, 500)]
+    assert errors[2] < 1e-5 and errors[1] < errors[0], f"more baselines, closer to the whole set: {errors}"
+    with pytest.raises(ValueError, match="n_baselines"):
+        ex.explain(x, target=0, baselines=background, n_baselines=0)
