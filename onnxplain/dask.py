@@ -30,7 +30,7 @@ except ImportError as e:   # pragma: no cover - exercised without the extra
     raise ImportError("onnxplain.dask needs dask: pip install 'onnxplain[dask]'") from e
 
 from .api import Explainer
-from .datasets import (DatasetRun, Manifest, _batch_params, _check_reproducible, _fingerprint, _layout,
+from .datasets import (DatasetRun, Manifest, _batch_params, _check_reproducible, _fingerprint, _layout, _Layout,
                        _OutputTarget, _ZarrOutputs)
 
 #: explainers of this process, by (model key, method, constructor options); one per worker process
@@ -243,9 +243,7 @@ def explain_dataset_dask(ex, x, out, target=None, *, target_weights=None, overwr
         lazy = lazy.rechunk({0: chunk})
     bounds = np.cumsum((0,) + lazy.chunks[0])
     shipped_params = ex.method.check_params(params)
-    layout = _layout(ex, {k: np.asarray(v[:1]) for k, v in _dask_inputs(ex, x).items()},
-                     _first_target(target, target_weights), shipped_params)
-    layout.delta = None   # deltas are not computed on the cluster
+    layout = _Layout({ex.inputs[0]: (tuple(lazy.shape[1:]), np.dtype(lazy.dtype))}, None)   # no deltas here
     identity = {"model": ex.digest, "method": ex.method.name, "output": ex.output,
                 "attributed": [[p.key, p.tensor] for p in ex.spec.points],
                 "params": _fingerprint({k: v for k, v in shipped_params.items() if k != "progress"}),

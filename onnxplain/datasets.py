@@ -491,7 +491,8 @@ class Manifest:
             if found != identity:
                 diff = sorted(k for k in set(found) | set(identity) if found.get(k) != identity.get(k))
                 raise ValueError(f"{target.path!r} holds the results of another run (its manifest differs in "
-                                 f"{', '.join(diff)}); pass overwrite=True (--overwrite) to replace them, or write elsewhere")
+                                 f"{', '.join(diff)}); pass overwrite=True (--overwrite) to replace them, or write "
+                                 f"elsewhere")
             return cls(path, identity, done, bool(data.get("complete")))
         if target.exists():
             raise ValueError(f"{target.path!r} exists and has no manifest of explain_dataset beside it; pass "
