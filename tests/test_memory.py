@@ -157,3 +157,37 @@ def test_n_baselines_draws_k_rows_of_the_background_seeded(net):
     assert errors[2] < 1e-5 and errors[1] < errors[0], f"more baselines, closer to the whole set: {errors}"
     with pytest.raises(ValueError, match="n_baselines"):
         ex.explain(x, target=0, baselines=background, n_baselines=0)
+
+
+# ---------------------------------------------------------------------- background sets of the perturbation methods
+def test_ablation_and_shapley_against_a_background_set_drawn_k_rows_of(net):
+    """Mean over the drawn baselines of the textbook values, each against one baseline row."""
+    from checks import brute_force_shapley
+    module, onx = net
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((3, 7)).astype(np.float32)
+    background = rng.standard_normal((300, 7)).astype(np.float32)
+    drawn = background[np.sort(np.random.default_rng(9).choice(300, size=6, replace=False))]
+
+    def f(rows):
+        with torch.no_grad():
+            return module(torch.from_numpy(np.ascontiguousarray(rows, dtype=np.float32)))[:, 1].double().numpy()
+
+    mask = np.array([0, 0, 1, 2, 2, 3, 1])
+    ablation = np.mean([np.stack([f(x) - f(np.where(np.arange(7) == j, b, x)) for j in range(7)], 1)
+                        for b in drawn], axis=0)
+    got = onnxplain.Explainer(onx, "feature_ablation").explain(x, target=1, baselines=background, n_baselines=6,
+                                                                seed=9)
+    np.testing.assert_allclose(got, ablation, rtol=1e-4, atol=1e-5)
+
+    shapley = np.mean([brute_force_shapley(f, x, b[None], mask[None], 4)[:, mask] for b in drawn], axis=0)
+    got = onnxplain.Explainer(onx, "shapley_values").explain(x, target=1, feature_mask=mask[None],
+                                                              baselines=background, n_baselines=6, seed=9)
+    np.testing.assert_allclose(got, shapley, rtol=1e-4, atol=1e-5)
+
+    sampled = onnxplain.Explainer(onx, "shapley_sampling").explain(x, target=1, baselines=background,
+                                                                   n_baselines=6, seed=9, n_samples=3)
+    efficiency = f(x) - np.mean([f(b[None])[0] for b in drawn])
+    np.testing.assert_allclose(sampled.sum(1), efficiency, rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="background set"):
+        onnxplain.Explainer(onx, "feature_ablation").explain(x, target=1, baselines=background[0], n_baselines=2)

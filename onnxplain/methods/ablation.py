@@ -16,7 +16,8 @@ from .perturbation import Perturbation, Plan, attributed_inputs, group_labels
 class FeatureAblation(Perturbation):
     name = "feature_ablation"
     aliases = ("ablation",)
-    defaults = {"feature_mask": None, "baselines": None, "perturbations_per_eval": None, "progress": None}
+    defaults = {"feature_mask": None, "baselines": None, "n_baselines": None, "seed": None,
+                "perturbations_per_eval": None, "progress": None}
 
     def plan(self, spec, feeds, n_rows, params):
         inputs = attributed_inputs(spec, feeds, params["baselines"])

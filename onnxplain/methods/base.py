@@ -196,13 +196,20 @@ def baseline_feeds(spec: Spec, baselines, inputs: dict) -> dict:
     return feeds
 
 
-def draw_rows(values: np.ndarray, k: int | None, seed) -> np.ndarray:
-    """``k`` rows of ``values`` drawn without replacement (seeded: the same ``seed`` draws the same rows, in
-    their original order); all of them when ``k`` is None or at least their number."""
-    if k is None or k >= len(values):
-        return values
-    picked = np.sort(np.random.default_rng(seed).choice(len(values), size=k, replace=False))
-    return values[picked]
+def draw_rows(count: int, k: int | None, seed) -> np.ndarray:
+    """Indices of ``k`` of ``count`` rows drawn without replacement, in increasing order (seeded: the same int
+    ``seed`` draws the same rows); all of them when ``k`` is None or at least ``count``."""
+    if k is None or k >= count:
+        return np.arange(count)
+    return np.sort(np.random.default_rng(seed).choice(count, size=k, replace=False))
+
+
+def check_n_baselines(params: dict) -> None:
+    """``n_baselines`` is None or a positive int."""
+    k = params["n_baselines"]
+    if k is not None and (isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1):
+        raise ValueError(f"n_baselines must be a positive int (baselines drawn from the set given) or None "
+                         f"(all of them), got {k!r}")
 
 
 def exact_cast(v: np.ndarray, dtype: np.dtype, what: str) -> np.ndarray:

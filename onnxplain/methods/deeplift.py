@@ -16,9 +16,9 @@ from onnx import TensorProto
 from ..backward import backward
 from ..rules import Partner
 from ..rules.rescale import RESCALE
-from .base import (Method, Spec, baseline_feeds, batch_rows, declare_baselines, declare_param, declare_target_weights,
-                   draw_rows, emit_attribution, emit_outputs, ex_float, flatten_steps, open_forward, per_row_sum, rows,
-                   split_steps, tile_rows)
+from .base import (Method, Spec, baseline_feeds, batch_rows, check_n_baselines, declare_baselines, declare_param,
+                   declare_target_weights, draw_rows, emit_attribution, emit_outputs, ex_float, flatten_steps,
+                   open_forward, per_row_sum, rows, split_steps, tile_rows)
 
 DEFAULT_EPS = 1e-10   # Captum's threshold below which the Rescale rule falls back to the gradient
 
@@ -140,16 +140,13 @@ class DeepLiftShap(DeepLift):
             if count is not None and v.shape[0] != count:
                 raise ValueError("every input needs the same number B of baselines")
             count = v.shape[0]
-            feeds[spec.param("baselines", x)] = np.ascontiguousarray(draw_rows(v, params["n_baselines"],
-                                                                               params["seed"]))
-        return feeds
+            feeds[spec.param("baselines", x)] = v
+        picked = draw_rows(count, params["n_baselines"], params["seed"])   # the same rows of every input
+        return {k: np.ascontiguousarray(v[picked]) for k, v in feeds.items()}
 
     def check_params(self, params):
         p = super().check_params(params)
-        k = p["n_baselines"]
-        if k is not None and (isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1):
-            raise ValueError(f"n_baselines must be a positive int (baselines drawn from the set given) or None "
-                             f"(all of them), got {k!r}")
+        check_n_baselines(p)
         if isinstance(p["seed"], bool) or (p["seed"] is not None and not isinstance(p["seed"], (int, np.integer))):
             raise ValueError(f"seed must be an int or None, got {p['seed']!r}")
         return p

@@ -29,8 +29,8 @@ from tqdm import tqdm
 from onnxplain.kernels import Labels
 
 from ..runtime import Cost
-from .base import (TARGET_WEIGHTS, Method, Spec, baseline_feeds, declare_target_weights, emit_outputs, ex_float,
-                   open_forward)
+from .base import (TARGET_WEIGHTS, Method, Spec, baseline_feeds, check_n_baselines, declare_target_weights, draw_rows,
+                   emit_outputs, ex_float, open_forward)
 
 TARGET_OUTPUT = "target_output"
 #: bytes per row of a forward-only run, as a multiple of the sum of the model's per-row tensors
@@ -202,6 +202,12 @@ class Perturbation(Method):
     def check_params(self, params: dict) -> dict:
         p = super().check_params(params)
         check_positive_int(p["perturbations_per_eval"], "perturbations_per_eval", allow_none=True)
+        if "n_baselines" in p:
+            check_n_baselines(p)
+        seed = p.get("seed")
+        if isinstance(seed, bool) or (seed is not None
+                                      and not isinstance(seed, (int, np.integer, np.random.Generator))):
+            raise ValueError(f"seed must be None, an int or a numpy Generator, got {seed!r}")
         if p["progress"] is not None and not isinstance(p["progress"], (bool, np.bool_)):
             raise ValueError(f"progress must be True, False or None (a bar when stderr is a terminal), "
                              f"got {p['progress']!r}")
@@ -212,18 +218,54 @@ class Perturbation(Method):
 
     def run(self, ex, feeds: dict, tw, params: dict):
         n_rows = int(np.shape(tw)[0])
-        plan = self.plan(ex.spec, feeds, n_rows, params)   # every check happens here, before any run
+        draws = background_draws(ex.spec, feeds, params)
+        plans = [self.plan(ex.spec, feeds, n_rows, p) for p in draws]   # every check happens here, before any run
         if self._pool is None:
             self._pool = BufferPool()
-        drive(ex, feeds, np.ascontiguousarray(tw), plan, params["perturbations_per_eval"], self._pool,
-              params["progress"])
-        return {ex.spec.attribution_name(x): a for x, a in plan.result().items()}, None
+        total = None
+        for plan in plans:
+            drive(ex, feeds, np.ascontiguousarray(tw), plan, params["perturbations_per_eval"], self._pool,
+                  params["progress"])
+            result = plan.result()
+            total = result if total is None else {x: total[x] + a for x, a in result.items()}
+        if len(plans) > 1:   # the mean over the baselines drawn from the background set
+            total = {x: (a / len(plans)).astype(a.dtype) for x, a in total.items()}
+        return {ex.spec.attribution_name(x): a for x, a in total.items()}, None
 
     def estimate(self, ex, feeds: dict, tw, params: dict) -> Cost:
-        """The rows and session runs :meth:`run` will take: the same plan, cut by the same :class:`Schedule`."""
+        """The rows and session runs :meth:`run` will take: the same plans, cut by the same :class:`Schedule`."""
         n_rows = int(np.shape(tw)[0])
-        plan = self.plan(ex.spec, feeds, n_rows, params)
-        return Cost.of(Schedule.of(ex, feeds, n_rows, plan, params["perturbations_per_eval"]).run_rows())
+        runs = []
+        for p in background_draws(ex.spec, feeds, params):
+            plan = self.plan(ex.spec, feeds, n_rows, p)
+            runs += Schedule.of(ex, feeds, n_rows, plan, params["perturbations_per_eval"]).run_rows()
+        return Cost.of(runs)
+
+
+def background_draws(spec: Spec, feeds: dict, params: dict) -> list[dict]:
+    """The call's parameters once per baseline: as given, or with ``n_baselines=K``, once for each of ``K``
+    rows drawn (by ``seed``) from the background set ``baselines`` ((B, *row) arrays, or a dict of them by
+    input name).  Attributions are linear in the value function, so the mean over the drawn baselines is the
+    attribution against the background distribution (SHAP's interventional values), estimated from ``K``
+    rows; the estimate's error shrinks as ``1/sqrt(K)``."""
+    if params.get("n_baselines") is None:
+        return [params]
+    given = params["baselines"]
+    sets = per_input(given, spec, "baselines", lambda v: False) if given is not None else None
+    if sets is None:
+        raise ValueError("n_baselines draws from a background set: give baselines as an array of B rows "
+                         "shaped (B, *row) (or a dict of them by input name)")
+    count = None
+    for x, v in sets.items():
+        row = np.shape(feeds[x])[1:]
+        if np.ndim(v) != 1 + len(row) or np.shape(v)[1:] != row or np.shape(v)[0] < 1:
+            raise ValueError(f"with n_baselines, baselines for input {x!r} must be a background set shaped "
+                             f"(B, *{row}) with B >= 1, got shape {np.shape(v)}")
+        if count is not None and np.shape(v)[0] != count:
+            raise ValueError("with n_baselines, every input's background set needs the same number of rows")
+        count = np.shape(v)[0]
+    picked = draw_rows(count, params["n_baselines"], params["seed"])
+    return [{**params, "baselines": {x: np.asarray(v)[i:i + 1] for x, v in sets.items()}} for i in picked]
 
 
 class BufferPool:

@@ -28,18 +28,14 @@ from .perturbation import Perturbation, Plan, attributed_inputs, broadcast_rows,
 class ShapleySampling(Perturbation):
     name = "shapley_sampling"
     aliases = ("shapley_value_sampling", "shapleyvaluesampling")
-    defaults = {"n_samples": 25, "feature_mask": None, "baselines": None, "seed": None, "antithetic": False,
-                "perturbations_per_eval": None, "progress": None}
+    defaults = {"n_samples": 25, "feature_mask": None, "baselines": None, "n_baselines": None, "seed": None,
+                "antithetic": False, "perturbations_per_eval": None, "progress": None}
 
     def check_params(self, params):
         p = super().check_params(params)
         check_positive_int(p["n_samples"], "n_samples")
         if not isinstance(p["antithetic"], (bool, np.bool_)):
             raise ValueError(f"antithetic must be True or False, got {p['antithetic']!r}")
-        seed = p["seed"]
-        if isinstance(seed, bool) or (seed is not None
-                                      and not isinstance(seed, (int, np.integer, np.random.Generator))):
-            raise ValueError(f"seed must be None, an int or a numpy Generator, got {seed!r}")
         return p
 
     def plan(self, spec, feeds, n_rows, params):
@@ -53,7 +49,8 @@ class ShapleySampling(Perturbation):
 class ShapleyValues(Perturbation):
     name = "shapley_values"
     aliases = ("exact_shapley",)
-    defaults = {"feature_mask": None, "baselines": None, "perturbations_per_eval": None, "progress": None}
+    defaults = {"feature_mask": None, "baselines": None, "n_baselines": None, "seed": None,
+                "perturbations_per_eval": None, "progress": None}
 
     def plan(self, spec, feeds, n_rows, params):
         inputs = attributed_inputs(spec, feeds, params["baselines"])
