@@ -55,7 +55,7 @@ def explain(model, x, method: str = "saliency", target=None, *, target_weights=N
     job = _Job.of(model, method, ctor)
     ex = job.explainer()
     params = ex.method.check_params(kwargs)
-    _check_reproducible(ex, params)
+    _check_reproducible(params)
     arrays = _dask_inputs(ex, x)
     if not ex.spec.single:
         raise ValueError(f"onnxplain.dask explains one attributed input at a time; the model has {ex.inputs} "
@@ -270,7 +270,7 @@ def explain_dataset_dask(ex, x, out, target=None, *, target_weights=None, overwr
             manifest.record(picked[-1], int(bounds[picked[-1]]), int(bounds[picked[-1] + 1]))
             computed += len(picked)
         outputs.finish(int(lazy.shape[0]))
-        manifest.finish(int(lazy.shape[0]))
+        manifest.finish()
     except BaseException:
         if not manifest.done:
             target_out.remove()

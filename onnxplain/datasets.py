@@ -69,6 +69,9 @@ def explain_dataset(ex, source, out, target=None, *, target_weights=None, batch_
     array ``delta``).  Returns a :class:`DatasetRun`.
     """
     if _is_dask(source):
+        if batch_size is not None:
+            raise ValueError("a dask source is explained and written by its own chunks of rows: rechunk it "
+                             "(x.rechunk({0: n})) instead of giving batch_size")
         from .dask import explain_dataset_dask
         return explain_dataset_dask(ex, source, out, target, target_weights=target_weights, overwrite=overwrite,
                                     **params)
@@ -76,13 +79,13 @@ def explain_dataset(ex, source, out, target=None, *, target_weights=None, batch_
     if target is not None and target_weights is not None:
         raise ValueError("give either target or target_weights, not both")
     params = ex.method.check_params(params)
-    _check_reproducible(ex, params)
+    _check_reproducible(params)
     target_out = _OutputTarget(out, ex.spec.single)
     reader = _reader(ex, source)
     targets = _Targets(target, target_weights, reader.rows)
     first = reader.first_batch()
     if reader.rows is not None and batch_size is None:
-        batch_size = default_batch_size(ex, first, ex.memory_budget, reader.rows)
+        batch_size = default_batch_size(first, ex.memory_budget, reader.rows)
     batch_size = _check_batch_size(batch_size, reader.rows)
     probe = {k: v[:1] for k, v in first.items()}
     layout = _layout(ex, probe, targets.first_row(reader), params)
@@ -110,7 +113,7 @@ def explain_dataset(ex, source, out, target=None, *, target_weights=None, batch_
                 bar.update(stop - start)
         total = manifest.rows_done()
         outputs.finish(total)
-        manifest.finish(total)
+        manifest.finish()
     except BaseException:
         if not manifest.done:   # nothing durable yet: leave nothing behind
             target_out.remove()
@@ -120,7 +123,7 @@ def explain_dataset(ex, source, out, target=None, *, target_weights=None, batch_
                       outputs.delta_location)
 
 
-def default_batch_size(ex, first: dict, budget: int, rows: int) -> int:
+def default_batch_size(first: dict, budget: int, rows: int) -> int:
     """Rows per batch: a batch's inputs and attributions take at most :data:`BATCH_SHARE` of the budget."""
     n = max(1, first_rows(first))
     per_row = sum(np.asarray(v).nbytes for v in first.values()) / n
@@ -325,7 +328,7 @@ def _digest_array_like(values, rows_at_a_time: int = 65536) -> str:
 
 
 # ---------------------------------------------------------------------- one batch
-def _check_reproducible(ex, params: dict) -> None:
+def _check_reproducible(params: dict) -> None:
     seed = params.get("seed")
     if isinstance(seed, np.random.Generator):
         raise ValueError("explain_dataset needs an int seed (a numpy Generator cannot be replayed when a run "
@@ -470,6 +473,7 @@ class Manifest:
 
     @property
     def done(self) -> dict:
+        """Batch index -> (first row, end row) of the batches on disk."""
         return self.batches
 
     @classmethod
@@ -511,7 +515,7 @@ class Manifest:
     def rows_done(self) -> int:
         return max((stop for _, stop in self.batches.values()), default=0)
 
-    def finish(self, rows: int) -> None:
+    def finish(self) -> None:
         self.complete = True
         self._write()
 
@@ -631,8 +635,9 @@ def zarr_module():
     return zarr
 
 
-def attribution_array_name(ex_single: bool, name: str) -> str:
-    return "attributions" if ex_single else f"attributions_{name}"
+def attribution_array_name(single: bool, name: str) -> str:
+    """The zarr array of input ``name``'s attributions (the graph's output names)."""
+    return "attributions" if single else f"attributions_{name}"
 
 
 class _ZarrOutputs:

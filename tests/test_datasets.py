@@ -296,3 +296,18 @@ def test_one_shot_explain_normalises_a_model_once(model_path, monkeypatch):
     assert len(calls) == 2
     np.testing.assert_allclose(a, np.abs(grad(X[:4], np.eye(3)[[1] * 4])), rtol=1e-5,
                                atol=1e-6)
+
+
+def test_the_readme_dataset_example_runs_and_resumes(tmp_path):
+    """The first example of the README's datasets section, run twice as written: 5000 rows, then none."""
+    import pathlib
+    import re
+    readme = (pathlib.Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme[readme.index("## Datasets, memory and Dask"):]
+    example = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    (tmp_path / "example.py").write_text(example)
+    printed = [subprocess.run([sys.executable, "example.py"], cwd=tmp_path, capture_output=True, text=True,
+                              timeout=300) for _ in range(2)]
+    assert [p.stdout.split() for p in printed] == [["5000", "10"], ["5000", "0"]], printed[0].stderr[-2000:]
+    attr, delta = np.load(tmp_path / "attr.npy"), np.load(tmp_path / "attr.delta.npy")
+    assert attr.shape == (5000, 1, 16, 16) and np.abs(delta).max() < 0.05 * np.abs(attr).sum(axis=(1, 2, 3)).max()
