@@ -151,10 +151,36 @@ class Method:
         """The feeds of ``part`` for input rows ``[start, stop)``."""
         out = {}
         for key, value in part.items():
+            if isinstance(value, RowDraws):
+                out[key] = value.rows(start, stop)
+                continue
             axis = next((a for p, a in self.row_axes.items() if key == p or key.startswith(p + "_")), None)
             if axis is not None and np.ndim(value) > axis and np.shape(value)[axis] > 1:
                 value = np.take(value, np.arange(start, stop), axis=axis)
             out[key] = value
+        return out
+
+
+class RowDraws:
+    """Standard-normal draws shaped ``(samples, rows, *row)``, made only for the rows a run asks for.
+
+    A call's noise would otherwise take ``samples x rows`` rows of memory at once, whatever the budget.
+    Each row's draws come from a generator seeded by ``(entropy, row)``, so the values do not depend on
+    how the rows are chunked.
+    """
+
+    def __init__(self, samples: int, rows: int, row: tuple, dtype, entropy: int):
+        self.shape = (int(samples), int(rows)) + tuple(row)
+        self.dtype = np.dtype(dtype)
+        self.entropy = int(entropy)
+
+    def rows(self, start: int, stop: int) -> np.ndarray:
+        """The draws of rows ``[start, stop)``: ``(samples, stop - start, *row)``."""
+        out = np.empty((self.shape[0], stop - start) + self.shape[2:], dtype=self.dtype)
+        kind = self.dtype if self.dtype in (np.float32, np.float64) else np.dtype(np.float32)
+        for i, r in enumerate(range(start, stop)):
+            rng = np.random.default_rng([self.entropy, r])
+            out[:, i] = rng.standard_normal((self.shape[0],) + self.shape[2:], dtype=kind)
         return out
 
 

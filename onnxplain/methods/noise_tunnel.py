@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..backward import backward
-from .base import (Method, Spec, batch_rows, declare_param, declare_target_weights, emit_outputs,
+from .base import (Method, RowDraws, Spec, batch_rows, declare_param, declare_target_weights, emit_outputs,
                    flatten_steps, open_forward, split_steps, tile_rows)
 
 DEFAULT_SAMPLES = 5
@@ -94,8 +94,9 @@ class _NoiseTunnel(Method):
         for i, (x, s) in enumerate(zip(spec.wrt, stdevs)):
             value = np.asarray(inputs[x])
             expected = (params["nt_samples"],) + value.shape
-            if noise is None:
-                draw = rng.standard_normal(expected).astype(value.dtype)
+            if noise is None:   # drawn per chunk of rows, within the memory budget
+                draw = RowDraws(params["nt_samples"], value.shape[0], value.shape[1:], value.dtype,
+                                rng.integers(2 ** 63))
             else:
                 draw = np.asarray(noise[x] if isinstance(noise, dict) else noise, dtype=value.dtype)
                 if draw.shape != expected:
