@@ -5,6 +5,7 @@ Explainer on the same rows (Captum agreement of that path is tested elsewhere).
 """
 import json
 import os
+import pickle
 import signal
 import subprocess
 import sys
@@ -84,8 +85,10 @@ def test_a_cnn_from_the_dynamo_exporter_matches_one_process(client):
     one = onnxplain.Explainer(onx, "deeplift")
     expected, delta = one.explain(x, target=1, return_convergence_delta=True)
     np.testing.assert_allclose(delta, 0, atol=1e-4)   # summation to delta on the reference itself
-    got = odask.explain(onx, da.from_array(x, chunks=(16, 3, 5, 11)), "deeplift", target=1).compute()
-    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+    lazy = odask.explain(onx, da.from_array(x, chunks=(16, 3, 5, 11)), "deeplift", target=1)
+    graph = pickle.dumps(dict(lazy.__dask_graph__()))
+    assert onx[-4000:] not in graph, "the model travels once (scattered to the workers), not inside the tasks"
+    np.testing.assert_allclose(lazy.compute(), expected, rtol=1e-5, atol=1e-6)
 
 
 def test_a_worker_killed_midway_is_recomputed_exactly(client, model_path):
