@@ -413,40 +413,27 @@ def cmd_explain(args) -> int:
 
 
 def _explain_streamed(args, method: str, params: dict) -> int:
-    """``explain --batch-size N``: :meth:`Explainer.explain_dataset` over the memmapped INPUT."""
-    from .api import Explainer
-    if not args.input.endswith(".npy"):
-        raise CLIError(f"--batch-size streams one .npy INPUT (memmapped), got {args.input!r}")
-    if not args.out:
-        raise CLIError("--batch-size needs --out (.npy, or .zarr for a zarr store)")
-    if args.target is not None and args.target_file is not None:
-        raise CLIError("give either --target or --target-file, not both")
-    source = _load_array(args.input, "INPUT", mmap=True)
-    budget = {"memory_budget": args.memory_budget} if args.memory_budget else {}
-    ex = Explainer(args.model, method=method, output=args.output, inputs=args.inputs, **_layer(args), **budget)
-    if args.target_file is not None:
-        target = _load_array(args.target_file, "--target-file", mmap=True)
-    elif args.target is not None and [v.strip().lower() for v in args.target] in (["pred"], ["predicted"]):
+    """``explain --batch-size N``: :func:`onnxplain.datasets.explain_npy`, streamed and resumable."""
+    from .datasets import explain_npy
+    if args.target is not None and [v.strip().lower() for v in args.target] in (["pred"], ["predicted"]):
         raise CLIError("--target pred is not streamed: write the predicted classes to a file for --target-file")
-    else:
-        target = _parse_target(args.target, ex, None)
-    kwargs = {"target_weights": _load_array(args.target_weights, "--target-weights", mmap=True)} \
-        if args.target_weights is not None else {}
-    run = ex.explain_dataset(source, args.out, target, batch_size=args.batch_size, overwrite=args.overwrite,
-                             progress=False if args.no_progress else None, **kwargs, **params)
-    print(f"{ex.method_name} attributions of {ex.output!r} for {run.rows} row(s) in {run.batches} batch(es), "
-          f"{run.computed} computed now, in {run.seconds:.1f} s: wrote {run.out}"
-          + (f" (deltas: {run.deltas})" if run.deltas else ""))
+    run = explain_npy(args.model, args.input, args.out, method,
+                      target=_parse_target(args.target, None, None), target_file=args.target_file,
+                      target_weights=args.target_weights, batch_size=args.batch_size,
+                      memory_budget=args.memory_budget, overwrite=args.overwrite,
+                      progress=False if args.no_progress else None, output=args.output, inputs=args.inputs,
+                      layer=args.layer, params=params)
+    print(run.summary())
     return 0
 
 
-def _load_array(path: str, what: str, mmap: bool = False) -> np.ndarray:
+def _load_array(path: str, what: str) -> np.ndarray:
     if not path.endswith(".npy"):
         raise CLIError(f"{what} must be an .npy file, got {path!r}")
     if not os.path.isfile(path):
         raise CLIError(f"{what}: no such file {path!r}")
     try:
-        return np.load(path, allow_pickle=False, mmap_mode="r" if mmap else None)
+        return np.load(path, allow_pickle=False)
     except Exception as e:
         raise CLIError(f"{what}: cannot read {path!r} as an .npy array: {_one_line(e)}") from e
 

@@ -54,6 +54,11 @@ class DatasetRun:
     seconds: float
     deltas: str | None = None   # where the per-row deltas went (a .npy path, or the zarr array "delta")
 
+    def summary(self) -> str:
+        """One line for a terminal."""
+        return (f"{self.rows} row(s) in {self.batches} batch(es), {self.computed} computed now, in "
+                f"{self.seconds:.1f} s: wrote {self.out}" + (f" (deltas: {self.deltas})" if self.deltas else ""))
+
 
 def explain_dataset(ex, source, out, target=None, *, target_weights=None, batch_size: int | None = None,
                     overwrite: bool = False, progress: bool | None = None, **params) -> DatasetRun:
@@ -121,6 +126,36 @@ def explain_dataset(ex, source, out, target=None, *, target_weights=None, batch_
         raise
     return DatasetRun(target_out.path, total, len(manifest.done), computed, time.perf_counter() - started,
                       outputs.delta_location)
+
+
+def explain_npy(model, data, out, method: str = "saliency", *, target=None, target_file=None, target_weights=None,
+                batch_size: int | None = None, memory_budget=None, overwrite: bool = False,
+                progress: bool | None = None, output=None, inputs=None, layer=None, params=None) -> DatasetRun:
+    """:func:`explain_dataset` of the rows of the ``.npy`` file ``data`` (memmapped: read batch by batch).
+
+    ``target_file`` and ``target_weights`` are ``.npy`` paths (memmapped too): one target per row, or
+    weights shaped like the output.  What the command line's ``explain --batch-size`` runs.
+    """
+    from .api import Explainer
+    source = _open_npy(data, "the data")
+    if target is not None and target_file is not None:
+        raise ValueError("give either target or target_file, not both")
+    if target_file is not None:
+        target = _open_npy(target_file, "target_file")
+    extra = {"target_weights": _open_npy(target_weights, "target_weights")} if target_weights is not None else {}
+    ex = Explainer(model, method, output=output, inputs=inputs, layer=layer, memory_budget=memory_budget)
+    return explain_dataset(ex, source, out, target, batch_size=batch_size, overwrite=overwrite, progress=progress,
+                           **extra, **(params or {}))
+
+
+def _open_npy(path, what: str) -> np.ndarray:
+    path = os.fspath(path)
+    if not path.endswith(".npy") or not os.path.isfile(path):
+        raise ValueError(f"{what} must be an existing .npy file, got {path!r}")
+    try:
+        return np.load(path, mmap_mode="r", allow_pickle=False)
+    except ValueError as e:
+        raise ValueError(f"{what}: cannot read {path!r} as an .npy array: {e}") from e
 
 
 def default_batch_size(first: dict, budget: int, rows: int) -> int:
