@@ -100,22 +100,9 @@ def explain_dataset(ex, source, out, target=None, *, target_weights=None, batch_
     outputs = target_out.open(layout, reader.rows, batch_size, fresh=not manifest.done)
     bar = tqdm(total=reader.rows, unit="row", unit_scale=True, desc="explain_dataset", leave=True,
                disable=not (progress if progress is not None else sys.stderr.isatty()))
-    computed = 0
     try:
         with bar:
-            for index, start, batch in reader.batches(batch_size, skip=manifest.done):
-                stop = start + first_rows(batch)
-                if index in manifest.done:
-                    manifest.check_rows(index, start, stop)
-                    bar.update(stop - start)
-                    continue
-                target_of_batch = targets.batch(start, stop, batch)
-                attr, delta = _explain_batch(ex, batch, target_of_batch, _batch_params(ex, params, index))
-                outputs.write(start, stop, attr, delta)
-                outputs.sync(start, stop)
-                manifest.record(index, start, stop)
-                computed += 1
-                bar.update(stop - start)
+            computed = _stream(ex, reader, targets, params, batch_size, outputs, manifest, bar)
         total = manifest.rows_done()
         outputs.finish(total)
         manifest.finish()
@@ -126,6 +113,24 @@ def explain_dataset(ex, source, out, target=None, *, target_weights=None, batch_
         raise
     return DatasetRun(target_out.path, total, len(manifest.done), computed, time.perf_counter() - started,
                       outputs.delta_location)
+
+
+def _stream(ex, reader, targets, params: dict, batch_size, outputs, manifest, bar) -> int:
+    """Read, explain, write and record each batch not on disk yet; return how many were computed."""
+    computed = 0
+    for index, start, batch in reader.batches(batch_size, skip=manifest.done):
+        stop = start + first_rows(batch)
+        if index in manifest.done:
+            manifest.check_rows(index, start, stop)
+        else:
+            target = targets.batch(start, stop, batch)
+            attr, delta = _explain_batch(ex, batch, target, _batch_params(ex, params, index))
+            outputs.write(start, stop, attr, delta)
+            outputs.sync(start, stop)     # the data on disk first,
+            manifest.record(index, start, stop)   # then the record that says so
+            computed += 1
+        bar.update(stop - start)
+    return computed
 
 
 def explain_npy(model, data, out, method: str = "saliency", *, target=None, target_file=None, target_weights=None,
