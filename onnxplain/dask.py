@@ -30,11 +30,12 @@ except ImportError as e:   # pragma: no cover - exercised without the extra
     raise ImportError("onnxplain.dask needs dask: pip install 'onnxplain[dask]'") from e
 
 from .api import Explainer
+from .runtime import LRUCache
 from .datasets import (DatasetRun, Manifest, _batch_params, _check_reproducible, _fingerprint, _layout, _Layout,
                        _OutputTarget, _ZarrOutputs)
 
-#: explainers of this process, by (model key, method, constructor options); one per worker process
-_EXPLAINERS: dict = {}
+#: explainers of this process, by (model key, method, constructor options): built once per worker process
+_EXPLAINERS = LRUCache(max_items=8, max_bytes=2 << 30)
 _LOCK = threading.Lock()
 _CTOR = ("output", "inputs", "layer", "providers", "memory_budget", "threads")
 
@@ -154,7 +155,8 @@ class _Job:
         with _LOCK:
             ex = _EXPLAINERS.get(cache_key)
             if ex is None:
-                ex = _EXPLAINERS[cache_key] = Explainer(self.ref, self.method, **self.ctor)
+                ex = Explainer(self.ref, self.method, **self.ctor)
+                _EXPLAINERS.put(cache_key, ex, ex.graph.ByteSize())
         return ex
 
 
