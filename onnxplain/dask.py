@@ -40,7 +40,8 @@ _LOCK = threading.Lock()
 _CTOR = ("output", "inputs", "layer", "providers", "memory_budget", "threads")
 
 
-def explain(model, x, method: str = "saliency", target=None, *, target_weights=None, **kwargs):
+def explain(model, x, method: str = "saliency", target=None, *, target_weights=None,
+            return_convergence_delta: bool = False, **kwargs):
     """Attributions of ``model`` for the rows of the dask array ``x``: a lazy dask array with ``x``'s row chunks.
 
     ``model``: a path (read by each worker: put it on storage they share), bytes, an ``onnx.ModelProto`` or an
@@ -50,13 +51,16 @@ def explain(model, x, method: str = "saliency", target=None, *, target_weights=N
     like the output.  ``output``, ``inputs``, ``layer``, ``providers``, ``memory_budget``, ``threads`` go to
     the :class:`~onnxplain.Explainer` each worker builds; the other keyword arguments are the method's
     parameters.  A method that draws random numbers gets a seed per chunk derived from ``seed`` (default 0).
-    Checked here, on one row, before anything is scheduled.
+    ``return_convergence_delta=True``: a pair ``(attributions, deltas)`` of lazy arrays computed by the same
+    tasks.  Checked here, on one row, before anything is scheduled.
     """
     ctor = {k: kwargs.pop(k) for k in _CTOR if k in kwargs}
     job = _Job.of(model, method, ctor)
     ex = job.explainer()
     params = ex.method.check_params(kwargs)
     _check_reproducible(params)
+    if return_convergence_delta and not ex.method.has_delta:
+        raise ValueError(f"method {ex.method.name!r} has no convergence delta")
     arrays = _dask_inputs(ex, x)
     if not ex.spec.single:
         raise ValueError(f"onnxplain.dask explains one attributed input at a time; the model has {ex.inputs} "
@@ -66,11 +70,18 @@ def explain(model, x, method: str = "saliency", target=None, *, target_weights=N
     probe = {k: np.asarray(v[:1]) for k, v in arrays.items()}
     layout = _layout(ex, probe, _first_target(target, target_weights), params)
     (row, dtype), = layout.attributions.values()
-    return _lazy(job, arrays, targets, params, chunks, row, dtype)
+    if not return_convergence_delta:
+        return _lazy(job, arrays, targets, params, row, dtype, None)
+    packed_type = np.result_type(dtype, layout.delta)
+    width = int(np.prod(row, dtype=np.int64))
+    packed = _lazy(job, arrays, targets, params, (width + 1,), packed_type, layout.delta)
+    attr = packed[:, :width].astype(dtype).reshape((-1,) + tuple(row))
+    return attr, packed[:, width].astype(layout.delta)
 
 
-def _lazy(job, arrays: dict, targets: dict, params: dict, chunks, row, dtype):
-    """One blockwise task per chunk of rows: every input's and per-row target's chunk in, attributions out."""
+def _lazy(job, arrays: dict, targets: dict, params: dict, row, dtype, delta):
+    """One blockwise task per chunk of rows: every input's and per-row target's chunk in, attributions out
+    (with ``delta`` a dtype: each row's attributions flattened, and its delta last)."""
     names = list(arrays)
     args = []
     for k, name in enumerate(names):
@@ -83,7 +94,7 @@ def _lazy(job, arrays: dict, targets: dict, params: dict, chunks, row, dtype):
     return da.blockwise(
         _explain_block, out_index, *args,
         names=names, dask_targets=dask_targets, constant=constant, job=job.shipped(), params=params,
-        new_axes={1 + i: d for i, d in enumerate(row)}, dtype=dtype, concatenate=True,
+        packed=delta is not None, new_axes={1 + i: d for i, d in enumerate(row)}, dtype=dtype, concatenate=True,
         meta=np.empty((0,) + tuple(row), dtype=dtype))
 
 
@@ -92,8 +103,9 @@ def _index(a, first: int) -> tuple:
     return (0,) + tuple(range(first, first + a.ndim - 1))
 
 
-def _explain_block(*blocks, names, dask_targets, constant, job, params, block_id=None):
-    """The attributions of one chunk of rows, by this process's Explainer of ``job``."""
+def _explain_block(*blocks, names, dask_targets, constant, job, params, packed=False, block_id=None):
+    """The attributions of one chunk of rows, by this process's Explainer of ``job`` (``packed``: flattened,
+    each row followed by its delta)."""
     inputs = dict(zip(names, blocks[:len(names)]))
     target = dict(constant)
     for key, value in zip(dask_targets, blocks[len(names):]):
@@ -103,8 +115,12 @@ def _explain_block(*blocks, names, dask_targets, constant, job, params, block_id
     ex = _Job.restore(job).explainer()
     feeds = inputs if len(inputs) > 1 else next(iter(inputs.values()))
     index = block_id[0] if block_id else 0
-    return ex.explain(feeds, **{k: v for k, v in target.items() if v is not None or k == "target"},
-                      **_batch_params(ex, params, index))
+    given = {k: v for k, v in target.items() if v is not None or k == "target"}
+    if not packed:
+        return ex.explain(feeds, **given, **_batch_params(ex, params, index))
+    attr, delta = ex.explain(feeds, **given, return_convergence_delta=True, **_batch_params(ex, params, index))
+    kind = np.result_type(attr.dtype, np.asarray(delta).dtype)
+    return np.concatenate([attr.reshape(len(attr), -1).astype(kind), np.asarray(delta, kind)[:, None]], axis=1)
 
 
 class _Job:
@@ -239,13 +255,17 @@ def explain_dataset_dask(ex, x, out, target=None, *, target_weights=None, overwr
     if target_out.kind != "zarr":
         raise ValueError(f"a dask source is written to a zarr store (a path ending in .zarr), not {out!r}")
     params.pop("progress", None)
-    lazy = explain(ex, x, ex.method.name, target, target_weights=target_weights, **params)
+    lazy = explain(ex, x, ex.method.name, target, target_weights=target_weights,
+                   return_convergence_delta=ex.method.has_delta, **params)
+    lazy, deltas = lazy if ex.method.has_delta else (lazy, None)
     chunk = lazy.chunks[0][0]
     if any(c != chunk for c in lazy.chunks[0][:-1]) or lazy.chunks[0][-1] > chunk:
         lazy = lazy.rechunk({0: chunk})
+        deltas = None if deltas is None else deltas.rechunk({0: chunk})
     bounds = np.cumsum((0,) + lazy.chunks[0])
     shipped_params = ex.method.check_params(params)
-    layout = _Layout({ex.inputs[0]: (tuple(lazy.shape[1:]), np.dtype(lazy.dtype))}, None)   # no deltas here
+    layout = _Layout({ex.inputs[0]: (tuple(lazy.shape[1:]), np.dtype(lazy.dtype))},
+                     None if deltas is None else np.dtype(deltas.dtype))
     identity = {"model": ex.digest, "method": ex.method.name, "output": ex.output,
                 "attributed": [[p.key, p.tensor] for p in ex.spec.points],
                 "params": _fingerprint({k: v for k, v in shipped_params.items() if k != "progress"}),
@@ -265,6 +285,9 @@ def explain_dataset_dask(ex, x, out, target=None, *, target_weights=None, overwr
                 warnings.simplefilter("ignore", da.PerformanceWarning)
                 writes = [da.to_zarr(lazy[bounds[i]:bounds[i + 1]], array, region=_rows(bounds, i, lazy.ndim),
                                      compute=False) for i in picked]
+                if deltas is not None:   # the same tasks: computed once with the attributions
+                    writes += [da.to_zarr(deltas[bounds[i]:bounds[i + 1]], outputs.delta, region=_rows(bounds, i, 1),
+                                          compute=False) for i in picked]
             dask.compute(*writes)
             for i in picked:
                 outputs.sync(int(bounds[i]), int(bounds[i + 1]))
@@ -279,7 +302,7 @@ def explain_dataset_dask(ex, x, out, target=None, *, target_weights=None, overwr
             manifest.remove()
         raise
     return DatasetRun(target_out.path, int(lazy.shape[0]), len(bounds) - 1, computed,
-                      time.perf_counter() - started, None)
+                      time.perf_counter() - started, outputs.delta_location)
 
 
 def _rows(bounds, i: int, ndim: int) -> tuple:

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 
+import dask
 import dask.array as da
 import numpy as np
 import pytest
@@ -21,7 +22,7 @@ from torch import nn
 
 import onnxplain
 import onnxplain.dask as odask
-from test_api import ig_reference, mlp_model
+from test_api import forward, ig_reference, mlp_model
 from vision_models import export_dynamo
 
 N_ROWS = 157
@@ -49,6 +50,12 @@ def reference(targets=LABELS):
     return ig_reference(X.astype(np.float64), np.zeros((1, 5)), targets, STEPS)
 
 
+def reference_delta():
+    """Completeness residual of the reference: sum of attributions minus f(x) - f(baseline)."""
+    gap = forward(X)[np.arange(N_ROWS), LABELS] - forward(np.zeros((1, 5)))[0, LABELS]
+    return reference().sum(1) - gap
+
+
 def test_import_onnxplain_imports_no_dask():
     code = "import sys, onnxplain; print(sorted(m for m in sys.modules if m.split('.')[0] in " \
            "('dask', 'distributed', 'zarr', 'psutil', 'h5py')))"
@@ -61,6 +68,12 @@ def test_lazy_attributions_with_the_row_chunks_of_x(client, model_path):
         attr = odask.explain(model_path, x, "integrated_gradients", target=target, n_steps=STEPS)
         assert isinstance(attr, da.Array) and attr.chunks == x.chunks
         np.testing.assert_allclose(attr.compute(), reference(), rtol=1e-4, atol=1e-5)
+    attr, delta = odask.explain(model_path, x, "integrated_gradients", target=LABELS, n_steps=STEPS,
+                                return_convergence_delta=True)
+    assert delta.chunks == (x.chunks[0],)
+    attr, delta = dask.compute(attr, delta)
+    np.testing.assert_allclose(attr, reference(), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(delta, reference_delta(), rtol=1e-3, atol=1e-4)
     constant = odask.explain(mlp_model(), x, "integrated_gradients", target=2, n_steps=STEPS)   # bytes, scattered
     np.testing.assert_allclose(constant.compute(), reference([2] * N_ROWS), rtol=1e-4, atol=1e-5)
     built = client.run(lambda: len(__import__("onnxplain.dask", fromlist=["_EXPLAINERS"])._EXPLAINERS))
@@ -116,6 +129,8 @@ def test_explain_dataset_of_a_dask_array_into_zarr_resumes(client, model_path, t
     assert (run.rows, run.batches, run.computed) == (N_ROWS, 6, 6)
     stored = zarr.open_group(str(out), mode="a")["attributions"]
     np.testing.assert_allclose(stored[:], reference(), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(zarr.open_group(str(out), mode="r")["delta"][:], reference_delta(), rtol=1e-3,
+                               atol=1e-4)
     # as if the run had been killed before chunks 2 and 4 were written: they are computed again, only they
     manifest_path = str(out) + ".manifest.json"
     manifest = json.loads(open(manifest_path).read())
