@@ -28,3 +28,7 @@ class UnsupportedOperatorError(OnnxplainError, NotImplementedError):
 
 class ModelError(OnnxplainError, ValueError):
     """The model could not be read, checked or normalised."""
+
+
+class MissingExtraError(OnnxplainError, ImportError):
+    """A feature needs an optional extra that is not installed; the message names the ``pip install``."""
