@@ -52,6 +52,11 @@ def _matplotlib():
     return Figure, FigureCanvasAgg, colors, ScalarMappable
 
 
+def require() -> None:
+    """Raise :class:`~onnxplain.errors.MissingExtraError` now when matplotlib is missing (before long work)."""
+    _matplotlib()
+
+
 def _new_figure(width: float, height: float):
     Figure, FigureCanvasAgg, _, _ = _matplotlib()
     fig = Figure(figsize=(width, height), dpi=100, layout="constrained")

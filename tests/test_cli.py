@@ -125,32 +125,79 @@ def test_demo_prints_a_row_per_sample_and_writes_consistent_attributions(tmp_pat
 
 
 @needs_demo_rules
-def test_demo_target_by_name_or_index_and_heatmap(capsys):
-    assert main(["demo", "--target", "square", "--n-steps", "8", "--heatmap"]) == 0
+def test_demo_target_by_name_or_index(tmp_path, capsys):
+    out = tmp_path / "square.npz"
+    assert main(["demo", "--target", "square", "--n-steps", "8", "--output", str(tmp_path / "pics"),
+                 "--out", str(out)]) == 0
     text = capsys.readouterr().out
-    assert text.count("3 square") >= 4 + 1       # target column of every row, and the heatmap captions
-    assert "|" in text
-    assert main(["demo", "--target", "1", "--integration", "riemann_trapezoid", "--n-steps", "10"]) == 0
+    assert text.count("3 square") >= 4                # the target column of every row
+    np.testing.assert_array_equal(np.load(out)["targets"], [3, 3, 3, 3])
+    assert main(["demo", "--target", "1", "--integration", "riemann_trapezoid", "--n-steps", "10",
+                 "--output", str(tmp_path / "pics")]) == 0
+
+
+@needs_demo_rules
+def test_demo_writes_a_picture_per_method_and_a_report_of_the_numbers(tmp_path, monkeypatch, capsys):
+    """By default into ./onnxplain-demo/; the report's table holds the numbers the model itself gives."""
+    monkeypatch.chdir(tmp_path)
+    assert main(["demo"]) == 0
+    printed = capsys.readouterr().out
+    folder = tmp_path / "onnxplain-demo"
+    assert sorted(p.name for p in folder.iterdir()) == ["integrated_gradients.png", "report.md", "saliency.png"]
+    for png in ("integrated_gradients.png", "saliency.png"):
+        data = (folder / png).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n"
+        width, height = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+        assert 300 < width < height < 2000            # four samples, one under the other
+        assert os.path.join("onnxplain-demo", png) in printed
+    report = (folder / "report.md").read_text()
+    assert "![integrated_gradients](integrated_gradients.png)" in report and "![saliency](saliency.png)" in report
+    rows = [line.split("|")[1:-1] for line in report.splitlines() if line.startswith("| ") and "---" not in line]
+    header, rows = [c.strip() for c in rows[0]], [[c.strip() for c in r] for r in rows[1:]]
+    assert header[:7] == ["sample", "label", "predicted", "target", "sum(IG)", "f(x)-f(0)", "delta"]
+    x = np.load(demo_files()["inputs"])
+    sess = ort.InferenceSession(demo_files()["model"], providers=["CPUExecutionProvider"])
+    fx, f0 = sess.run(None, {"image": x})[0], sess.run(None, {"image": np.zeros_like(x)})[0]
+    assert len(rows) == len(x)
+    for k, row in enumerate(rows):
+        t = int(fx[k].argmax())
+        assert row[2].split()[0] == row[3].split()[0] == str(t)
+        assert float(row[5]) == pytest.approx(fx[k, t] - f0[k, t], rel=1e-4, abs=1e-4)
+        assert float(row[4]) - float(row[5]) == pytest.approx(float(row[6]), abs=2e-5 + 1e-5 * abs(float(row[5])))
+    # the text summary stays
+    assert "sum(IG)" in printed and "delta = sum(IG)" in printed
+
+
+@needs_demo_rules
+def test_demo_without_matplotlib_still_prints_and_says_how_to_get_pictures(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)          # as on a core install
+    monkeypatch.chdir(tmp_path)
+    assert main(["demo", "--n-steps", "8"]) == 0
+    text = capsys.readouterr().out
+    assert "sum(IG)" in text and 'pip install "onnxplain[viz]"' in text
+    assert not (tmp_path / "onnxplain-demo").exists()
+    _fails(capsys, ["demo", "--output", str(tmp_path / "pics")], 'pip install "onnxplain[viz]"')
 
 
 @pytest.mark.parametrize("argv, fragment", [
     (["demo", "--target", "9"], "out of range"),
-    (["demo", "--target", "circle"], "--target"),
+    (["demo", "--target", "circle"], "'circle'"),
     (["demo", "--n-steps", "0"], "n_steps"),
     (["demo", "--integration", "simpson"], "simpson"),
     (["demo", "--out", "/no/such/folder/demo.npz"], "does not exist"),
     (["demo", "--out", "demo.npy"], ".npz"),
     (["demo", "--n-steps", "many"], "many"),
+    (["demo", "--heatmap"], "unrecognized arguments: --heatmap"),
 ])
 def test_demo_errors(capsys, argv, fragment):
     _fails(capsys, argv, fragment)
 
 
 @needs_demo_rules
-def test_python_dash_m_runs_the_demo():
+def test_python_dash_m_runs_the_demo(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "ONNXPLAIN_DEBUG"}
     done = subprocess.run([sys.executable, "-m", "onnxplain", "demo"], capture_output=True, text=True, timeout=300,
-                          env=env)
+                          env=env, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert "sum(IG)" in done.stdout and "delta" in done.stdout
     assert done.stdout.count("\n") >= 8
@@ -256,16 +303,16 @@ def test_explain_errors(tmp_path, mlp, rows, rows_file, capsys):
     _fails(capsys, ["explain", mlp, str(tmp_path / "x.csv"), "-m", "saliency", "--target", "0"], ".npy or .npz")
     _fails(capsys, ["explain", mlp, rows_file, "-m", "saliency", "--target", "3"], "out of range")
     _fails(capsys, ["explain", mlp, rows_file, "-m", "saliency", "--target", "-4"], "out of range")
-    _fails(capsys, ["explain", mlp, rows_file, "-m", "saliency", "--target", "cat"], "--target 'cat'")
+    _fails(capsys, ["explain", mlp, rows_file, "-m", "saliency", "--target", "cat"], "bad target 'cat'")
     _fails(capsys, ["explain", mlp, rows_file, "-m", "saliency", "--target", "0", "1"], "6 entries")
     _fails(capsys, ["explain", mlp, rows_file, "-m", "saliency", "--target", "0,1"], "index")
-    _fails(capsys, ["explain", mlp, rows_file, "-m", "saliency"], "--target")
+    _fails(capsys, ["explain", mlp, rows_file, "-m", "saliency"], "target=")
     _fails(capsys, ["explain", mlp, rows_file, "-m", "saliency_map", "--target", "0"], "unknown method")
     _fails(capsys, ["explain", mlp, rows_file, "-m", "ig", "--target", "0", "--n-steps", "-1"], "n_steps")
     _fails(capsys, ["explain", mlp, rows_file, "-m", "ig", "--target", "0", "--baseline", "zero"], "--baseline")
     _fails(capsys, ["explain", mlp, rows_file, "-m", "ig", "--target", "0", "--out", str(tmp_path / "a.txt")], ".npy")
     _fails(capsys, ["explain", mlp, rows_file, "-m", "ig", "--target", "0", "--target-weights", rows_file],
-           "either --target or --target-weights")
+           "either a target or target_weights")
     np.save(tmp_path / "ints.npy", np.ones((2, 4), np.int64))
     _fails(capsys, ["explain", mlp, str(tmp_path / "ints.npy"), "-m", "saliency", "--target", "0"], "floating")
     np.save(tmp_path / "wide.npy", np.ones((2, 5), np.float32))
