@@ -337,17 +337,15 @@ def _token_rows(tokens, scores) -> tuple[list[list[str]], list[np.ndarray]]:
     rows = list(tokens)
     nested = bool(rows) and not isinstance(rows[0], str)
     rows_tokens = [[str(t) for t in row] for row in rows] if nested else [[str(t) for t in rows]]
-    s = np.asarray(scores, dtype=np.float64)
-    if s.ndim == 1 and not nested:
-        s = s[None]
-    if s.ndim != 2 or len(s) != len(rows_tokens):
+    rows_scores = [np.asarray(r, dtype=np.float64) for r in scores] if nested else [np.asarray(scores, np.float64)]
+    if len(rows_scores) != len(rows_tokens) or any(r.ndim != 1 for r in rows_scores):
         raise ValueError(f"scores must have one value per token: {len(rows_tokens)} row(s) of tokens, "
                          f"scores shaped {np.shape(scores)} (for (batch, seq, hidden) attributions, sum over "
                          f"the last axis)")
-    for r, (toks, vals) in enumerate(zip(rows_tokens, s)):
+    for r, (toks, vals) in enumerate(zip(rows_tokens, rows_scores)):
         if len(toks) != len(vals):
             raise ValueError(f"row {r}: {len(toks)} tokens but {len(vals)} scores")
-    return rows_tokens, list(s)
+    return rows_tokens, rows_scores
 
 
 def _token_span(token: str, score: float, vmax: float) -> str:
