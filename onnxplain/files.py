@@ -261,7 +261,9 @@ def explain_file(model, input_path, method: str = "saliency", *, target=None, ta
     if plot is not None:
         from . import viz
         viz.plot_explanation(ex, x, result.attributions, plot, tokens=tokens, feature_names=feature_names)
-        result.written.append(f"wrote {os.fspath(plot)}: {viz.picture_kind(ex)} picture")
+        drawn = min(result.rows, viz.MAX_ROWS)
+        shown = f"{drawn} row(s)" + (f", the first of {result.rows}" if drawn < result.rows else "")
+        result.written.append(f"wrote {os.fspath(plot)}: {viz.picture_kind(ex)} picture of {shown}")
     return result
 
 

@@ -234,9 +234,9 @@ def image_heatmap(attributions, image=None, *, sign: str = "auto", reduction: st
 
 
 def image_grid(images, attributions, *, row_labels=None, show_input: bool = True, shared_scale: bool = False,
-               sign: str = "auto",
-               reduction: str = "sum", channels: str = "auto", clip_percentile: float | None = 99.0,
-               alpha: float = 0.75, cmap: str | None = None, cell: float = 2.2, path=None):
+               per_line: int | None = None, sign: str = "auto", reduction: str = "sum", channels: str = "auto",
+               clip_percentile: float | None = 99.0, alpha: float = 0.75, cmap: str | None = None,
+               cell: float = 2.2, path=None):
     """Several images (rows) and methods (columns) side by side.
 
     images: ``(N, C, H, W)``, ``(N, H, W, C)`` or ``(N, H, W)``.
@@ -245,7 +245,8 @@ def image_grid(images, attributions, *, row_labels=None, show_input: bool = True
     Each heatmap has its own colour scale and colour bar, or with
     ``shared_scale=True`` each method's column shares one scale (so its rows
     compare in absolute terms) and one colour bar; ``show_input`` adds a first
-    column with the images alone.
+    column with the images alone.  ``per_line`` puts that many images side by
+    side on each line of the grid (default: one).
     The other options are :func:`image_heatmap`'s.  Returns the figure.
     """
     columns = attributions if isinstance(attributions, dict) else {"attributions": attributions}
@@ -264,31 +265,42 @@ def image_grid(images, attributions, *, row_labels=None, show_input: bool = True
     labels = list(row_labels) if row_labels is not None else [f"#{k}" for k in range(n)]
     if len(labels) != n:
         raise ValueError(f"row_labels has {len(labels)} entries for {n} images")
+    per_line = min(n, int(per_line or 1))
+    if per_line < 1:
+        raise ValueError(f"per_line must be a positive int, got {per_line!r}")
 
-    n_cols = len(heats) + int(show_input)
-    bars = 0.0 if shared_scale else 0.75 * len(heats)          # room for a colour bar beside each heatmap
-    fig = _new_figure(cell * n_cols + 0.4 + bars, cell * n + (0.9 if shared_scale else 0.4))
-    axes = np.asarray(fig.subplots(n, n_cols, squeeze=False))
+    block = len(heats) + int(show_input)                    # the cells of one image: input, then each method
+    lines = -(-n // per_line)
+    bars = 0.0 if shared_scale else 0.75 * len(heats)       # room for a colour bar beside each heatmap
+    fig = _new_figure((cell * block + bars) * per_line + 0.4, cell * lines + (0.9 if shared_scale else 0.4))
+    grid = np.asarray(fig.subplots(lines, block * per_line, squeeze=False))
+    cells = [grid[r // per_line, (r % per_line) * block:(r % per_line + 1) * block] for r in range(n)]
+    for ax in grid.reshape(-1):
+        ax.set_visible(False)                               # shown again below when an image fills it
     shown = [_displayable(img, channels, next(iter(heats.values())).shape[1:]) for img in imgs]
-    if show_input:
-        for r, (img, grey) in enumerate(shown):
-            axes[r, 0].imshow(img, cmap="gray" if grey else None, vmin=0.0, vmax=1.0, interpolation="nearest")
-            axes[r, 0].set_xticks([])
-            axes[r, 0].set_yticks([])
-        axes[0, 0].set_title("input", fontsize=9)
+    for r in range(n):
+        for ax in cells[r]:
+            ax.set_visible(True)
+        if show_input:
+            img, grey = shown[r]
+            cells[r][0].imshow(img, cmap="gray" if grey else None, vmin=0.0, vmax=1.0, interpolation="nearest")
+            cells[r][0].set_xticks([])
+            cells[r][0].set_yticks([])
+        cells[r][0].set_ylabel(str(labels[r]), fontsize=8)
+    titles = (["input"] if show_input else []) + list(heats)
+    for b in range(per_line):
+        for c, title in enumerate(titles):
+            grid[0, b * block + c].set_title(title, fontsize=9)
     for c, (name, heat) in enumerate(heats.items(), start=int(show_input)):
         column = _Style(heat, sign, clip_percentile, cmap, alpha)
         for r in range(n):
             style = column if shared_scale else _Style(heat[r], "signed" if column.signed else "absolute",
                                                        clip_percentile, cmap, alpha)
-            style.draw(axes[r, c], heat[r], *shown[r])
+            style.draw(cells[r][c], heat[r], *shown[r])
             if not shared_scale:
-                style.colorbar(fig, axes[r, c])
-        axes[0, c].set_title(name, fontsize=9)
+                style.colorbar(fig, cells[r][c])
         if shared_scale:
-            column.colorbar(fig, list(axes[:, c]), orientation="horizontal")
-    for r, label in enumerate(labels):
-        axes[r, 0].set_ylabel(str(label), fontsize=8)
+            column.colorbar(fig, [cells[r][c] for r in range(n)], orientation="horizontal")
     if path is not None:
         save(fig, path)
     return fig
@@ -503,8 +515,11 @@ def check_picture_path(path, kind: str) -> str:
     return path
 
 
+MAX_ROWS = 16
+
+
 def plot_explanation(explainer, inputs, attributions, path, *, tokens=None, feature_names=None,
-                     max_rows: int = 16, **options):
+                     max_rows: int = MAX_ROWS, **options):
     """Draw an explainer's attributions of ``inputs`` as the picture its model's input calls for.
 
     Images: :func:`image_grid` (the input, and the method's heatmap over it);
@@ -522,6 +537,7 @@ def plot_explanation(explainer, inputs, attributions, path, *, tokens=None, feat
     rows = min(len(a), int(max_rows))
     labels = [f"#{r}" for r in range(rows)]
     if kind == "image":
+        options.setdefault("per_line", 1 if rows <= 4 else 4)
         return image_grid(x[:rows], {explainer.method_name: a[:rows]}, row_labels=labels, path=path, **options)
     if kind == "tabular":
         return feature_bars(a[:rows], feature_names, row_labels=labels, path=path, **options)

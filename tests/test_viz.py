@@ -9,6 +9,7 @@ brute-force ranking written here.
 from __future__ import annotations
 
 import html.parser
+import pathlib
 import subprocess
 import sys
 
@@ -164,6 +165,14 @@ def test_grid_puts_methods_side_by_side_and_colours_each_cell(tmp_path, scene):
     assert redish(colour_at(fig, grid[0, 1], path, 3, 4)) and blueish(colour_at(fig, grid[0, 1], path, 9, 10))
     # row 1 is negated and flipped upside down: block rows 2:4 -> H-4:H-2
     assert blueish(colour_at(fig, grid[1, 1], path, H - 3, 4)) and redish(colour_at(fig, grid[1, 1], path, H - 9, 10))
+    # two images per line: the second image's heatmap is the fourth cell of the first line
+    wrapped_path = tmp_path / "wrapped.png"
+    wrapped = viz.image_grid(images, {"ig": a}, per_line=2, path=wrapped_path)
+    cells = [ax for ax in wrapped.axes if ax.get_label() != "<colorbar>" and ax.get_visible()]
+    assert len(cells) == 4 and [ax.get_ylabel() for ax in cells[::2]] == ["#0", "#1"]
+    assert blueish(colour_at(wrapped, cells[3], wrapped_path, H - 3, 4))
+    assert cells[3].get_position().x0 > cells[1].get_position().x1 and \
+        cells[3].get_position().y0 == pytest.approx(cells[1].get_position().y0)
     shared = viz.image_grid(images, {"ig": a}, shared_scale=True, show_input=False)
     assert len([ax for ax in shared.axes if ax.get_label() == "<colorbar>"]) == 1
     with pytest.raises(ValueError, match="expected 2"):
@@ -259,3 +268,15 @@ def test_importing_onnxplain_does_not_import_matplotlib():
             "assert 'matplotlib' not in sys.modules, 'matplotlib imported'")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
+
+
+def test_the_readme_pictures_example_runs_and_writes_its_files(tmp_path, monkeypatch):
+    readme = (pathlib.Path(__file__).resolve().parents[1] / "README.md").read_text()
+    start = readme.index("### Pictures")
+    section = readme[start:readme.index("\n## ", start)]
+    code = section.split("```python\n")[1].split("```")[0]
+    monkeypatch.chdir(tmp_path)
+    exec(compile(code, "README.md (Pictures)", "exec"), {})
+    for name in ("ig.png", "grid.png", "bars.png"):
+        png_size(tmp_path / name)
+    assert "great" in (tmp_path / "tokens.html").read_text(encoding="utf-8")
