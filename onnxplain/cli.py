@@ -75,13 +75,14 @@ def main(argv=None) -> int:
 
 def _report(e: Exception, verbose: bool) -> int:
     """One line on stderr (after the traceback with ``verbose``); the exit code."""
+    from .errors import one_line
     if verbose:
         traceback.print_exception(e, file=sys.stderr)
     if is_usage_error(e):
-        print(f"onnxplain: error: {_one_line(e)}", file=sys.stderr)
+        print(f"onnxplain: error: {one_line(e)}", file=sys.stderr)
         return USAGE_ERROR
     hint = "" if verbose else " (--verbose shows the traceback)"
-    print(f"onnxplain: internal error: {type(e).__name__}: {_one_line(e)}{hint}", file=sys.stderr)
+    print(f"onnxplain: internal error: {type(e).__name__}: {one_line(e)}{hint}", file=sys.stderr)
     return INTERNAL_ERROR
 
 
@@ -89,13 +90,6 @@ def is_usage_error(e: BaseException) -> bool:
     """Whether ``e`` is the caller's mistake (exit code 2) rather than a failure of onnxplain (exit code 1)."""
     from .errors import OnnxplainError
     return isinstance(e, (CLIError, OnnxplainError, ValueError, TypeError, OSError))
-
-
-def _one_line(e: BaseException) -> str:
-    text = str(e) or type(e).__name__
-    if isinstance(e, OSError) and e.filename and e.strerror:
-        text = f"{e.strerror}: {e.filename!r}"
-    return " ".join(text.split())
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -151,8 +145,7 @@ def run_demo(args) -> int:
         if args.output is not None:          # pictures were asked for by name: that is an error
             raise
         pictures, note = False, str(e)
-    if args.output is not None and os.path.exists(args.output) and not os.path.isdir(args.output):
-        raise CLIError(f"--output {args.output!r} exists and is not a folder")
+    demo.check_output_folder(args.output or demo.DEFAULT_OUTPUT)
     result = demo.run_demo(target=args.target, n_steps=args.n_steps, integration=args.integration)
     print(result.summary())
     if args.out:

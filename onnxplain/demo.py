@@ -34,6 +34,17 @@ def demo_files() -> dict[str, str]:
     return {k: str(v) for k, v in paths.items()}
 
 
+def check_output_folder(folder) -> str:
+    """Fail before the demo runs when ``folder`` cannot take its pictures (a file is in the way, no parent)."""
+    folder = os.fspath(folder)
+    if os.path.exists(folder) and not os.path.isdir(folder):
+        raise ValueError(f"the demo's output folder {folder!r} exists and is not a folder")
+    parent = os.path.dirname(os.path.abspath(folder))
+    if not os.path.isdir(parent):
+        raise ValueError(f"cannot create the demo's output folder {folder!r}: {parent!r} does not exist")
+    return folder
+
+
 def class_index(text, n_classes: int = len(DEMO_CLASSES)) -> int:
     """A demo class given by name (``square``) or index (``3``)."""
     key = str(text).strip().lower()

@@ -32,3 +32,11 @@ class ModelError(OnnxplainError, ValueError):
 
 class MissingExtraError(OnnxplainError, ImportError):
     """A feature needs an optional extra that is not installed; the message names the ``pip install``."""
+
+
+def one_line(e: BaseException) -> str:
+    """An error as one line: its message with line breaks folded (an OSError as "reason: 'file'")."""
+    text = str(e) or type(e).__name__
+    if isinstance(e, OSError) and e.filename and e.strerror:
+        text = f"{e.strerror}: {e.filename!r}"
+    return " ".join(text.split())

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .errors import one_line
 from .report import text_table
 from .targets import parse_target, predicted_target
 
@@ -37,7 +38,7 @@ def load_array(path, what: str = "array") -> np.ndarray:
     try:
         return np.load(path, allow_pickle=False)
     except Exception as e:
-        raise ValueError(f"{what}: cannot read {path!r} as an .npy array: {_one_line(e)}") from e
+        raise ValueError(f"{what}: cannot read {path!r} as an .npy array: {one_line(e)}") from e
 
 
 def load_inputs(path, model_inputs: list[str] | None = None):
@@ -57,7 +58,7 @@ def load_inputs(path, model_inputs: list[str] | None = None):
             with np.load(path, allow_pickle=False) as f:
                 arrays = {k: f[k] for k in f.files}
         except Exception as e:
-            raise ValueError(f"cannot read {path!r} as an .npz archive: {_one_line(e)}") from e
+            raise ValueError(f"cannot read {path!r} as an .npz archive: {one_line(e)}") from e
     else:
         raise ValueError(f"INPUT must be an .npy or .npz file, got {path!r}")
     return arrays if model_inputs is None else _match_inputs(arrays, list(model_inputs), path)
@@ -102,7 +103,7 @@ def read_tokens(path) -> list[list[str]]:
         with open(path, encoding="utf-8") as f:
             value = json.load(f)
     except (OSError, ValueError) as e:
-        raise ValueError(f"cannot read {path!r} as JSON: {_one_line(e)}") from e
+        raise ValueError(f"cannot read {path!r} as JSON: {one_line(e)}") from e
     if isinstance(value, list) and value and all(isinstance(t, str) for t in value):
         value = [value]
     if not (isinstance(value, list) and all(isinstance(r, list) and all(isinstance(t, str) for t in r)
@@ -272,7 +273,3 @@ def _prepare_plot(explainer, path) -> None:
     from . import viz
     viz.check_picture_path(path, viz.picture_kind(explainer))
     viz.require()
-
-
-def _one_line(e: BaseException) -> str:
-    return " ".join((str(e) or type(e).__name__).split())

@@ -25,6 +25,7 @@ import os
 import numpy as np
 
 from .errors import MissingExtraError
+from .files import check_output_path
 
 REDUCTIONS = ("sum", "mean", "abs_sum", "max_abs")
 SIGNS = ("auto", "signed", "absolute")
@@ -67,15 +68,9 @@ def _new_figure(width: float, height: float):
 def save(figure, path) -> str:
     """Write ``figure`` to ``path`` (the format from its suffix: .png, .svg, .pdf) at the figure's own size."""
     path = os.fspath(path)
-    _check_folder(path)
+    check_output_path(path, what="path")
     figure.savefig(path, dpi=figure.dpi, facecolor="white")
     return path
-
-
-def _check_folder(path: str) -> None:
-    folder = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(folder):
-        raise ValueError(f"cannot write {path!r}: folder {folder!r} does not exist")
 
 
 # ---------------------------------------------------------------------- images
@@ -337,7 +332,7 @@ def token_html(tokens, scores, *, title: str | None = None, row_labels=None, cli
     text = _HTML_PAGE.format(title=html.escape(str(title or "onnxplain token attributions")), body="\n".join(body))
     if path is not None:
         path = os.fspath(path)
-        _check_folder(path)
+        check_output_path(path, what="path")
         with open(path, "w", encoding="utf-8") as f:
             f.write(text)
     return text
@@ -509,9 +504,7 @@ def check_picture_path(path, kind: str) -> str:
         other = " (token attributions are drawn as HTML)" if kind == "tokens" else ""
         raise ValueError(f"a picture of {kind} attributions is written as {' or '.join(suffixes)}{other}, "
                          f"got {path!r}")
-    _check_folder(path)
-    if os.path.isdir(path):
-        raise ValueError(f"cannot write {path!r}: it is a folder")
+    check_output_path(path, what="--plot")
     return path
 
 

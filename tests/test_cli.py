@@ -192,6 +192,8 @@ def test_demo_without_matplotlib_still_prints_and_says_how_to_get_pictures(tmp_p
     (["demo", "--out", "demo.npy"], ".npz"),
     (["demo", "--n-steps", "many"], "many"),
     (["demo", "--heatmap"], "unrecognized arguments: --heatmap"),
+    (["demo", "--output", "/no/such/folder/pics"], "does not exist"),
+    (["demo", "--output", os.devnull], "is not a folder"),
 ])
 def test_demo_errors(capsys, argv, fragment):
     _fails(capsys, argv, fragment)
@@ -568,3 +570,18 @@ def test_explain_plot_without_matplotlib_fails_before_computing(tmp_path, mlp, r
     _fails(capsys, ["explain", mlp, rows_file, "-m", "saliency", "--target", "0", "--plot",
                     str(tmp_path / "b.png")], 'pip install "onnxplain[viz]"')
     assert calls == [] and not (tmp_path / "b.png").exists()
+
+
+def test_explain_file_is_the_command_as_a_function(tmp_path, mlp, rows, rows_file):
+    """What `onnxplain explain` runs, called from Python: the same numbers as the API, the same files."""
+    from onnxplain.files import explain_file
+
+    result = explain_file(mlp, rows_file, "intgrad", target="pred", out=tmp_path / "a.npz",
+                          params={"n_steps": 12, "method": "riemann_right", "baselines": 0})
+    pred = _forward(mlp, rows).argmax(axis=1).tolist()
+    attr, delta = onnxplain.Explainer(mlp, "ig").explain(rows, target=pred, n_steps=12, method="riemann_right",
+                                                         return_convergence_delta=True)
+    assert result.target == pred
+    np.testing.assert_allclose(result.attributions["x"], attr, rtol=1e-6)
+    np.testing.assert_allclose(np.load(tmp_path / "a.npz")["delta"], delta, rtol=1e-5, atol=1e-7)
+    assert "sum(attributions)" in result.summary() and str(tmp_path / "a.npz") in result.summary()
