@@ -217,14 +217,17 @@ def explain(model, inputs, method: str = "saliency", target=None, **kwargs):
 
 
 def convert(model, path, method: str = "saliency", output: str | None = None, inputs=None, layer=None,
-            **defaults):
+            defaults: dict | None = None, **more_defaults):
     """Write the standalone explanation graph of ``method`` to ``path``.
 
-    ``defaults`` set the graph's default parameters (e.g. ``n_steps=20``), stored
-    as initializers that a client may override by feeding the input of the same
-    name.  The file is written atomically: nothing is left behind on error.
+    Keyword arguments (e.g. ``n_steps=20``) set the graph's default parameters,
+    stored as initializers that a client may override by feeding the input of
+    the same name; ``defaults`` takes them as a dict too, which is how integrated
+    gradients' quadrature (its parameter ``method``) is given:
+    ``defaults={"method": "riemann_left"}``.  The file is written atomically:
+    nothing is left behind on error.
     """
-    m = get_method(method, **defaults)
+    m = get_method(method, **{**(defaults or {}), **more_defaults})
     model = normalize(model)
     spec = _spec(model, _choose_output(model, output), inputs, layer, m)
     graph = build_graph(model, m, spec)

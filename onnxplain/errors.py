@@ -28,3 +28,15 @@ class UnsupportedOperatorError(OnnxplainError, NotImplementedError):
 
 class ModelError(OnnxplainError, ValueError):
     """The model could not be read, checked or normalised."""
+
+
+class MissingExtraError(OnnxplainError, ImportError):
+    """A feature needs an optional extra that is not installed; the message names the ``pip install``."""
+
+
+def one_line(e: BaseException) -> str:
+    """An error as one line: its message with line breaks folded (an OSError as "reason: 'file'")."""
+    text = str(e) or type(e).__name__
+    if isinstance(e, OSError) and e.filename and e.strerror:
+        text = f"{e.strerror}: {e.filename!r}"
+    return " ".join(text.split())

@@ -92,3 +92,37 @@ def value_facts(vi: onnx.ValueInfoProto) -> dict:
         shape = "[" + ", ".join(str(d.dim_value) if d.HasField("dim_value") else (d.dim_param or "?")
                                 for d in tt.shape.dim) + "]"
     return {"name": vi.name, "type": dtype, "shape": shape}
+
+
+def describe(facts: dict, name: str = "<model>") -> str:
+    """:func:`inspect`'s facts as the text ``onnxplain inspect`` prints (``name``: how to call the model)."""
+    from .report import text_table
+
+    def values(kind):
+        return text_table(["", "name", "type", "shape"], [["", v["name"], v["type"], v["shape"]]
+                                                          for v in facts[kind]])
+
+    producer = f", produced by {facts['producer']}" if facts["producer"] else ""
+    lines = [f"model:    {name}",
+             f"format:   IR version {facts['ir_version']}{producer}",
+             "opsets:   " + ", ".join(f"{d} {v}" for d, v in facts["opsets"].items()),
+             "inputs:", values("inputs"), "outputs:", values("outputs"),
+             f"ops ({facts['nodes']} nodes):",
+             text_table(["", "op", "count"], [["", op, str(k)] for op, k in facts["ops"].items()])]
+    if facts["functions"]:
+        lines.append(f"local functions (inlined before explaining): {', '.join(facts['functions'])}")
+    if facts["output"] is None:
+        lines.append("no floating-point output: nothing to explain")
+        return "\n".join(lines)
+    lines += [f"explained output: {facts['output']!r}; attributed: {', '.join(facts['attributed']) or '-'}",
+              "methods:"]
+    for method, g in facts["methods"].items():
+        kind = "forward only" if g["forward_only"] else "backward"
+        if g["available"]:
+            lines.append(f"  {method:22s} available ({kind})")
+            continue
+        lines.append(f"  {method:22s} NOT available: {g['reason']}")
+        for op, nodes in g["missing"].items():
+            listed = ", ".join(nodes[:5]) + (f" and {len(nodes) - 5} more" if len(nodes) > 5 else "")
+            lines.append(f"    {op}: {len(nodes)} node(s): {listed}")
+    return "\n".join(lines)
