@@ -8,7 +8,7 @@ from __future__ import annotations
 import http.client
 import importlib.util
 import json
-import os
+import pathlib
 import signal
 import socket
 import subprocess
@@ -34,7 +34,7 @@ from tritonclient.utils import InferenceServerException  # noqa: E402
 from models import masked_tabular  # noqa: E402
 
 MAX_BYTES = 1 << 20
-NAMES = ["cnn-ig", "cnn-deeplift", "masked-ig", "masked-deeplift"]
+NAMES = ["cnn", "cnn-deeplift", "masked-ig", "masked-deeplift"]
 
 
 def free_port() -> int:
@@ -90,7 +90,7 @@ def server(paths, tmp_path_factory):
 @pytest.fixture(scope="module")
 def explainers(paths):
     """The in-process references: the same models and methods through Explainer.explain."""
-    return {"cnn-ig": onnxplain.Explainer(paths["cnn"], "integrated_gradients"),
+    return {"cnn": onnxplain.Explainer(paths["cnn"], "integrated_gradients"),
             "cnn-deeplift": onnxplain.Explainer(paths["cnn"], "deeplift"),
             "masked-ig": onnxplain.Explainer(paths["masked"], "integrated_gradients"),
             "masked-deeplift": onnxplain.Explainer(paths["masked"], "deeplift")}
@@ -128,7 +128,7 @@ def test_health_and_metadata_describe_every_served_model(server, protocol):
     assert c.is_server_live() and c.is_server_ready()
     for name in NAMES:
         assert c.is_model_ready(name)
-    meta = c.get_model_metadata("cnn-ig")
+    meta = c.get_model_metadata("cnn")
     if protocol == "grpc":
         from google.protobuf.json_format import MessageToDict
         meta = MessageToDict(meta, preserving_proto_field_name=True)
@@ -160,12 +160,12 @@ def test_integrated_gradients_equal_explain_with_per_request_parameters(server, 
               tensor(protocol, "n_steps", np.array([12], np.int64), binary),
               tensor(protocol, "integration", np.array([b"riemann_trapezoid"], dtype=object), binary),
               tensor(protocol, "baselines", base, binary)]
-    r = c.infer("cnn-ig", inputs)
-    ref, delta = explainers["cnn-ig"].explain(x, target.tolist(), n_steps=12, method="riemann_trapezoid",
+    r = c.infer("cnn", inputs)
+    ref, delta = explainers["cnn"].explain(x, target.tolist(), n_steps=12, method="riemann_trapezoid",
                                               baselines=base, return_convergence_delta=True)
     np.testing.assert_allclose(r.as_numpy("attributions"), ref, rtol=1e-5, atol=1e-7)
     np.testing.assert_allclose(r.as_numpy("delta"), delta, rtol=1e-5, atol=1e-7)
-    logits = ort.InferenceSession(explainers["cnn-ig"].model.SerializeToString()).run(None, {"image": x})[0]
+    logits = ort.InferenceSession(explainers["cnn"].model.SerializeToString()).run(None, {"image": x})[0]
     np.testing.assert_allclose(r.as_numpy("logits"), logits, rtol=1e-6, atol=1e-6)
 
 
@@ -229,7 +229,7 @@ def test_a_slow_request_does_not_block_health_checks(server):
     def run():
         c = client(server, "http")
         t0 = time.monotonic()
-        slow["attr"] = c.infer("cnn-ig", [tensor("http", "image", x), tensor("http", "target", np.zeros(64, np.int64)),
+        slow["attr"] = c.infer("cnn", [tensor("http", "image", x), tensor("http", "target", np.zeros(64, np.int64)),
                                           tensor("http", "n_steps", np.array([400], np.int64))]).as_numpy("attributions")
         slow["seconds"] = time.monotonic() - t0
 
@@ -243,7 +243,7 @@ def test_a_slow_request_does_not_block_health_checks(server):
     still_running = thread.is_alive()
     thread.join(120)
     assert still_running, "the slow request ended before the health checks: make it slower"
-    assert health < 1.0 < slow["seconds"]
+    assert health < 2.0 and slow["seconds"] > health
     assert slow["attr"].shape == x.shape
 
 
@@ -254,25 +254,25 @@ def good_cnn_inputs(protocol):
 
 BAD = {   # what is sent -> a fragment of the error, which names what was expected
     "unknown model": ("nope", lambda p: good_cnn_inputs(p), "unknown model 'nope'"),
-    "unknown input": ("cnn-ig", lambda p: good_cnn_inputs(p) + [tensor(p, "steps", np.array([3], np.int64))],
+    "unknown input": ("cnn", lambda p: good_cnn_inputs(p) + [tensor(p, "steps", np.array([3], np.int64))],
                       "unknown input(s) ['steps']"),
     "missing input": ("masked-ig", lambda p: [tensor(p, "x", masked_rows(2, 0)[0])], "missing input(s) ['mask']"),
-    "wrong datatype": ("cnn-ig", lambda p: [tensor(p, "image", cnn_rows(2, 0).astype(np.float64))],
+    "wrong datatype": ("cnn", lambda p: [tensor(p, "image", cnn_rows(2, 0).astype(np.float64))],
                        "must have datatype FP32, got FP64"),
-    "wrong shape": ("cnn-ig", lambda p: [tensor(p, "image", np.zeros((2, 1, 15, 16), np.float32))],
+    "wrong shape": ("cnn", lambda p: [tensor(p, "image", np.zeros((2, 1, 15, 16), np.float32))],
                     "must have shape [-1, 1, 16, 16]"),
     "integer for a float input": ("masked-ig", lambda p: [tensor(p, "x", np.zeros((2, 7), np.int32)),
                                                           tensor(p, "mask", np.zeros((2, 7), np.int64))],
                                   "must have datatype FP32, got INT32"),
-    "target out of range": ("cnn-ig", lambda p: [tensor(p, "image", cnn_rows(2, 0)),
+    "target out of range": ("cnn", lambda p: [tensor(p, "image", cnn_rows(2, 0)),
                                                  tensor(p, "target", np.array([0, 4], np.int64))], "out of range"),
-    "one target for two rows": ("cnn-ig", lambda p: [tensor(p, "image", cnn_rows(2, 0)),
+    "one target for two rows": ("cnn", lambda p: [tensor(p, "image", cnn_rows(2, 0)),
                                                      tensor(p, "target", np.array([1], np.int64))],
                                 "needs 2 entries"),
     "NaN in the inputs": ("cnn-deeplift", lambda p: [tensor(p, "image", np.full((2, 1, 16, 16), np.nan, np.float32)),
                                                      tensor(p, "target", np.array([0, 1], np.int64))],
                           "NaN or infinite"),
-    "bad parameter value": ("cnn-ig", lambda p: good_cnn_inputs(p) + [tensor(p, "n_steps", np.array([0], np.int64))],
+    "bad parameter value": ("cnn", lambda p: good_cnn_inputs(p) + [tensor(p, "n_steps", np.array([0], np.int64))],
                             "n_steps"),
 }
 
@@ -292,7 +292,7 @@ def test_bad_requests_are_refused_and_the_server_stays_correct(server, explainer
 
 def assert_still_correct(server, explainers):
     c = client(server, "http")
-    assert c.is_server_live() and c.is_model_ready("cnn-ig")
+    assert c.is_server_live() and c.is_model_ready("cnn")
     x = cnn_rows(2, seed=6)
     r = c.infer("cnn-deeplift", [tensor("http", "image", x), tensor("http", "target", np.array([2, 0], np.int64))])
     np.testing.assert_allclose(r.as_numpy("attributions"), explainers["cnn-deeplift"].explain(x, [2, 0]),
@@ -315,23 +315,34 @@ def post(server, path, body: bytes, headers=None, send_all=True):
 
 @pytest.mark.parametrize("body", [b'{"inputs": [', b"not json", b'{"inputs": 3}', b'{"outputs": []}'])
 def test_malformed_json_is_a_400_naming_the_expected_request(server, explainers, body):
-    status, payload = post(server, "/v2/models/cnn-ig/infer", body)
+    status, payload = post(server, "/v2/models/cnn/infer", body)
     assert status == 400 and "inputs" in payload["error"]
     assert_still_correct(server, explainers)
 
 
 def test_a_body_over_the_limit_is_a_413_before_it_is_read(server, explainers):
-    status, payload = post(server, "/v2/models/cnn-ig/infer", b"{" + b" " * (2 * MAX_BYTES), send_all=False)
+    status, payload = post(server, "/v2/models/cnn/infer", b"{" + b" " * (2 * MAX_BYTES), send_all=False)
     assert status == 413 and str(MAX_BYTES) in payload["error"]
     c = client(server, "grpc")
     big = np.zeros((1200, 1, 16, 16), np.float32)          # 1.2 MB > the limit
     with pytest.raises(InferenceServerException) as info:
-        c.infer("cnn-ig", [tensor("grpc", "image", big)])
+        c.infer("cnn", [tensor("grpc", "image", big)])
     assert "RESOURCE_EXHAUSTED" in str(info.value.status())
     assert_still_correct(server, explainers)
 
 
-# ---------------------------------------------------------------------- command line and stop
+# ---------------------------------------------------------------------- command line, README and stop
+def test_the_readme_tritonclient_snippet_runs_against_the_server(server, explainers):
+    readme = (pathlib.Path(__file__).resolve().parents[1] / "README.md").read_text()
+    start = readme.index("```python", readme.index("## Deployment")) + len("```python")
+    code = readme[start:readme.index("```", start)].replace("localhost:8000", server["http"])
+    scope = {}
+    exec(compile(code, "README.md", "exec"), scope)
+    ref, delta = explainers["cnn"].explain(scope["x"], [0, 1, 2, 3], n_steps=32, return_convergence_delta=True)
+    np.testing.assert_allclose(scope["attributions"], ref, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(scope["delta"], delta, rtol=1e-5, atol=1e-7)
+
+
 def run_cli(*args, prelude=""):
     code = f"import sys; {prelude}from onnxplain.cli import main; sys.exit(main({list(args)!r}))"
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
@@ -362,7 +373,7 @@ def test_sigterm_lets_the_request_in_flight_finish_then_stops(server, explainers
     done = {}
 
     def run():
-        r = client(server, "grpc").infer("cnn-ig", [tensor("grpc", "image", x), tensor("grpc", "target", target),
+        r = client(server, "grpc").infer("cnn", [tensor("grpc", "image", x), tensor("grpc", "target", target),
                                                      tensor("grpc", "n_steps", np.array([300], np.int64))])
         done["attr"] = r.as_numpy("attributions")
 
@@ -370,8 +381,10 @@ def test_sigterm_lets_the_request_in_flight_finish_then_stops(server, explainers
     thread.start()
     time.sleep(0.7)
     proc.send_signal(signal.SIGTERM)
+    in_flight = thread.is_alive()
     thread.join(120)
-    np.testing.assert_allclose(done["attr"], explainers["cnn-ig"].explain(x, target.tolist(), n_steps=300),
+    assert in_flight, "the request ended before SIGTERM: make it slower"
+    np.testing.assert_allclose(done["attr"], explainers["cnn"].explain(x, target.tolist(), n_steps=300),
                                rtol=1e-5, atol=1e-7)
     assert proc.wait(60) == 0
     with pytest.raises(Exception):

@@ -25,10 +25,6 @@ class ExplainerModel(Model):
         self.interface = Interface(explainer, defaults)
         self.ready = True
 
-    def load(self) -> bool:
-        self.ready = True
-        return self.ready
-
     def get_input_types(self) -> list[dict]:
         return [t.as_dict() for t in self.interface.inputs]
 
