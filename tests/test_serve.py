@@ -229,8 +229,9 @@ def test_a_slow_request_does_not_block_health_checks(server):
     def run():
         c = client(server, "http")
         t0 = time.monotonic()
-        slow["attr"] = c.infer("cnn", [tensor("http", "image", x), tensor("http", "target", np.zeros(64, np.int64)),
-                                          tensor("http", "n_steps", np.array([400], np.int64))]).as_numpy("attributions")
+        inputs = [tensor("http", "image", x), tensor("http", "target", np.zeros(64, np.int64)),
+                  tensor("http", "n_steps", np.array([400], np.int64))]
+        slow["attr"] = c.infer("cnn", inputs).as_numpy("attributions")
         slow["seconds"] = time.monotonic() - t0
 
     thread = threading.Thread(target=run)

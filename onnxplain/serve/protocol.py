@@ -19,7 +19,6 @@ from dataclasses import dataclass
 import numpy as np
 from onnx import TensorProto
 
-from ..graph import FLOAT_TYPES
 
 #: ONNX element types -> the protocol's datatypes (Triton's, without the TYPE_ prefix)
 DATATYPES = {

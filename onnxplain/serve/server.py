@@ -108,7 +108,7 @@ def explainer_models(models, method, names=None, **options) -> list[ExplainerMod
         raise ValueError("serve needs at least one model and one method")
     pairs = [(m, k) for m in models for k in methods]
     if names is None:
-        names = [_default_name(m, i, k if len(methods) > 1 else None) for i, (m, k) in enumerate(pairs)]
+        names = [_default_name(m, i, k if len(methods) > 1 else None) for i, m in enumerate(models) for k in methods]
     names = [names] if isinstance(names, str) else list(names)
     if len(names) != len(pairs):
         raise ValueError(f"{len(names)} name(s) given for {len(pairs)} served (model, method) pair(s); "
