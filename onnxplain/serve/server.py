@@ -76,6 +76,8 @@ def serve(models, method="saliency", *, names=None, output=None, inputs=None, la
     check_port(host, http_port, "http_port")
     if grpc_port is not None:
         check_port(host, grpc_port, "grpc_port")
+        if grpc_port == http_port:
+            raise ValueError(f"http_port and grpc_port are both {http_port}; REST and gRPC need a port each")
     served = explainer_models(models, method, names=names, output=output, inputs=inputs, layer=layer,
                               providers=providers, threads=threads, memory_budget=memory_budget, **defaults)
     server = ExplanationServer(host=host, http_port=http_port, grpc_port=grpc_port,
