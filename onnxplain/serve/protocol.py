@@ -117,10 +117,6 @@ class Interface:
         return self.model_inputs + [target, weights] + [p.tensor for p in self.parameters]
 
     @property
-    def optional_inputs(self) -> set[str]:
-        return {t.name for t in self.inputs} - {t.name for t in self.model_inputs}
-
-    @property
     def outputs(self) -> list[Tensor]:
         delta = [Tensor(DELTA, "FP64", (-1,))] if self.explainer.method.has_delta else []
         return self.attributions + delta + self.model_outputs
