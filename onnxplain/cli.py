@@ -552,8 +552,8 @@ def _add_deployment_commands(sub) -> None:
                                    "as Triton speaks it: tritonclient works unchanged), REST and gRPC, until "
                                    "SIGTERM or Ctrl-C. Needs pip install \"onnxplain[serve]\".")
     s.add_argument("models", nargs="+", metavar="MODEL", help="the ONNX model(s)")
-    _add_method_args(s, graph_defaults=True, method_help="; several, comma-separated, serve each model with "
-                                                          "each method")
+    _add_method_args(s, graph_defaults=False, method_help="; several, comma-separated, serve each model with "
+                                                           "each method")
     s.add_argument("--name", dest="names", action="append", metavar="NAME",
                    help="the served name, one per model and method (default: the file's stem, with "
                         "-METHOD when several methods are served)")
@@ -589,7 +589,7 @@ def cmd_serve(args) -> int:
     methods = [_check_method(m) for m in args.method.split(",") if m.strip()]
     serve(args.models, methods, names=args.names, output=args.output, inputs=args.inputs, **_layer(args),
           host=args.host, http_port=args.http_port, grpc_port=args.grpc_port,
-          max_request_bytes=args.max_request_bytes, threads=args.threads, **_method_params(args, allow_files=False))
+          max_request_bytes=args.max_request_bytes, threads=args.threads, **_method_params(args, allow_files=True))
     return 0
 
 

@@ -243,3 +243,22 @@ def masked_tabular(seed: int = 6):
     _seeded(seed)
     example = {"x": torch.randn(3, 7), "mask": (torch.rand(3, 7) > 0.3).to(torch.int64)}
     return MaskedTabular().eval(), example
+
+
+class TwoInputs(nn.Module):
+    """Two float inputs of different widths (e.g. numeric features and an embedding), joined by a Linear."""
+
+    def __init__(self, d_a: int = 5, d_b: int = 3, hidden: int = 6, d_out: int = 2):
+        super().__init__()
+        self.fc_a = nn.Linear(d_a, hidden)
+        self.fc_b = nn.Linear(d_b, hidden)
+        self.head = nn.Linear(hidden, d_out)
+
+    def forward(self, a, b):
+        return self.head(torch.tanh(self.fc_a(a) + self.fc_b(b)))
+
+
+def two_inputs(seed: int = 7):
+    """``(model, example)`` as :func:`masked_tabular`."""
+    _seeded(seed)
+    return TwoInputs().eval(), {"a": torch.randn(3, 5), "b": torch.randn(3, 3)}

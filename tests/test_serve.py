@@ -31,10 +31,10 @@ http_client = pytest.importorskip("tritonclient.http")
 grpc_client = pytest.importorskip("tritonclient.grpc")
 from tritonclient.utils import InferenceServerException  # noqa: E402
 
-from models import masked_tabular  # noqa: E402
+from models import masked_tabular, two_inputs  # noqa: E402
 
 MAX_BYTES = 1 << 20
-NAMES = ["cnn", "cnn-deeplift", "masked-ig", "masked-deeplift"]
+NAMES = ["cnn", "cnn-deeplift", "masked-ig", "masked-deeplift", "pair-ig", "pair-deeplift"]
 
 
 def free_port() -> int:
@@ -49,7 +49,10 @@ def paths(tmp_path_factory):
     model, example = masked_tabular()
     masked = folder / "masked.onnx"
     onnx.save(onnxplain.from_torch(model, example), masked)
-    return {"cnn": demo_files()["model"], "masked": str(masked)}
+    model, example = two_inputs()
+    pair = folder / "pair.onnx"
+    onnx.save(onnxplain.from_torch(model, example, dynamo=True), pair)
+    return {"cnn": demo_files()["model"], "masked": str(masked), "pair": str(pair)}
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +60,7 @@ def server(paths, tmp_path_factory):
     """``python -m onnxplain serve`` with two models x two methods; stopped at the end (SIGTERM test or here)."""
     http_port, grpc_port = free_port(), free_port()
     log = open(tmp_path_factory.mktemp("log") / "server.log", "w+")
-    proc = subprocess.Popen([sys.executable, "-m", "onnxplain", "serve", paths["cnn"], paths["masked"],
+    proc = subprocess.Popen([sys.executable, "-m", "onnxplain", "serve", paths["cnn"], paths["masked"], paths["pair"],
                              "--method", "integrated_gradients,deeplift", *sum((["--name", n] for n in NAMES), []),
                              "--http-port", str(http_port), "--grpc-port", str(grpc_port),
                              "--max-request-bytes", str(MAX_BYTES), "--threads", "1"],
@@ -93,7 +96,8 @@ def explainers(paths):
     return {"cnn": onnxplain.Explainer(paths["cnn"], "integrated_gradients"),
             "cnn-deeplift": onnxplain.Explainer(paths["cnn"], "deeplift"),
             "masked-ig": onnxplain.Explainer(paths["masked"], "integrated_gradients"),
-            "masked-deeplift": onnxplain.Explainer(paths["masked"], "deeplift")}
+            "masked-deeplift": onnxplain.Explainer(paths["masked"], "deeplift"),
+            "pair-ig": onnxplain.Explainer(paths["pair"], "integrated_gradients")}
 
 
 def client(server, protocol):
@@ -187,6 +191,26 @@ def test_deeplift_sums_to_the_output_difference_and_a_subset_of_outputs(server, 
     gap = (weights * (sess.run(None, {"x": x, "mask": mask})[0]
                       - sess.run(None, {"x": np.zeros_like(x), "mask": mask})[0])).sum(1)
     np.testing.assert_allclose(attr.sum(1), gap, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_several_attributed_inputs_get_an_output_and_parameters_each(server, explainers, protocol):
+    meta = client(server, "http").get_model_metadata("pair-ig")
+    inputs = {i["name"]: i["shape"] for i in meta["inputs"]}
+    assert inputs["a"] == [-1, 5] and inputs["b"] == [-1, 3]
+    assert inputs["baselines_a"] == [-1, 5] and inputs["baselines_b"] == [-1, 3] and "baselines" not in inputs
+    assert [o["name"] for o in meta["outputs"]] == ["attributions_a", "attributions_b", "delta", "output"]
+    rng = np.random.default_rng(8)
+    a, b = rng.standard_normal((4, 5)).astype(np.float32), rng.standard_normal((4, 3)).astype(np.float32)
+    base_b = np.full((1, 3), 0.5, np.float32)
+    r = client(server, protocol).infer("pair-ig", [tensor(protocol, "a", a), tensor(protocol, "b", b),
+                                                   tensor(protocol, "target", np.array([0, 1, 1, 0], np.int64)),
+                                                   tensor(protocol, "baselines_b", base_b)])
+    ref, delta = explainers["pair-ig"].explain({"a": a, "b": b}, [0, 1, 1, 0], baselines={"b": base_b},
+                                               return_convergence_delta=True)
+    for x in "ab":
+        np.testing.assert_allclose(r.as_numpy(f"attributions_{x}"), ref[x], rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(r.as_numpy("delta"), delta, rtol=1e-5, atol=1e-7)
 
 
 def test_32_concurrent_requests_from_8_clients_are_all_correct(server, explainers):
