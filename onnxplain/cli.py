@@ -4,6 +4,8 @@
     onnxplain inspect MODEL [--json]
     onnxplain convert MODEL OUT --method M [--output NAME] [--n-steps N ...]
     onnxplain explain MODEL INPUT.npy|.npz --method M --target T [--out attr.npy] [--plot attr.png|attr.html]
+    onnxplain serve MODEL [MODEL ...] --method M [--name NAME] [--http-port 8000] [--grpc-port 8001]
+    onnxplain triton MODEL --method M --name NAME --output REPO [--max-batch-size B] [--gpu]
 
 Each command is one block: ``add_<command>(subparsers)`` declares its arguments
 and sets ``run_<command>``, which calls one library function
@@ -256,11 +258,12 @@ def run_explain(args) -> int:
 
 
 # ---------------------------------------------------------------------- method arguments (convert, explain)
-def _add_method_args(p, graph_defaults: bool) -> None:
+def _add_method_args(p, graph_defaults: bool, output_flag: str = "--output", method_help: str = "") -> None:
     from .methods import METHODS
     p.add_argument("--method", "-m", required=True,
-                   help=f"one of {', '.join(METHODS)} (or an alias such as intgrad, grad*input)")
-    p.add_argument("--output", help="the model output to explain (default: the first floating-point one)")
+                   help=f"one of {', '.join(METHODS)} (or an alias such as intgrad, grad*input){method_help}")
+    p.add_argument(output_flag, dest="output", metavar="NAME",
+                   help="the model output to explain (default: the first floating-point one)")
     p.add_argument("--input", dest="inputs", action="append", metavar="NAME",
                    help="an input to attribute (repeatable; default: every floating-point input, or the token "
                         "input feeding an embedding)")
@@ -312,8 +315,70 @@ def _method_params(args, allow_files: bool) -> dict:
     return params
 
 
+# ---------------------------------------------------------------------- serve, triton
+def add_serve(sub) -> None:
+    s = command(sub, "serve", help="serve explanations over the Open Inference Protocol (REST and gRPC)",
+                description="Serve explanations of each MODEL over the Open Inference Protocol (KServe v2, "
+                            "as Triton speaks it: tritonclient works unchanged), REST and gRPC, until "
+                            "SIGTERM or Ctrl-C. Needs pip install \"onnxplain[serve]\".")
+    s.add_argument("models", nargs="+", metavar="MODEL", help="the ONNX model(s)")
+    _add_method_args(s, graph_defaults=False, method_help="; several, comma-separated, serve each model with "
+                                                           "each method")
+    s.add_argument("--name", dest="names", action="append", metavar="NAME",
+                   help="the served name, one per model and method (default: the file's stem, with "
+                        "-METHOD when several methods are served)")
+    s.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
+    s.add_argument("--http-port", type=int, default=8000, help="REST port (default: 8000)")
+    s.add_argument("--grpc-port", type=int, default=8001, help="gRPC port (default: 8001)")
+    s.add_argument("--max-request-bytes", type=int, default=64 << 20,
+                   help="larger request bodies are refused with 413 (default: 64 MiB)")
+    s.add_argument("--threads", type=int, help="onnxruntime intra-op threads per model (default: onnxruntime's)")
+    s.set_defaults(run=run_serve)
+
+
+def run_serve(args) -> int:
+    from .methods import canonical_name
+    try:
+        from .serve.server import serve
+    except ImportError as e:
+        raise CLIError(str(e)) from e
+    methods = [canonical_name(m) for m in args.method.split(",") if m.strip()]
+    serve(args.models, methods, names=args.names, output=args.output, inputs=args.inputs, layer=args.layer,
+          host=args.host, http_port=args.http_port, grpc_port=args.grpc_port,
+          max_request_bytes=args.max_request_bytes, threads=args.threads, **_method_params(args, allow_files=True))
+    return 0
+
+
+def add_triton(sub) -> None:
+    t = command(sub, "triton", help="write a Triton model repository entry for the explanation graph",
+                description="Write REPO/NAME/config.pbtxt and REPO/NAME/1/model.onnx (the explanation "
+                            "graph), atomically. With --max-batch-size > 0 Triton batches requests and the "
+                            "method parameters are fixed to the values given here; with 0 they are "
+                            "optional inputs of every request.")
+    t.add_argument("model", help="the ONNX model")
+    _add_method_args(t, graph_defaults=True, output_flag="--explained-output")
+    t.add_argument("--name", required=True, help="the model's name in the repository")
+    t.add_argument("--output", dest="repository", required=True, metavar="REPO",
+                   help="the model repository folder")
+    t.add_argument("--max-batch-size", type=int, default=8, help="Triton's max_batch_size (default: 8; 0: no "
+                                                                 "batching, parameters per request)")
+    t.add_argument("--gpu", action="store_true", help="run the model on the GPU (instance group KIND_GPU)")
+    t.set_defaults(run=run_triton)
+
+
+def run_triton(args) -> int:
+    from .methods import canonical_name
+    from .serve.triton import export_triton
+    folder = export_triton(args.model, args.repository, args.name, canonical_name(args.method),
+                           max_batch_size=args.max_batch_size, gpu=args.gpu, output=args.output,
+                           inputs=args.inputs, layer=args.layer, defaults=_method_params(args, allow_files=False))
+    print(f"wrote {folder}: config.pbtxt and 1/model.onnx (max_batch_size {args.max_batch_size}, "
+          f"{'GPU' if args.gpu else 'CPU'})")
+    return 0
+
+
 # ---------------------------------------------------------------------- the commands, in the order --help lists them
-COMMANDS = [add_demo, add_inspect, add_convert, add_explain]
+COMMANDS = [add_demo, add_inspect, add_convert, add_explain, add_serve, add_triton]
 
 
 if __name__ == "__main__":   # pragma: no cover
