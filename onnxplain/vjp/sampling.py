@@ -20,7 +20,7 @@ from onnx import helper
 
 from ..graph import np_dtype
 from . import register
-from .linalg import _fail
+from ._common import fail
 from .shape import const_value
 
 
@@ -119,7 +119,7 @@ def _scales(ctx, shape_in, axes, out_shape):
     names = list(ctx.x) + [""] * (4 - len(ctx.x))
     scales = const_value(b, names[2]) if names[2] else None
     if names[2] and scales is None:
-        raise _fail(ctx, "its scales are computed at run time; onnxplain needs them constant")
+        raise fail(ctx, "its scales are computed at run time; onnxplain needs them constant")
     if scales is not None and scales.size:
         return {a: (float(s), None) for a, s in zip(axes, np.asarray(scales, np.float64).tolist())}
     sizes = const_value(b, names[3]) if names[3] else None
@@ -128,7 +128,7 @@ def _scales(ctx, shape_in, axes, out_shape):
     elif out_shape is not None:
         sizes = [out_shape[a] for a in axes]
     else:
-        raise _fail(ctx, "its sizes are computed at run time and its output shape is unknown")
+        raise fail(ctx, "its sizes are computed at run time and its output shape is unknown")
     ratios = {}
     for a, size in zip(axes, sizes):
         if size == shape_in[a]:
@@ -136,7 +136,7 @@ def _scales(ctx, shape_in, axes, out_shape):
         elif isinstance(size, int) and isinstance(shape_in[a], int):
             ratios[a] = size / shape_in[a]
         else:
-            raise _fail(ctx, f"axis {a} is resized but its sizes are not static (input {shape_in}, sizes {sizes})")
+            raise fail(ctx, f"axis {a} is resized but its sizes are not static (input {shape_in}, sizes {sizes})")
     policy = _attr_str(ctx, "keep_aspect_ratio_policy", "stretch")
     if policy == "stretch":
         return {a: (r, size) for (a, r), size in zip(ratios.items(), sizes)}
@@ -149,7 +149,7 @@ def _geometry(ctx):
     b, X, Y = ctx.b, ctx.x[0], ctx.y[0]
     shape_in = b.shape(X)
     if shape_in is None:
-        raise _fail(ctx, "the rank of its input is unknown")
+        raise fail(ctx, "the rank of its input is unknown")
     rank = len(shape_in)
     axes = ctx.attr("axes", None)
     axes = list(range(rank)) if axes is None else [a + rank if a < 0 else a for a in axes]
@@ -160,7 +160,7 @@ def _geometry(ctx):
     if coordinate_mode == "tf_crop_and_resize":
         roi = const_value(b, ctx.x[1]) if len(ctx.x) > 1 and ctx.x[1] else None
         if roi is None:
-            raise _fail(ctx, "tf_crop_and_resize needs a constant roi")
+            raise fail(ctx, "tf_crop_and_resize needs a constant roi")
         roi = np.asarray(roi, np.float64).ravel()
     geometry = []
     for i, a in enumerate(axes):
@@ -174,7 +174,7 @@ def _geometry(ctx):
             continue              # an axis left as it is (the dynamic batch axis among them)
         n_in = shape_in[a]
         if not isinstance(n_in, int):
-            raise _fail(ctx, f"axis {a} is resized but its size is not static (input shape {shape_in})")
+            raise fail(ctx, f"axis {a} is resized but its size is not static (input shape {shape_in})")
         if out_shape is not None and isinstance(out_shape[a], int):
             n_out = out_shape[a]
         if not isinstance(n_out, int):
@@ -190,10 +190,10 @@ def vjp_resize(ctx):
     b, X, dy = ctx.b, ctx.x[0], ctx.dy[0]
     mode = _attr_str(ctx, "mode", "nearest")
     if mode not in ("nearest", "linear", "cubic"):
-        raise _fail(ctx, f"unknown mode {mode!r}")
+        raise fail(ctx, f"unknown mode {mode!r}")
     geometry = _geometry(ctx)
     if ctx.attr("antialias", 0) and mode != "nearest" and any(s < 1 for _, _, _, s, _ in geometry):
-        raise _fail(ctx, "antialias=1 when downsampling is not supported")
+        raise fail(ctx, "antialias=1 when downsampling is not supported")
     rank = len(b.shape(X))
     dtype = np_dtype(b.elem_type(X))
     options = dict(mode=mode, coordinate_mode=_attr_str(ctx, "coordinate_transformation_mode", "half_pixel"),
