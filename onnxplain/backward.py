@@ -3,13 +3,12 @@
 Everything shared by the rules lives here and nowhere else: which tensors get
 cotangents (only those that depend on an attributed input and are floating
 point), summing the cotangents of tensors used more than once, and undoing
-broadcasting.  Each op's own maths is one small rule in :mod:`onnxplain.vjp`.
+broadcasting (with :meth:`onnxplain.graph.GraphBuilder.unbroadcast`).  Each op's own maths is one small rule in :mod:`onnxplain.vjp`.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import numpy as np
 import onnx
 
 from .errors import UnsupportedOperatorError
@@ -127,7 +126,7 @@ def backward(b: GraphBuilder, output: str, seed: str, wrt: list[str], overrides:
             if g is None or not name or name not in active:
                 continue
             if rule.broadcast:
-                g = unbroadcast(b, g, name, node.output[0])
+                g = b.unbroadcast(g, name, node.output[0])
             cot.setdefault(name, []).append(g)
 
     result = {}
@@ -146,42 +145,6 @@ def _take(b: GraphBuilder, cot: dict, name: str, keep: bool) -> str | None:
     else:
         del cot[name]
     return total
-
-
-def unbroadcast(b: GraphBuilder, g: str, x: str, y: str) -> str:
-    """Sum ``g`` (shaped like ``y``) down to the shape of ``x`` (numpy broadcasting undone)."""
-    sx, sy = b.shape(x), b.shape(y)
-    if sx is not None and sy is not None and sx == sy and all(d is not None for d in sx):
-        return g
-    if sx is not None and sy is not None and all(isinstance(d, int) for d in sx + sy):
-        lead = len(sy) - len(sx)
-        axes = list(range(lead)) + [lead + i for i, d in enumerate(sx) if d == 1 and sy[lead + i] != 1]
-        if axes:
-            g = b.reduce_sum(g, axes, keepdims=1)
-        return g if not lead else b.reshape(g, b.ints(sx))
-    return _unbroadcast_dynamic(b, g, x, sx, sy)
-
-
-def _unbroadcast_dynamic(b: GraphBuilder, g: str, x: str, sx, sy) -> str:
-    """Broadcast axes found at run time: where the padded shape of x differs from g's.
-
-    Works with unknown ranks too: the padding of x's shape is computed from the ranks at run time.
-    """
-    shape_x, shape_g = b.shape_of(x), b.shape_of(g)
-    if sx is not None and sy is not None:
-        lead = len(sy) - len(sx)
-        padded = b.op("Concat", b.ints([1] * lead), shape_x, axis=0) if lead else shape_x
-        positions = b.ints(range(len(sy)))
-    else:
-        rank_g, rank_x = b.op("Size", shape_g), b.op("Size", shape_x)
-        ones = b.op("ConstantOfShape", b.reshape(b.sub(rank_g, rank_x), b.ints([1])),
-                    value=onnx.numpy_helper.from_array(np.ones(1, np.int64)))
-        padded = b.op("Concat", ones, shape_x, axis=0)
-        positions = b.op("Range", b.const(0, np.int64), rank_g, b.const(1, np.int64))
-    differs = b.op("Not", b.op("Equal", padded, shape_g))
-    axes = b.op("Compress", positions, differs, axis=0)
-    summed = b.op("ReduceSum", g, axes, keepdims=1, noop_with_empty_axes=1)
-    return b.reshape(summed, shape_x)
 
 
 def _lookup(rules: dict, node: onnx.NodeProto, opset: int) -> Rule | None:

@@ -15,13 +15,12 @@ from ._common import Window, all_static, fail, rank_or_fail, shape_tail, spread,
 
 # ------------------------------------------------------------------------------------ helpers
 def _sum_to(b, g: str, g_shape, x: str, x_shape) -> str:
-    """Sum ``g`` (static shape ``g_shape``) down to ``x``'s shape with the walker's unbroadcast."""
-    from ..backward import unbroadcast
+    """Sum ``g`` (static shape ``g_shape``) down to ``x``'s shape with the builder's unbroadcast."""
     et = b.elem_type(g) or b.elem_type(x)
     b.set_type(g, et, g_shape)
     if b.shape(x) is None:
         b.set_type(x, b.elem_type(x) or et, x_shape)
-    return unbroadcast(b, g, x, g)
+    return b.unbroadcast(g, x, g)
 
 
 def _broadcast_dims(a, c) -> tuple:
@@ -70,9 +69,8 @@ def vjp_gemm(ctx):
         grads[1] = (b.op("Gemm", dy, A, transA=1, transB=ta, alpha=scale) if tb
                     else b.op("Gemm", A, dy, transA=1 - ta, transB=0, alpha=scale))
     if len(ctx.x) > 2 and ctx.x[2] and ctx.needs(2):
-        from ..backward import unbroadcast
         dc = dy if beta == 1.0 else b.mul(dy, b.like(beta, ctx.y[0]))
-        grads[2] = unbroadcast(b, dc, ctx.x[2], ctx.y[0])
+        grads[2] = b.unbroadcast(dc, ctx.x[2], ctx.y[0])
     return grads
 
 

@@ -112,11 +112,10 @@ def vjp_layer_norm(ctx):
                 parts.append(b.neg(b.div(b.mul(b.mul(b.cast_like(d_inv, X), inv3), xc), n)))
         grads[0] = b.sum(parts) if parts else None
     if dy is not None:
-        from ..backward import unbroadcast
         if ctx.needs(1):
-            grads[1] = unbroadcast(b, b.mul(dy, xhat), scale, ctx.y[0])
+            grads[1] = b.unbroadcast(b.mul(dy, xhat), scale, ctx.y[0])
         if bias is not None and ctx.needs(2):
-            grads[2] = unbroadcast(b, dy, bias, ctx.y[0])
+            grads[2] = b.unbroadcast(dy, bias, ctx.y[0])
     return grads
 
 
