@@ -143,6 +143,20 @@ def run_reference(model, feeds):
     return ReferenceEvaluator(model, new_ops=[_Erf, _Gelu]).run(None, feeds)
 
 
+def assert_matches_finite_differences(model, xs: dict, consts: dict, dy, grads: dict, rng, rtol: float = 1e-5,
+                                      name: str = ""):
+    """``<dy, J dx>`` by central finite differences in float64 (onnx.reference) against ``<grad, dx>``
+    along a random direction ``dx`` of the attributed inputs ``xs`` (``consts``: the other feeds)."""
+    dirs = {x: rng.standard_normal(np.shape(v)) for x, v in xs.items()}
+    h = 1e-6
+    plus = run_reference(model, {**consts, **{x: xs[x] + h * dirs[x] for x in xs}})[0]
+    minus = run_reference(model, {**consts, **{x: xs[x] - h * dirs[x] for x in xs}})[0]
+    jvp = float(np.sum(dy * (plus - minus) / (2 * h)))
+    vjp = float(sum(np.sum(grads[x] * dirs[x]) for x in xs))
+    scale = max(1.0, abs(jvp), float(sum(np.abs(g).sum() for g in grads.values())) * 1e-3)
+    assert abs(jvp - vjp) <= rtol * scale, f"{name}: finite differences {jvp} vs VJP {vjp}"
+
+
 def check_case(case: Case, seed: int = 0, torch_check: bool = True, ort_check: bool = True):
     rng = np.random.default_rng(seed)
     model, wrt, out = build_case_model(case)
@@ -156,15 +170,8 @@ def check_case(case: Case, seed: int = 0, torch_check: bool = True, ort_check: b
     for x in wrt:
         assert grads[f"grad_{x}"].shape == xs[x].shape, (case.name, x, grads[f"grad_{x}"].shape, xs[x].shape)
 
-    # finite differences along a random direction, in float64
-    dirs = {x: rng.standard_normal(xs[x].shape) for x in wrt}
-    h = 1e-6
-    plus = run_reference(model, {x: xs[x] + h * dirs[x] for x in wrt})[0]
-    minus = run_reference(model, {x: xs[x] - h * dirs[x] for x in wrt})[0]
-    jvp = float(np.sum(dy * (plus - minus) / (2 * h)))
-    vjp = float(sum(np.sum(grads[f"grad_{x}"] * dirs[x]) for x in wrt))
-    scale = max(1.0, abs(jvp), float(sum(np.abs(grads[f"grad_{x}"]).sum() for x in wrt)) * 1e-3)
-    assert abs(jvp - vjp) <= case.fd_rtol * scale, f"{case.name}: finite differences {jvp} vs VJP {vjp}"
+    assert_matches_finite_differences(model, xs, {}, dy, {x: grads[f"grad_{x}"] for x in wrt}, rng,
+                                      case.fd_rtol, case.name)
 
     if torch_check and case.torch_fn is not None:
         import torch
