@@ -9,7 +9,9 @@ import numpy as np
 import onnx
 from onnx import TensorProto
 
+from .backward import gradient_cut
 from .converters import digest, normalize
+from .errors import NoGradientPathError
 from .graph import FLOAT_TYPES, GraphBuilder, np_dtype
 from .methods import Spec, get_method
 from .methods.base import Point
@@ -33,7 +35,8 @@ class Explainer:
     model: a path, bytes or ``onnx.ModelProto``.
     method: a name from :data:`onnxplain.METHODS` (or a DeepExplain alias).
     output: the model output to explain (default: the first floating-point one).
-    inputs: the inputs to attribute (default: every floating-point input; for a
+    inputs: the inputs to attribute (default: every floating-point input, for
+        gradient methods every one a gradient path joins to the output; for a
         model without any, its token input, attributed at the embedding it feeds).
     layer: attribute this intermediate tensor instead of the inputs (Captum's
         Layer* methods); baselines are still given for ``inputs``.
@@ -252,17 +255,24 @@ def _choose_output(model, output):
 def _spec(model, output, inputs, layer=None, method=None) -> Spec:
     """Which tensors get attributions (points), which inputs take baselines (carriers), which pass through.
 
-    By default every floating-point input is attributed; a model with none has
-    its token inputs (integers feeding an embedding Gather) attributed at that
-    Gather's output.  ``inputs`` names them explicitly; ``layer`` attributes an
+    By default every floating-point input is attributed (for gradient and
+    modified-rule methods: every one that a gradient path joins to the output,
+    as long as one does); a model with none has its token inputs (integers
+    feeding an embedding Gather) attributed at that Gather's output.  A named
+    input or layer that reaches the output only through steps with no gradient
+    (a Cast to an integer type, Floor, ArgMax, a comparison, a Shape) is refused
+    with :class:`~onnxplain.errors.NoGradientPathError` for those methods.  ``inputs`` names them explicitly; ``layer`` attributes an
     intermediate tensor instead, with baselines for ``inputs``.
     """
     graph_inputs = _graph_inputs(model)
     names = [vi.name for vi in graph_inputs]
     floats = [vi.name for vi in graph_inputs if vi.type.tensor_type.elem_type in FLOAT_TYPES]
     tokens = token_embeddings(model)
+    cut = _gradient_cuts(model, output, method)
     if inputs is None:
         chosen = floats or list(tokens)[:1]
+        if len(chosen) > 1 and any(cut(x) is None for x in chosen):
+            chosen = [x for x in chosen if cut(x) is None]    # attribute the inputs a gradient reaches
         if not chosen:
             raise ValueError(f"the model has no floating-point input and no token input feeding an embedding "
                              f"to attribute (inputs: {names})")
@@ -279,10 +289,29 @@ def _spec(model, output, inputs, layer=None, method=None) -> Spec:
         points = [Point(layer, _check_layer(model, layer))]
     else:
         points = [Point(x, x, x) if x in floats else Point(x, tokens[x]) for x in chosen]
+    for p in points:
+        node = cut(p.tensor)
+        if node is not None:
+            raise NoGradientPathError(p.key, output, node, "layer" if layer is not None else "input")
     if method is not None and not method.supports_layers and not all(p.is_input for p in points):
         raise ValueError(f"method {method.name!r} attributes floating-point inputs only; "
                          f"{'layer=' if layer else 'token inputs'} needs another method")
     return Spec(model, output, points, chosen, [x for x in names if x not in chosen])
+
+
+def _gradient_cuts(model, output, method):
+    """``tensor -> the node that cuts every gradient path from it to output (or None)``, for methods that
+    follow gradients; never a cut for perturbation methods (or when no method is given)."""
+    if method is None or method.forward_only:
+        return lambda tensor: None
+    b = GraphBuilder(model)
+    found = {}
+
+    def cut(tensor):
+        if tensor not in found:
+            found[tensor] = gradient_cut(b.nodes, tensor, output, b, method.overrides)
+        return found[tensor]
+    return cut
 
 
 _SHAPE_ONLY = ("Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity", "Cast")

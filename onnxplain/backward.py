@@ -81,6 +81,33 @@ def path_nodes(nodes, wrt, outputs, b: GraphBuilder):
     return on_path, active
 
 
+def gradient_cut(nodes, x: str, output: str, b: GraphBuilder, overrides: dict | None = None):
+    """The node that cuts every gradient path from ``x`` to ``output``, or None.
+
+    None when ``output`` does not depend on ``x`` at all, or when a path of floating-point tensors
+    through ops that pass gradients joins them.  Otherwise the first node (in graph order) that reads
+    a tensor gradients reach from ``x`` and feeds ``output`` without passing them on: a Cast to an
+    integer or boolean type, Shape, a comparison, Floor, ArgMax...
+    """
+    needed = needed_tensors(nodes, [output])
+    if x not in needed:
+        return None
+    rules = _table(overrides)
+    flowing = {x}
+    for node in nodes:
+        if any(i in flowing for i in node.input if i) or _subgraph_reads(node, flowing):
+            rule = _lookup(rules, node, b.opset)
+            if rule is None or not rule.cuts:
+                flowing.update(o for o in node.output if o and _may_be_float(b, o))
+    if output in flowing:
+        return None
+    for node in nodes:
+        if (any(i in flowing for i in node.input if i) or _subgraph_reads(node, flowing)) and \
+                any(o in needed and o not in flowing for o in node.output):
+            return node
+    return None
+
+
 def missing_rules(nodes, wrt, outputs, b: GraphBuilder, overrides: dict | None = None) -> list[onnx.NodeProto]:
     """The nodes between ``wrt`` and ``outputs`` that no rule (standard or override) covers."""
     on_path, _ = path_nodes(nodes, wrt, outputs, b)
