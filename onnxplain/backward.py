@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import onnx
 
 from .errors import UnsupportedOperatorError
-from .graph import GraphBuilder
+from .graph import GraphBuilder, topological_order
 from .vjp import RULES, Rule
 
 
@@ -26,14 +26,15 @@ class VJPContext:
     active: frozenset = field(repr=False)
     ref: object = None      # DeepLIFT: maps a tensor to its reference rows (rules.Partner)
     params: dict = field(default_factory=dict)  # graph tensors a modified rule reads (e.g. eps)
+    reads: dict = field(default_factory=dict)   # forward tensors the rule reads under another name (NaN-safe)
 
     @property
     def x(self) -> list[str]:
-        return list(self.node.input)
+        return [self.reads.get(n, n) for n in self.node.input]
 
     @property
     def y(self) -> list[str]:
-        return list(self.node.output)
+        return [self.reads.get(n, n) for n in self.node.output]
 
     @property
     def opset(self) -> int:
@@ -139,12 +140,15 @@ def backward(b: GraphBuilder, output: str, seed: str, wrt: list[str], overrides:
 
     cot: dict[str, list[str]] = {output: [seed]}
     frozen = frozenset(active)
+    fragile = nan_masked_tensors(topological_order(b.nodes), b)
+    safe: dict[str, str] = {}
     for node in reversed(on_path):
         if not any(o in cot for o in node.output):
             continue
         dy = [_take(b, cot, o, keep=o in wrt) for o in node.output]
         rule = _lookup(rules, node, b.opset)
-        ctx = VJPContext(b, node, dy, frozen, ref, params or {})
+        reads = {t: _nan_as_zero(b, t, safe) for t in list(node.input) + list(node.output) if t in fragile}
+        ctx = VJPContext(b, node, dy, frozen, ref, params or {}, reads)
         grads = rule.fn(ctx)
         if len(grads) > len(node.input):
             raise AssertionError(f"rule for {node.op_type} returned {len(grads)} cotangents for {len(node.input)} inputs")
@@ -160,6 +164,47 @@ def backward(b: GraphBuilder, output: str, seed: str, wrt: list[str], overrides:
     for x in wrt:
         result[x] = b.sum(cot[x]) if x in cot else b.zeros_like(x)
     return result
+
+
+#: Ops that can make NaN from finite inputs (a Softmax over a row of -inf, 0/0, log or sqrt of a negative).
+NAN_SOURCES = ("Softmax", "LogSoftmax", "Div", "Reciprocal", "Log", "Sqrt", "Pow")
+
+
+def nan_masked_tensors(nodes, b: GraphBuilder) -> set[str]:
+    """Forward tensors that may hold NaN where a ``Where`` downstream does not take them.
+
+    Attention that masks whole rows computes ``Where(all_masked, 0, Softmax(scores))``: the forward
+    pass is finite, but the Softmax rule multiplies its (zero) cotangent by the NaN row, and NaN * 0
+    spreads over every key through the QK^T MatMul.  Rules must read such tensors with NaN replaced
+    by 0 *before* they use them (masking a rule's result afterwards would also drop the valid terms
+    a MatMul sums with the NaN ones).  Where the forward output is finite, a NaN value only ever
+    meets a zero cotangent, so reading it as 0 changes nothing else.  The tensors are those computed
+    from an op in :data:`NAN_SOURCES` (a Div only when its divisor is not a constant) that reach a
+    branch of a ``Where``; in graphs without both, nothing is masked and nothing is emitted.
+    """
+    constants = {i.name for i in b.initializers} | {o for n in b.nodes if n.op_type == "Constant" for o in n.output}
+    may_be_nan: set[str] = set()
+    for node in nodes:
+        source = node.op_type in NAN_SOURCES and not (node.op_type == "Div" and node.input[1] in constants)
+        if source or any(i in may_be_nan for i in node.input if i):
+            may_be_nan.update(o for o in node.output if o and _may_be_float(b, o))
+    if not may_be_nan:
+        return set()
+    before_where: set[str] = set()
+    for node in reversed(nodes):
+        if node.op_type == "Where":
+            before_where.update(i for i in node.input[1:] if i)
+        if any(o in before_where for o in node.output):
+            before_where.update(i for i in node.input if i)
+    return may_be_nan & before_where
+
+
+def _nan_as_zero(b: GraphBuilder, t: str, cache: dict) -> str:
+    """``t`` with NaN replaced by 0 (one Where per tensor)."""
+    if t not in cache:
+        cache[t] = b.where(b.op("IsNaN", t), b.like(0.0, t), t)
+        b.set_type(cache[t], b.elem_type(t), b.shape(t))
+    return cache[t]
 
 
 def _take(b: GraphBuilder, cot: dict, name: str, keep: bool) -> str | None:
