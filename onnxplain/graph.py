@@ -189,8 +189,14 @@ class GraphBuilder:
     def reshape(self, x: str, shape: str) -> str:
         return self.op("Reshape", x, shape)
 
+    def reshape_exact(self, x: str, shape: str) -> str:
+        """Reshape to ``shape`` holding actual sizes (read with Shape at run time, or static; no -1 and no
+        0 meaning "copy"): from opset 14 with ``allowzero=1``, so a zero-size dimension stays 0 instead of
+        copying x's size at that position."""
+        return self.op("Reshape", x, shape, allowzero=1 if self.opset >= 14 else None)
+
     def reshape_like(self, x: str, ref: str) -> str:
-        return self.op("Reshape", x, self.shape_of(ref))
+        return self.reshape_exact(x, self.shape_of(ref))
 
     def zeros_like(self, x: str) -> str:
         et = self.elem_type(x) or TensorProto.FLOAT
@@ -232,7 +238,7 @@ class GraphBuilder:
             axes = list(range(lead)) + [lead + i for i, d in enumerate(sx) if d == 1 and sy[lead + i] != 1]
             if axes:
                 g = self.reduce_sum(g, axes, keepdims=1)
-            return g if not lead else self.reshape(g, self.ints(sx))
+            return g if not lead else self.reshape_exact(g, self.ints(sx))
         return self._unbroadcast_dynamic(g, x, sx, sy)
 
     def _unbroadcast_dynamic(self, g: str, x: str, sx, sy) -> str:
@@ -254,7 +260,7 @@ class GraphBuilder:
         differs = self.op("Not", self.op("Equal", padded, shape_g))
         axes = self.op("Compress", positions, differs, axis=0)
         summed = self.op("ReduceSum", g, axes, keepdims=1, noop_with_empty_axes=1)
-        return self.reshape(summed, shape_x)
+        return self.reshape_exact(summed, shape_x)
 
 
 def topological_order(nodes: list[onnx.NodeProto]) -> list[onnx.NodeProto]:

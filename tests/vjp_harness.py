@@ -52,6 +52,7 @@ class Case:
     extra_nodes: list = field(default_factory=list)  # nodes that run after the op (consume "y0")
     dynamic: bool = False  # make the first dim of inputs and output symbolic ("batch") in the model
     unknown_shapes: tuple = ()  # tensors whose inferred shape (not type) is dropped, as when ranks get lost
+    node_inputs: int | None = None  # the op reads the first this many inputs; extra_nodes may read the others
 
 
 def build_case_model(case: Case, dtype=TensorProto.DOUBLE):
@@ -72,7 +73,7 @@ def build_case_model(case: Case, dtype=TensorProto.DOUBLE):
                 arr = arr.astype(np_t)
             inits.append(numpy_helper.from_array(arr, name))
     outs = [f"y{k}" for k in range(case.n_outputs)]
-    node = helper.make_node(case.op, names, outs, **case.attrs)
+    node = helper.make_node(case.op, names[:case.node_inputs], outs, **case.attrs)
     nodes = [node] + list(case.extra_nodes)
     final = nodes[-1].output[0] if case.extra_nodes else outs[case.output]
     def make(out_shape):
