@@ -9,7 +9,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto
 
-from .backward import gradient_cut
+from .backward import gradient_cuts
 from .converters import digest, normalize
 from .errors import NoGradientPathError
 from .graph import FLOAT_TYPES, GraphBuilder, np_dtype
@@ -258,17 +258,19 @@ def _spec(model, output, inputs, layer=None, method=None) -> Spec:
     By default every floating-point input is attributed (for gradient and
     modified-rule methods: every one that a gradient path joins to the output,
     as long as one does); a model with none has its token inputs (integers
-    feeding an embedding Gather) attributed at that Gather's output.  A named
-    input or layer that reaches the output only through steps with no gradient
-    (a Cast to an integer type, Floor, ArgMax, a comparison, a Shape) is refused
-    with :class:`~onnxplain.errors.NoGradientPathError` for those methods.  ``inputs`` names them explicitly; ``layer`` attributes an
-    intermediate tensor instead, with baselines for ``inputs``.
+    feeding an embedding Gather) attributed at that Gather's output.
+    ``inputs`` names them explicitly; ``layer`` attributes an intermediate
+    tensor instead, with baselines for ``inputs``.  A named input or layer that
+    reaches the output only through steps with no gradient (a Cast to an integer
+    type, Floor, ArgMax, a comparison, a Shape) is refused with
+    :class:`~onnxplain.errors.NoGradientPathError` by those methods.
     """
     graph_inputs = _graph_inputs(model)
     names = [vi.name for vi in graph_inputs]
     floats = [vi.name for vi in graph_inputs if vi.type.tensor_type.elem_type in FLOAT_TYPES]
     tokens = token_embeddings(model)
-    cut = _gradient_cuts(model, output, method)
+    cut = (lambda tensor: None) if method is None or method.forward_only else \
+        gradient_cuts(model, output, method.overrides)
     if inputs is None:
         chosen = floats or list(tokens)[:1]
         if len(chosen) > 1 and any(cut(x) is None for x in chosen):
@@ -297,21 +299,6 @@ def _spec(model, output, inputs, layer=None, method=None) -> Spec:
         raise ValueError(f"method {method.name!r} attributes floating-point inputs only; "
                          f"{'layer=' if layer else 'token inputs'} needs another method")
     return Spec(model, output, points, chosen, [x for x in names if x not in chosen])
-
-
-def _gradient_cuts(model, output, method):
-    """``tensor -> the node that cuts every gradient path from it to output (or None)``, for methods that
-    follow gradients; never a cut for perturbation methods (or when no method is given)."""
-    if method is None or method.forward_only:
-        return lambda tensor: None
-    b = GraphBuilder(model)
-    found = {}
-
-    def cut(tensor):
-        if tensor not in found:
-            found[tensor] = gradient_cut(b.nodes, tensor, output, b, method.overrides)
-        return found[tensor]
-    return cut
 
 
 _SHAPE_ONLY = ("Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity", "Cast")

@@ -109,6 +109,18 @@ def gradient_cut(nodes, x: str, output: str, b: GraphBuilder, overrides: dict | 
     return None
 
 
+def gradient_cuts(model: onnx.ModelProto, output: str, overrides: dict | None = None):
+    """``cut(tensor)``: :func:`gradient_cut` of ``tensor`` in ``model`` (a normalised model), memoised."""
+    b = GraphBuilder(model)
+    found: dict = {}
+
+    def cut(tensor: str):
+        if tensor not in found:
+            found[tensor] = gradient_cut(b.nodes, tensor, output, b, overrides)
+        return found[tensor]
+    return cut
+
+
 def missing_rules(nodes, wrt, outputs, b: GraphBuilder, overrides: dict | None = None) -> list[onnx.NodeProto]:
     """The nodes between ``wrt`` and ``outputs`` that no rule (standard or override) covers."""
     on_path, _ = path_nodes(nodes, wrt, outputs, b)
