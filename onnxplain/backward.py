@@ -2,8 +2,11 @@
 
 Everything shared by the rules lives here and nowhere else: which tensors get
 cotangents (only those that depend on an attributed input and are floating
-point), summing the cotangents of tensors used more than once, and undoing
-broadcasting (with :meth:`onnxplain.graph.GraphBuilder.unbroadcast`).  Each op's own maths is one small rule in :mod:`onnxplain.vjp`.
+point), summing the cotangents of tensors used more than once, undoing
+broadcasting (with :meth:`onnxplain.graph.GraphBuilder.unbroadcast`), reading
+NaN as 0 where a ``Where`` drops it, and finding the op that cuts every gradient
+path from a tensor to the output.  Each op's own maths is one small rule in
+:mod:`onnxplain.vjp`.
 """
 from __future__ import annotations
 

@@ -303,7 +303,8 @@ def _runtime_resize_model(dtype, how: str, **attrs):
         nodes = [helper.make_node("Resize", ["x", "", "scales"], ["r"], **attrs)]
     inits.append(numpy_helper.from_array(np.array(1.5, helper.tensor_dtype_to_np_dtype(dtype)), "c"))
     nodes.append(helper.make_node("Mul", ["r", "c"], ["y"]))
-    graph = helper.make_graph(nodes, "resize", inputs, [helper.make_tensor_value_info("y", dtype, ["N", 3, "oh", "ow"])], inits)
+    out = helper.make_tensor_value_info("y", dtype, ["N", 3, "oh", "ow"])
+    graph = helper.make_graph(nodes, "resize", inputs, [out], inits)
     return normalize(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), dynamic_batch=False)
 
 
