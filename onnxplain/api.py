@@ -9,7 +9,9 @@ import numpy as np
 import onnx
 from onnx import TensorProto
 
+from .backward import gradient_cuts
 from .converters import digest, normalize
+from .errors import NoGradientPathError
 from .graph import FLOAT_TYPES, GraphBuilder, np_dtype
 from .methods import Spec, get_method
 from .methods.base import Point
@@ -33,7 +35,8 @@ class Explainer:
     model: a path, bytes or ``onnx.ModelProto``.
     method: a name from :data:`onnxplain.METHODS` (or a DeepExplain alias).
     output: the model output to explain (default: the first floating-point one).
-    inputs: the inputs to attribute (default: every floating-point input; for a
+    inputs: the inputs to attribute (default: every floating-point input, for
+        gradient methods every one a gradient path joins to the output; for a
         model without any, its token input: the gradient methods attribute it at
         the embedding it feeds, the perturbation methods as itself).  The
         perturbation methods attribute inputs of any dtype (token ids, bytes,
@@ -277,21 +280,29 @@ def _choose_output(model, output):
 def _spec(model, output, inputs, layer=None, method=None) -> Spec:
     """Which tensors get attributions (points), which inputs take baselines (carriers), which pass through.
 
-    By default every floating-point input is attributed; a model with none has
-    its first token input (integers feeding an embedding Gather) attributed: at
-    that Gather's output by the gradient methods, as itself by the perturbation
-    methods (``forward_only``), which take inputs of any dtype and, for a model
-    with neither float nor token inputs, attribute every input.  ``inputs``
-    names them explicitly; ``layer`` attributes an intermediate tensor instead,
-    with baselines for ``inputs``.
+    By default every floating-point input is attributed (for gradient and
+    modified-rule methods: every one that a gradient path joins to the output,
+    as long as one does); a model with none has its first token input (integers
+    feeding an embedding Gather) attributed: at that Gather's output by the
+    gradient methods, as itself by the perturbation methods (``forward_only``),
+    which take inputs of any dtype and, for a model with neither float nor token
+    inputs, attribute every input.  ``inputs`` names them explicitly; ``layer``
+    attributes an intermediate tensor instead, with baselines for ``inputs``.  A
+    named input or layer that reaches the output only through steps with no
+    gradient (a Cast to an integer type, Floor, ArgMax, a comparison, a Shape) is
+    refused with :class:`~onnxplain.errors.NoGradientPathError` by those methods.
     """
     graph_inputs = _graph_inputs(model)
     names = [vi.name for vi in graph_inputs]
     floats = [vi.name for vi in graph_inputs if vi.type.tensor_type.elem_type in FLOAT_TYPES]
     tokens = token_embeddings(model)
     as_themselves = method is not None and method.forward_only   # perturbations feed the values themselves
+    cut = (lambda tensor: None) if method is None or method.forward_only else \
+        gradient_cuts(model, output, method.overrides)
     if inputs is None:
         chosen = floats or list(tokens)[:1] or (names if as_themselves else [])
+        if len(chosen) > 1 and any(cut(x) is None for x in chosen):
+            chosen = [x for x in chosen if cut(x) is None]    # attribute the inputs a gradient reaches
         if not chosen:
             raise ValueError(f"the model has no floating-point input and no token input feeding an embedding "
                              f"to attribute (inputs: {names}); the perturbation methods attribute inputs of any "
@@ -312,6 +323,10 @@ def _spec(model, output, inputs, layer=None, method=None) -> Spec:
         points = [Point(layer, _check_layer(model, layer))]
     else:
         points = [Point(x, x, x) if x in floats or as_themselves else Point(x, tokens[x]) for x in chosen]
+    for p in points:
+        node = cut(p.tensor)
+        if node is not None:
+            raise NoGradientPathError(p.key, output, node, "layer" if layer is not None else "input")
     if method is not None and not method.supports_layers and not all(p.is_input for p in points):
         what = "the model's inputs (of any dtype)" if as_themselves else "floating-point inputs"
         raise ValueError(f"method {method.name!r} attributes {what} only; "

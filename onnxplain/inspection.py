@@ -7,6 +7,7 @@ import onnx
 
 from .backward import missing_rules
 from .converters import load_model, normalize
+from .errors import UnsupportedOperatorError
 from .graph import FLOAT_TYPES, GraphBuilder
 
 
@@ -17,8 +18,9 @@ def inspect(model, output: str | None = None) -> dict:
     (op histogram), ``attributed`` (what the Explainer attributes by default),
     ``layers`` (floating-point tensors that ``layer=`` accepts), and
     ``methods``: for every method whether it is available on the explained
-    output (default: the first floating-point one) and, when not, every op
-    without a rule and its nodes.
+    output (default: the first floating-point one) and, when not, the reason
+    the Explainer would give (every op without a rule and its nodes, a node
+    whose rule refuses it, an input that no gradient reaches).
     """
     from .api import _choose_output, _graph_inputs, _spec
     from .methods import METHODS, get_method
@@ -55,22 +57,36 @@ def inspect(model, output: str | None = None) -> dict:
         if method.forward_only:
             methods[name] = _availability(method, [], "")
             continue
-        b = GraphBuilder(m)
-        missing = missing_rules(b.nodes, [p.tensor for p in spec.points], [out], b, method.overrides)
-        methods[name] = _availability(method, missing, "")
+        methods[name] = _availability(method, *_build_verdict(m, method, spec, out))
     facts["attributed"] = attributed
     facts["methods"] = methods
     return facts
+
+
+def _build_verdict(model, method, spec, output) -> tuple[list, str]:
+    """(nodes without a rule, reason) for a method that builds a backward pass: the rule table's
+    verdict, then the graph itself built as the Explainer builds it (a rule may refuse a node it covers,
+    e.g. a Resize whose geometry it cannot read)."""
+    b = GraphBuilder(model)
+    missing = missing_rules(b.nodes, [p.tensor for p in spec.points], [output], b, method.overrides)
+    if missing:
+        return missing, ""
+    try:
+        method.build(b, spec)
+    except UnsupportedOperatorError as e:
+        return list(e.nodes), str(e)
+    return [], ""
 
 
 def _availability(method, missing, reason: str) -> dict:
     by_op = collections.defaultdict(list)
     for node in missing or []:
         by_op[op_name(node)].append(node.name or node.output[0])
+    available = missing is not None and not missing and not reason
     if missing and not reason:
         reason = "no backward rule for " + ", ".join(sorted(by_op))
-    return {"available": missing is not None and not missing, "forward_only": method.forward_only,
-            "reason": reason, "missing": dict(by_op)}
+    return {"available": available, "forward_only": method.forward_only, "reason": reason,
+            "missing": dict(by_op)}
 
 
 def op_name(node: onnx.NodeProto) -> str:

@@ -280,12 +280,14 @@ def split_steps(b: GraphBuilder, g: str, steps: str, x: str) -> str:
     """Reshape the first ``S*N`` rows of ``g`` into ``(S, N, *row)``."""
     n = batch_rows(b, x)
     head = rows(b, g, b.ints([0]), b.mul(steps, n))
-    return b.reshape(head, b.op("Concat", steps, b.shape_of(x), axis=0))
+    return b.reshape_exact(head, b.op("Concat", steps, b.shape_of(x), axis=0))
 
 
 def flatten_steps(b: GraphBuilder, t: str, x: str) -> str:
     """``(S, N, *row)`` -> ``(S*N, *row)``."""
-    return b.reshape(t, b.op("Concat", b.ints([-1]), row_shape(b, x), axis=0))
+    dims = b.shape_of(t)
+    steps_rows = b.mul(b.op("Slice", dims, b.ints([0]), b.ints([1])), b.op("Slice", dims, b.ints([1]), b.ints([2])))
+    return b.reshape_exact(t, b.op("Concat", steps_rows, row_shape(b, x), axis=0))
 
 
 def per_row_sum(b: GraphBuilder, t: str, rank: int) -> str:
