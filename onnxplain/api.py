@@ -41,11 +41,16 @@ class Explainer:
     memory_budget: bytes one run may use for intermediate tensors; calls are
         split into chunks of rows (and of integration steps) to stay within it.
     threads: onnxruntime's intra-op threads (default: onnxruntime's choice).
+    noise_tunnel: ``"smoothgrad"``, ``"smoothgrad_sq"`` or ``"vargrad"`` over the
+        attributions of ``method`` at noisy copies of the inputs (Captum's
+        ``NoiseTunnel(method)``); ``explain`` then also takes ``nt_samples``,
+        ``stdevs``, ``seed`` and ``noise``.
     """
 
     def __init__(self, model, method: str = "saliency", output: str | None = None, inputs=None, layer=None,
-                 providers=None, memory_budget: int | None = None, threads: int | None = None):
-        self.method = get_method(method)
+                 providers=None, memory_budget: int | None = None, threads: int | None = None,
+                 noise_tunnel: str | None = None):
+        self.method = get_method(method, noise_tunnel=noise_tunnel)
         self.model = normalize(model)
         self.output = _choose_output(self.model, output)
         self.spec = _spec(self.model, self.output, inputs, layer, self.method)
@@ -188,21 +193,22 @@ def build_graph(model: onnx.ModelProto, method, spec: Spec) -> onnx.ModelProto:
 
 def explain(model, inputs, method: str = "saliency", target=None, **kwargs):
     """One-shot :meth:`Explainer.explain` (the graph and session are cached all the same)."""
-    ctor = {k: kwargs.pop(k) for k in ("output", "providers", "memory_budget", "layer", "threads") if k in kwargs}
+    ctor = {k: kwargs.pop(k) for k in ("output", "providers", "memory_budget", "layer", "threads", "noise_tunnel")
+            if k in kwargs}
     if "inputs_to_attribute" in kwargs:
         ctor["inputs"] = kwargs.pop("inputs_to_attribute")
     return Explainer(model, method, **ctor).explain(inputs, target, **kwargs)
 
 
 def convert(model, path, method: str = "saliency", output: str | None = None, inputs=None, layer=None,
-            **defaults):
+            noise_tunnel: str | None = None, **defaults):
     """Write the standalone explanation graph of ``method`` to ``path``.
 
     ``defaults`` set the graph's default parameters (e.g. ``n_steps=20``), stored
     as initializers that a client may override by feeding the input of the same
     name.  The file is written atomically: nothing is left behind on error.
     """
-    m = get_method(method, **defaults)
+    m = get_method(method, noise_tunnel=noise_tunnel, **defaults)
     model = normalize(model)
     spec = _spec(model, _choose_output(model, output), inputs, layer, m)
     graph = build_graph(model, m, spec)

@@ -93,6 +93,16 @@ class Method:
     def build(self, b: GraphBuilder, spec: Spec) -> None:  # pragma: no cover - interface
         raise NotImplementedError
 
+    def reference_rows(self, b: GraphBuilder, total: str, block: str) -> str | None:
+        """How many rows at the end of the expanded batch are references (baselines), not inputs.
+
+        ``total`` is the expanded batch's row count and ``block`` the rows fed per
+        copy of the inputs (both 1-D int64); the rows before the references are
+        copies of the fed rows.  None when the method does not say (a noise tunnel
+        then cannot add noise inside the graph, at a token embedding).
+        """
+        return None
+
     def check_params(self, params: dict) -> dict:
         """Validate call parameters (before anything runs); return them normalised."""
         unknown = sorted(set(params) - set(self.defaults))
