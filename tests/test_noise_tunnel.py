@@ -7,6 +7,7 @@ with the same method parameters.  Models: Linear/ReLU and Conv/ReLU stacks
 TorchScript exporter and by torch.export.
 """
 import copy
+import io
 import warnings
 
 import numpy as np
@@ -224,3 +225,95 @@ def test_noise_tunnel_refuses_what_it_cannot_do(cases):
         ex.explain(case.x.numpy(), target=0, nt_samples=2, noise=np.zeros((3, 3, 6), np.float32))
     with pytest.raises(TypeError, match="unexpected parameter"):
         ex.explain(case.x.numpy(), target=0, epsilon=0.1)
+
+
+# ---------------------------------------------------------------------- token models: noise at the embedding
+class AfterEmbedding(nn.Module):
+    """TokenNet from its embedding output on: Captum's NoiseTunnel then adds its noise to the embedding."""
+
+    def __init__(self, net):
+        super().__init__()
+        self.conv, self.head = net.conv, net.head
+
+    def forward(self, e, mask):
+        h = torch.relu(self.conv(e.transpose(1, 2)))
+        m = mask.to(h.dtype).unsqueeze(1)
+        return self.head((h * m).sum(-1) / m.sum(-1))
+
+
+@pytest.fixture(scope="module")
+def tokens():
+    from test_layers_and_tokens import IDS, MASK, TokenNet
+    net = TokenNet().eval()
+    buf = io.BytesIO()
+    torch.onnx.export(net, (IDS, MASK), buf, dynamo=False, opset_version=17, input_names=["ids", "mask"],
+                      output_names=["y"], dynamic_axes={"ids": {0: "batch", 1: "seq"}, "mask": {0: "batch", 1: "seq"},
+                                                        "y": {0: "batch"}})
+    dynamo = onnxplain.from_torch(net, {"ids": IDS, "mask": MASK}, dynamo=True)
+    e = net.emb(IDS).detach()
+    return net, {"torchscript": buf.getvalue(), "dynamo": dynamo}, IDS, MASK, e
+
+
+def token_reference(rest, kind, captum, e, mask, **kwargs):
+    torch.manual_seed(SEED)
+    return NoiseTunnel(captum).attribute(e, nt_type=kind, nt_samples=SAMPLES, stdevs=STDEV,
+                                         additional_forward_args=(mask,), **kwargs)
+
+
+@pytest.mark.parametrize("export", ["torchscript", "dynamo"])
+@pytest.mark.parametrize("kind", NT_TYPES)
+def test_smoothgrad_on_a_token_model_adds_its_noise_at_the_embedding(tokens, kind, export):
+    net, models, ids, mask, e = tokens
+    feeds = {"ids": ids.numpy(), "mask": mask.numpy()}
+    noise = {"ids": captum_noise(e, SEED, SAMPLES, STDEV)}
+    ours = onnxplain.Explainer(models[export], kind).explain(feeds, target=1, nt_samples=SAMPLES, stdevs=STDEV,
+                                                             noise=noise)
+    rest = AfterEmbedding(net)
+    ref = token_reference(rest, kind, Saliency(rest), e, mask, target=1, abs=False)
+    sq = token_reference(rest, "smoothgrad_sq", Saliency(rest), e, mask, target=1, abs=False)
+    assert_close(ours, ref, RTOL, scale=float(sq.abs().max()) if kind == "vargrad" else None)
+
+
+def test_integrated_gradients_noise_tunnel_on_tokens_keeps_the_baseline_embedding_clean(tokens):
+    """Noise on the inputs' embedding rows only: the padding baseline's embedding is Captum's un-noised one."""
+    net, models, ids, mask, e = tokens
+    pad = torch.full((1, ids.shape[1]), 3)
+    ours, delta = onnxplain.Explainer(models["torchscript"], "integrated_gradients", noise_tunnel="smoothgrad_sq") \
+        .explain({"ids": ids.numpy(), "mask": mask.numpy()}, target=[0, 2, 1], baselines={"ids": pad.numpy()},
+                 nt_samples=SAMPLES, stdevs=STDEV, noise=captum_noise(e, SEED, SAMPLES, STDEV), n_steps=16,
+                 return_convergence_delta=True)
+    rest = AfterEmbedding(net)
+    ref, ref_delta = token_reference(rest, "smoothgrad_sq", IntegratedGradients(rest), e, mask, target=[0, 2, 1],
+                                     baselines=net.emb(pad).detach(), n_steps=16, return_convergence_delta=True)
+    assert_close(ours, ref, RTOL)
+    assert_close(delta, ref_delta.reshape(3, SAMPLES), RTOL, scale=float(np.abs(ours).sum((1, 2)).max()),
+                 what="convergence delta")
+
+
+@pytest.mark.parametrize("method", ["integrated_gradients", "input_x_gradient"])
+def test_noise_tunnel_with_a_layer_of_a_token_model(tokens, method):
+    """layer=: the noise still goes to the embedding, the attributions are the layer's (Captum's Layer*)."""
+    from captum.attr import LayerGradientXActivation, LayerIntegratedGradients
+    from test_layers_and_tokens import output_of
+    net, models, ids, mask, e = tokens
+    layer = output_of(models["torchscript"], "Conv")
+    ex = onnxplain.Explainer(models["torchscript"], method, noise_tunnel="vargrad", layer=layer)
+    params = {"baselines": {"ids": np.zeros((1, ids.shape[1]), np.int64)}, "n_steps": 10} \
+        if method == "integrated_gradients" else {}
+    ours = ex.explain({"ids": ids.numpy(), "mask": mask.numpy()}, target=2, nt_samples=SAMPLES, stdevs=STDEV,
+                      noise=captum_noise(e, SEED, SAMPLES, STDEV), **params)
+    rest = AfterEmbedding(net)
+    if method == "integrated_gradients":
+        captum, kwargs = LayerIntegratedGradients(rest, rest.conv), {"baselines": net.emb(torch.zeros_like(ids[:1]))
+                                                                     .detach(), "n_steps": 10}
+    else:
+        captum, kwargs = LayerGradientXActivation(rest, rest.conv), {}
+    ref = token_reference(rest, "vargrad", captum, e, mask, target=2, **kwargs)
+    sq = token_reference(rest, "smoothgrad_sq", captum, e, mask, target=2, **kwargs)
+    assert_close(ours, ref, RTOL, scale=float(sq.abs().max()))
+
+
+def test_deeplift_noise_tunnel_refuses_token_inputs(tokens):
+    _, models, *_ = tokens
+    with pytest.raises(ValueError, match="cannot add its noise at the embedding"):
+        onnxplain.Explainer(models["torchscript"], "deeplift", noise_tunnel="smoothgrad")

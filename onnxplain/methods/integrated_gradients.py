@@ -98,8 +98,9 @@ class IntegratedGradients(Method):
         for point in spec.points:
             fed, on_x, on_base = points[point.key]
             per_step = split_steps(b, grads[fed], steps, on_x)
-            factor = b.where(multiply, b.sub(on_x, on_base), b.like(1.0, on_x))   # Captum's "local" IG without
-            attr = b.mul(b.reduce_sum(per_step, [0], keepdims=0), factor)      # multiply_by_inputs
+            diff = b.sub(on_x, on_base)   # Captum's "local" IG (multiply_by_inputs=False) takes 1 instead
+            factor = b.where(multiply, diff, b.cast_like(b.const(1.0), diff))
+            attr = b.mul(b.reduce_sum(per_step, [0], keepdims=0), factor)
             totals.append(emit_attribution(b, spec, point, attr))
         f_x = per_row_sum(b, b.mul(tw, picked[spec.output]), out_rank)
         f_b = per_row_sum(b, b.mul(tw, _rows_after(b, out_rows, steps, n)), out_rank)
