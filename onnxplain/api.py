@@ -242,11 +242,16 @@ def _choose_output(model, output):
     if output is not None:
         if output not in names:
             raise ValueError(f"output {output!r} is not an output of the model; its outputs are {names}")
-        if model.graph.output[names.index(output)].type.tensor_type.elem_type not in FLOAT_TYPES:
+        tt = model.graph.output[names.index(output)].type.tensor_type
+        if tt.elem_type not in FLOAT_TYPES:
             raise ValueError(f"output {output!r} is not floating point; only float outputs can be explained")
+        if tt.HasField("shape") and len(tt.shape.dim) == 0:
+            raise ValueError(f"output {output!r} is a scalar without a batch dimension; onnxplain explains outputs "
+                             f"with one row per input row")
         return output
     for o in model.graph.output:
-        if o.type.tensor_type.elem_type in FLOAT_TYPES:
+        tt = o.type.tensor_type
+        if tt.elem_type in FLOAT_TYPES and not (tt.HasField("shape") and len(tt.shape.dim) == 0):
             return o.name
     hint = ""
     if any(not o.type.HasField("tensor_type") for o in model.graph.output):
