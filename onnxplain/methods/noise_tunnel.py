@@ -68,32 +68,19 @@ class NoiseTunnel(Method):
     def build(self, b, spec: Spec) -> None:
         self.inner.build(b, spec)
         declared = {vi.name for vi in b.inputs}
-        model_inputs = [vi.name for vi in spec.model.graph.input if vi.name in declared]
-        fed = {x: b.redirect_reads(x, b.fresh(f"{x}__noisy")) for x in model_inputs}
+        # the inner graph now reads its feeds from tensors this prelude defines
+        fed = {x: b.redirect_reads(x, b.fresh(f"{x}__noisy")) for x in spec.carriers + spec.passthrough
+               if x in declared}
         fed_tw = b.redirect_reads(TARGET_WEIGHTS, b.fresh("target_weights__noisy"))
         fed_params = {p: (c, b.redirect_reads(p, b.fresh(f"{p}__noisy")))
                       for p, c in self._row_params(spec, declared).items()}
 
         n = batch_rows(b, spec.carriers[0])
-        floats = _float_inputs(spec)
-        noise, samples = {}, None
+        noise = self._declare_noise(b, spec)
+        samples = b.op("Slice", b.shape_of(noise[spec.carriers[0]]), b.ints([0]), b.ints([1]))
         for c in spec.carriers:
-            tensor = c if c in floats else _embedding_of(spec, c)
-            noise[c] = declare_param(b, spec.param("noise", c), b.elem_type(tensor), b.rank(tensor) + 1,
-                                     self._default_noise(b, tensor))
-            samples = samples or b.op("Slice", b.shape_of(noise[c]), b.ints([0]), b.ints([1]))
+            self._add_noise(b, spec, c, noise[c], samples, n, fed)
         blocks = b.add(samples, b.ints([1]))
-        for c in spec.carriers:
-            tensor = c if c in floats else self._detach_embedding(b, spec, c)   # the embedding before the noise
-            stdev = declare_param(b, spec.param("stdevs", c), b.elem_type(tensor), 0,
-                                  np.asarray(self._stdev(spec, c)))
-            row = row_shape(b, tensor)
-            draws = b.op("Expand", noise[c], b.op("Concat", samples, n, row, axis=0))
-            scaled = b.reshape(b.mul(stdev, draws), b.op("Concat", b.ints([-1]), row, axis=0))   # (S*N, *row)
-            if c in floats:
-                b.op("Concat", b.add(tile_rows(b, c, samples, b.rank(c)), scaled), c, axis=0, outputs=[fed.pop(c)])
-            else:
-                self._add_noise_at_embedding(b, _embedding_of(spec, c), tensor, scaled, n)
         for x, name in fed.items():   # token carriers and passed-through inputs: the same rows in every block
             b.op("Identity", tile_rows(b, x, blocks, b.rank(x)), outputs=[name])
         for p, (carrier, name) in fed_params.items():   # per-row parameters (baselines): follow their rows
@@ -102,6 +89,31 @@ class NoiseTunnel(Method):
         tw_noisy = tile_rows(b, TARGET_WEIGHTS, samples, b.rank(spec.output))
         b.op("Concat", tw_noisy, b.zeros_like(TARGET_WEIGHTS), axis=0, outputs=[fed_tw])
         self._reduce_outputs(b, spec, samples, n)
+
+    def _declare_noise(self, b, spec: Spec) -> dict[str, str]:
+        """The ``noise`` input of each carrier: ``(S, N or 1, *row)`` of the tensor that takes it."""
+        noise = {}
+        for c in spec.carriers:
+            tensor = c if c in _float_inputs(spec) else _embedding_of(spec, c)
+            noise[c] = declare_param(b, spec.param("noise", c), b.elem_type(tensor), b.rank(tensor) + 1,
+                                     self._default_noise(b, tensor))
+        return noise
+
+    def _add_noise(self, b, spec: Spec, carrier: str, noise: str, samples: str, n: str, fed: dict) -> None:
+        """``stdevs * noise`` on the ``S`` noisy blocks of ``carrier``: a float input's rows (fed with its clean
+        rows last), or a token input's embedding (its ids are then fed to every block, like passed inputs)."""
+        floating = carrier in _float_inputs(spec)
+        tensor = carrier if floating else self._detach_embedding(b, spec, carrier)   # the embedding before noise
+        stdev = declare_param(b, spec.param("stdevs", carrier), b.elem_type(tensor), 0,
+                              np.asarray(self._stdev(spec, carrier)))
+        row = row_shape(b, tensor)
+        draws = b.op("Expand", noise, b.op("Concat", samples, n, row, axis=0))
+        scaled = b.reshape(b.mul(stdev, draws), b.op("Concat", b.ints([-1]), row, axis=0))   # (S*N, *row)
+        if floating:
+            noisy = b.add(tile_rows(b, carrier, samples, b.rank(carrier)), scaled)
+            b.op("Concat", noisy, carrier, axis=0, outputs=[fed.pop(carrier)])
+        else:
+            self._add_noise_at_embedding(b, _embedding_of(spec, carrier), tensor, scaled, n)
 
     def _row_params(self, spec: Spec, declared: set) -> dict[str, str]:
         """The inner method's per-row parameters (its ``row_axes`` on axis 0) in the graph -> their carrier."""
