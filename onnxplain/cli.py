@@ -133,9 +133,6 @@ def _add_method_args(p, graph_defaults: bool) -> None:
     p.add_argument("--input", dest="inputs", action="append", metavar="NAME",
                    help="an input to attribute (repeatable; default: every floating-point input)")
     p.add_argument("--layer", metavar="TENSOR", help="attribute this intermediate tensor instead of the inputs")
-    p.add_argument("--noise-tunnel", choices=("smoothgrad", "smoothgrad_sq", "vargrad"),
-                   help="average (or square, or take the variance of) the method's attributions over noisy copies "
-                        "of the inputs (--nt-samples, --stdevs, --seed)")
     g = p.add_argument_group("method parameters" + (" (stored as the graph's defaults)" if graph_defaults else ""))
     g.add_argument("--n-steps", type=int, help="integrated_gradients: integration steps (50)")
     g.add_argument("--integration", metavar="SCHEME",
@@ -146,10 +143,9 @@ def _add_method_args(p, graph_defaults: bool) -> None:
                                                                       " or an .npy file (default 0)"))
     if not graph_defaults:
         g.add_argument("--internal-batch-size", type=int, help="integrated_gradients: most rows per run")
-    g.add_argument("--nt-samples", type=int, help="smoothgrad/smoothgrad_sq/vargrad, --noise-tunnel: noisy samples (5)")
-    g.add_argument("--stdevs", type=float,
-                   help="smoothgrad/smoothgrad_sq/vargrad, --noise-tunnel: noise standard deviation (1.0)")
-    g.add_argument("--seed", type=int, help="smoothgrad/smoothgrad_sq/vargrad, --noise-tunnel: seed of the noise")
+    g.add_argument("--nt-samples", type=int, help="smoothgrad/smoothgrad_sq/vargrad: noisy samples (5)")
+    g.add_argument("--stdevs", type=float, help="smoothgrad/smoothgrad_sq/vargrad: noise standard deviation (1.0)")
+    g.add_argument("--seed", type=int, help="smoothgrad/smoothgrad_sq/vargrad: seed of the noise")
     g.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
                    help="any other method parameter, VALUE read as a Python literal" +
                         ("" if graph_defaults else " or @FILE.npy for an array") + " (repeatable)")
@@ -318,7 +314,7 @@ def cmd_convert(args) -> int:
     params = _method_params(args, allow_files=False)
     t0 = time.perf_counter()
     graph = convert(args.model, args.out, method=method, output=args.output, inputs=args.inputs,
-                    **_graph_options(args), **params)
+                    **_layer(args), **params)
     elapsed = time.perf_counter() - t0
     inputs = [i.name for i in graph.graph.input]
     outputs = [o.name for o in graph.graph.output]
@@ -331,9 +327,8 @@ def cmd_convert(args) -> int:
     return 0
 
 
-def _graph_options(args) -> dict:
-    """``layer`` and ``noise_tunnel`` when given (they select the graph)."""
-    return {k: getattr(args, k) for k in ("layer", "noise_tunnel") if getattr(args, k)}
+def _layer(args) -> dict:
+    return {"layer": args.layer} if args.layer else {}
 
 
 def _short(v) -> str:
@@ -348,7 +343,7 @@ def cmd_explain(args) -> int:
     if args.target is not None and args.target_weights is not None:
         raise CLIError("give either --target or --target-weights, not both")
     inputs = _load_inputs(args.input)
-    ex = Explainer(args.model, method=method, output=args.output, inputs=args.inputs, **_graph_options(args))
+    ex = Explainer(args.model, method=method, output=args.output, inputs=args.inputs, **_layer(args))
     ex.method.check_params(dict(params))   # unknown or bad parameters fail before anything runs
     several = not ex.spec.single
     _check_out(args.out, (".npz",) if several else (".npy", ".npz"),
@@ -379,9 +374,6 @@ def cmd_explain(args) -> int:
     print(f"{ex.method_name} attributions of {ex.output!r} for {n} row(s) of {', '.join(arrays)} "
           f"in {elapsed * 1000:.1f} ms")
     header = ["row", "target", "sum(attributions)"] + (["delta"] if delta is not None else [])
-    if delta is not None and np.ndim(delta) == 2:   # a noise tunnel: one delta per noisy sample, show the largest
-        delta = delta[np.arange(len(delta)), np.abs(delta).argmax(axis=1)]
-        header[-1] = "delta (largest of the samples)"
     sums = sum(a.reshape(n, -1).sum(axis=1, dtype=np.float64) for a in arrays.values())
     shown = min(n, 10)
     table = []

@@ -248,10 +248,6 @@ def test_explain_reads_npz_and_baseline_files_and_target_weights(tmp_path, mlp, 
                  "--nt-samples", "3", "--stdevs", "0.1", "--seed", "4", "--out", str(out)]) == 0
     np.testing.assert_allclose(np.load(out), onnxplain.explain(mlp, rows, method="smoothgrad", target=0, nt_samples=3,
                                                               stdevs=0.1, seed=4), rtol=1e-5, atol=1e-6)
-    assert main(["explain", mlp, str(tmp_path / "named.npz"), "-m", "ig", "--noise-tunnel", "vargrad", "--target",
-                 "1", "--nt-samples", "3", "--seed", "2", "--n-steps", "8", "--out", str(out)]) == 0
-    np.testing.assert_allclose(np.load(out), onnxplain.explain(mlp, rows, method="ig", noise_tunnel="vargrad", target=1,
-                                                              nt_samples=3, seed=2, n_steps=8), rtol=1e-5, atol=1e-6)
 
 
 def test_explain_errors(tmp_path, mlp, rows, rows_file, capsys):
