@@ -265,3 +265,19 @@ def test_baselines_that_do_not_broadcast_are_refused(heads):
     for bad in (np.zeros((2, 7), np.float32), np.zeros((5, 3), np.float32), np.zeros((1, 1, 7), np.float32)):
         with pytest.raises(ValueError, match="baselines for input 'x' must be a scalar"):
             ex.explain(XN, target=0, baselines=bad)
+
+
+def test_local_integrated_gradients_at_a_layer_of_a_token_model():
+    """layer= with multiply_by_inputs=False: Captum's LayerIntegratedGradients(..., multiply_by_inputs=False)."""
+    from captum.attr import LayerIntegratedGradients
+    from test_layers_and_tokens import IDS, MASK, TokenNet, export, output_of
+    net = TokenNet().eval()
+    model = export(net, (IDS, MASK), ["ids", "mask"], dynamic=True)
+    ex = onnxplain.Explainer(model, "integrated_gradients", layer=output_of(model, "Conv"))
+    ours, delta = ex.explain({"ids": IDS.numpy(), "mask": MASK.numpy()}, target=[0, 2, 1], n_steps=16,
+                             multiply_by_inputs=False, return_convergence_delta=True)
+    ref, ref_delta = LayerIntegratedGradients(net, net.conv, multiply_by_inputs=False).attribute(
+        IDS, baselines=torch.zeros_like(IDS), additional_forward_args=(MASK,), target=[0, 2, 1], n_steps=16,
+        return_convergence_delta=True)
+    assert_close(ours, ref, RTOL)
+    assert_close(delta, ref_delta, RTOL, scale=float(np.abs(ours).sum((1, 2)).max()), what="convergence delta")
