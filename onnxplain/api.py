@@ -47,11 +47,16 @@ class Explainer:
     memory_budget: bytes one run may use for intermediate tensors; calls are
         split into chunks of rows (and of integration steps) to stay within it.
     threads: onnxruntime's intra-op threads (default: onnxruntime's choice).
+    noise_tunnel: ``"smoothgrad"``, ``"smoothgrad_sq"`` or ``"vargrad"`` over the
+        attributions of ``method`` at noisy copies of the inputs (Captum's
+        ``NoiseTunnel(method)``); ``explain`` then also takes ``nt_samples``,
+        ``stdevs``, ``seed`` and ``noise``.
     """
 
     def __init__(self, model, method: str = "saliency", output: str | None = None, inputs=None, layer=None,
-                 providers=None, memory_budget: int | None = None, threads: int | None = None):
-        self.method = get_method(method)
+                 providers=None, memory_budget: int | None = None, threads: int | None = None,
+                 noise_tunnel: str | None = None):
+        self.method = get_method(method, noise_tunnel=noise_tunnel)
         self.model = normalize(model)
         self.output = _choose_output(self.model, output)
         self.spec = _spec(self.model, self.output, inputs, layer, self.method)
@@ -213,14 +218,15 @@ def build_graph(model: onnx.ModelProto, method, spec: Spec) -> onnx.ModelProto:
 
 def explain(model, inputs, method: str = "saliency", target=None, **kwargs):
     """One-shot :meth:`Explainer.explain` (the graph and session are cached all the same)."""
-    ctor = {k: kwargs.pop(k) for k in ("output", "providers", "memory_budget", "layer", "threads") if k in kwargs}
+    ctor = {k: kwargs.pop(k) for k in ("output", "providers", "memory_budget", "layer", "threads", "noise_tunnel")
+            if k in kwargs}
     if "inputs_to_attribute" in kwargs:
         ctor["inputs"] = kwargs.pop("inputs_to_attribute")
     return Explainer(model, method, **ctor).explain(inputs, target, **kwargs)
 
 
 def convert(model, path, method: str = "saliency", output: str | None = None, inputs=None, layer=None,
-            defaults: dict | None = None, **more_defaults):
+            noise_tunnel: str | None = None, defaults: dict | None = None, **more_defaults):
     """Write the standalone explanation graph of ``method`` to ``path``.
 
     Keyword arguments (e.g. ``n_steps=20``) set the graph's default parameters,
@@ -230,7 +236,7 @@ def convert(model, path, method: str = "saliency", output: str | None = None, in
     ``defaults={"method": "riemann_left"}``.  The file is written atomically:
     nothing is left behind on error.
     """
-    m = get_method(method, **{**(defaults or {}), **more_defaults})
+    m = get_method(method, noise_tunnel=noise_tunnel, **{**(defaults or {}), **more_defaults})
     model = normalize(model)
     spec = _spec(model, _choose_output(model, output), inputs, layer, m)
     graph = build_graph(model, m, spec)
@@ -264,11 +270,16 @@ def _choose_output(model, output):
     if output is not None:
         if output not in names:
             raise ValueError(f"output {output!r} is not an output of the model; its outputs are {names}")
-        if model.graph.output[names.index(output)].type.tensor_type.elem_type not in FLOAT_TYPES:
+        tt = model.graph.output[names.index(output)].type.tensor_type
+        if tt.elem_type not in FLOAT_TYPES:
             raise ValueError(f"output {output!r} is not floating point; only float outputs can be explained")
+        if tt.HasField("shape") and len(tt.shape.dim) == 0:
+            raise ValueError(f"output {output!r} is a scalar without a batch dimension; onnxplain explains outputs "
+                             f"with one row per input row")
         return output
     for o in model.graph.output:
-        if o.type.tensor_type.elem_type in FLOAT_TYPES:
+        tt = o.type.tensor_type
+        if tt.elem_type in FLOAT_TYPES and not (tt.HasField("shape") and len(tt.shape.dim) == 0):
             return o.name
     hint = ""
     if any(not o.type.HasField("tensor_type") for o in model.graph.output):

@@ -94,6 +94,16 @@ class Method:
     def build(self, b: GraphBuilder, spec: Spec) -> None:  # pragma: no cover - interface
         raise NotImplementedError
 
+    def reference_rows(self, b: GraphBuilder, total: str, block: str) -> str | None:
+        """How many rows at the end of the expanded batch are references (baselines), not inputs.
+
+        ``total`` is the expanded batch's row count and ``block`` the rows fed per
+        copy of the inputs (both 1-D int64); the rows before the references are
+        copies of the fed rows.  None when the method does not say (a noise tunnel
+        then cannot add noise inside the graph, at a token embedding).
+        """
+        return None
+
     def check_params(self, params: dict) -> dict:
         """Validate call parameters (before anything runs); return them normalised."""
         unknown = sorted(set(params) - set(self.defaults))
@@ -152,10 +162,12 @@ class Method:
 
 
 def baseline_feeds(spec: Spec, baselines, inputs: dict) -> dict:
-    """Per-input baseline arrays for the carriers, shaped like the input, like one row of it, or all ones.
+    """Per-input baseline arrays for the carriers, of the input's rank, broadcasting against it.
 
-    Forms (Captum's): ``None`` (zeros), a scalar, an array shaped like the input
-    or like one row of it, one of these per input (tuple/list, in the order of the
+    Forms (Captum's): ``None`` (zeros), a scalar, an array shaped like one row of
+    the input, an array of the input's rank whose dimensions are each 1 or the
+    input's (the input's shape, ``(1, *row)``, ``(N, 1)`` for ``(N, F)`` inputs,
+    ``(1, F)``...), one of these per input (tuple/list, in the order of the
     attributed inputs), or a dict by input name (missing names get zeros).  Integer
     inputs take integers of their range (a padding id, a byte value), booleans booleans.
     """
@@ -182,9 +194,11 @@ def baseline_feeds(spec: Spec, baselines, inputs: dict) -> dict:
             v = v.reshape((1,) * xv.ndim)
         elif v.shape == xv.shape[1:]:
             v = v[None]
-        elif not (v.shape == xv.shape or (v.ndim == xv.ndim and v.shape[0] == 1 and v.shape[1:] == xv.shape[1:])):
-            raise ValueError(f"baselines for input {x!r} must be a scalar or shaped like the input {xv.shape} "
-                             f"or like one row of it {(1,) + xv.shape[1:]}, got shape {v.shape}")
+        elif not (v.ndim == xv.ndim and all(b in (1, d) for b, d in zip(v.shape, xv.shape))):
+            raise ValueError(f"baselines for input {x!r} must be a scalar, shaped like one row of the input "
+                             f"{xv.shape[1:]}, or of the input's rank with each dimension 1 or the input's "
+                             f"{xv.shape} (e.g. {(1,) + xv.shape[1:]} or {xv.shape[:1] + (1,) * (xv.ndim - 1)}), "
+                             f"got shape {v.shape}")
         feeds[spec.param("baselines", x)] = np.ascontiguousarray(v)
     return feeds
 
@@ -307,9 +321,16 @@ def redirect_layer(b: GraphBuilder, layer: str) -> str:
 
 
 def emit_outputs(b: GraphBuilder, spec: Spec, outputs: dict, start: str | None, n: str | None) -> dict:
-    """The model's own outputs under their names: rows ``[start, start+n)`` of the expanded run."""
+    """The model's own outputs under their names: rows ``[start, start+n)`` of the expanded run.
+
+    Outputs without a batch dimension (a 0-d scalar such as a mean over the
+    batch) are left out: the expanded run computes them over rows that are not
+    the inputs, so the graph cannot return their value for the inputs.
+    """
     picked = {}
     for name, internal in outputs.items():
+        if b.rank(internal) == 0:
+            continue
         value = internal if start is None else rows(b, internal, start, n)
         b.op("Identity", value, outputs=[name])
         b.add_output(name, b.elem_type(internal), b.shape(internal))
