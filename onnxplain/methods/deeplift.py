@@ -52,7 +52,8 @@ class DeepLift(Method):
         out_rows = outputs[spec.output]
         picked = emit_outputs(b, spec, outputs, b.ints([0]), n)
         grads = backward(b, out_rows, seed, list(fed.values()), overrides=self.overrides,
-                         ref=Partner(b), params={"eps": eps})
+                         ref=Partner(b),
+                         params={"eps": eps, "varying": frozenset(inside[c] for c in spec.carriers)})
 
         totals = []
         for point in spec.points:
