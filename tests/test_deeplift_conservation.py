@@ -75,6 +75,8 @@ CASES = {
              n("Div", ["e", "s1"], ["z"])], WIDTH, (ints("last", [-1]), const("one", 1.0))),
     "div_active_denominator": ([n("Softplus", ["x"], ["d"]), n("Add", ["d", "one"], ["d1"]),
                                 n("Div", ["one", "d1"], ["z"])], WIDTH, (const("one", 1.0),)),
+    "einsum_two_active": ([n("Tanh", ["x"], ["t"]), n("Sigmoid", ["x"], ["s"]),
+                           n("Einsum", ["t", "s"], ["z"], equation="bij,bkj->bik")], SEQ, ()),
     "pow_both_active": ([n("Sigmoid", ["x"], ["s"]), n("Add", ["s", "half"], ["base"]), n("Tanh", ["x"], ["t"]),
                          n("Pow", ["base", "t"], ["z"])], WIDTH, (const("half", 0.5),)),
     "pow_constant_exponent": ([n("Pow", ["x", "three"], ["z"])], WIDTH, (const("three", 3.0),)),
@@ -103,7 +105,12 @@ CASES = {
                    (const("g", rng(3).standard_normal(WIDTH)), const("bias", rng(4).standard_normal(WIDTH)))),
     "instance_norm": ([n("InstanceNormalization", ["x", "gc", "bc"], ["z"], epsilon=1e-3)], WIDTH,
                       (const("gc", rng(5).standard_normal(SEQ)), const("bc", rng(6).standard_normal(SEQ)))),
+    "group_norm": ([n("Unsqueeze", ["x", "ax3"], ["x4"]),
+                    n("GroupNormalization", ["x4", "gc", "bc"], ["g4"], num_groups=2, epsilon=1e-3),
+                    n("Squeeze", ["g4", "ax3"], ["z"])], WIDTH,
+                   (ints("ax3", [3]), const("gc", rng(5).standard_normal(SEQ)), const("bc", rng(6).standard_normal(SEQ)))),
 }
+OPSETS = {"group_norm": 21}     # GroupNormalization's per-channel form
 
 
 def gap(model: onnx.ModelProto, x: np.ndarray, base: np.ndarray, target: int) -> np.ndarray:
@@ -126,7 +133,7 @@ def summation_scale(attr: np.ndarray) -> float:
 @pytest.mark.parametrize("name", CASES)
 def test_summation_to_delta_holds_on_every_op_family(name):
     body, last, inits = CASES[name]
-    model = op_graph(body, "z", last, extra_inits=inits)
+    model = op_graph(body, "z", last, opset=OPSETS.get(name, 17), extra_inits=inits)
     x, base = inputs()
     attr, delta = onnxplain.Explainer(model, "deeplift").explain(x, target=1, baselines=base,
                                                                 return_convergence_delta=True)

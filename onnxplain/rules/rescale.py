@@ -38,6 +38,7 @@ from ..vjp import register
 from ..vjp.linalg import _fail
 from ..vjp.pool import max_pool_indices
 from ..vjp.reduce import _Reduction
+from ..vjp.shape import const_value
 from . import NONLINEAR_UNARY, standard_rule
 
 RESCALE: dict = {}
@@ -161,7 +162,6 @@ def shapley_elementwise(ctx):
 
 
 def _is_constant_two(ctx, name: str) -> bool:
-    from ..vjp.shape import const_value
     value = const_value(ctx.b, name)
     return value is not None and value.size == 1 and float(value.reshape(())) == 2.0
 
