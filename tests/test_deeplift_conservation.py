@@ -86,6 +86,21 @@ CASES = {
                           WIDTH, ()),
     "reduce_max": ([n("Tanh", ["x"], ["t"]), n("ReduceMax", ["t"], ["z"], axes=[2], keepdims=1)], 1, ()),
     "reduce_min": ([n("ReduceMin", ["x"], ["z"], axes=[2], keepdims=1)], 1, ()),
+    "global_max_pool": ([n("Sin", ["x"], ["s"]), n("GlobalMaxPool", ["s"], ["z"])], 1, ()),
+    # nonlinear reductions and fused normalisers of one tensor
+    "reduce_l1": ([n("ReduceL1", ["x"], ["z"], axes=[2], keepdims=1)], 1, ()),
+    "reduce_l2": ([n("ReduceL2", ["x"], ["z"], axes=[2], keepdims=1)], 1, ()),
+    "reduce_sum_square": ([n("ReduceSumSquare", ["x"], ["z"], axes=[2], keepdims=1)], 1, ()),
+    "reduce_log_sum": ([n("Exp", ["x"], ["e"]), n("ReduceLogSum", ["e"], ["z"], axes=[2], keepdims=1)], 1, ()),
+    "reduce_log_sum_exp": ([n("ReduceLogSumExp", ["x"], ["z"], axes=[2], keepdims=1)], 1, ()),
+    "lp_norm_2": ([n("LpNormalization", ["x"], ["z"], axis=-1, p=2)], WIDTH, ()),
+    "lp_norm_1": ([n("LpNormalization", ["x"], ["z"], axis=-1, p=1)], WIDTH, ()),
+    "mean_variance_norm": ([n("MeanVarianceNormalization", ["x"], ["z"], axes=[2])], WIDTH, ()),
+    # piecewise constant and periodic
+    "round_sign": ([n("Mul", ["x", "three"], ["x3"]), n("Round", ["x3"], ["r"]), n("Sign", ["x"], ["s"]),
+                    n("Add", ["r", "s"], ["z"])], WIDTH, (const("three", 3.0),)),
+    "mod_both_active": ([n("Mul", ["x", "three"], ["x3"]), n("Tanh", ["x"], ["t"]), n("Add", ["t", "two"], ["d"]),
+                         n("Mod", ["x3", "d"], ["z"], fmod=1)], WIDTH, (const("three", 3.0), const("two", 2.0))),
     # a condition computed from the input: rows and references take different branches
     "where_both_branches": ([n("Greater", ["x", "zero"], ["pos"]), n("Tanh", ["x"], ["t"]),
                              n("Sigmoid", ["x"], ["s"]), n("Mul", ["s", "three"], ["s3"]),

@@ -8,13 +8,14 @@ attributions of the whole graph add up to ``f(x) - f(x_ref)`` whatever way an ex
 * unary nonlinearities ``y = f(z)``: ``dy * (f(z) - f(z_ref)) / (z - z_ref)``, the gradient where
   ``|z - z_ref| < eps`` (the unique conserving multiplier of a one-input elementwise op);
 * ops of several tensors that depend on the attributed input (``a * b``, ``a / b``, ``a ** b``,
-  Max, Min, PRelu and Clip with active slopes or bounds) take the Shapley values of their inputs as
+  Max, Min, Mod, PRelu and Clip with active slopes or bounds) take the Shapley values of their inputs as
   players: for two players ``phi_a = 1/2 [f(a, b_ref) - f(a_ref, b_ref)] + 1/2 [f(a, b) - f(a_ref, b)]``
   and ``m_a = phi_a / (a - a_ref)``.  For bilinear maps (Mul, MatMul, Gemm, two-operand Einsum) this is
   the plain gradient taken at the midpoints, ``d(AB) = dA (B + B_ref) / 2 + (A + A_ref) / 2 dB``;
   one active operand keeps the plain gradient (the map is linear in it);
-* ops nonlinear in one tensor that reduce or select (ReduceMax/ReduceMin, Where whose condition
-  depends on the input) route the difference so that it is conserved (cross-max, like MaxPool);
+* ops nonlinear in one tensor that reduce or select (ReduceMax/ReduceMin, GlobalMaxPool, Where whose
+  condition and Gather whose indices depend on the input) route the difference so that it is
+  conserved (cross-max, like MaxPool); piecewise-constant ops (Floor, Ceil, Round, Sign) are rescaled;
 * fused ops take the multipliers of one canonical decomposition under the rules above, so the result
   does not depend on whether an exporter fused them: Softmax = ``exp(x) / sum(exp(x))`` (Div's Shapley
   rule, Exp rescaled), LogSoftmax = ``x - log(sum(exp(x)))``, LayerNormalization and
@@ -106,12 +107,17 @@ def rescale_unary(ctx):
     b, z, y = ctx.b, ctx.x[0], ctx.y[0]
     dz_in, dy_out = b.sub(z, ctx.ref(z)), b.sub(y, ctx.ref(y))
     small = _small(ctx, dz_in)
-    grads = _standard(ctx)
+    gradient = _standard(ctx)[0]
     rescaled = b.mul(ctx.dy[0], _safe_ratio(b, dy_out, dz_in, small))
-    return [b.where(small, grads[0], rescaled)] + [None] * (len(ctx.x) - 1)
+    if gradient is None:   # piecewise constant: 0 where nothing moved
+        gradient = b.like(0.0, z)
+    return [b.where(small, gradient, rescaled)] + [None] * (len(ctx.x) - 1)
 
 
-for _op in NONLINEAR_UNARY:
+#: Piecewise-constant ops: zero gradient, but a row and its reference may sit on different steps.
+PIECEWISE_CONSTANT = ("Floor", "Ceil", "Round", "Sign")
+
+for _op in NONLINEAR_UNARY + PIECEWISE_CONSTANT:
     if _op not in ("PRelu", "Clip"):   # these take slopes / bounds that may be active: Shapley below
         register(_op, table=RESCALE)(rescale_unary)
 
@@ -122,7 +128,7 @@ def _shapley_weight(n: int, s: int) -> float:
     return math.factorial(s) * math.factorial(n - s - 1) / math.factorial(n)
 
 
-@register("Max", "Min", "Pow", "PRelu", "Clip", broadcast=True, table=RESCALE)
+@register("Max", "Min", "Pow", "PRelu", "Clip", "Mod", broadcast=True, table=RESCALE)
 def shapley_elementwise(ctx):
     """Exact Shapley multipliers of an elementwise op's active inputs (``f`` re-evaluated on every mix
     of input and reference values); with one active input this is the Rescale rule ``Δy / Δx``.
@@ -295,29 +301,47 @@ def differs_from_reference(ctx, name: str) -> bool:
     return False
 
 
+def cross_extremum(ctx, keep, sum_keep, top_op: str) -> str:
+    """Cross-extremum rule of a reduction to the maximum (``top_op="Max"``) or minimum: ``ext(z, z_ref) - z_ref``
+    goes to the input's extremum positions and ``z - ext(z, z_ref)`` to the reference's, each divided by that
+    position's ``x - x_ref`` (ties split equally); both parts vanish where ``x - x_ref`` does, so the
+    difference is conserved.  ``keep`` makes an output-shaped tensor broadcast against x, ``sum_keep`` sums
+    an x-shaped one over the reduced axes keeping dims."""
+    b, x = ctx.b, ctx.x[0]
+    z, z_ref = keep(ctx.y[0]), keep(ctx.ref(ctx.y[0]))
+    x_ref = ctx.ref(x)
+    top = b.op(top_op, z, z_ref)
+    hit, hit_ref = (b.cast_like(b.op("Equal", t, zt), x) for t, zt in ((x, z), (x_ref, z_ref)))
+    to_input = b.div(b.mul(b.sub(top, z_ref), hit), sum_keep(hit))
+    to_reference = b.div(b.mul(b.sub(z, top), hit_ref), sum_keep(hit_ref))
+    delta = b.sub(x, x_ref)
+    small = _small(ctx, delta)
+    rescaled = b.mul(keep(ctx.dy[0]), _safe_ratio(b, b.add(to_input, to_reference), delta, small))
+    return b.where(small, _standard(ctx)[0], rescaled)
+
+
 def _extremum_reduction(from_input: bool):
     def rule(ctx):
-        """Cross-extremum rule: ``ext(z, z_ref) - z_ref`` goes to the input's extremum positions and
-        ``z - ext(z, z_ref)`` to the reference's, each divided by that position's ``x - x_ref`` (ties split
-        equally); both parts vanish where ``x - x_ref`` does, so the difference is conserved."""
+        """ReduceMax / ReduceMin: the cross-extremum rule over the reduced axes."""
         r = _Reduction(ctx, from_input)
-        b, x = ctx.b, ctx.x[0]
-        z, z_ref = r.keep(ctx.y[0]), r.keep(ctx.ref(ctx.y[0]))
-        x_ref = ctx.ref(x)
-        top = b.op("Max" if ctx.node.op_type == "ReduceMax" else "Min", z, z_ref)
-        hit, hit_ref = (b.cast_like(b.op("Equal", t, zt), x) for t, zt in ((x, z), (x_ref, z_ref)))
-        to_input = b.div(b.mul(b.sub(top, z_ref), hit), r.sum_keep(hit))
-        to_reference = b.div(b.mul(b.sub(z, top), hit_ref), r.sum_keep(hit_ref))
-        delta = b.sub(x, x_ref)
-        small = _small(ctx, delta)
-        rescaled = b.mul(r.keep(ctx.dy[0]), _safe_ratio(b, b.add(to_input, to_reference), delta, small))
-        return [b.where(small, _standard(ctx)[0], rescaled)] + [None] * (len(ctx.x) - 1)
+        top_op = "Max" if ctx.node.op_type == "ReduceMax" else "Min"
+        return [cross_extremum(ctx, r.keep, r.sum_keep, top_op)] + [None] * (len(ctx.x) - 1)
     return rule
 
 
 for _op in ("ReduceMax", "ReduceMin"):
     register(_op, table=RESCALE)(_extremum_reduction(False))
     register(_op, since=18, table=RESCALE)(_extremum_reduction(True))
+
+
+@register("GlobalMaxPool", table=RESCALE)
+def rescale_global_max_pool(ctx):
+    """GlobalMaxPool: the cross-extremum rule over the spatial axes."""
+    rank = ctx.b.rank(ctx.x[0])
+    if rank is None:
+        raise _fail(ctx, f"the rank of {ctx.x[0]!r} is unknown")
+    axes = list(range(2, rank))
+    return [cross_extremum(ctx, lambda t: t, lambda t: ctx.b.reduce_sum(t, axes, keepdims=1), "Max")]
 
 
 @register("MaxPool", table=RESCALE)

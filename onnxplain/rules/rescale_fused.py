@@ -10,7 +10,10 @@ same attributions, and the difference is conserved exactly.
   (the tanh form has no cancellation; its limit ``(y + Q) / 2`` is the gradient's where ``Δx`` is small).
 * ``LogSoftmax(x) = x - log(sum(exp(x)))``: Log rescaled at the sum, ``dx = dy - sum(dy) q A`` with
   ``q = ℓ / ((1 + e^ℓ) tanh(ℓ / 2))``, ``ℓ = lse(x_ref) - lse(x)`` (``q = 1`` at ``ℓ = 0``).
-* ``LayerNormalization``, ``InstanceNormalization``, ``GroupNormalization``:
+* ``LpNormalization``: ``x / ||x||_p``, Div's Shapley rule and the norm's decomposition
+  (``sqrt(sum(x * x))`` or ``sum(|x|)``); ReduceL1, ReduceL2, ReduceSumSquare, ReduceLogSum and
+  ReduceLogSumExp take their decompositions' multipliers the same way.
+* ``LayerNormalization``, ``InstanceNormalization``, ``GroupNormalization``, ``MeanVarianceNormalization``:
   ``xhat = xc / sqrt(mean(xc * xc) + eps)``, ``xc = x - mean(x)``, then ``xhat * scale + bias``: the
   squares take Mul's Shapley rule (``xc + xc_ref``), the square root its rescale
   (``Δsqrt(v) / Δv = 1 / (sd + sd_ref)``), the quotient Div's Shapley rule.  Writing the variance with
@@ -21,6 +24,7 @@ from __future__ import annotations
 from ..vjp import register
 from ..vjp.linalg import _fail
 from ..vjp.norm import _count, _per_channel, _rank
+from ..vjp.reduce import _Reduction
 from .rescale import RESCALE, _safe_ratio, _small, midpoint
 
 
@@ -39,30 +43,41 @@ def _tanh_half_ratio(ctx, delta: str) -> str:
     return b.where(small, b.like(0.5, delta), b.div(b.op("Tanh", b.mul(safe, b.like(0.5, delta))), safe))
 
 
-class _SoftmaxPair:
-    """A softmax's values at a row and at its reference, over one axis."""
+class _ExpOverSum:
+    """``exp(x)`` over ``sum(exp(x))`` at a row and at its reference, given ``lse = log(sum(exp(x)))``
+    (keeping the reduced axes): the softmax ``y``, and ``A = (y - exp(x_ref - lse)) / Δx``, the Exp
+    multiplier over the row's own sum."""
 
-    def __init__(self, ctx):
-        b, x = ctx.b, ctx.x[0]
-        self.axis = ctx.attr("axis", -1)
+    def __init__(self, ctx, x: str, lse: str):
+        b = ctx.b
         x_ref = ctx.ref(x)
-        lse = _log_sum_exp(b, x, self.axis)
         self.lse, self.lse_ref = lse, ctx.ref(lse)
         self.y = b.op("Exp", b.sub(x, lse))
         self.y_ref = ctx.ref(self.y)
         self.half_tanh = _tanh_half_ratio(ctx, b.sub(x, x_ref))
-        # A = (y - exp(x_ref - lse)) / Δx: the Exp multiplier over the row's own sum
         self.a = b.mul(b.add(self.y, b.op("Exp", b.sub(x_ref, lse))), self.half_tanh)
+
+    def log_ratio(self, ctx) -> str:
+        """``q = (lse - lse_ref) / (1 - s_ref / s)``: Log's rescale at the sum, times the sum; with
+        ``ℓ = lse_ref - lse`` it is ``1 / ((1 + e^ℓ) tanh(ℓ/2) / ℓ)``, 1 at ``ℓ = 0``."""
+        b = ctx.b
+        gap = b.sub(self.lse_ref, self.lse)
+        return b.op("Reciprocal", b.mul(b.add(b.like(1.0, gap), b.op("Exp", gap)), _tanh_half_ratio(ctx, gap)))
+
+
+def _softmax_axis_pair(ctx) -> tuple[int, _ExpOverSum]:
+    axis = ctx.attr("axis", -1)
+    return axis, _ExpOverSum(ctx, ctx.x[0], _log_sum_exp(ctx.b, ctx.x[0], axis))
 
 
 @register("Softmax", since=13, table=RESCALE)
 def rescale_softmax(ctx):
     """``exp(x) / sum(exp(x))`` under Div's Shapley rule and Exp's rescale (see the module docstring)."""
     b, dy = ctx.b, ctx.dy[0]
-    s = _SoftmaxPair(ctx)
+    axis, s = _softmax_axis_pair(ctx)
     p = b.op("Exp", b.sub(ctx.x[0], s.lse_ref))          # exp(x) / s_ref
     bb = b.mul(b.add(p, s.y_ref), s.half_tanh)             # (p - y_ref) / Δx
-    through_sum = b.reduce_sum(b.mul(dy, b.add(p, s.y_ref)), [s.axis])
+    through_sum = b.reduce_sum(b.mul(dy, b.add(p, s.y_ref)), [axis])
     half = b.like(0.5, dy)
     return [b.mul(half, b.sub(b.mul(b.add(s.a, bb), dy), b.mul(s.a, through_sum)))]
 
@@ -71,21 +86,82 @@ def rescale_softmax(ctx):
 def rescale_log_softmax(ctx):
     """``x - log(sum(exp(x)))`` with Log rescaled at the sum: ``dx = dy - sum(dy) q A``."""
     b, dy = ctx.b, ctx.dy[0]
-    s = _SoftmaxPair(ctx)
-    gap = b.sub(s.lse_ref, s.lse)
-    q = b.op("Reciprocal", b.mul(b.add(b.like(1.0, gap), b.op("Exp", gap)), _tanh_half_ratio(ctx, gap)))
-    return [b.sub(dy, b.mul(b.reduce_sum(dy, [s.axis]), b.mul(q, s.a)))]
+    axis, s = _softmax_axis_pair(ctx)
+    return [b.sub(dy, b.mul(b.reduce_sum(dy, [axis]), b.mul(s.log_ratio(ctx), s.a)))]
+
+
+# ------------------------------------------------------------------------------------ reductions
+def _reduction_rule(op_type: str):
+    """Register ``fn(ctx, r)`` for ``op_type`` with axes as an attribute (before opset 18) and as an input."""
+    def deco(fn):
+        def make(from_input):
+            def rule(ctx):
+                return [fn(ctx, _Reduction(ctx, from_input))] + [None] * (len(ctx.x) - 1)
+            rule.__doc__ = fn.__doc__
+            return rule
+        register(op_type, table=RESCALE)(make(False))
+        register(op_type, since=18, table=RESCALE)(make(True))
+        return fn
+    return deco
+
+
+@_reduction_rule("ReduceSumSquare")
+def rescale_reduce_sum_square(ctx, r):
+    """``sum(x * x)``: Mul's Shapley rule, ``m = x + x_ref``."""
+    b, x = ctx.b, ctx.x[0]
+    return b.mul(r.keep(ctx.dy[0]), b.add(x, ctx.ref(x)))
+
+
+@_reduction_rule("ReduceL2")
+def rescale_reduce_l2(ctx, r):
+    """``sqrt(sum(x * x))``: ``m = (x + x_ref) / (y + y_ref)`` (Sqrt rescaled: ``Δsqrt(v) / Δv = 1 / (y + y_ref)``);
+    0 where both norms are 0 (nothing moved)."""
+    b, x, y = ctx.b, ctx.x[0], r.keep(ctx.y[0])
+    norms = b.add(y, r.keep(ctx.ref(ctx.y[0])))
+    return b.mul(r.keep(ctx.dy[0]), _safe_ratio(b, b.add(x, ctx.ref(x)), norms, _small(ctx, norms)))
+
+
+@_reduction_rule("ReduceL1")
+def rescale_reduce_l1(ctx, r):
+    """``sum(|x|)``: Abs rescaled, ``m = (|x| - |x_ref|) / (x - x_ref)``, ``sign(x)`` where nothing moved."""
+    b, x = ctx.b, ctx.x[0]
+    x_ref = ctx.ref(x)
+    delta = b.sub(x, x_ref)
+    small = _small(ctx, delta)
+    ratio = _safe_ratio(b, b.sub(b.op("Abs", x), b.op("Abs", x_ref)), delta, small)
+    return b.mul(r.keep(ctx.dy[0]), b.where(small, b.op("Sign", x), ratio))
+
+
+@_reduction_rule("ReduceLogSum")
+def rescale_reduce_log_sum(ctx, r):
+    """``log(sum(x))``: Log rescaled at the sum, ``m = (y - y_ref) / (s - s_ref)``, ``1 / s`` where the sums meet."""
+    b, x = ctx.b, ctx.x[0]
+    total = r.sum_keep(x)
+    moved = b.sub(total, ctx.ref(total))
+    small = _small(ctx, moved)
+    y = r.keep(ctx.y[0])
+    ratio = _safe_ratio(b, b.sub(y, r.keep(ctx.ref(ctx.y[0]))), moved, small)
+    return r.expand(b.mul(r.keep(ctx.dy[0]), b.where(small, b.op("Reciprocal", total), ratio)))
+
+
+@_reduction_rule("ReduceLogSumExp")
+def rescale_reduce_log_sum_exp(ctx, r):
+    """``log(sum(exp(x)))``: Log rescaled at the sum and Exp at each term, ``m = q A`` (as LogSoftmax's)."""
+    s = _ExpOverSum(ctx, ctx.x[0], r.keep(ctx.y[0]))
+    return ctx.b.mul(r.keep(ctx.dy[0]), ctx.b.mul(s.log_ratio(ctx), s.a))
 
 
 # ------------------------------------------------------------------------------------ normalisation
 def conserving_normalization(ctx, x: str, dxhat: str, axes, eps: float, d_mean: str | None = None,
-                             d_inv: str | None = None) -> str:
-    """The multipliers of ``x`` through ``xhat = xc / sd`` (``xc = x - mean(x)``, ``sd = sqrt(mean(xc xc) + eps)``,
-    means over ``axes``) given the cotangent ``dxhat``; ``d_mean`` and ``d_inv`` are cotangents of the
-    statistics (LayerNormalization's Mean and InvStdDev outputs) when they are used."""
+                             d_inv: str | None = None, outside: float = 0.0) -> str:
+    """The multipliers of ``x`` through ``xhat = xc / sd`` (``xc = x - mean(x)``,
+    ``sd = sqrt(mean(xc xc) + eps) + outside``, means over ``axes``) given the cotangent ``dxhat``;
+    ``d_mean`` and ``d_inv`` are cotangents of the statistics (LayerNormalization's Mean and InvStdDev
+    outputs) when they are used."""
     b = ctx.b
     xc = b.sub(x, b.reduce("ReduceMean", x, axes))
-    sd = b.op("Sqrt", b.add(b.reduce("ReduceMean", b.mul(xc, xc), axes), b.like(eps, x)))
+    root = b.op("Sqrt", b.add(b.reduce("ReduceMean", b.mul(xc, xc), axes), b.like(eps, x)))
+    sd = b.add(root, b.like(outside, x)) if outside else root
     xc_sum = b.add(xc, ctx.ref(xc))
     inv, inv_ref = b.op("Reciprocal", sd), ctx.ref(b.op("Reciprocal", sd))
     inv_product = b.mul(inv, inv_ref)
@@ -94,7 +170,8 @@ def conserving_normalization(ctx, x: str, dxhat: str, axes, eps: float, d_mean: 
     d_sd = b.neg(b.mul(b.reduce_sum(b.mul(dxhat, xc_sum), axes), b.mul(inv_product, half)))  # Div, denominator
     if d_inv is not None:                                                                   # Δ(1/sd) / Δsd
         d_sd = b.sub(d_sd, b.mul(b.cast_like(d_inv, x), inv_product))
-    d_var = b.div(d_sd, b.add(sd, ctx.ref(sd)))                                              # Sqrt rescaled
+    roots = b.add(root, ctx.ref(root))                                                        # Sqrt rescaled
+    d_var = _safe_ratio(b, d_sd, roots, _small(ctx, roots))
     d_xc = b.add(d_xc, b.mul(xc_sum, b.div(d_var, _count(b, x, axes))))                     # mean(xc * xc)
     dx = b.sub(d_xc, b.reduce("ReduceMean", d_xc, axes))                                     # x - mean(x)
     if d_mean is not None:
@@ -167,3 +244,35 @@ def rescale_group_norm(ctx):
     dxhat = b.reshape(b.mul(ctx.dy[0], _per_channel(b, scale, rank)), grouped)
     dx = conserving_normalization(ctx, xg, dxhat, [2], float(ctx.attr("epsilon", 1e-5)))
     return [b.reshape_like(dx, x)]
+
+
+@register("MeanVarianceNormalization", table=RESCALE)
+def rescale_mean_variance_norm(ctx):
+    """``(x - mean) / (sqrt(mean(xc * xc)) + 1e-9)`` over ``axes`` (the op's function body): the canonical
+    decomposition without scale and bias."""
+    axes = list(ctx.attr("axes", [0, 2, 3]))
+    return [conserving_normalization(ctx, ctx.x[0], ctx.dy[0], axes, 0.0, outside=1e-9)]
+
+
+@register("LpNormalization", table=RESCALE)
+def rescale_lp_norm(ctx):
+    """``x / ||x||_p`` along ``axis``: Div's Shapley rule, the norm through Mul's Shapley rule and Sqrt's
+    rescale (p = 2: ``Δn = sum((x + x_ref) Δx) / (n + n_ref)``) or Abs's rescale (p = 1)."""
+    b, x, dy = ctx.b, ctx.x[0], ctx.dy[0]
+    axis, p = int(ctx.attr("axis", -1)), int(ctx.attr("p", 2))
+    if p not in (1, 2):
+        raise _fail(ctx, f"p must be 1 or 2, got {p}")
+    x_ref = ctx.ref(x)
+    norm = b.reduce("ReduceL2" if p == 2 else "ReduceL1", x, [axis])
+    norm_ref = ctx.ref(norm)
+    half = b.like(0.5, x)
+    direct = b.mul(dy, b.mul(b.add(b.op("Reciprocal", norm), b.op("Reciprocal", norm_ref)), half))
+    d_norm = b.neg(b.div(b.reduce_sum(b.mul(dy, b.mul(b.add(x, x_ref), half)), [axis]), b.mul(norm, norm_ref)))
+    if p == 2:
+        through_norm = b.div(b.add(x, x_ref), b.add(norm, norm_ref))
+    else:
+        delta = b.sub(x, x_ref)
+        small = _small(ctx, delta)
+        ratio = _safe_ratio(b, b.sub(b.op("Abs", x), b.op("Abs", x_ref)), delta, small)
+        through_norm = b.where(small, b.op("Sign", x), ratio)
+    return [b.add(direct, b.mul(d_norm, through_norm))]
