@@ -64,9 +64,9 @@ def _small(ctx, delta: str) -> str:
 
 
 def reference(ctx, t: str) -> str:
-    """The reference value of input or output tensor ``t``: its partner rows when it depends on the
-    attributed input, ``t`` itself otherwise (constants, weights, passed-through masks)."""
-    return ctx.ref(t) if t in ctx.active or t in ctx.node.output else t
+    """The reference value of input ``t``: its partner rows when it depends on the attributed input,
+    ``t`` itself otherwise (constants, weights, passed-through masks)."""
+    return ctx.ref(t) if t in ctx.active else t
 
 
 def midpoint(ctx, t: str) -> str:
