@@ -1,10 +1,10 @@
 """DeepLIFT's summation-to-delta on any graph: products and quotients of two activations, selections and
-extrema that differ between a row and its reference, fused ops equal to their decompositions, a textbook
-NumPy DeepLIFT of an attention block, transformers from both exporters, and Captum's local form.
+extrema that differ between a row and its reference, fused ops equal to their decompositions, textbook
+NumPy DeepLIFTs of an attention block and of a squeeze-excitation gate, transformers from both exporters, and Captum's local form.
 
 References: the model's own forward pass in onnxruntime (``f(x) - f(baseline)``, the exact property),
-the same layer written out op by op (the fused rule must give its decomposition's multipliers), a
-float64 NumPy DeepLIFT written here with the Shapley product/quotient rules, and Captum's ``DeepLift``
+the same layer written out op by op (the fused rule must give its decomposition's multipliers),
+float64 NumPy DeepLIFTs written here with the Shapley product/quotient rules, and Captum's ``DeepLift``
 / ``DeepLiftShap`` with ``multiply_by_inputs=False``.
 """
 from __future__ import annotations
@@ -327,6 +327,67 @@ def test_attention_block_matches_a_textbook_deeplift(attention, exporter):
         m = torch.from_numpy(mask)
         gap_torch = (net(torch.from_numpy(x), m) - net(torch.from_numpy(base), m))[:, 2].numpy()
     np.testing.assert_allclose(reference_attr.sum((1, 2)), gap_torch, rtol=1e-5, atol=1e-6)   # the reference conserves
+    np.testing.assert_allclose(delta, 0, atol=1e-5 * summation_scale(attr))
+
+
+class SqueezeExcitation(nn.Module):
+    """A squeeze-excitation gate on a feature map, then a pooled linear classifier."""
+
+    def __init__(self, channels: int = 4, hidden: int = 3, classes: int = 3):
+        super().__init__()
+        torch.manual_seed(13)
+        self.reduce, self.expand = nn.Linear(channels, hidden), nn.Linear(hidden, channels)
+        self.head = nn.Linear(channels, classes)
+
+    def forward(self, x):
+        gate = torch.sigmoid(self.expand(torch.relu(self.reduce(x.mean((2, 3))))))
+        return self.head((x * gate[:, :, None, None]).mean((2, 3)))
+
+
+def textbook_se_deeplift(net: SqueezeExcitation, x, base, target: int):
+    """DeepLIFT written out in float64 NumPy: Shapley rule at the gate's product, Rescale at the sigmoid and
+    the ReLU (the gradient where nothing moved), plain gradients at the linear maps.  Returns multipliers."""
+    (w1, b1), (w2, b2) = ((m.weight.detach().double().numpy(), m.bias.detach().double().numpy())
+                          for m in (net.reduce, net.expand))
+    wh = net.head.weight.detach().double().numpy()
+
+    def forward(t):
+        v = t.mean((2, 3)) @ w1.T + b1
+        u = np.maximum(v, 0) @ w2.T + b2
+        return v, u, 1 / (1 + np.exp(-u))
+
+    def rescale(f, z, z_ref, slope):
+        moved = np.abs(z - z_ref) > 1e-10
+        return np.where(moved, (f(z) - f(z_ref)) / np.where(moved, z - z_ref, 1), slope)
+
+    x, base = x.astype(np.float64), base.astype(np.float64)
+    (v, u, s), (vr, ur, sr) = forward(x), forward(base)
+    area = x.shape[2] * x.shape[3]
+    d_y = np.broadcast_to((wh[target] / area)[None, :, None, None], x.shape)
+    d_x = d_y * ((s + sr) / 2)[:, :, None, None]                        # x * gate, Shapley
+    d_s = (d_y * (x + base) / 2).sum((2, 3))
+    d_u = d_s * rescale(lambda t: 1 / (1 + np.exp(-t)), u, ur, s * (1 - s))
+    d_v = (d_u @ w2) * rescale(lambda t: np.maximum(t, 0), v, vr, (v > 0).astype(np.float64))
+    return d_x + ((d_v @ w1) / area)[:, :, None, None]
+
+
+@pytest.mark.parametrize("exporter", EXPORTERS)
+def test_squeeze_excitation_matches_a_textbook_deeplift(exporter):
+    import vision_models as vm
+    net = SqueezeExcitation().eval()
+    model = vm.EXPORTERS[exporter](net, (4, 5, 7))
+    g = rng(14)
+    x = g.standard_normal((3, 4, 5, 7)).astype(np.float32)
+    base = (0.5 * g.standard_normal((3, 4, 5, 7))).astype(np.float32)
+    ex = onnxplain.Explainer(model, "deeplift")
+    multipliers = ex.explain(x, target=1, baselines=base, multiply_by_inputs=False)
+    attr, delta = ex.explain(x, target=1, baselines=base, return_convergence_delta=True)
+    expected = textbook_se_deeplift(net, x, base, target=1)
+    np.testing.assert_allclose(multipliers, expected, rtol=1e-5, atol=1e-5 * np.abs(expected).max())
+    np.testing.assert_allclose(attr, expected * (x - base), rtol=1e-5, atol=1e-5 * np.abs(attr).max())
+    with torch.no_grad():
+        gap_torch = (net(torch.from_numpy(x)) - net(torch.from_numpy(base)))[:, 1].numpy()
+    np.testing.assert_allclose((expected * (x - base)).sum((1, 2, 3)), gap_torch, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(delta, 0, atol=1e-5 * summation_scale(attr))
 
 
