@@ -163,7 +163,9 @@ def backward(b: GraphBuilder, output: str, seed: str, wrt: list[str], overrides:
         dy = [_take(b, cot, o, keep=o in wrt) for o in node.output]
         rule = _lookup(rules, node, b.opset)
         reads = {t: _nan_as_zero(b, t, safe) for t in list(node.input) + list(node.output) if t in fragile}
-        ctx = VJPContext(b, node, dy, frozen, ref, params or {}, reads)
+        # a NaN-safe copy stands for its tensor: active when it is (modified rules pair active tensors)
+        seen = frozen.union(s for t, s in reads.items() if t in frozen) if reads else frozen
+        ctx = VJPContext(b, node, dy, seen, ref, params or {}, reads)
         grads = rule.fn(ctx)
         if len(grads) > len(node.input):
             raise AssertionError(f"rule for {node.op_type} returned {len(grads)} cotangents for {len(node.input)} inputs")
