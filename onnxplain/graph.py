@@ -203,12 +203,16 @@ class GraphBuilder:
         """
         declared = {vi.name: vi for vi in inputs}
         produced = {o for n in nodes for o in n.output if o}
-        for name in sorted(set().union(*(reads(n) for n in nodes)) - produced - set(declared)) if nodes else []:
+        outside = sorted(set().union(*(reads(n) for n in nodes)) - produced - set(declared)) if nodes else []
+        small = {i.name: i for i in self.initializers if i.name in outside and np.prod(i.dims) <= 64}
+        for name in outside:
+            if name in small:   # small constants (axes, shapes) let inference find shapes
+                continue
             if self.elem_type(name) is not None:
                 shape = self.shape(name)
                 declared[name] = helper.make_tensor_value_info(
                     name, self.elem_type(name), None if shape is None else [d if d is not None else None for d in shape])
-        graph = helper.make_graph(list(nodes), "infer", list(declared.values()), [])
+        graph = helper.make_graph(list(nodes), "infer", list(declared.values()), [], list(small.values()))
         model = helper.make_model(graph, opset_imports=list(self.model.opset_import))
         model.ir_version = self.model.ir_version or helper.find_min_ir_version_for(list(model.opset_import), True)
         try:
@@ -339,9 +343,15 @@ def all_names(graph: onnx.GraphProto) -> set[str]:
 
 
 def _record_graph_types(b: GraphBuilder, graph: onnx.GraphProto) -> None:
+    """Record inferred types; the symbols inference invents (``unk__N``) are unknown dims, since two
+    inference runs may give the same symbol to different dims."""
     for vi in itertools.chain(graph.input, graph.output, graph.value_info):
         if vi.type.HasField("tensor_type") and vi.type.tensor_type.elem_type:
             b._record_value_info(vi)
+            shape = b.shape(vi.name)
+            if shape is not None and any(isinstance(d, str) and d.startswith("unk__") for d in shape):
+                b.set_type(vi.name, b.elem_type(vi.name),
+                           [None if isinstance(d, str) and d.startswith("unk__") else d for d in shape])
     for n in graph.node:
         for g in subgraphs(n):
             _record_graph_types(b, g)
