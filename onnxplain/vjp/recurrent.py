@@ -19,7 +19,7 @@ and ``activation_beta``.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import onnx
@@ -49,7 +49,9 @@ _ACTIVATIONS = {
     "relu": (False, False, 0.0, 0.0), "tanh": (False, False, 0.0, 0.0), "sigmoid": (False, False, 0.0, 0.0),
     "softsign": (False, False, 0.0, 0.0), "softplus": (False, False, 0.0, 0.0),
     "leakyrelu": (True, False, 0.01, 0.0), "thresholdedrelu": (True, False, 1.0, 0.0), "elu": (True, False, 1.0, 0.0),
-    "hardsigmoid": (True, True, 0.2, 0.5), "affine": (True, True, 1.0, 0.0), "scaledtanh": (True, True, 1.0, 1.0),
+    "hardsigmoid": (True, True, 0.2, 0.5),
+    # no default in the ONNX operators (runtimes disagree): the node must give them
+    "affine": (True, True, None, None), "scaledtanh": (True, True, None, None),
 }
 
 
@@ -115,7 +117,11 @@ class _Layer:
 def expand(b: GraphBuilder, node: onnx.NodeProto, cell: Cell) -> list[str]:
     """Emit the layer of ``node`` as standard ops into ``b``; return its outputs ``(Y, Y_h[, Y_c])``."""
     layer = _read_layer(node, cell)
-    x = b.op("Transpose", layer.x, perm=[1, 0, 2]) if layer.batch_first else layer.x   # (seq, batch, in)
+    x = layer.x
+    if layer.batch_first:   # to (seq, batch, in) and initial states to (dirs, batch, hidden)
+        x = b.op("Transpose", x, perm=[1, 0, 2])
+        layer = replace(layer, **{k: b.op("Transpose", getattr(layer, k), perm=[1, 0, 2])
+                                  for k in ("h0", "c0") if getattr(layer, k)})
     shape = b.shape_of(x)
     steps, batch = b.op("Slice", shape, b.ints([0]), b.ints([1])), b.op("Slice", shape, b.ints([1]), b.ints([2]))
     lens = (b.op("Cast", layer.lens, to=TensorProto.INT64) if layer.lens
@@ -335,5 +341,8 @@ def _activations(node, cell: Cell, attrs: dict, n_directions: int) -> list[list[
             alpha = alphas.pop(0)
         if takes_beta and betas:
             beta = betas.pop(0)
+        if alpha is None or beta is None:
+            raise UnsupportedOperatorError([node], f"{cell.op_type} node {node.name!r}: activation {name} needs "
+                                                   f"its alpha and beta in activation_alpha and activation_beta")
         resolved.append((name, alpha, beta))
     return [resolved[d * per:(d + 1) * per] for d in range(n_directions)]
