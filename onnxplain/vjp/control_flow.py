@@ -107,23 +107,20 @@ def vjp_scan(ctx):
     b.set_type(last, TensorProto.INT64, ())
     scan_dy = list(ctx.dy[n_states:n_states + n_scan_out])
 
-    def element(rev, i, j, reverse):
-        """Index of iteration ``i`` (reverse iteration ``j``) along a scanned axis of direction ``reverse``."""
-        return j if reverse else i
-
+    # iteration i reads (and writes) element i of a scanned axis, or element T-1-i in the reverse direction
     def iteration_values(rev, i):
-        j = rev.sub(last, i)
+        mirrored = rev.sub(last, i)
         values = {s: rev.op("Gather", kept_s, i, axis=0) for s, kept_s in zip(states, kept_states)}
-        for name, x, axis, d in zip(slices, scanned, in_axes, in_dirs):
-            values[name] = rev.op("Gather", x, element(rev, i, j, d), axis=axis)
+        for name, x, axis, reverse in zip(slices, scanned, in_axes, in_dirs):
+            values[name] = rev.op("Gather", x, mirrored if reverse else i, axis=axis)
         return values
 
     def slice_seeds(rev, i):
-        j = rev.sub(last, i)
+        mirrored = rev.sub(last, i)
         seeds = {}
-        for out, dy, axis, d in zip(body.output[n_states:], scan_dy, out_axes, out_dirs):
+        for out, dy, axis, reverse in zip(body.output[n_states:], scan_dy, out_axes, out_dirs):
             if dy is not None:
-                _add_seed(rev, seeds, out.name, rev.op("Gather", dy, element(rev, i, j, d), axis=axis))
+                _add_seed(rev, seeds, out.name, rev.op("Gather", dy, mirrored if reverse else i, axis=axis))
         return seeds
 
     active_slices = [k for k, x in enumerate(scanned) if x in ctx.active]
