@@ -136,11 +136,13 @@ def test_integrated_gradients_match_captum(zoo, config, exporter):
         assert_close(ours[name], r, rtol=2e-4, what=f"{config}/{exporter}: IG of {name}")
 
 
-def textbook_deeplift_rnn(net: Classifier, x: np.ndarray, tw: np.ndarray, eps=1e-10) -> np.ndarray:
+def textbook_rnn_backward(net: Classifier, x: np.ndarray, tw: np.ndarray, eps=1e-10, guided=False) -> np.ndarray:
     """DeepLIFT Rescale through time for a one-layer RNN with a zero reference, in float64 numpy.
 
     ``h_t = f(W x_t + R h_{t-1} + b)``, output ``V mean_t(h_t) + c``; the multiplier of
     each pre-activation is ``(f(z) - f(z_ref)) / (z - z_ref)`` (the derivative where they meet).
+    ``guided``: guided backpropagation at ReLU instead, ``relu(dy) * [z > 0]``, and the
+    modified gradient itself is returned.
     """
     f = np.tanh if net.rnn.nonlinearity == "tanh" else (lambda z: np.maximum(z, 0))
     df = (lambda z: 1 - np.tanh(z) ** 2) if net.rnn.nonlinearity == "tanh" else (lambda z: (z > 0) * 1.0)
@@ -164,10 +166,13 @@ def textbook_deeplift_rnn(net: Classifier, x: np.ndarray, tw: np.ndarray, eps=1e
         z, zr = zs[t], zrefs[t]
         dz = z - zr
         small = np.abs(dz) < eps
-        m_z = (m_h + from_output) * np.where(small, df(z), (f(z) - f(zr)) / np.where(small, 1, dz))
+        if guided:
+            m_z = np.maximum(m_h + from_output, 0) * (z > 0)
+        else:
+            m_z = (m_h + from_output) * np.where(small, df(z), (f(z) - f(zr)) / np.where(small, 1, dz))
         m_x[:, t] = m_z @ W
         m_h = m_z @ R
-    return m_x * x
+    return m_x if guided else m_x * x
 
 
 UNROLLED = pytest.mark.xfail(strict=True, reason=(
@@ -182,7 +187,7 @@ def test_deeplift_vanilla_rnn_textbook_and_summation_to_delta(zoo, config, expor
     tw = target_weights()
     attr, delta = onnxplain.Explainer(case.onnx, "deeplift").explain(case.feeds(), target_weights=tw,
                                                                      return_convergence_delta=True)
-    ref = textbook_deeplift_rnn(case.net, case.feeds()["x"], tw)
+    ref = textbook_rnn_backward(case.net, case.feeds()["x"], tw)
     assert_close(attr, ref, rtol=1e-4, what=f"{config}/{exporter}: DeepLIFT")
     scale = np.abs(attr).sum(axis=(1, 2)).max()
     assert np.abs(delta).max() < 1e-5 * scale, f"summation-to-delta broken: {delta}"
@@ -196,6 +201,14 @@ def test_epsilon_lrp_in_relu_rnn_is_gradient_times_input(zoo, exporter):
     x = case.args[0].clone().requires_grad_()
     case.net(x)[:, 2].sum().backward()
     assert_close(ours, x.grad * x, rtol=1e-4, what="epsilon-LRP vs gradient x input")
+
+
+def test_guided_backprop_in_relu_rnn_matches_textbook(zoo):
+    case = zoo["rnn_relu", "torchscript"]
+    tw = target_weights(4)
+    ours = case.explain("guided_backprop", target_weights=tw)["x"]
+    assert_close(ours, textbook_rnn_backward(case.net, case.feeds()["x"], tw, guided=True), rtol=1e-4,
+                 what="guided backprop through time")
 
 
 def test_integrated_gradients_within_a_small_memory_budget(zoo):
