@@ -190,3 +190,51 @@ def test_scripted_control_flow_deeplift_summation_to_delta(branchy):
     attr, delta = onnxplain.Explainer(model, "deeplift").explain(x, target=1, return_convergence_delta=True)
     assert np.abs(attr).sum() > 0
     assert np.abs(delta).max() < 1e-5 * np.abs(attr).sum(axis=1).max(), delta
+
+
+class Nested(nn.Module):
+    """An ``if`` and a ``for`` inside a ``for``: If and Loop nodes inside a Loop body, reading the body's state
+    and the outer input."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(1)
+        self.a, self.e = nn.Linear(6, 6), nn.Linear(6, 3)
+
+    def forward(self, x):
+        h = x
+        for _ in range(x.shape[1] - 3):
+            if bool(h.sum() > 0):
+                h = torch.tanh(self.a(h)) * x
+            else:
+                h = torch.sigmoid(self.a(h)) + h
+            for _ in range(x.shape[1] - 4):
+                h = h + 0.3 * torch.tanh(h)
+        return self.e(h)
+
+
+@pytest.fixture(scope="module")
+def nested():
+    net = torch.jit.script(Nested().eval())
+    return net, onnxplain.from_torch(net, torch.randn(2, 6))
+
+
+@pytest.mark.parametrize("sign", [1.0, -1.0], ids=["then_branch", "else_branch"])
+def test_nested_control_flow_gradient_matches_autograd(nested, sign):
+    net, model = nested
+    assert [n.op_type for n in model.graph.node].count("Loop") == 1
+    x = sign * (torch.rand(4, 6, generator=torch.Generator().manual_seed(8)) + 0.1)
+    ours = onnxplain.Explainer(model, "gradient").explain(x.numpy(), target=2)
+    xg = x.clone().requires_grad_()
+    net(xg)[:, 2].sum().backward()
+    assert_close(ours, xg.grad, rtol=1e-4, what="gradient through a Loop holding an If and a Loop")
+
+
+def test_nested_control_flow_graph_runs_in_both_runtimes(nested, tmp_path):
+    path = tmp_path / "g.onnx"
+    onnxplain.convert(nested[1], path, method="deeplift")
+    feeds = {"x": np.random.default_rng(9).random((2, 6)).astype(np.float32),
+             "target_weights": np.ones((2, 3), dtype=np.float32)}
+    got = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(["attributions"], feeds)[0]
+    ref = ReferenceEvaluator(str(path)).run(["attributions"], feeds)[0]
+    np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-5 * np.abs(ref).max())
