@@ -13,7 +13,7 @@ import numpy as np
 import onnx
 
 from .errors import UnsupportedOperatorError
-from .graph import FLOAT_TYPES, GraphBuilder, outer_reads, reads, subgraphs
+from .graph import FLOAT_TYPES, GraphBuilder, node_reads, outer_reads, subgraphs
 from .vjp import RULES, Rule
 
 
@@ -78,7 +78,7 @@ def needed_tensors(nodes, outputs) -> set[str]:
     needed = set(outputs)
     for node in reversed(nodes):
         if any(o in needed for o in node.output):
-            needed.update(reads(node))
+            needed.update(node_reads(node))
     return needed
 
 
@@ -159,7 +159,7 @@ def reverse_walk(b: GraphBuilder, seeds: dict[str, str], wrt: list[str], rules: 
             continue
         dy = [_take(b, cot, o, keep=o in wrt) for o in node.output]
         rule = _lookup(rules, node, b.opset)
-        ctx = VJPContext(b, node, dy, frozen, ref, params or {}, rules)
+        ctx = VJPContext(b, node, dy, frozen, ref, params or {}, rules=rules)
         grads = rule.fn(ctx)
         if len(grads) > len(node.input):
             raise AssertionError(f"rule for {node.op_type} returned {len(grads)} cotangents for {len(node.input)} inputs")

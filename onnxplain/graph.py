@@ -203,7 +203,7 @@ class GraphBuilder:
         """
         declared = {vi.name: vi for vi in inputs}
         produced = {o for n in nodes for o in n.output if o}
-        outside = sorted(set().union(*(reads(n) for n in nodes)) - produced - set(declared)) if nodes else []
+        outside = sorted(set().union(*(node_reads(n) for n in nodes)) - produced - set(declared)) if nodes else []
         small = {i.name: i for i in self.initializers if i.name in outside and np.prod(i.dims) <= 64}
         for name in outside:
             if name in small:   # small constants (axes, shapes) let inference find shapes
@@ -279,7 +279,7 @@ class GraphBuilder:
 def topological_order(nodes: list[onnx.NodeProto]) -> list[onnx.NodeProto]:
     """Nodes ordered so that every tensor is produced before it is read (stable otherwise)."""
     producer = {o: i for i, n in enumerate(nodes) for o in n.output if o}
-    deps = [{producer[t] for t in reads(n) if t in producer} for n in nodes]
+    deps = [{producer[t] for t in node_reads(n) if t in producer} for n in nodes]
     order, state = [], [0] * len(nodes)   # 0 new, 1 on the stack, 2 placed
     for root in range(len(nodes)):
         stack = [(root, iter(sorted(deps[root])))]
@@ -301,7 +301,7 @@ def topological_order(nodes: list[onnx.NodeProto]) -> list[onnx.NodeProto]:
     return order
 
 
-def reads(node: onnx.NodeProto) -> set[str]:
+def node_reads(node: onnx.NodeProto) -> set[str]:
     """Tensors a node reads, including the outer-scope names its subgraphs read."""
     names = {i for i in node.input if i}
     for g in subgraphs(node):
@@ -314,7 +314,7 @@ def outer_reads(graph: onnx.GraphProto) -> set[str]:
     local = {i.name for i in graph.input} | {i.name for i in graph.initializer}
     for n in graph.node:
         local.update(n.output)
-    found = {t for n in graph.node for t in reads(n) if t not in local}
+    found = {t for n in graph.node for t in node_reads(n) if t not in local}
     found.update(o.name for o in graph.output if o.name not in local)   # an output may be an outer tensor
     return found
 
