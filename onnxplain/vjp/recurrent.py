@@ -222,17 +222,17 @@ class _Step:
     def lstm(self, states, projected):
         b, H = self.b, self.layer.hidden
         h, c = states
-        gates = self.recurrent(projected, h, self.r_t, self.bias_r)
+        gates = self.recurrent(projected, h, self.r_t, self.bias_r, clipped=False)
         i, o, f, g = (_columns(b, gates, k * H, (k + 1) * H) for k in range(4))
-        if self.peepholes:
+        if self.peepholes:   # the clip applies to each gate's whole input, peephole term included
             p_i, p_o, p_f = (_columns(b, self.peepholes, k * H, (k + 1) * H) for k in range(3))
             i, f = b.add(i, b.mul(p_i, c)), b.add(f, b.mul(p_f, c))
-        i = self.act(0, i)
-        f = b.sub(self.scalar(1.0), i) if self.layer.input_forget else self.act(0, f)
-        c_new = b.add(b.mul(f, c), b.mul(i, self.act(1, g)))
+        i = self.act(0, self.clip(i))
+        f = b.sub(self.scalar(1.0), i) if self.layer.input_forget else self.act(0, self.clip(f))
+        c_new = b.add(b.mul(f, c), b.mul(i, self.act(1, self.clip(g))))
         if self.peepholes:
             o = b.add(o, b.mul(p_o, c_new))
-        h_new = b.mul(self.act(0, o), self.act(2, c_new))
+        h_new = b.mul(self.act(0, self.clip(o)), self.act(2, c_new))
         return [h_new, c_new]
 
     def gru(self, states, projected):
@@ -258,11 +258,12 @@ class _Step:
         return [self.act(0, self.recurrent(projected, h, self.r_t, self.bias_r))]
 
     # -- pieces
-    def recurrent(self, projected: str, h: str, r_t: str, bias: str | None) -> str:
-        """``projected + h R^T (+ Rb)``, clipped when the node says so."""
+    def recurrent(self, projected: str, h: str, r_t: str, bias: str | None, clipped: bool = True) -> str:
+        """``projected + h R^T (+ Rb)``, clipped when the node says so (unless ``clipped`` is False)."""
         b = self.b
         z = b.add(projected, b.op("MatMul", h, r_t))
-        return self.clip(b.add(z, bias) if bias else z)
+        z = b.add(z, bias) if bias else z
+        return self.clip(z) if clipped else z
 
     def clip(self, z: str) -> str:
         if self.layer.clip is None:
