@@ -172,7 +172,7 @@ def _reverse_iterations(ctx, body: onnx.GraphProto, trip: str, states: list[str]
     seeds = slice_seeds(rev, i)
     for k, d in zip(float_states, d_states):
         _add_seed(rev, seeds, state_outputs[k], d)
-    wrt = [states[k] for k in float_states] + [s for s in scanned] + outer
+    wrt = [states[k] for k in float_states] + list(scanned) + outer
     grads = ctx.walk(rev, seeds, list(dict.fromkeys(wrt)))
 
     rev.outputs.append(b.typed(rev.op("Identity", rev.const(True, np.bool_)), TensorProto.BOOL))
@@ -193,7 +193,7 @@ def _reverse_iterations(ctx, body: onnx.GraphProto, trip: str, states: list[str]
     for k, r in zip(float_states, results):
         d_initial[k] = r
     ctx.outer.update(zip(outer, results[len(float_states):len(float_states) + len(outer)]))
-    slices = [_unstack_loop_output(b, r, rev_shape) for r, rev_shape in
+    slices = [_unstack_loop_output(b, r, shape) for r, shape in
               zip(results[len(float_states) + len(outer):], scanned_shapes)]
     return d_initial, slices
 
