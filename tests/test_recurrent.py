@@ -193,6 +193,25 @@ def test_deeplift_vanilla_rnn_textbook_and_summation_to_delta(zoo, config, expor
     assert np.abs(delta).max() < 1e-5 * scale, f"summation-to-delta broken: {delta}"
 
 
+GATED = [(c, e) for c, e in EXPORTS if CONFIGS[c]["kind"] != "RNN"]
+
+
+@pytest.mark.parametrize("config, exporter", GATED)
+def test_deeplift_gated_cells_sum_to_delta(zoo, config, exporter):
+    """Gates times states take the two-player Shapley multipliers, so the attributions of the sequence and
+    the initial states add up to f(x) - f(baseline), computed here by the torch model itself."""
+    case = zoo[config, exporter]
+    tw = target_weights()
+    out = onnxplain.Explainer(case.onnx, "deeplift").explain(case.feeds(), target_weights=tw)
+    out = out if isinstance(out, dict) else {"x": out}
+    with torch.no_grad():
+        gap = ((case.net(*case.args) - case.net(*[torch.zeros_like(a) for a in case.args]))
+               * torch.from_numpy(tw)).sum(1).numpy()
+    total = sum(a.reshape(len(a), -1).sum(1) for a in out.values())
+    scale = sum(np.abs(a).reshape(len(a), -1).sum(1) for a in out.values()).max()
+    np.testing.assert_allclose(total, gap, atol=1e-5 * scale + 1e-6)
+
+
 @pytest.mark.parametrize("exporter", EXPORTERS)
 def test_epsilon_lrp_in_relu_rnn_is_gradient_times_input(zoo, exporter):
     """At ReLU the epsilon rule is ``dy * relu(z) / (z + eps sign z)``: the gradient as eps -> 0."""
