@@ -261,6 +261,11 @@ def _reads(node: onnx.NodeProto) -> set[str]:
     return names
 
 
+def redirect_reads(nodes, old: str, new: str) -> None:
+    """Make every node of ``nodes`` (and of their subgraphs) that reads ``old`` read ``new``."""
+    _rename_in(nodes, old, new, outputs=False)
+
+
 def _rename_in(nodes, old: str, new: str, outputs: bool = True) -> None:
     for node in nodes:
         for i, name in enumerate(node.input):

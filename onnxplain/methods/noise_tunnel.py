@@ -14,7 +14,7 @@ import numpy as np
 
 from ..backward import backward
 from .base import (Method, Spec, batch_rows, declare_param, declare_target_weights, emit_outputs,
-                   flatten_steps, open_forward, split_steps, tile_rows)
+                   flatten_steps, forward_per_block, open_forward, split_steps, tile_rows)
 
 DEFAULT_SAMPLES = 5
 DEFAULT_NOISE_SEED = 0
@@ -43,6 +43,7 @@ class _NoiseTunnel(Method):
         blocks = b.add(samples, b.ints([1]))
         for p in spec.passthrough:
             b.op("Identity", tile_rows(b, p, blocks, b.rank(p)), outputs=[inside[p]])
+        forward_per_block(b, spec, inside, outputs, [b.mul(samples, n), n])
 
         seed = b.op("Concat", tile_rows(b, tw, samples, b.rank(spec.output)), b.zeros_like(tw), axis=0)
         emit_outputs(b, spec, outputs, b.mul(samples, n), n)
@@ -107,6 +108,12 @@ class _NoiseTunnel(Method):
 
     def expansion(self, part):
         return next(v.shape[0] for k, v in part.items() if k.startswith("noise")) + 1
+
+    def block_rows(self, part):
+        return self.expansion(part) - 1   # the noisy samples of a row are one block
+
+    def limit_hint(self):
+        return "use nt_samples <= batch_size"
 
 
 class SmoothGrad(_NoiseTunnel):

@@ -239,10 +239,12 @@ def _root(a: np.ndarray) -> np.ndarray:
 
 
 
-def chunking(n_rows: int, units: int, per_row: int, budget: int, cap: int | None) -> tuple[int, int]:
+def chunking(n_rows: int, units: int, per_row: int, budget: int, cap: int | None,
+             batch_size: int | None = None) -> tuple[int, int]:
     """``(rows per block, units per chunk)``: one run holds at most ``budget // per_row`` rows (and
-    :data:`MAX_ROWS_PER_RUN`), and at most ``cap`` units (Captum's ``perturbations_per_eval``)."""
-    fit = int(max(1, min(budget // max(1, per_row), MAX_ROWS_PER_RUN)))
+    :data:`MAX_ROWS_PER_RUN`, and the model's ``batch_size``), and at most ``cap`` units (Captum's
+    ``perturbations_per_eval``)."""
+    fit = int(max(1, min(budget // max(1, per_row), MAX_ROWS_PER_RUN, batch_size or MAX_ROWS_PER_RUN)))
     block = min(n_rows, fit)
     per_chunk = max(1, min(units, fit // block))
     if cap is not None:
@@ -255,8 +257,9 @@ def drive(ex, feeds: dict, tw: np.ndarray, plan: Plan, cap: int | None, pool: Bu
     pool = pool or BufferPool(keep=0)
     spec = ex.spec
     n_rows = tw.shape[0]
-    block, per_chunk = chunking(n_rows, plan.units, ex.row_cost(feeds), ex.memory_budget, cap)
-    run = ex.session.run
+    block, per_chunk = chunking(n_rows, plan.units, ex.row_cost(feeds), ex.memory_budget, cap, spec.batch_size)
+    run = ex.run_session
+    shared = {u: feeds[u] for u in spec.unbatched}   # fed as they are to every run
     for r0 in range(0, n_rows, block):
         r1 = min(n_rows, r0 + block)
         n = r1 - r0
@@ -265,7 +268,7 @@ def drive(ex, feeds: dict, tw: np.ndarray, plan: Plan, cap: int | None, pool: Bu
         originals = {a.name: feeds[a.name][r0:r1] for a in plan.inputs}
 
         def evaluate(values: dict) -> np.ndarray:
-            one = {**originals, **fixed, **values, TARGET_WEIGHTS: tw_rows}
+            one = {**originals, **fixed, **shared, **values, TARGET_WEIGHTS: tw_rows}
             return run(one, [TARGET_OUTPUT])[TARGET_OUTPUT].reshape(-1)
 
         plan.begin(r0, r1, evaluate)
@@ -281,7 +284,7 @@ def drive(ex, feeds: dict, tw: np.ndarray, plan: Plan, cap: int | None, pool: Bu
                 views = {k: v[:rows] for k, v in batches.items()}
                 plan.fill(u0, u1, views)
                 one = {k: v.reshape((rows,) + rows_of[k]) for k, v in views.items()}
-                one.update({k: v[:rows] for k, v in tiled.items()})
+                one.update({k: v[:rows] for k, v in tiled.items()}, **shared)
                 plan.fold(u0, u1, run(one, [TARGET_OUTPUT])[TARGET_OUTPUT].reshape(-1))
             pool.give(batches.values())
         plan.end()

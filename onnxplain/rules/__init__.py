@@ -46,6 +46,36 @@ class Partner:
         return b.div(b.reshape(b.op("Size", t), b.ints([1])), b.ints([2]))
 
 
+class PairedPartner:
+    """``partner(t)`` when the inputs and the references run through two copies of the forward pass
+    (``batch_size``): the same tensor in the other copy.  Tensors both copies share (weights,
+    unbatched inputs) are their own partners.  Rules that index into the stacked halves of one
+    tensor (MaxPool's cross-max) cannot work on separate copies and say so."""
+
+    def __init__(self, pairs: dict, shared):
+        self.pairs = pairs
+        self.shared = set(shared)
+
+    def __call__(self, t: str) -> str:
+        if t in self.pairs:
+            return self.pairs[t]
+        if t in self.shared:
+            return t
+        raise self._unsupported(t)
+
+    def half(self, t: str) -> str:
+        raise self._unsupported(t)
+
+    bottom_offset = half
+
+    @staticmethod
+    def _unsupported(t: str) -> Exception:
+        from ..errors import UnsupportedOperatorError
+        return UnsupportedOperatorError([], f"DeepLIFT's rule at tensor {t!r} needs the inputs and their references "
+                                            f"stacked in one batch, but with batch_size they run through separate "
+                                            f"copies of the forward pass; explain this model without batch_size")
+
+
 def standard_rule(op_type: str, opset: int):
     """The standard rule of ``op_type`` (for fallbacks inside modified rules)."""
     from ..vjp import RULES
