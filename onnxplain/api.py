@@ -293,10 +293,15 @@ def batch_first_model(model, batch_axes=None) -> tuple[onnx.ModelProto, dict]:
     axes = batch_axes_of(m, batch_axes)
     problems = batch_problems(m, axes)
     if problems:
-        listed = "; ".join(f"output {name!r} {why}" for name, why in problems.items())
-        raise ModelError(f"{listed}. onnxplain explains models whose outputs are batch first, one output row "
-                         f"per input row (batch_axes gives the inputs' batch axes; the outputs' is axis 0)")
+        raise ModelError(batch_refusal(problems))
     return to_batch_first(m, axes), axes
+
+
+def batch_refusal(problems: dict) -> str:
+    """Why a model whose outputs are not batch first cannot be explained (``problems``: from batch_problems)."""
+    listed = "; ".join(f"output {name!r} {why}" for name, why in problems.items())
+    return (f"{listed}. onnxplain explains models whose outputs are batch first, one output row per input row "
+            f"(batch_axes gives the inputs' batch axes; the outputs' is axis 0)")
 
 
 def _unbatched(axes: dict) -> list[str]:

@@ -7,24 +7,30 @@ import onnx
 
 from .backward import missing_rules
 from .converters import load_model, normalize
+from .converters.normalize import batch_axes_of, batch_problems
+from .errors import ModelError
 from .graph import FLOAT_TYPES, GraphBuilder
 
 
-def inspect(model, output: str | None = None) -> dict:
+def inspect(model, output: str | None = None, batch_axes: dict | None = None) -> dict:
     """Facts about ``model`` (a path, bytes or ModelProto) as a plain dict.
 
     Keys: ``inputs`` and ``outputs`` (name, type, shape), ``opsets``, ``ops``
     (op histogram), ``attributed`` (what the Explainer attributes by default),
-    ``layers`` (floating-point tensors that ``layer=`` accepts), and
-    ``methods``: for every method whether it is available on the explained
-    output (default: the first floating-point one) and, when not, every op
-    without a rule and its nodes.
+    ``layers`` (floating-point tensors that ``layer=`` accepts), ``batch_axes``
+    (each input's batch axis, None when unbatched), and ``methods``: for every
+    method whether it is available on the explained output (default: the first
+    floating-point one) and, when not, every op without a rule and its nodes
+    (or why the model cannot be explained at all, e.g. an output that is not
+    batch first).
     """
-    from .api import _choose_output, _graph_inputs, _spec
+    from .api import _choose_output, _graph_inputs, _spec, batch_refusal
     from .methods import METHODS, get_method
 
     raw = load_model(model)
-    m = normalize(raw)
+    m = normalize(raw, batch_axes=batch_axes)
+    axes = batch_axes_of(m, batch_axes)
+    problems = batch_problems(m, axes)
     facts = {
         "ir_version": raw.ir_version,
         "producer": " ".join(x for x in (raw.producer_name, raw.producer_version) if x),
@@ -35,9 +41,12 @@ def inspect(model, output: str | None = None) -> dict:
         "ops": dict(collections.Counter(op_name(n) for n in raw.graph.node).most_common()),
         "functions": [f.name for f in raw.functions],
         "layers": [vi.name for vi in m.graph.value_info if vi.type.tensor_type.elem_type in FLOAT_TYPES],
+        "batch_axes": axes,
     }
     try:
         out = _choose_output(m, output)
+        if problems:
+            raise ModelError(batch_refusal(problems))
     except ValueError as e:
         facts.update(output=None, attributed=[],
                      methods={name: _availability(get_method(name), None, str(e)) for name in METHODS})
@@ -47,7 +56,7 @@ def inspect(model, output: str | None = None) -> dict:
     for name in METHODS:
         method = get_method(name)
         try:
-            spec = _spec(m, out, None, None, method)
+            spec = _spec(m, out, None, None, method, unbatched=[x for x, k in axes.items() if k is None])
         except ValueError as e:
             methods[name] = _availability(method, None, str(e))
             continue
