@@ -133,6 +133,11 @@ def _add_method_args(p, graph_defaults: bool) -> None:
     p.add_argument("--input", dest="inputs", action="append", metavar="NAME",
                    help="an input to attribute (repeatable; default: every floating-point input)")
     p.add_argument("--layer", metavar="TENSOR", help="attribute this intermediate tensor instead of the inputs")
+    p.add_argument("--batch-axis", action="append", default=[], metavar="NAME=AXIS",
+                   help="the batch axis of an input, or NAME=none for an unbatched one (repeatable; default: "
+                        "detected)")
+    p.add_argument("--batch-size", type=int, metavar="B",
+                   help="the most rows the model may see per run (1 for models that run one row at a time)")
     g = p.add_argument_group("method parameters" + (" (stored as the graph's defaults)" if graph_defaults else ""))
     g.add_argument("--n-steps", type=int, help="integrated_gradients: integration steps (50)")
     g.add_argument("--integration", metavar="SCHEME",
@@ -314,7 +319,7 @@ def cmd_convert(args) -> int:
     params = _method_params(args, allow_files=False)
     t0 = time.perf_counter()
     graph = convert(args.model, args.out, method=method, output=args.output, inputs=args.inputs,
-                    **_layer(args), **params)
+                    **_layer(args), **_batching(args), **params)
     elapsed = time.perf_counter() - t0
     inputs = [i.name for i in graph.graph.input]
     outputs = [o.name for o in graph.graph.output]
@@ -331,6 +336,21 @@ def _layer(args) -> dict:
     return {"layer": args.layer} if args.layer else {}
 
 
+def _batching(args) -> dict:
+    """``batch_axes`` and ``batch_size`` from ``--batch-axis NAME=AXIS`` and ``--batch-size``."""
+    axes = {}
+    for item in args.batch_axis:
+        name, sep, text = item.partition("=")
+        text = text.strip().lower()
+        if not sep or not name.strip() or not (text == "none" or text.lstrip("-").isdigit()):
+            raise CLIError(f"--batch-axis expects NAME=AXIS (an int, or none for an unbatched input), got {item!r}")
+        axes[name.strip()] = None if text == "none" else int(text)
+    out = {"batch_axes": axes} if axes else {}
+    if args.batch_size is not None:
+        out["batch_size"] = args.batch_size
+    return out
+
+
 def _short(v) -> str:
     return f"array{np.shape(v)}" if isinstance(v, np.ndarray) else repr(v)
 
@@ -343,7 +363,8 @@ def cmd_explain(args) -> int:
     if args.target is not None and args.target_weights is not None:
         raise CLIError("give either --target or --target-weights, not both")
     inputs = _load_inputs(args.input)
-    ex = Explainer(args.model, method=method, output=args.output, inputs=args.inputs, **_layer(args))
+    ex = Explainer(args.model, method=method, output=args.output, inputs=args.inputs, **_layer(args),
+                   **_batching(args))
     ex.method.check_params(dict(params))   # unknown or bad parameters fail before anything runs
     several = not ex.spec.single
     _check_out(args.out, (".npz",) if several else (".npy", ".npz"),
@@ -370,11 +391,12 @@ def cmd_explain(args) -> int:
     elapsed = time.perf_counter() - t0
 
     arrays = attr if isinstance(attr, dict) else {ex.inputs[0]: attr}
-    n = len(next(iter(arrays.values())))
+    by_row = {k: np.moveaxis(a, ex.batch_axes.get(k) or 0, 0) for k, a in arrays.items()}   # a state: (L, N, H)
+    n = len(next(iter(by_row.values())))
     print(f"{ex.method_name} attributions of {ex.output!r} for {n} row(s) of {', '.join(arrays)} "
           f"in {elapsed * 1000:.1f} ms")
     header = ["row", "target", "sum(attributions)"] + (["delta"] if delta is not None else [])
-    sums = sum(a.reshape(n, -1).sum(axis=1, dtype=np.float64) for a in arrays.values())
+    sums = sum(a.reshape(n, -1).sum(axis=1, dtype=np.float64) for a in by_row.values())
     shown = min(n, 10)
     table = []
     for r in range(shown):

@@ -354,3 +354,29 @@ def test_weights_kept_as_inputs_by_the_exporter_are_not_fed_nor_made_dynamic(tmp
     assert all(all(isinstance(d, int) and d > 0 for d in dims) for dims in weight_dims.values())
     got = ex.explain(x.numpy(), target=1)
     assert_close(got, DeepLift(net).attribute(x, target=1), 1e-4)
+
+
+def test_command_line_takes_batch_axes_and_batch_size(gated, torch_gated, recurrent, torch_recurrent, tmp_path,
+                                                      capsys):
+    from onnxplain.cli import main
+    model, rows, out = tmp_path / "gated.onnx", tmp_path / "x.npy", tmp_path / "sal.npy"
+    onnx.save(gated, str(model))
+    x = gated_rows()
+    np.save(rows, x.numpy())
+    assert main(["explain", str(model), str(rows), "-m", "saliency", "--target", "1", "--batch-size", "1",
+                 "--out", str(out)]) == 0
+    row = x[:1].clone().requires_grad_()
+    torch_gated(row)[0, 1].backward()
+    assert_close(np.load(out)[:1], row.grad.abs(), 1e-5)
+
+    model, data, out = tmp_path / "rec.onnx", tmp_path / "rec.npz", tmp_path / "g.npz"
+    onnx.save(recurrent, str(model))
+    x, state, sr = recurrent_inputs(n=2)
+    np.savez(data, **feeds_of(x, state, sr))
+    assert main(["explain", str(model), str(data), "-m", "gradient", "--target", "0", "--input", "state",
+                 "--batch-axis", "state=1", "--batch-axis", "sr=none", "--out", str(out)]) == 0
+    state.requires_grad_()
+    torch_recurrent(x, state, sr)[:, 0].sum().backward()
+    assert_close(np.load(out)["attributions"], state.grad, 1e-5)
+    assert main(["explain", str(model), str(data), "-m", "gradient", "--batch-axis", "state"]) == 2
+    assert "--batch-axis expects NAME=AXIS" in capsys.readouterr().err
