@@ -1,10 +1,11 @@
 """PyTorch front-end: an ``nn.Module`` -> a normalised ONNX model, with either exporter.
 
 ``dynamo=False`` uses the TorchScript exporter (opset 17 unless ``opset`` says
-otherwise) with ``dynamic_axes`` on dimension 0 of every input and output;
+otherwise) with ``dynamic_axes`` on the batch axis of every input (dimension 0
+unless ``batch_axes`` says otherwise) and dimension 0 of every output;
 ``dynamo=True`` uses the ``torch.export``-based exporter (its default opset;
-it needs ``onnxscript``) with one shared ``torch.export.Dim("batch")`` on
-dimension 0 of every input.  The model is exported in eval mode and its
+it needs ``onnxscript``) with one shared ``torch.export.Dim("batch")`` on the
+batch axis of every input.  The model is exported in eval mode and its
 modules' training flags are restored afterwards.
 
 torch is imported when :func:`from_torch` is called, never when this module is.
@@ -25,7 +26,8 @@ TORCHSCRIPT_OPSET = 17
 
 
 def from_torch(model, example_inputs, input_names=None, output_names=None, dynamo: bool = False,
-               opset: int | None = None, dynamic_batch: bool = True, **export_kwargs) -> onnx.ModelProto:
+               opset: int | None = None, dynamic_batch: bool = True, batch_axes: dict | None = None,
+               **export_kwargs) -> onnx.ModelProto:
     """Export ``model`` with ``torch.onnx.export`` and return the normalised ONNX model.
 
     ``example_inputs``: a tensor, a tuple or list of tensors (positional
@@ -38,6 +40,9 @@ def from_torch(model, example_inputs, input_names=None, output_names=None, dynam
     ``torch.export``-based one.  ``opset``: the default-domain opset (default
     17 for TorchScript, the exporter's own default for dynamo).
     ``dynamic_batch``: make dimension 0 of every input and output dynamic.
+    ``batch_axes``: the batch axis of inputs whose batch is not on axis 0, by
+    name (``{"state": 1}``), ``None`` for unbatched ones (rank-0 inputs are
+    unbatched anyway); that axis is the dynamic one.
     Other keyword arguments go to ``torch.onnx.export`` unchanged (a
     ``dynamic_axes`` or ``dynamic_shapes`` given there replaces ours).
     """
@@ -54,26 +59,37 @@ def from_torch(model, example_inputs, input_names=None, output_names=None, dynam
         with torch.no_grad():
             outputs = model(*args, **kwargs)
         output_names = _output_names(outputs, output_names)
+        axes = _axes(input_names, tensors, batch_axes)
         if dynamo:
             proto = _export_dynamo(model, args, kwargs, input_names, output_names, opset, dynamic_batch,
-                                   export_kwargs)
+                                   export_kwargs, axes)
         else:
             proto = _export_torchscript(model, args, kwargs, input_names, output_names, tensors, outputs, opset,
-                                        dynamic_batch, export_kwargs)
+                                        dynamic_batch, export_kwargs, axes)
     finally:
         for m, training in modes.items():
             m.train(training)
-    return normalize(proto, dynamic_batch=dynamic_batch)
+    return normalize(proto, dynamic_batch=dynamic_batch, batch_axes=batch_axes)
+
+
+def _axes(input_names, tensors, batch_axes) -> dict:
+    """The batch axis of every example input (None: unbatched)."""
+    given = dict(batch_axes or {})
+    unknown = sorted(set(given) - set(input_names))
+    if unknown:
+        raise ValueError(f"batch_axes names {unknown}, which are not inputs; the inputs are {input_names}")
+    return {name: given.get(name, 0) if _rank(t) >= 1 else None for name, t in zip(input_names, tensors)}
 
 
 def _export_torchscript(model, args, kwargs, input_names, output_names, tensors, outputs, opset, dynamic_batch,
-                        export_kwargs) -> onnx.ModelProto:
-    """TorchScript exporter, ``dynamic_axes`` on dimension 0 of every input and output of rank >= 1."""
+                        export_kwargs, axes) -> onnx.ModelProto:
+    """TorchScript exporter, ``dynamic_axes`` on the batch axis of every batched input (``axes``) and on
+    dimension 0 of every output of rank >= 1."""
     import torch
 
     options = dict(export_kwargs)
     if dynamic_batch and "dynamic_axes" not in options:
-        dynamic = {name: {0: BATCH} for name, t in zip(input_names, tensors) if _rank(t) >= 1}
+        dynamic = {name: {axis: BATCH} for name, axis in axes.items() if axis is not None}
         dynamic.update({name: {0: BATCH} for name, t in zip(output_names, _flat_outputs(outputs)) if _rank(t) >= 1})
         options["dynamic_axes"] = dynamic
     with tempfile.TemporaryDirectory(prefix="onnxplain-torch-") as tmp, warnings.catch_warnings():
@@ -87,8 +103,9 @@ def _export_torchscript(model, args, kwargs, input_names, output_names, tensors,
 
 
 def _export_dynamo(model, args, kwargs, input_names, output_names, opset, dynamic_batch,
-                   export_kwargs) -> onnx.ModelProto:
-    """``torch.export``-based exporter, one ``Dim("batch")`` shared by dimension 0 of every input."""
+                   export_kwargs, axes) -> onnx.ModelProto:
+    """``torch.export``-based exporter, one ``Dim("batch")`` shared by the batch axis of every batched
+    input (``axes``)."""
     import torch
 
     if importlib.util.find_spec("onnxscript") is None:
@@ -97,10 +114,11 @@ def _export_dynamo(model, args, kwargs, input_names, output_names, opset, dynami
     if dynamic_batch and "dynamic_shapes" not in options and "dynamic_axes" not in options:
         batch = torch.export.Dim(BATCH)
 
-        def spec(t):
-            return {0: batch} if _rank(t) >= 1 else None
-        options["dynamic_shapes"] = ({k: spec(v) for k, v in kwargs.items()} if kwargs
-                                     else tuple(spec(a) for a in args))
+        def spec(name):
+            return None if axes[name] is None else {axes[name]: batch}
+        names = list(axes)
+        options["dynamic_shapes"] = ({k: spec(names[len(args) + i]) for i, k in enumerate(kwargs)} if kwargs
+                                     else tuple(spec(names[i]) for i in range(len(args))))
     with warnings.catch_warnings():     # the shared Dim makes the exporter say each further input shares it
         warnings.filterwarnings("ignore", message=".*shares the same shape constraints with another axis.*")
         program = torch.onnx.export(model, args, kwargs=kwargs or None, dynamo=True, opset_version=opset,

@@ -115,8 +115,8 @@ class Explainer:
         return self._forward
 
     def save(self, path) -> None:
-        """Write the explanation graph (see :func:`convert`)."""
-        _write_atomically(self.graph, path)
+        """Write the explanation graph (see :func:`convert`; inputs in their own layout)."""
+        _write_atomically(own_layouts(self.graph, self.spec, self.batch_axes), path)
 
     def explain(self, inputs, target=None, *, target_weights=None, return_convergence_delta: bool = False,
                 **params):
@@ -133,8 +133,7 @@ class Explainer:
         if return_convergence_delta and not self.method.has_delta:
             raise ValueError(f"method {self.method.name!r} has no convergence delta")
         feeds = self._check_inputs(inputs)
-        if params.get("baselines") is not None:
-            params["baselines"] = _baselines_batch_first(params["baselines"], self.spec, self.batch_axes)
+        params = _params_batch_first(params, self.spec, self.batch_axes)
         n = self._rows(feeds)
         tw = self._target_weights(target, target_weights, feeds, n)
         total, delta = self.method.run(self, feeds, tw, params)
@@ -326,19 +325,28 @@ def _check_attributed_layouts(spec: Spec, method, axes: dict) -> None:
                          f"attribute the batch-first inputs only")
 
 
-def _baselines_batch_first(baselines, spec: Spec, axes: dict):
-    """Baselines of inputs with batch axis ``k > 0`` given in their own layout -> batch first."""
-    def move(x, value):
-        k = axes.get(x)
-        if not k or np.ndim(value) == 0:
-            return value
-        return np.moveaxis(np.asarray(value), k, 0)
+def _params_batch_first(params: dict, spec: Spec, axes: dict) -> dict:
+    """Per-input arrays given in the layout of inputs whose batch axis ``k`` is not 0 -> batch first:
+    ``baselines`` (batch axis ``k``) and SmoothGrad's ``noise`` (``(samples, *input)``: axis ``k + 1``)."""
+    if not any(axes.get(x) for x in spec.carriers):
+        return params
+    out = dict(params)
+    for key, lead in (("baselines", 0), ("noise", 1)):
+        value = params.get(key)
+        if value is None:
+            continue
 
-    if isinstance(baselines, dict):
-        return {x: move(x, v) for x, v in baselines.items()}
-    if isinstance(baselines, (tuple, list)) and len(spec.carriers) > 1:
-        return type(baselines)(move(x, v) for x, v in zip(spec.carriers, baselines))
-    return move(spec.carriers[0], baselines) if len(spec.carriers) == 1 else baselines
+        def move(x, v):
+            k = axes.get(x)
+            return v if not k or np.ndim(v) <= k + lead else np.moveaxis(np.asarray(v), k + lead, lead)
+
+        if isinstance(value, dict):
+            out[key] = {x: move(x, v) for x, v in value.items()}
+        elif isinstance(value, (tuple, list)) and len(spec.carriers) > 1:
+            out[key] = type(value)(move(x, v) for x, v in zip(spec.carriers, value))
+        elif len(spec.carriers) == 1:
+            out[key] = move(spec.carriers[0], value)
+    return out
 
 
 def _own_layout(value: np.ndarray, axis) -> np.ndarray:
@@ -346,8 +354,13 @@ def _own_layout(value: np.ndarray, axis) -> np.ndarray:
 
 
 def own_layouts(graph: onnx.ModelProto, spec: Spec, axes: dict) -> onnx.ModelProto:
-    """The explanation graph of a batch-first model, taking and giving inputs with batch axis ``k > 0``
-    (and their baselines and attributions) in their own layout: Transposes at the graph's boundary."""
+    """A copy of the explanation graph of a batch-first model that takes and gives inputs with batch
+    axis ``k > 0`` (and their baselines and attributions) in their own layout: Transposes at its boundary."""
+    if not any(axes.values()):
+        return graph
+    copy = onnx.ModelProto()
+    copy.CopyFrom(graph)
+    graph = copy
     g = graph.graph
     front, back = [], []
     for x, k in axes.items():

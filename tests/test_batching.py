@@ -141,6 +141,18 @@ def test_perturbation_methods_refuse_inputs_whose_batch_axis_is_not_first(recurr
         onnxplain.Explainer(recurrent, "occlusion", inputs=["x", "state"])
 
 
+@pytest.mark.parametrize("dynamo", [False, True], ids=["torchscript", "dynamo"])
+def test_from_torch_exports_the_batch_on_the_axes_given(torch_recurrent, dynamo):
+    model = onnxplain.from_torch(torch_recurrent, recurrent_inputs(), input_names=["x", "state", "sr"],
+                                 dynamo=dynamo, batch_axes={"state": 1})
+    assert batch_axes_of(model) == {"x": 0, "state": 1, "sr": None}
+    x, state, sr = recurrent_inputs(n=5)   # another batch size than the example's
+    got = onnxplain.Explainer(model, "gradient", inputs="state").explain(feeds_of(x, state, sr), target=3)
+    state.requires_grad_()
+    torch_recurrent(x, state, sr)[:, 3].sum().backward()
+    assert_close(got, state.grad, 1e-5)
+
+
 def test_batch_axes_given_by_name(torch_recurrent):
     """A TorchScript export with a fixed batch: the batch axes come from ``batch_axes``."""
     x, state, sr = recurrent_inputs(n=1)
@@ -165,6 +177,10 @@ def test_saved_graph_takes_the_state_in_its_own_layout(recurrent, torch_recurren
     dims = {vi.name: [d.dim_param or d.dim_value for d in vi.type.tensor_type.shape.dim]
             for vi in list(graph.graph.input) + list(graph.graph.output)}
     assert dims["state"][0] == LAYERS and dims["attributions_state"][0] == LAYERS and dims["sr"] == []
+    saved = tmp_path / "saved.onnx"
+    onnxplain.Explainer(recurrent, "integrated_gradients").save(saved)
+    assert [d.dim_param or d.dim_value for d in onnx.load(str(saved)).graph.input[1].type.tensor_type.shape.dim] \
+        == dims["state"]
     tw = np.zeros((2, CLASSES), np.float32)
     tw[:, 1] = 1
     feeds = {**feeds_of(x, state, sr), "target_weights": tw}
