@@ -280,7 +280,8 @@ def batch_problems(m: onnx.ModelProto, axes: dict) -> dict:
                                  f"model's outputs must be batch first")
         elif isinstance(dims[0], int) and dims[0] != 1 and all(d != BATCH for d in dims):
             problems[vi.name] = (f"has shape {dims} with no batch axis: the forward aggregates over the rows "
-                                 f"(a sum or mean over the batch), so no row has an output of its own")
+                                 f"(a sum or mean over the batch) or reshapes them to a fixed count, so no "
+                                 f"row has an output of its own")
     return problems
 
 

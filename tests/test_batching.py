@@ -11,8 +11,9 @@ from torch import nn
 
 import onnxplain
 from checks import assert_close
+from models import export, pool_cnn
 from onnxplain.converters.normalize import batch_axes_of
-from onnxplain.errors import ModelError
+from onnxplain.errors import ModelError, UnsupportedOperatorError
 
 LAYERS, STEPS, FEATURES, HIDDEN, CLASSES = 2, 3, 5, 6, 4
 
@@ -117,6 +118,21 @@ def test_integrated_gradients_of_the_input_and_the_state_match_captum(recurrent,
     assert_close(got["x"], ref[0], 1e-4)
     assert_close(got["state"], ref[1].transpose(0, 1), 1e-4)
     np.testing.assert_allclose(delta, ref_delta.numpy(), atol=1e-4)
+
+
+@pytest.mark.parametrize("batch_size", [None, 2])
+def test_deeplift_sums_to_the_difference_with_a_state_and_a_scalar(recurrent, torch_recurrent, batch_size):
+    x, state, sr = recurrent_inputs(n=3)
+    base_state = np.full((LAYERS, 1, HIDDEN), 0.2, np.float32)
+    got, delta = onnxplain.Explainer(recurrent, "deeplift", batch_size=batch_size).explain(
+        feeds_of(x, state, sr), target=1, baselines={"state": base_state}, return_convergence_delta=True)
+    with torch.no_grad():
+        f = torch_recurrent(x, state, sr)[:, 1]
+        f0 = torch_recurrent(torch.zeros_like(x), torch.from_numpy(base_state).expand(LAYERS, 3, HIDDEN), sr)[:, 1]
+    total = got["x"].sum(axis=(1, 2)) + got["state"].sum(axis=(0, 2))   # the state's rows are on axis 1
+    np.testing.assert_allclose(total, (f - f0).numpy(), atol=1e-5)
+    np.testing.assert_allclose(delta, 0, atol=1e-5)
+    assert np.abs(got["state"]).max() > 1e-3
 
 
 @pytest.mark.parametrize("method", ["occlusion", "feature_ablation"])
@@ -299,6 +315,23 @@ def test_batch_size_is_checked(gated):
     ex = onnxplain.Explainer(gated, "smoothgrad", batch_size=1)
     with pytest.raises(ValueError, match=r"runs 3 rows of each input row.*nt_samples <= batch_size"):
         ex.explain(gated_rows().numpy(), target=0, nt_samples=3)
+    ex = onnxplain.Explainer(gated, "deeplift_shap", batch_size=2)
+    with pytest.raises(ValueError, match=r"runs 3 rows of each input row.*at most batch_size baselines"):
+        ex.explain(gated_rows().numpy(), target=0, baselines=np.zeros((3, 5), np.float32))
+
+
+def test_batch_size_refuses_what_separate_forward_copies_cannot_do():
+    net, row = pool_cnn()
+    model = export(net, row)
+    with pytest.raises(UnsupportedOperatorError, match="needs the inputs and their references stacked in one batch"):
+        onnxplain.Explainer(model, "deeplift", batch_size=1)
+    layer = onnxplain.inspect(model)["layers"][2]
+    with pytest.raises(ValueError, match=r"internal tensors \['.*'\] \(a layer or a token embedding\)"):
+        onnxplain.Explainer(model, "integrated_gradients", batch_size=1, layer=layer)
+    x = np.random.default_rng(9).standard_normal((3,) + row).astype(np.float32)   # one-block methods just run smaller chunks
+    x_t = torch.from_numpy(x).requires_grad_()
+    net(x_t)[:, 0].sum().backward()
+    assert_close(onnxplain.Explainer(model, "gradient", batch_size=2).explain(x, target=0), x_t.grad, 1e-4)
 
 
 # ---------------------------------------------------------------------- refusals at build time
