@@ -121,6 +121,7 @@ def _build_parser() -> argparse.ArgumentParser:
                                    "every op between its inputs and outputs has a backward rule.")
     i.add_argument("model", help="the ONNX model")
     i.add_argument("--json", action="store_true", help="print the facts as JSON")
+    _add_batch_axis_arg(i)
     i.set_defaults(run=cmd_inspect)
     return p
 
@@ -133,9 +134,7 @@ def _add_method_args(p, graph_defaults: bool) -> None:
     p.add_argument("--input", dest="inputs", action="append", metavar="NAME",
                    help="an input to attribute (repeatable; default: every floating-point input)")
     p.add_argument("--layer", metavar="TENSOR", help="attribute this intermediate tensor instead of the inputs")
-    p.add_argument("--batch-axis", action="append", default=[], metavar="NAME=AXIS",
-                   help="the batch axis of an input, or NAME=none for an unbatched one (repeatable; default: "
-                        "detected)")
+    _add_batch_axis_arg(p)
     p.add_argument("--batch-size", type=int, metavar="B",
                    help="the most rows the model may see per run (1 for models that run one row at a time)")
     g = p.add_argument_group("method parameters" + (" (stored as the graph's defaults)" if graph_defaults else ""))
@@ -154,6 +153,12 @@ def _add_method_args(p, graph_defaults: bool) -> None:
     g.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
                    help="any other method parameter, VALUE read as a Python literal" +
                         ("" if graph_defaults else " or @FILE.npy for an array") + " (repeatable)")
+
+
+def _add_batch_axis_arg(p) -> None:
+    p.add_argument("--batch-axis", action="append", default=[], metavar="NAME=AXIS",
+                   help="the batch axis of an input, or NAME=none for an unbatched one (repeatable; default: "
+                        "detected)")
 
 
 def _method_params(args, allow_files: bool) -> dict:
@@ -338,6 +343,14 @@ def _layer(args) -> dict:
 
 def _batching(args) -> dict:
     """``batch_axes`` and ``batch_size`` from ``--batch-axis NAME=AXIS`` and ``--batch-size``."""
+    axes = _batch_axes(args)
+    out = {"batch_axes": axes} if axes else {}
+    if args.batch_size is not None:
+        out["batch_size"] = args.batch_size
+    return out
+
+
+def _batch_axes(args) -> dict:
     axes = {}
     for item in args.batch_axis:
         name, sep, text = item.partition("=")
@@ -345,10 +358,7 @@ def _batching(args) -> dict:
         if not sep or not name.strip() or not (text == "none" or text.lstrip("-").isdigit()):
             raise CLIError(f"--batch-axis expects NAME=AXIS (an int, or none for an unbatched input), got {item!r}")
         axes[name.strip()] = None if text == "none" else int(text)
-    out = {"batch_axes": axes} if axes else {}
-    if args.batch_size is not None:
-        out["batch_size"] = args.batch_size
-    return out
+    return axes
 
 
 def _short(v) -> str:
@@ -517,7 +527,7 @@ def _check_out(path, suffixes, strict: bool = True, why: str = "") -> None:
 def cmd_inspect(args) -> int:
     from .inspection import inspect
 
-    facts = inspect(args.model)
+    facts = inspect(args.model, batch_axes=_batch_axes(args) or None)
     facts = {"model": args.model if isinstance(args.model, str) else "<bytes>", **facts}
     if args.json:
         print(json.dumps(facts, indent=2))
@@ -527,7 +537,9 @@ def cmd_inspect(args) -> int:
                                                              else ""))
     print("opsets:   " + ", ".join(f"{d} {v}" for d, v in facts["opsets"].items()))
     print("inputs:")
-    _print_table(["", "name", "type", "shape"], [["", v["name"], v["type"], v["shape"]] for v in facts["inputs"]])
+    axes = {k: "none" if a is None else str(a) for k, a in facts["batch_axes"].items()}
+    _print_table(["", "name", "type", "shape", "batch axis"],
+                 [["", v["name"], v["type"], v["shape"], axes.get(v["name"], "?")] for v in facts["inputs"]])
     print("outputs:")
     _print_table(["", "name", "type", "shape"], [["", v["name"], v["type"], v["shape"]] for v in facts["outputs"]])
     print(f"ops ({facts['nodes']} nodes):")

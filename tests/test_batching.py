@@ -429,3 +429,7 @@ def test_command_line_takes_batch_axes_and_batch_size(gated, torch_gated, recurr
     assert_close(np.load(out)["attributions"], state.grad, 1e-5)
     assert main(["explain", str(model), str(data), "-m", "gradient", "--batch-axis", "state"]) == 2
     assert "--batch-axis expects NAME=AXIS" in capsys.readouterr().err
+    assert main(["inspect", str(model), "--batch-axis", "sr=none"]) == 0
+    rows = {line.split()[0]: line.split() for line in capsys.readouterr().out.splitlines()
+            if line.strip().startswith(("x ", "state ", "sr "))}
+    assert rows["x"][-1] == "0" and rows["state"][-1] == "1" and rows["sr"][-1] == "none"
