@@ -206,11 +206,7 @@ class Explainer:
             axis = self.batch_axes.get(vi.name, 0)
             value = inputs[vi.name]
             if axis:   # the graph takes it batch first
-                value = np.asarray(value)
-                if value.ndim != len(vi.type.tensor_type.shape.dim):
-                    raise ValueError(f"input {vi.name!r} must have {len(vi.type.tensor_type.shape.dim)} dimensions "
-                                     f"(batch on axis {axis}), got shape {value.shape}")
-                value = np.moveaxis(value, axis, 0)
+                value = _moved_to_batch_first(vi, value, axis)
             feeds[vi.name] = value = _check_array(vi, value)
             if axis is None:
                 continue
@@ -551,6 +547,16 @@ def _check_array(vi, value) -> np.ndarray:
     if arr.ndim != len(expected) or any(isinstance(e, int) and e != g for e, g in zip(expected[1:], arr.shape[1:])):
         raise ValueError(f"input {vi.name!r} must have shape {expected} (batch first), got {arr.shape}")
     return np.ascontiguousarray(arr.astype(want, copy=False))
+
+
+def _moved_to_batch_first(vi, value, axis: int) -> np.ndarray:
+    """An input given in its own layout (batch on ``axis``), checked against that layout, batch first."""
+    value = np.asarray(value)
+    dims = [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in vi.type.tensor_type.shape.dim]
+    own = tuple(dims[1:axis + 1] + dims[:1] + dims[axis + 1:])
+    if value.ndim != len(own) or any(isinstance(e, int) and e != g for e, g in zip(own, value.shape)):
+        raise ValueError(f"input {vi.name!r} must have shape {own} (batch on axis {axis}), got {value.shape}")
+    return np.moveaxis(value, axis, 0)
 
 
 def _write_atomically(model: onnx.ModelProto, path) -> None:

@@ -96,6 +96,8 @@ def test_gradients_of_the_input_and_the_state_match_autograd(recurrent, torch_re
     x, state, _ = recurrent_inputs()
     sr = torch.tensor(sr)
     got = onnxplain.Explainer(recurrent, "gradient").explain(feeds_of(x, state, sr), target=2)
+    with pytest.raises(ValueError, match=r"input 'state' must have shape \(2, '\w+', 6\) \(batch on axis 1\)"):
+        onnxplain.Explainer(recurrent, "gradient").explain(feeds_of(x, state.transpose(0, 1).contiguous(), sr), target=2)
     x.requires_grad_(), state.requires_grad_()
     torch_recurrent(x, state, sr)[:, 2].sum().backward()
     assert got["state"].shape == (LAYERS, 3, HIDDEN)     # the state's own layout
