@@ -15,6 +15,7 @@ that reduces over the rows), which no method can explain row by row.
 """
 from __future__ import annotations
 
+import collections
 import hashlib
 import os
 
@@ -144,19 +145,19 @@ def _dims(vi) -> list:
 
 
 def _batch_symbol(m: onnx.ModelProto, given: dict):
-    """The symbolic dimension that names the batch: the one on axis 0 of most outputs and inputs."""
-    counts: dict[str, int] = {}
-    for vi in list(m.graph.output) + [vi for vi in model_inputs(m) if given.get(vi.name, 0) == 0]:
+    """The symbolic dimension that names the batch: the most frequent one on the known batch axes
+    (axis 0 of the outputs, and of the inputs not in ``given``), unless an axis ``given`` names one."""
+    def symbol_at(vi, axis):
         dims = _dims(vi) if vi.type.HasField("tensor_type") else []
-        if dims and isinstance(dims[0], str):
-            counts[dims[0]] = counts.get(dims[0], 0) + 1
-    for vi in model_inputs(m):
-        axis = given.get(vi.name)
-        if axis is not None and vi.name in given:
-            dims = _dims(vi)
-            if axis < len(dims) and isinstance(dims[axis], str):
-                counts[dims[axis]] = counts.get(dims[axis], 0) + len(m.graph.output) + 1
-    return max(counts, key=counts.get) if counts else None
+        return dims[axis] if axis is not None and axis < len(dims) and isinstance(dims[axis], str) else None
+
+    named = [symbol_at(vi, given[vi.name]) for vi in model_inputs(m) if vi.name in given]
+    counts = collections.Counter(s for s in named if s)
+    if not counts:
+        found = [symbol_at(vi, 0) for vi in m.graph.output]
+        found += [symbol_at(vi, 0) for vi in model_inputs(m) if vi.name not in given]
+        counts = collections.Counter(s for s in found if s)
+    return counts.most_common(1)[0][0] if counts else None
 
 
 def batch_axes_of(m: onnx.ModelProto, given=None) -> dict:

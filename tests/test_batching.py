@@ -85,6 +85,33 @@ def test_batch_axes_are_detected_and_only_the_batch_axis_is_dynamic(recurrent):
     assert onnxplain.inspect(recurrent)["batch_axes"] == {"x": 0, "state": 1, "sr": None}
 
 
+def test_detection_follows_the_batch_symbol_whatever_its_name():
+    from onnx import TensorProto, helper
+    from onnxplain.converters import normalize
+    vi = helper.make_tensor_value_info
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["a", "w"], ["aw"]), helper.make_node("ReduceSum", ["s", "axes"], ["s1"],
+                                                                         keepdims=0),
+         helper.make_node("Mul", ["aw", "r"], ["awr"]), helper.make_node("Transpose", ["s1"], ["s1t"], perm=[1, 0]),
+         helper.make_node("Add", ["awr", "s1t"], ["y"])], "g",
+        [vi("a", TensorProto.FLOAT, ["N", 3]), vi("s", TensorProto.FLOAT, [2, 3, "N"]),
+         vi("w", TensorProto.FLOAT, [3, 3]), vi("r", TensorProto.FLOAT, [])],
+        [vi("y", TensorProto.FLOAT, ["N", 3])],
+        [onnx.numpy_helper.from_array(np.array([0], np.int64), "axes")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    assert batch_axes_of(model) == {"a": 0, "s": 2, "w": None, "r": None}
+    assert batch_axes_of(model, {"w": 0, "s": -1}) == {"a": 0, "s": 2, "w": 0, "r": None}
+    shapes = {v.name: [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]
+              for v in normalize(model).graph.input}
+    assert shapes["w"] == [3, 3] and shapes["s"] == [2, 3, "N"] and shapes["r"] == []
+    rng = np.random.default_rng(10)
+    a, s, w = (rng.standard_normal(shape).astype(np.float32) for shape in [(4, 3), (2, 3, 4), (3, 3)])
+    got = onnxplain.Explainer(model, "gradient").explain({"a": a, "s": s, "w": w, "r": np.float32(1.5)},
+                                                         target_weights=np.ones((4, 3), np.float32))
+    np.testing.assert_allclose(got["a"], np.tile(1.5 * w.sum(1), (4, 1)), rtol=1e-6)   # d sum(a w r) / d a
+    np.testing.assert_allclose(got["s"], np.ones((2, 3, 4)), rtol=1e-6)                # y adds sum_k s[k]^T
+
+
 def test_scalar_input_is_not_attributed_by_default_and_refused_when_asked(recurrent):
     assert onnxplain.Explainer(recurrent, "gradient").inputs == ["x", "state"]
     with pytest.raises(ValueError, match=r"cannot attribute \['sr'\]: they have no batch axis"):
