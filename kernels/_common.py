@@ -52,8 +52,8 @@ def check_rows_like(a: np.ndarray, name: str, n: int) -> None:
 
 
 def check_input_and_base(x, base) -> tuple[np.ndarray, np.ndarray]:
-    """``x`` as float ``(n, D)`` rows and ``base`` as ``(1 or n, D)`` rows of the same dtype."""
-    x = check_float(rows2d(x, "x"), "x")
+    """``x`` as ``(n, D)`` rows of any fixed-size dtype and ``base`` as ``(1 or n, D)`` rows of the same dtype."""
+    x = check_values(rows2d(x, "x"), "x")
     n, d = x.shape
     base = rows2d(base, "base", d)
     if base.dtype != x.dtype:
@@ -103,10 +103,13 @@ def check_labels(labels, n: int, d: int, n_groups: int) -> np.ndarray:
     return array
 
 
-def check_float(a, name: str) -> np.ndarray:
+def check_values(a, name: str) -> np.ndarray:
+    """``a`` if its elements are numbers or booleans of 1, 2, 4 or 8 bytes (what :func:`bits` can view)."""
     a = np.asarray(a)
-    if a.dtype.kind != "f" and a.dtype.name != "bfloat16":
-        raise ValueError(f"{name} must be a floating-point array, got dtype {a.dtype}")
+    numeric = a.dtype.kind in "fiub" or a.dtype.name == "bfloat16"
+    if not numeric or a.dtype.itemsize not in _BITS:
+        raise ValueError(f"{name} must be an array of floats, integers or booleans (1, 2, 4 or 8 bytes each), "
+                         f"got dtype {a.dtype}")
     return a
 
 
@@ -122,7 +125,9 @@ def batch_out(out, rows: int, d: int, dtype, name: str = "out") -> np.ndarray:
 
 
 def bits(a: np.ndarray) -> np.ndarray:
-    """A view Numba can copy: float32/float64 as they are, other floats (float16...) as unsigned ints."""
+    """A view Numba can copy: float32/float64 as they are, every other dtype (float16, integers, bool) as the
+    unsigned integers of its size.  The fill kernels only move elements, so one compiled specialisation per
+    element size serves every dtype of that size."""
     if a.dtype in _NATIVE:
         return a
     return a.view(_BITS[a.dtype.itemsize])

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from ._common import (accumulator, batch_out, bits, check_float, check_rows_like, outputs_1d, rows2d,
+from ._common import (accumulator, batch_out, bits, check_rows_like, check_values, outputs_1d, rows2d,
                       threads_for)
 
 
@@ -206,7 +206,7 @@ def _geometry_args(row_shape, window, starts, active):
 
 
 def _check(x, base, row_shape, window, starts, active):
-    x = check_float(rows2d(x, "x"), "x")
+    x = check_values(rows2d(x, "x"), "x")
     n, d = x.shape
     dims, estr, window, starts, active = _geometry_args(row_shape, window, starts, active)
     if _size(dims) != d:

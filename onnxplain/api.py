@@ -9,14 +9,15 @@ import numpy as np
 import onnx
 from onnx import TensorProto
 
+from .backward import gradient_cuts
 from .converters import digest, normalize
 from .converters.normalize import batch_axes_of, batch_problems, from_batch_first_perm, to_batch_first
-from .errors import ModelError
+from .errors import ModelError, NoGradientPathError
 from .graph import FLOAT_TYPES, GraphBuilder, np_dtype, redirect_reads
 from .methods import Spec, get_method
 from .methods.base import Point
 from .methods.base import TARGET_WEIGHTS
-from .runtime import DEFAULT_MEMORY_BUDGET, RowCost, Session, rows_per_chunk, select_providers
+from .runtime import DEFAULT_MEMORY_BUDGET, Cost, RowCost, Session, rows_per_chunk, select_providers
 from .targets import check_target_weights, target_weights
 
 _CACHE: dict = {}
@@ -35,8 +36,12 @@ class Explainer:
     model: a path, bytes or ``onnx.ModelProto``.
     method: a name from :data:`onnxplain.METHODS` (or a DeepExplain alias).
     output: the model output to explain (default: the first floating-point one).
-    inputs: the inputs to attribute (default: every floating-point input; for a
-        model without any, its token input, attributed at the embedding it feeds).
+    inputs: the inputs to attribute (default: every floating-point input, for
+        gradient methods every one a gradient path joins to the output; for a
+        model without any, its token input: the gradient methods attribute it at
+        the embedding it feeds, the perturbation methods as itself).  The
+        perturbation methods attribute inputs of any dtype (token ids, bytes,
+        booleans); the inputs not attributed (an attention mask) pass through.
     layer: attribute this intermediate tensor instead of the inputs (Captum's
         Layer* methods); baselines are still given for ``inputs``.
     providers: onnxruntime providers (default: CUDA when usable, else CPU).
@@ -129,28 +134,47 @@ class Explainer:
         input (a dict by input name when several inputs are attributed), and
         with ``return_convergence_delta=True`` a pair ``(attributions, delta)``.
         """
-        params = self.method.check_params(params)
         if return_convergence_delta and not self.method.has_delta:
             raise ValueError(f"method {self.method.name!r} has no convergence delta")
-        feeds = self._check_inputs(inputs)
-        params = _params_batch_first(params, self.spec, self.batch_axes)
-        n = self._rows(feeds)
-        tw = self._target_weights(target, target_weights, feeds, n)
+        feeds, tw, params = self._call(inputs, target, target_weights, params)
         total, delta = self.method.run(self, feeds, tw, params)
         own = {x: _own_layout(total[self.spec.attribution_name(x)], self.batch_axes.get(x)) for x in self.spec.wrt}
         result = own[self.spec.wrt[0]] if self.spec.single else own
         return (result, delta) if return_convergence_delta else result
 
+    def estimate(self, inputs, target=None, *, target_weights=None, **params) -> Cost:
+        """What :meth:`explain` with the same arguments will run, without running it.
+
+        Returns a :class:`~onnxplain.runtime.Cost`: the forward ``rows`` in
+        total (integration steps, noisy samples, (input, reference) pairs and
+        perturbations each count as rows), the session ``runs`` they are split
+        into by the memory budget (and ``perturbations_per_eval`` or
+        ``internal_batch_size``), and the most rows of one run.  The numbers
+        come from the planning code the call itself uses.
+        """
+        feeds, tw, params = self._call(inputs, target, target_weights, params)
+        return self.method.estimate(self, feeds, tw, params)
+
     # ------------------------------------------------------------------ helpers
-    def run_rows(self, feeds, tw, part, wanted, row_bytes: int):
-        """Run the graph with parameter feeds ``part`` over all rows, in chunks of rows that fit the
-        memory budget (``row_bytes``: this call's :attr:`row_cost`)."""
-        n = int(np.shape(tw)[0])
+    def _call(self, inputs, target, target_weights, params) -> tuple[dict, np.ndarray, dict]:
+        """One call's checked feeds, target weights and parameters."""
+        params = self.method.check_params(params)
+        feeds = self._check_inputs(inputs)
+        params = _params_batch_first(params, self.spec, self.batch_axes)
+        n = self._rows(feeds)
+        return feeds, self._target_weights(target, target_weights, feeds, n), params
+
+    def row_chunks(self, part: dict, n: int, row_bytes: int) -> list[tuple[int, int]]:
+        """The ``[start, stop)`` input rows of each run of ``part``: as many rows as fit the memory budget
+        once each expands into the method's rows (``row_bytes``: this call's :attr:`row_cost`)."""
         step = rows_per_chunk(row_bytes, self.method.expansion(part), n, self.memory_budget)
         step = min(step, self.method.rows_per_run(part, self.spec.batch_size) or step)
+        return [(start, min(n, start + step)) for start in range(0, n, step)]
+
+    def run_rows(self, feeds, tw, part, wanted, row_bytes: int):
+        """Run the graph with parameter feeds ``part`` over all rows, in the chunks of :meth:`row_chunks`."""
         chunks = []
-        for start in range(0, n, step):
-            stop = min(n, start + step)
+        for start, stop in self.row_chunks(part, int(np.shape(tw)[0]), row_bytes):
             run = self._row_slice(feeds, start, stop)
             run[TARGET_WEIGHTS] = tw[start:stop]
             run.update(self.method.rows_split(part, start, stop))
@@ -258,17 +282,20 @@ def explain(model, inputs, method: str = "saliency", target=None, **kwargs):
 
 
 def convert(model, path, method: str = "saliency", output: str | None = None, inputs=None, layer=None,
-            batch_axes: dict | None = None, batch_size: int | None = None, **defaults):
+            defaults: dict | None = None, batch_axes: dict | None = None, batch_size: int | None = None,
+            **more_defaults):
     """Write the standalone explanation graph of ``method`` to ``path``.
 
-    ``defaults`` set the graph's default parameters (e.g. ``n_steps=20``), stored
-    as initializers that a client may override by feeding the input of the same
-    name.  ``batch_axes`` and ``batch_size`` are those of :class:`Explainer`;
-    an input whose batch axis is not 0 is fed in its own layout, and so are
-    its attributions and its ``baselines``.  The file is written atomically:
-    nothing is left behind on error.
+    Keyword arguments (e.g. ``n_steps=20``) set the graph's default parameters,
+    stored as initializers that a client may override by feeding the input of
+    the same name; ``defaults`` takes them as a dict too, which is how integrated
+    gradients' quadrature (its parameter ``method``) is given:
+    ``defaults={"method": "riemann_left"}``.  ``batch_axes`` and ``batch_size``
+    are those of :class:`Explainer`; an input whose batch axis is not 0 is fed
+    in its own layout, and so are its attributions and its ``baselines``.  The
+    file is written atomically: nothing is left behind on error.
     """
-    m = get_method(method, **defaults)
+    m = get_method(method, **{**(defaults or {}), **more_defaults})
     model, axes = batch_first_model(model, batch_axes)
     spec = _spec(model, _choose_output(model, output), inputs, layer, m, unbatched=_unbatched(axes))
     spec.batch_size = _check_batch_size(batch_size)
@@ -444,11 +471,19 @@ def _choose_output(model, output):
 def _spec(model, output, inputs, layer=None, method=None, unbatched=()) -> Spec:
     """Which tensors get attributions (points), which inputs take baselines (carriers), which pass through.
 
-    By default every batched floating-point input is attributed; a model with none has
-    its token inputs (integers feeding an embedding Gather) attributed at that
-    Gather's output.  ``inputs`` names them explicitly; ``layer`` attributes an
-    intermediate tensor instead, with baselines for ``inputs``.  ``unbatched``
-    inputs are passed through unchanged and cannot be attributed.
+    By default every batched floating-point input is attributed (for gradient
+    and modified-rule methods: every one that a gradient path joins to the
+    output, as long as one does); a model with none has its first token input
+    (integers feeding an embedding Gather) attributed: at that Gather's output
+    by the gradient methods, as itself by the perturbation methods
+    (``forward_only``), which take inputs of any dtype and, for a model with
+    neither float nor token inputs, attribute every batched input.  ``inputs``
+    names them explicitly; ``layer`` attributes an intermediate tensor instead,
+    with baselines for ``inputs``.  ``unbatched`` inputs are passed through
+    unchanged and cannot be attributed.  A named input or layer that reaches
+    the output only through steps with no gradient (a Cast to an integer type,
+    Floor, ArgMax, a comparison, a Shape) is refused with
+    :class:`~onnxplain.errors.NoGradientPathError` by those methods.
     """
     graph_inputs = _graph_inputs(model)
     names = [vi.name for vi in graph_inputs]
@@ -459,27 +494,42 @@ def _spec(model, output, inputs, layer=None, method=None, unbatched=()) -> Spec:
                              f"a value of its own; attribute batched inputs")
     floats = [vi.name for vi in graph_inputs
               if vi.type.tensor_type.elem_type in FLOAT_TYPES and vi.name not in unbatched]
-    tokens = token_embeddings(model)
+    tokens = {x: t for x, t in token_embeddings(model).items() if x not in unbatched}
+    batched = [x for x in names if x not in unbatched]
+    as_themselves = method is not None and method.forward_only   # perturbations feed the values themselves
+    cut = (lambda tensor: None) if method is None or method.forward_only else \
+        gradient_cuts(model, output, method.overrides)
     if inputs is None:
-        chosen = floats or list(tokens)[:1]
+        chosen = floats or list(tokens)[:1] or (batched if as_themselves else [])
+        if len(chosen) > 1 and any(cut(x) is None for x in chosen):
+            chosen = [x for x in chosen if cut(x) is None]    # attribute the inputs a gradient reaches
         if not chosen:
             raise ValueError(f"the model has no floating-point input and no token input feeding an embedding "
-                             f"to attribute (inputs: {names})")
+                             f"to attribute (inputs: {names}); the perturbation methods attribute inputs of any "
+                             f"dtype")
     else:
         chosen = [inputs] if isinstance(inputs, str) else list(inputs)
-        bad = [x for x in chosen if x not in floats and x not in tokens]
+        bad = [x for x in chosen if x not in (names if as_themselves else floats + list(tokens))]
+        if bad and as_themselves:
+            raise ValueError(f"cannot attribute {bad}: not inputs of the model, whose inputs are {names}")
         if bad:
             raise ValueError(f"cannot attribute {bad}: attributable inputs are the floating-point inputs {floats} "
-                             f"and the token inputs feeding an embedding {list(tokens)}")
+                             f"and the token inputs feeding an embedding {list(tokens)} (the perturbation "
+                             f"methods attribute inputs of any dtype)")
     for vi in graph_inputs:
         if vi.name in chosen and len(vi.type.tensor_type.shape.dim) == 0:
             raise ValueError(f"input {vi.name!r} has no batch dimension; onnxplain needs batch-first inputs")
     if layer is not None:
         points = [Point(layer, _check_layer(model, layer))]
     else:
-        points = [Point(x, x, x) if x in floats else Point(x, tokens[x]) for x in chosen]
+        points = [Point(x, x, x) if x in floats or as_themselves else Point(x, tokens[x]) for x in chosen]
+    for p in points:
+        node = cut(p.tensor)
+        if node is not None:
+            raise NoGradientPathError(p.key, output, node, "layer" if layer is not None else "input")
     if method is not None and not method.supports_layers and not all(p.is_input for p in points):
-        raise ValueError(f"method {method.name!r} attributes floating-point inputs only; "
+        what = "the model's inputs (of any dtype)" if as_themselves else "floating-point inputs"
+        raise ValueError(f"method {method.name!r} attributes {what} only; "
                          f"{'layer=' if layer else 'token inputs'} needs another method")
     return Spec(model, output, points, chosen, [x for x in names if x not in chosen and x not in unbatched],
                 [x for x in names if x in unbatched])

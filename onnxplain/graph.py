@@ -189,8 +189,14 @@ class GraphBuilder:
     def reshape(self, x: str, shape: str) -> str:
         return self.op("Reshape", x, shape)
 
+    def reshape_exact(self, x: str, shape: str) -> str:
+        """Reshape to ``shape`` holding actual sizes (read with Shape at run time, or static; no -1 and no
+        0 meaning "copy"): from opset 14 with ``allowzero=1``, so a zero-size dimension stays 0 instead of
+        copying x's size at that position."""
+        return self.op("Reshape", x, shape, allowzero=1 if self.opset >= 14 else None)
+
     def reshape_like(self, x: str, ref: str) -> str:
-        return self.op("Reshape", x, self.shape_of(ref))
+        return self.reshape_exact(x, self.shape_of(ref))
 
     def zeros_like(self, x: str) -> str:
         et = self.elem_type(x) or TensorProto.FLOAT
@@ -220,6 +226,41 @@ class GraphBuilder:
     def sign_pm1(self, z: str) -> str:
         """+1 where z >= 0, -1 elsewhere (as float like z)."""
         return self.where(self.op("GreaterOrEqual", z, self.like(0.0, z)), self.like(1.0, z), self.like(-1.0, z))
+
+    # ------------------------------------------------------------------ broadcasting
+    def unbroadcast(self, g: str, x: str, y: str) -> str:
+        """Sum ``g`` (shaped like ``y``) down to the shape of ``x`` (numpy broadcasting undone)."""
+        sx, sy = self.shape(x), self.shape(y)
+        if sx is not None and sy is not None and sx == sy and all(d is not None for d in sx):
+            return g
+        if sx is not None and sy is not None and all(isinstance(d, int) for d in sx + sy):
+            lead = len(sy) - len(sx)
+            axes = list(range(lead)) + [lead + i for i, d in enumerate(sx) if d == 1 and sy[lead + i] != 1]
+            if axes:
+                g = self.reduce_sum(g, axes, keepdims=1)
+            return g if not lead else self.reshape_exact(g, self.ints(sx))
+        return self._unbroadcast_dynamic(g, x, sx, sy)
+
+    def _unbroadcast_dynamic(self, g: str, x: str, sx, sy) -> str:
+        """Broadcast axes found at run time: where the padded shape of x differs from g's.
+
+        Works with unknown ranks too: the padding of x's shape is computed from the ranks at run time.
+        """
+        shape_x, shape_g = self.shape_of(x), self.shape_of(g)
+        if sx is not None and sy is not None:
+            lead = len(sy) - len(sx)
+            padded = self.op("Concat", self.ints([1] * lead), shape_x, axis=0) if lead else shape_x
+            positions = self.ints(range(len(sy)))
+        else:
+            rank_g, rank_x = self.op("Size", shape_g), self.op("Size", shape_x)
+            ones = self.op("ConstantOfShape", self.reshape(self.sub(rank_g, rank_x), self.ints([1])),
+                           value=numpy_helper.from_array(np.ones(1, np.int64)))
+            padded = self.op("Concat", ones, shape_x, axis=0)
+            positions = self.op("Range", self.const(0, np.int64), rank_g, self.const(1, np.int64))
+        differs = self.op("Not", self.op("Equal", padded, shape_g))
+        axes = self.op("Compress", positions, differs, axis=0)
+        summed = self.op("ReduceSum", g, axes, keepdims=1, noop_with_empty_axes=1)
+        return self.reshape_exact(summed, shape_x)
 
 
 def topological_order(nodes: list[onnx.NodeProto]) -> list[onnx.NodeProto]:

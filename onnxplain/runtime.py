@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import threading
+from dataclasses import dataclass
 
 import numpy as np
 import onnx
@@ -84,6 +85,21 @@ class Session:
             self._sess.run_with_iobinding(binding)
             values = binding.copy_outputs_to_cpu()
         return dict(zip(outputs, values))
+
+
+@dataclass(frozen=True)
+class Cost:
+    """What one call runs: ``rows`` forward rows in all, over ``runs`` session runs of at most ``rows_per_run``."""
+
+    rows: int
+    runs: int
+    rows_per_run: int
+
+    @classmethod
+    def of(cls, run_rows) -> "Cost":
+        """The cost of session runs of ``run_rows`` rows each."""
+        sizes = [int(r) for r in run_rows]
+        return cls(sum(sizes), len(sizes), max(sizes, default=0))
 
 
 def rows_per_chunk(bytes_per_row: int, expansion: int, n_rows: int, budget: int | None) -> int:

@@ -63,3 +63,45 @@ def _index(t, out_shape: tuple) -> tuple:
         if not -d <= i < d:
             raise ValueError(f"target {t!r} is out of range for an output whose rows have shape {out_shape}")
     return tuple(int(i) % d for i, d in zip(t, out_shape))
+
+
+PREDICTED = "pred"
+
+
+def parse_target(words) -> object:
+    """A target typed as text (the command line's ``--target``) in Captum's forms.
+
+    ``["3"]`` -> 3; ``["1,2"]`` or ``["(1,2)"]`` -> (1, 2); ``["3", "1", "0"]`` ->
+    one per row; ``["none"]`` -> None; ``["pred"]`` -> :data:`PREDICTED` (each
+    row's largest output: resolve it with :func:`predicted_target`).
+    """
+    words = [str(w).strip() for w in ([words] if isinstance(words, str) else words)]
+    lowered = [w.lower() for w in words]
+    if lowered == ["none"]:
+        return None
+    if lowered in (["pred"], ["predicted"]):
+        return PREDICTED
+    parsed = [_one_target(w) for w in words]
+    return parsed[0] if len(parsed) == 1 else parsed
+
+
+def _one_target(text: str):
+    parts = [p for p in text.replace("(", "").replace(")", "").split(",") if p.strip()]
+    try:
+        idx = [int(p) for p in parts]
+    except ValueError:
+        idx = []
+    if not idx:
+        raise ValueError(f"bad target {text!r}: expected an index (3), a tuple of indices (1,2), one per row, "
+                         f"'pred' or 'none'")
+    return idx[0] if len(idx) == 1 and "," not in text else tuple(idx)
+
+
+def predicted_target(output) -> list:
+    """Each row's largest output as a target: an int per row (2-D outputs) or a tuple of indices per row."""
+    out = np.asarray(output)
+    flat = out.reshape(len(out), -1).argmax(axis=1)
+    shape = out.shape[1:]
+    if len(shape) == 1:
+        return [int(i) for i in flat]
+    return [tuple(int(j) for j in np.unravel_index(int(i), shape)) for i in flat]

@@ -1,4 +1,7 @@
-"""Comparison helpers shared by the tests."""
+"""Comparison helpers and references shared by the tests."""
+import itertools
+from math import factorial
+
 import numpy as np
 import torch
 
@@ -12,3 +15,19 @@ def assert_close(ours, ref, rtol: float, scale=None, what: str = "attributions")
     scale = float(np.abs(ref).max()) if scale is None else float(scale)
     assert scale > 0, f"{what}: the reference is all zeros, the comparison would be vacuous"
     np.testing.assert_allclose(ours, ref, rtol=rtol, atol=rtol * scale, err_msg=what)
+
+
+def brute_force_shapley(f, x, base, labels, n_groups):
+    """Shapley values of groups from the definition: all coalitions, weights |S|!(G-|S|-1)!/G!."""
+    def value(coalition):
+        keep = np.isin(labels, list(coalition))
+        return f(np.where(keep, x, base))
+
+    phi = np.zeros((x.shape[0], n_groups))
+    for i in range(n_groups):
+        others = [g for g in range(n_groups) if g != i]
+        for size in range(n_groups):
+            w = factorial(size) * factorial(n_groups - size - 1) / factorial(n_groups)
+            for s in itertools.combinations(others, size):
+                phi[:, i] += w * (value(s + (i,)) - value(s))
+    return phi

@@ -48,6 +48,42 @@ def test_fill_ablation_copies_float16_bits():
     np.testing.assert_array_equal(out, np.where(labels == 1, 0, x))
 
 
+INTEGER_DTYPES = [np.uint8, np.int16, np.int32, np.uint32, np.int64, np.bool_]
+
+
+@pytest.mark.parametrize("dtype", INTEGER_DTYPES, ids=lambda t: np.dtype(t).name)
+def test_every_fill_copies_integer_and_boolean_values_exactly(dtype):
+    """Token ids, bytes and masks: the extremes of the dtype survive (no float round trip)."""
+    n, d, g = 2, 6, 3
+    info = np.iinfo(dtype) if np.dtype(dtype).kind in "iu" else None
+    if info is None:
+        x = RNG.integers(0, 2, (n, d)).astype(bool)
+        base = ~x[:1]
+    else:
+        x = RNG.integers(info.min, info.max, (n, d), dtype=dtype, endpoint=True)
+        x[0, 0], x[1, 1] = info.min, info.max
+        base = np.full((1, d), info.max, dtype)
+    labels = np.array([[0, 0, 1, 2, 2, 1]])
+
+    def expect(from_x):   # from_x (U, d) bool: which elements of every row come from x
+        return np.stack([np.where(keep, x[j], base[0]) for keep in from_x for j in range(n)])
+
+    groups = np.array([1, 2])
+    np.testing.assert_array_equal(fill_ablation(x, base, labels, groups, g), expect(labels != groups[:, None]))
+    starts = window_starts((d,), (2,), (2,))
+    covered = np.stack([(np.arange(d) >= s) & (np.arange(d) < s + 2) for s in starts[:, 0]])
+    np.testing.assert_array_equal(fill_occlusion(x, base, (d,), (2,), starts), expect(~covered))
+    codes = np.arange(1 << g)
+    np.testing.assert_array_equal(fill_coalitions(x, base, labels, codes),
+                                  expect(((codes[:, None] >> labels) & 1).astype(bool)))
+    perms = np.array([[2, 0, 1]], np.int32)
+    ranks = permutation_ranks(perms)
+    steps = np.arange(g)
+    out = fill_permutation(x, base, labels, ranks, np.zeros(g, np.int64), steps)
+    np.testing.assert_array_equal(out, expect(ranks[0][labels] <= steps[:, None]))
+    assert out.dtype == np.dtype(dtype)
+
+
 def test_fold_ablation_matches_numpy():
     n, g = 4, 5
     f0 = RNG.standard_normal(n).astype(np.float32)
@@ -265,3 +301,9 @@ def test_wrappers_check_shapes_dtypes_and_labels():
     with pytest.raises(ValueError, match="perm_ids must be in"):
         fill_permutation(x, np.zeros((1, 4), np.float32), np.zeros((1, 4), int), np.zeros((1, 1), np.int32),
                          np.array([1]), np.array([0]))
+
+
+def test_fills_refuse_values_they_cannot_copy():
+    for x in (np.zeros((1, 3), np.complex64), np.array([["a", "b", "c"]])):
+        with pytest.raises(ValueError, match="floats, integers or booleans"):
+            fill_ablation(x, x[:1], np.zeros((1, 3), int), np.array([0]), 1)

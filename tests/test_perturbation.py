@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import functools
 import io
-import itertools
 import warnings
-from math import factorial
 
 import captum
 import numpy as np
@@ -23,6 +21,7 @@ from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
 import models as zoo
+from checks import brute_force_shapley
 import onnxplain
 from onnxplain.errors import UnsupportedOperatorError
 from onnxplain.kernels import MAX_EXACT_GROUPS, sample_permutations
@@ -210,22 +209,6 @@ def test_integer_inputs_are_passed_through_to_every_perturbed_row():
 
 
 # ---------------------------------------------------------------------- brute-force Shapley values
-def brute_force_shapley(f, x, base, labels, n_groups):
-    """Shapley values of groups from the definition: all coalitions, weights |S|!(G-|S|-1)!/G!."""
-    def value(coalition):
-        keep = np.isin(labels, list(coalition))
-        return f(np.where(keep, x, base))
-
-    phi = np.zeros((x.shape[0], n_groups))
-    for i in range(n_groups):
-        others = [g for g in range(n_groups) if g != i]
-        for size in range(n_groups):
-            w = factorial(size) * factorial(n_groups - size - 1) / factorial(n_groups)
-            for s in itertools.combinations(others, size):
-                phi[:, i] += w * (value(s + (i,)) - value(s))
-    return phi
-
-
 def torch_target(module, target):
     def f(v):
         with torch.no_grad():

@@ -16,7 +16,7 @@ from .perturbation import Perturbation, Plan, attributed_inputs, group_labels
 class FeatureAblation(Perturbation):
     name = "feature_ablation"
     aliases = ("ablation",)
-    defaults = {"feature_mask": None, "baselines": None, "perturbations_per_eval": None}
+    defaults = {"feature_mask": None, "baselines": None, "perturbations_per_eval": None, "progress": None}
 
     def plan(self, spec, feeds, n_rows, params):
         inputs = attributed_inputs(spec, feeds, params["baselines"])
@@ -29,7 +29,7 @@ class _AblationPlan(Plan):
         self.inputs, self.labels, self.n_groups = inputs, labels, n_groups
         self.units = n_groups
         self.groups = np.arange(n_groups, dtype=np.int64)
-        self.attr = {a.name: np.empty(a.x.shape, dtype=a.dtype) for a in inputs}
+        self.attr = {a.name: np.empty(a.x.shape, dtype=a.attr_dtype) for a in inputs}
 
     def begin(self, r0, r1, evaluate):
         self.r0, self.r1 = r0, r1

@@ -16,6 +16,7 @@ import onnx
 from onnx import TensorProto
 
 from ..graph import GraphBuilder, np_dtype
+from ..runtime import Cost
 
 TARGET_WEIGHTS = "target_weights"
 
@@ -152,6 +153,14 @@ class Method:
         delta = sum(_row_sums(total[k]) for k in names) - gap if self.has_delta else None
         return total, delta
 
+    def estimate(self, ex, feeds: dict, tw, params: dict) -> Cost:
+        """The rows and session runs :meth:`run` will take: the same parts, cut into the same chunks."""
+        n = int(np.shape(tw)[0])
+        row_bytes = ex.row_cost(feeds)
+        return Cost.of((stop - start) * self.expansion(part)
+                       for part in self.parts(params, ex.spec, feeds, row_bytes, ex.memory_budget)
+                       for start, stop in ex.row_chunks(part, n, row_bytes))
+
     def rows_split(self, part: dict, start: int, stop: int) -> dict:
         """The feeds of ``part`` for input rows ``[start, stop)``."""
         out = {}
@@ -168,8 +177,8 @@ def baseline_feeds(spec: Spec, baselines, inputs: dict) -> dict:
 
     Forms (Captum's): ``None`` (zeros), a scalar, an array shaped like the input
     or like one row of it, one of these per input (tuple/list, in the order of the
-    attributed inputs), or a dict by input name (missing names get zeros).  Token
-    inputs take token ids (e.g. a padding id).
+    attributed inputs), or a dict by input name (missing names get zeros).  Integer
+    inputs take integers of their range (a padding id, a byte value), booleans booleans.
     """
     names = spec.carriers
     if isinstance(baselines, dict):
@@ -189,11 +198,7 @@ def baseline_feeds(spec: Spec, baselines, inputs: dict) -> dict:
     feeds = {}
     for x, value in given.items():
         xv = np.asarray(inputs[x])
-        v = np.asarray(0 if value is None else value)
-        if xv.dtype.kind in "iu" and v.dtype.kind not in "iub":
-            raise ValueError(f"baselines for token input {x!r} must be integer ids (e.g. a padding id), "
-                             f"got dtype {v.dtype}")
-        v = v.astype(xv.dtype)
+        v = exact_cast(np.asarray(0 if value is None else value), xv.dtype, f"baselines for input {x!r}")
         if v.ndim == 0:
             v = v.reshape((1,) * xv.ndim)
         elif v.shape == xv.shape[1:]:
@@ -203,6 +208,26 @@ def baseline_feeds(spec: Spec, baselines, inputs: dict) -> dict:
                              f"or like one row of it {(1,) + xv.shape[1:]}, got shape {v.shape}")
         feeds[spec.param("baselines", x)] = np.ascontiguousarray(v)
     return feeds
+
+
+def exact_cast(v: np.ndarray, dtype: np.dtype, what: str) -> np.ndarray:
+    """``v`` as ``dtype``; for an integer or boolean ``dtype``, only values it holds exactly.
+
+    Token and byte inputs take ids (a padding id, byte 256 of an int32 byte
+    model); a float there, or an id outside the dtype's range, is an error
+    rather than a silent rounding or wrap-around.
+    """
+    if dtype.kind in "iu":
+        if v.dtype.kind not in "iub":
+            raise ValueError(f"{what} must be integer ids (e.g. a padding id) like the {dtype} input, "
+                             f"got dtype {v.dtype}")
+        info = np.iinfo(dtype)
+        if v.size and (v.min() < info.min or v.max() > info.max):
+            raise ValueError(f"{what} must lie in [{info.min}, {info.max}] (the range of the {dtype} input), "
+                             f"got values in [{v.min()}, {v.max()}]")
+    elif dtype.kind == "b" and v.dtype.kind != "b" and not (v.dtype.kind in "iu" and np.isin(v, (0, 1)).all()):
+        raise ValueError(f"{what} must be booleans (or 0 and 1) like the bool input, got {v.dtype}")
+    return v.astype(dtype, copy=False)
 
 
 # ---------------------------------------------------------------------- graph pieces
@@ -358,12 +383,14 @@ def split_steps(b: GraphBuilder, g: str, steps: str, x: str) -> str:
     """Reshape the first ``S*N`` rows of ``g`` into ``(S, N, *row)``."""
     n = batch_rows(b, x)
     head = rows(b, g, b.ints([0]), b.mul(steps, n))
-    return b.reshape(head, b.op("Concat", steps, b.shape_of(x), axis=0))
+    return b.reshape_exact(head, b.op("Concat", steps, b.shape_of(x), axis=0))
 
 
 def flatten_steps(b: GraphBuilder, t: str, x: str) -> str:
     """``(S, N, *row)`` -> ``(S*N, *row)``."""
-    return b.reshape(t, b.op("Concat", b.ints([-1]), row_shape(b, x), axis=0))
+    dims = b.shape_of(t)
+    steps_rows = b.mul(b.op("Slice", dims, b.ints([0]), b.ints([1])), b.op("Slice", dims, b.ints([1]), b.ints([2])))
+    return b.reshape_exact(t, b.op("Concat", steps_rows, row_shape(b, x), axis=0))
 
 
 def per_row_sum(b: GraphBuilder, t: str, rank: int) -> str:

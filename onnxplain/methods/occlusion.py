@@ -19,7 +19,8 @@ from .perturbation import Perturbation, Plan, attributed_inputs, per_input
 
 class Occlusion(Perturbation):
     name = "occlusion"
-    defaults = {"sliding_window_shapes": None, "strides": None, "baselines": None, "perturbations_per_eval": None}
+    defaults = {"sliding_window_shapes": None, "strides": None, "baselines": None, "perturbations_per_eval": None,
+                "progress": None}
 
     def plan(self, spec, feeds, n_rows, params):
         if params["sliding_window_shapes"] is None:
@@ -78,5 +79,5 @@ class _OcclusionPlan(Plan):
             self.sums[a.name][self.r0:self.r1] = self.block[a.name]
 
     def result(self):
-        return {a.name: (self.sums[a.name] / self.counts[a.name]).astype(a.dtype).reshape((-1,) + a.row)
+        return {a.name: (self.sums[a.name] / self.counts[a.name]).astype(a.attr_dtype).reshape((-1,) + a.row)
                 for a in self.inputs}

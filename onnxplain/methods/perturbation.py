@@ -19,14 +19,18 @@ sums and counts.  No Python loop runs per perturbation, only per chunk.
 from __future__ import annotations
 
 import numbers
+import sys
 import threading
 from dataclasses import dataclass
 
 import numpy as np
+from tqdm import tqdm
 
 from onnxplain.kernels import Labels
 
-from .base import TARGET_WEIGHTS, Method, Spec, baseline_feeds, declare_target_weights, emit_outputs, open_forward
+from ..runtime import Cost
+from .base import (TARGET_WEIGHTS, Method, Spec, baseline_feeds, declare_target_weights, emit_outputs, ex_float,
+                   open_forward)
 
 TARGET_OUTPUT = "target_output"
 #: bytes per row of a forward-only run, as a multiple of the sum of the model's per-row tensors
@@ -34,18 +38,23 @@ TARGET_OUTPUT = "target_output"
 FORWARD_FACTOR = 1.5
 #: rows of one session run at most, whatever the budget (larger runs gain nothing on a CPU)
 MAX_ROWS_PER_RUN = 8192
+#: seconds a call runs before its progress bar appears (shorter calls stay quiet)
+PROGRESS_DELAY = 2.0
 
 
 # ---------------------------------------------------------------------- per-input facts
 @dataclass
 class Attributed:
-    """One attributed input, flattened to rows: ``x`` (N, D), ``base`` (1 or N, D)."""
+    """One attributed input, flattened to rows: ``x`` (N, D), ``base`` (1 or N, D), both of the input's
+    ``dtype`` (any: float, integer ids, bytes, booleans); attributions are ``attr_dtype`` (the input's own
+    float type, or the explained output's for an integer or boolean input)."""
 
     name: str
     row: tuple
     dtype: np.dtype
     x: np.ndarray
     base: np.ndarray
+    attr_dtype: np.dtype
 
     @property
     def size(self) -> int:
@@ -58,6 +67,7 @@ class Attributed:
 def attributed_inputs(spec: Spec, feeds: dict, baselines) -> list[Attributed]:
     """The attributed inputs with their baselines (the forms of :func:`baseline_feeds`)."""
     bases = baseline_feeds(spec, baselines, feeds)
+    scores = ex_float(spec)
     out = []
     for x in spec.wrt:
         value = np.ascontiguousarray(feeds[x])
@@ -66,7 +76,8 @@ def attributed_inputs(spec: Spec, feeds: dict, baselines) -> list[Attributed]:
         base = bases[spec.param("baselines", x)]
         base = np.broadcast_to(base, (base.shape[0],) + row).reshape(base.shape[0], d)
         out.append(Attributed(x, row, value.dtype, value.reshape(value.shape[0], d),
-                              np.ascontiguousarray(base, dtype=value.dtype)))
+                              np.ascontiguousarray(base, dtype=value.dtype),
+                              value.dtype if value.dtype.kind == "f" else scores))
     return out
 
 
@@ -147,6 +158,8 @@ class Plan:
 
     inputs: list[Attributed]
     units: int
+    #: session runs :meth:`begin` makes per block of rows through ``evaluate`` (the inputs, the baselines)
+    evaluations: int = 1
 
     def begin(self, r0: int, r1: int, evaluate) -> None:
         """Start input rows ``[r0, r1)``; ``evaluate({name: rows})`` runs the model (other inputs unchanged)."""
@@ -169,9 +182,9 @@ class Perturbation(Method):
     """A forward-only method: the graph returns ``target_output``, Numba kernels do the rest."""
 
     forward_only = True
-    supports_layers = False     # float inputs only: the kernels perturb the values fed to the model
+    supports_layers = False     # inputs only (of any dtype): the kernels perturb the values fed to the model
     row_cost_factor = FORWARD_FACTOR
-    defaults = {"baselines": None, "perturbations_per_eval": None}
+    defaults = {"baselines": None, "perturbations_per_eval": None, "progress": None}
     _pool = None     # batch buffers reused across calls (made on the first call)
 
     def build(self, b, spec: Spec) -> None:
@@ -189,6 +202,9 @@ class Perturbation(Method):
     def check_params(self, params: dict) -> dict:
         p = super().check_params(params)
         check_positive_int(p["perturbations_per_eval"], "perturbations_per_eval", allow_none=True)
+        if p["progress"] is not None and not isinstance(p["progress"], (bool, np.bool_)):
+            raise ValueError(f"progress must be True, False or None (a bar when stderr is a terminal), "
+                             f"got {p['progress']!r}")
         return p
 
     def plan(self, spec: Spec, feeds: dict, n_rows: int, params: dict) -> Plan:
@@ -199,8 +215,15 @@ class Perturbation(Method):
         plan = self.plan(ex.spec, feeds, n_rows, params)   # every check happens here, before any run
         if self._pool is None:
             self._pool = BufferPool()
-        drive(ex, feeds, np.ascontiguousarray(tw), plan, params["perturbations_per_eval"], self._pool)
+        drive(ex, feeds, np.ascontiguousarray(tw), plan, params["perturbations_per_eval"], self._pool,
+              params["progress"])
         return {ex.spec.attribution_name(x): a for x, a in plan.result().items()}, None
+
+    def estimate(self, ex, feeds: dict, tw, params: dict) -> Cost:
+        """The rows and session runs :meth:`run` will take: the same plan, cut by the same :class:`Schedule`."""
+        n_rows = int(np.shape(tw)[0])
+        plan = self.plan(ex.spec, feeds, n_rows, params)
+        return Cost.of(Schedule.of(ex, feeds, n_rows, plan, params["perturbations_per_eval"]).run_rows())
 
 
 class BufferPool:
@@ -237,8 +260,6 @@ def _root(a: np.ndarray) -> np.ndarray:
     return a
 
 
-
-
 def chunking(n_rows: int, units: int, per_row: int, budget: int, cap: int | None,
              batch_size: int | None = None) -> tuple[int, int]:
     """``(rows per block, units per chunk)``: one run holds at most ``budget // per_row`` rows (and
@@ -252,16 +273,74 @@ def chunking(n_rows: int, units: int, per_row: int, budget: int, cap: int | None
     return block, per_chunk
 
 
-def drive(ex, feeds: dict, tw: np.ndarray, plan: Plan, cap: int | None, pool: BufferPool | None = None) -> None:
-    """Blocks of rows x chunks of units: fill, run, fold.  The session is ``ex.session``, reused."""
+@dataclass
+class Schedule:
+    """How one call's perturbations are cut into session runs: blocks of input rows, and per block the
+    plan's ``evaluations`` runs of whole rows, then chunks of units (:func:`drive` walks exactly these)."""
+
+    n_rows: int
+    units: int
+    evaluations: int
+    block: int
+    per_chunk: int
+
+    @classmethod
+    def of(cls, ex, feeds: dict, n_rows: int, plan: Plan, cap: int | None) -> "Schedule":
+        block, per_chunk = chunking(n_rows, plan.units, ex.row_cost(feeds), ex.memory_budget, cap,
+                                    ex.spec.batch_size)
+        return cls(n_rows, plan.units, plan.evaluations, block, per_chunk)
+
+    def blocks(self):
+        """``(r0, r1)`` of each block of input rows."""
+        for r0 in range(0, self.n_rows, self.block):
+            yield r0, min(self.n_rows, r0 + self.block)
+
+    def chunks(self):
+        """``(u0, u1)`` of each chunk of units (the same for every block)."""
+        for u0 in range(0, self.units, self.per_chunk):
+            yield u0, min(self.units, u0 + self.per_chunk)
+
+    def run_rows(self) -> list[int]:
+        """The rows of every session run, in order."""
+        out = []
+        for r0, r1 in self.blocks():
+            out += [r1 - r0] * self.evaluations + [(u1 - u0) * (r1 - r0) for u0, u1 in self.chunks()]
+        return out
+
+
+def progress_bar(total_rows: int, progress: bool | None):
+    """A tqdm bar over the rows of a call on stderr, shown only once the call has run for
+    :data:`PROGRESS_DELAY` seconds; ``progress=None`` shows it only when stderr is a terminal."""
+    show = bool(progress) if progress is not None else sys.stderr.isatty()
+    return tqdm(total=total_rows, unit="row", unit_scale=True, delay=PROGRESS_DELAY, disable=not show,
+                leave=False, desc="perturbations")
+
+
+def drive(ex, feeds: dict, tw: np.ndarray, plan: Plan, cap: int | None, pool: BufferPool | None = None,
+          progress: bool | None = None) -> None:
+    """Blocks of rows x chunks of units (a :class:`Schedule`): fill, run, fold, under a
+    :func:`progress_bar`.  Runs go through ``ex.run_session`` (one reused session)."""
     pool = pool or BufferPool(keep=0)
+    schedule = Schedule.of(ex, feeds, tw.shape[0], plan, cap)
+    with progress_bar(sum(schedule.run_rows()), progress) as bar:
+        _walk(ex, feeds, tw, plan, schedule, pool, _counted(ex.run_session, bar))
+
+
+def _counted(run, bar):
+    """``run`` (the Explainer's :meth:`run_session`) that moves the progress bar by the rows of each run."""
+    def counted(feeds, outputs):
+        result = run(feeds, outputs)
+        bar.update(len(feeds[TARGET_WEIGHTS]))
+        return result
+    return counted
+
+
+def _walk(ex, feeds: dict, tw: np.ndarray, plan: Plan, schedule: Schedule, pool: BufferPool, run) -> None:
+    """The runs of ``schedule``: per block, the plan's own evaluations, then fill, ``run``, fold per chunk."""
     spec = ex.spec
-    n_rows = tw.shape[0]
-    block, per_chunk = chunking(n_rows, plan.units, ex.row_cost(feeds), ex.memory_budget, cap, spec.batch_size)
-    run = ex.run_session
     shared = {u: feeds[u] for u in spec.unbatched}   # fed as they are to every run
-    for r0 in range(0, n_rows, block):
-        r1 = min(n_rows, r0 + block)
+    per_chunk = schedule.per_chunk
+    for r0, r1 in schedule.blocks():
         n = r1 - r0
         tw_rows = tw[r0:r1]
         fixed = {p: feeds[p][r0:r1] for p in spec.passthrough}
@@ -278,8 +357,7 @@ def drive(ex, feeds: dict, tw: np.ndarray, plan: Plan, cap: int | None, pool: Bu
             tiled = {p: np.tile(v, (per_chunk,) + (1,) * (v.ndim - 1)) for p, v in fixed.items()}
             tiled[TARGET_WEIGHTS] = np.tile(tw_rows, (per_chunk,) + (1,) * (tw.ndim - 1))
             rows_of = {a.name: a.row for a in plan.inputs}
-            for u0 in range(0, plan.units, per_chunk):
-                u1 = min(plan.units, u0 + per_chunk)
+            for u0, u1 in schedule.chunks():
                 rows = (u1 - u0) * n
                 views = {k: v[:rows] for k, v in batches.items()}
                 plan.fill(u0, u1, views)

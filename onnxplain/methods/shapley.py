@@ -29,7 +29,7 @@ class ShapleySampling(Perturbation):
     name = "shapley_sampling"
     aliases = ("shapley_value_sampling", "shapleyvaluesampling")
     defaults = {"n_samples": 25, "feature_mask": None, "baselines": None, "seed": None, "antithetic": False,
-                "perturbations_per_eval": None}
+                "perturbations_per_eval": None, "progress": None}
 
     def check_params(self, params):
         p = super().check_params(params)
@@ -53,7 +53,7 @@ class ShapleySampling(Perturbation):
 class ShapleyValues(Perturbation):
     name = "shapley_values"
     aliases = ("exact_shapley",)
-    defaults = {"feature_mask": None, "baselines": None, "perturbations_per_eval": None}
+    defaults = {"feature_mask": None, "baselines": None, "perturbations_per_eval": None, "progress": None}
 
     def plan(self, spec, feeds, n_rows, params):
         inputs = attributed_inputs(spec, feeds, params["baselines"])
@@ -73,9 +73,11 @@ def _too_many(count, what):
 
 
 class _GroupPlan(Plan):
+    evaluations = 0
+
     def __init__(self, inputs, labels, n_groups):
         self.inputs, self.labels, self.n_groups = inputs, labels, n_groups
-        self.attr = {a.name: np.empty(a.x.shape, dtype=a.dtype) for a in inputs}
+        self.attr = {a.name: np.empty(a.x.shape, dtype=a.attr_dtype) for a in inputs}
         self.scale = 1.0
 
     def begin(self, r0, r1, evaluate):
@@ -92,6 +94,8 @@ class _GroupPlan(Plan):
 
 
 class _SamplingPlan(_GroupPlan):
+    evaluations = 1   # the baselines
+
     def __init__(self, inputs, labels, perms):
         super().__init__(inputs, labels, perms.shape[1])
         self.perms, self.ranks = perms, permutation_ranks(perms)
