@@ -1,9 +1,10 @@
 """The ``onnxplain`` command line: a parser over the library.
 
     onnxplain demo [--output DIR] [--target T] [--out demo.npz]
-    onnxplain inspect MODEL [--json]
-    onnxplain convert MODEL OUT --method M [--output NAME] [--n-steps N ...]
+    onnxplain inspect MODEL [--json] [--batch-axis NAME=AXIS]
+    onnxplain convert MODEL OUT --method M [--output NAME] [--n-steps N ...] [--batch-axis NAME=AXIS]
     onnxplain explain MODEL INPUT.npy|.npz --method M --target T [--out attr.npy] [--plot attr.png|attr.html]
+    (convert and explain also take [--batch-axis NAME=AXIS ...] [--batch-size B])
     onnxplain serve MODEL [MODEL ...] --method M [--name NAME] [--http-port 8000] [--grpc-port 8001]
     onnxplain triton MODEL --method M --name NAME --output REPO [--max-batch-size B] [--gpu]
 
@@ -167,12 +168,13 @@ def add_inspect(sub) -> None:
                             "between its inputs and outputs has a backward rule.")
     i.add_argument("model", help="the ONNX model")
     i.add_argument("--json", action="store_true", help="print the facts as JSON")
+    _add_batching_args(i, batch_size=False)
     i.set_defaults(run=run_inspect)
 
 
 def run_inspect(args) -> int:
     from .inspection import describe, inspect
-    facts = inspect(args.model)
+    facts = inspect(args.model, batch_axes=_batching(args)["batch_axes"])
     if args.json:
         print(json.dumps({"model": args.model, **facts}, indent=2))
     else:
@@ -188,6 +190,7 @@ def add_convert(sub) -> None:
     c.add_argument("model", help="the ONNX model")
     c.add_argument("out", help="where to write the explanation graph (.onnx)")
     _add_method_args(c, graph_defaults=True)
+    _add_batching_args(c)
     c.set_defaults(run=run_convert)
 
 
@@ -201,7 +204,7 @@ def run_convert(args) -> int:
     params = _method_params(args, allow_files=False)
     t0 = time.perf_counter()
     graph = convert(args.model, args.out, method, output=args.output, inputs=args.inputs, layer=args.layer,
-                    defaults=params)
+                    defaults=params, **_batching(args))
     elapsed = time.perf_counter() - t0
     print(f"wrote {args.out}: {method} explanation graph of {args.model} ({len(graph.graph.node)} nodes, "
           f"{os.path.getsize(args.out) / 1024:.1f} KiB, {elapsed:.2f} s)")
@@ -225,6 +228,7 @@ def add_explain(sub) -> None:
     e.add_argument("model", help="the ONNX model")
     e.add_argument("input", help="the inputs: .npy, or .npz keyed by input name")
     _add_method_args(e, graph_defaults=False)
+    _add_batching_args(e)
     e.add_argument("--target", nargs="+", metavar="T",
                    help="what to explain: an index (3), a tuple of indices (1,2), one of these per row "
                         "(3 1 0 2), 'pred' for each row's largest output, or 'none' for an output with "
@@ -252,7 +256,7 @@ def run_explain(args) -> int:
                           target_weights=args.target_weights, output=args.output, inputs=args.inputs,
                           layer=args.layer, out=args.out, plot=args.plot, tokens=args.tokens,
                           feature_names=read_feature_names(args.feature_names) if args.feature_names else None,
-                          params=_method_params(args, allow_files=True))
+                          params=_method_params(args, allow_files=True), **_batching(args))
     print(result.summary())
     return 0
 
@@ -284,6 +288,21 @@ def _add_method_args(p, graph_defaults: bool, output_flag: str = "--output", met
     g.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
                    help="any other method parameter, VALUE read as a Python literal" +
                         ("" if graph_defaults else " or @FILE.npy for an array") + " (repeatable)")
+
+
+def _add_batching_args(p, batch_size: bool = True) -> None:
+    p.add_argument("--batch-axis", action="append", default=[], metavar="NAME=AXIS",
+                   help="the batch axis of an input, or NAME=none for an unbatched one (repeatable; default: "
+                        "detected)")
+    if batch_size:
+        p.add_argument("--batch-size", type=int, metavar="B",
+                       help="the most rows the model may see per run (1 for models that run one row at a time)")
+
+
+def _batching(args) -> dict:
+    """``batch_axes`` and ``batch_size`` as :class:`onnxplain.Explainer` takes them."""
+    from .files import parse_batch_axes
+    return {"batch_axes": parse_batch_axes(args.batch_axis) or None, "batch_size": getattr(args, "batch_size", None)}
 
 
 def _method_params(args, allow_files: bool) -> dict:

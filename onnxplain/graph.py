@@ -398,6 +398,11 @@ def _record_graph_types(b: GraphBuilder, graph: onnx.GraphProto) -> None:
             _record_graph_types(b, g)
 
 
+def redirect_reads(nodes, old: str, new: str) -> None:
+    """Make every node of ``nodes`` (and of their subgraphs) that reads ``old`` read ``new``."""
+    _rename_in(nodes, old, new, outputs=False)
+
+
 def _rename_in(nodes, old: str, new: str, outputs: bool = True) -> None:
     for node in nodes:
         for i, name in enumerate(node.input):

@@ -424,7 +424,7 @@ def test_verbose_shows_the_traceback_then_the_same_line(capsys, argv):
 def test_an_unexpected_failure_is_one_line_with_exit_code_1(capsys, monkeypatch, mlp):
     import onnxplain.inspection
 
-    def broken(model, output=None):
+    def broken(model, output=None, batch_axes=None):   # inspect's signature
         raise RuntimeError("the session\nfailed")
 
     monkeypatch.setattr(onnxplain.inspection, "inspect", broken)

@@ -184,7 +184,7 @@ def test_target_none_on_each_single_valued_output_of_a_model_with_several(heads,
 
 def test_an_output_without_a_batch_axis_is_refused_by_name(heads):
     _, models = heads
-    with pytest.raises(ValueError, match="'mean' is a scalar without a batch dimension"):
+    with pytest.raises(ValueError, match="output 'mean' is a scalar: the forward reduces over the batch"):
         onnxplain.Explainer(models["torchscript"], "saliency", output="mean")
 
 

@@ -17,11 +17,11 @@ import numpy as np
 from onnx import TensorProto
 
 from ..backward import backward
-from ..rules import Partner
+from ..rules import PairedPartner, Partner
 from ..rules.rescale import RESCALE
 from .base import (Method, Spec, baseline_feeds, batch_rows, declare_baselines, declare_param, declare_target_weights,
-                   emit_attribution, emit_outputs, ex_float, flatten_steps, open_forward, per_row_sum, rows, split_steps,
-                   tile_rows)
+                   emit_attribution, emit_outputs, ex_float, flatten_steps, forward_per_block, open_forward,
+                   per_row_sum, rows, split_steps, tile_rows)
 
 DEFAULT_EPS = 1e-10   # Captum's threshold below which the Rescale rule falls back to the gradient
 
@@ -49,6 +49,9 @@ class DeepLift(Method):
         for p in spec.passthrough:
             b.op("Identity", tile_rows(b, p, b.add(k, k), b.rank(p)), outputs=[inside[p]])
         fed = {p.key: inside[p.carrier] if p.is_input else p.tensor for p in spec.points}
+        copies = forward_per_block(b, spec, inside, outputs, [half, half])
+        partner = (Partner(b) if copies is None else
+                   PairedPartner(b, copies.pairs(0, 1), [i.name for i in b.initializers] + spec.unbatched))
 
         out_rank = b.rank(spec.output)
         tw_pairs = tile_rows(b, tw, k, out_rank)
@@ -56,7 +59,7 @@ class DeepLift(Method):
         out_rows = outputs[spec.output]
         picked = emit_outputs(b, spec, outputs, b.ints([0]), n)
         grads = backward(b, out_rows, seed, list(fed.values()), overrides=self.overrides,
-                         ref=Partner(b),
+                         ref=partner,
                          params={"eps": eps, "varying": frozenset(inside[c] for c in spec.carriers)})
 
         totals = []
@@ -102,6 +105,9 @@ class DeepLift(Method):
     def expansion(self, part):
         return 2
 
+    def block_rows(self, part):
+        return self.expansion(part) // 2   # the inputs and their references are two blocks
+
 
 class DeepLiftShap(DeepLift):
     """DeepLIFT averaged over a distribution of ``B`` baselines, all pairs in one run."""
@@ -146,6 +152,9 @@ class DeepLiftShap(DeepLift):
 
     def expansion(self, part):
         return 2 * next(v.shape[0] for k, v in part.items() if k.startswith("baselines"))
+
+    def limit_hint(self):
+        return "give at most batch_size baselines"
 
 
 def _per_pair_sum(b, t: str, rank: int) -> str:

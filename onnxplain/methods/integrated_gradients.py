@@ -13,8 +13,8 @@ from onnx import TensorProto
 
 from ..backward import backward
 from .base import (Method, Spec, baseline_feeds, batch_rows, declare_baselines, declare_param, declare_target_weights,
-                   emit_attribution, emit_outputs, ex_float, flatten_steps, open_forward, per_row_sum, redirect_layer,
-                   rows, split_steps, tile_rows)
+                   emit_attribution, emit_outputs, ex_float, flatten_steps, forward_per_block, open_forward,
+                   per_row_sum, redirect_layer, rows, split_steps, tile_rows)
 
 SCHEMES = ("gausslegendre", "riemann_left", "riemann_right", "riemann_middle", "riemann_trapezoid")
 
@@ -83,6 +83,7 @@ class IntegratedGradients(Method):
                 interpolated = _interpolate(b, alphas, on_x, on_base, b.rank(point.tensor))
                 b.op("Concat", interpolated, on_x, on_base, axis=0, outputs=[fed])
                 points[point.key] = (fed, on_x, on_base)
+        forward_per_block(b, spec, inside, outputs, [b.mul(steps, n), n, n])
 
         out_rank = b.rank(spec.output)
         w_col = b.reshape(alpha_weights, b.ints([-1] + [1] * out_rank))
@@ -129,6 +130,8 @@ class IntegratedGradients(Method):
         fit = max(1, budget // per_row - 2)
         if params["internal_batch_size"] is not None:   # Captum's cap on expanded rows per run
             fit = min(fit, max(1, params["internal_batch_size"] // max(1, _rows(inputs, spec))))
+        if spec.batch_size is not None:   # the steps of one row form one block of the forward pass
+            fit = min(fit, spec.batch_size)
         bases = baseline_feeds(spec, params["baselines"], inputs)
         parts = []
         for start in range(0, len(alphas), fit):
@@ -139,6 +142,9 @@ class IntegratedGradients(Method):
 
     def expansion(self, part):
         return len(part["alphas"]) + 2
+
+    def block_rows(self, part):
+        return len(part["alphas"])
 
 
 def _rows(inputs, spec):

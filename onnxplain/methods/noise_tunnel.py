@@ -66,6 +66,10 @@ class NoiseTunnel(Method):
 
     # --------------------------------------------------------------- the graph
     def build(self, b, spec: Spec) -> None:
+        if spec.batch_size is not None:
+            raise ValueError(f"a noise tunnel stacks nt_samples noisy copies of the rows in front of "
+                             f"{self.inner.name!r}'s own expanded batch, which batch_size cannot split; drop "
+                             f"batch_size or explain without noise_tunnel")
         self.inner.build(b, spec)
         declared = {vi.name for vi in b.inputs}
         # the inner graph now reads its feeds from tensors this prelude defines
