@@ -204,7 +204,7 @@ def run_convert(args) -> int:
     params = _method_params(args, allow_files=False)
     t0 = time.perf_counter()
     graph = convert(args.model, args.out, method, output=args.output, inputs=args.inputs, layer=args.layer,
-                    defaults=params, **_batching(args))
+                    noise_tunnel=args.noise_tunnel, defaults=params, **_batching(args))
     elapsed = time.perf_counter() - t0
     print(f"wrote {args.out}: {method} explanation graph of {args.model} ({len(graph.graph.node)} nodes, "
           f"{os.path.getsize(args.out) / 1024:.1f} KiB, {elapsed:.2f} s)")
@@ -256,7 +256,8 @@ def run_explain(args) -> int:
                           target_weights=args.target_weights, output=args.output, inputs=args.inputs,
                           layer=args.layer, out=args.out, plot=args.plot, tokens=args.tokens,
                           feature_names=read_feature_names(args.feature_names) if args.feature_names else None,
-                          params=_method_params(args, allow_files=True), **_batching(args))
+                          params=_method_params(args, allow_files=True), noise_tunnel=args.noise_tunnel,
+                          **_batching(args))
     print(result.summary())
     return 0
 
@@ -285,6 +286,9 @@ def _add_method_args(p, graph_defaults: bool, output_flag: str = "--output", met
     g.add_argument("--nt-samples", type=int, help="smoothgrad/smoothgrad_sq/vargrad: noisy samples (5)")
     g.add_argument("--stdevs", type=float, help="smoothgrad/smoothgrad_sq/vargrad: noise standard deviation (1.0)")
     g.add_argument("--seed", type=int, help="smoothgrad/smoothgrad_sq/vargrad: seed of the noise")
+    g.add_argument("--noise-tunnel", choices=("smoothgrad", "smoothgrad_sq", "vargrad"),
+                   help="average the method's attributions over noisy copies of the inputs (Captum's NoiseTunnel; "
+                        "--nt-samples, --stdevs and --seed set the noise)")
     g.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
                    help="any other method parameter, VALUE read as a Python literal" +
                         ("" if graph_defaults else " or @FILE.npy for an array") + " (repeatable)")
@@ -364,7 +368,8 @@ def run_serve(args) -> int:
     methods = [canonical_name(m) for m in args.method.split(",") if m.strip()]
     serve(args.models, methods, names=args.names, output=args.output, inputs=args.inputs, layer=args.layer,
           host=args.host, http_port=args.http_port, grpc_port=args.grpc_port,
-          max_request_bytes=args.max_request_bytes, threads=args.threads, **_method_params(args, allow_files=True))
+          max_request_bytes=args.max_request_bytes, threads=args.threads, noise_tunnel=args.noise_tunnel,
+          **_method_params(args, allow_files=True))
     return 0
 
 
@@ -390,7 +395,8 @@ def run_triton(args) -> int:
     from .serve.triton import export_triton
     folder = export_triton(args.model, args.repository, args.name, canonical_name(args.method),
                            max_batch_size=args.max_batch_size, gpu=args.gpu, output=args.output,
-                           inputs=args.inputs, layer=args.layer, defaults=_method_params(args, allow_files=False))
+                           inputs=args.inputs, layer=args.layer, noise_tunnel=args.noise_tunnel,
+                           defaults=_method_params(args, allow_files=False))
     print(f"wrote {folder}: config.pbtxt and 1/model.onnx (max_batch_size {args.max_batch_size}, "
           f"{'GPU' if args.gpu else 'CPU'})")
     return 0

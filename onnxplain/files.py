@@ -208,8 +208,9 @@ class FileExplanation:
         table = []
         for r in range(min(n, max_rows)):
             row = [str(r), self._target_text(r), f"{sums[r]:.6g}"]
-            if self.delta is not None:
-                row.append(f"{self.delta[r]:+.2e}")
+            if self.delta is not None:   # per row; a noise tunnel has one per noisy sample: the largest
+                d = np.ravel(self.delta[r])
+                row.append(f"{d[np.argmax(np.abs(d))]:+.2e}")
             table.append(row)
         lines.append(text_table(header, table))
         if n > max_rows:
@@ -228,7 +229,7 @@ class FileExplanation:
 def explain_file(model, input_path, method: str = "saliency", *, target=None, target_weights=None,
                  output: str | None = None, inputs=None, layer: str | None = None, out=None, plot=None,
                  tokens=None, feature_names=None, params: dict | None = None, batch_axes: dict | None = None,
-                 batch_size: int | None = None) -> FileExplanation:
+                 batch_size: int | None = None, noise_tunnel: str | None = None) -> FileExplanation:
     """Explain the rows stored in ``input_path`` (``.npy``, or ``.npz`` by input name).
 
     target: Captum's forms, or ``"pred"`` (each row's largest output), or
@@ -240,7 +241,7 @@ def explain_file(model, input_path, method: str = "saliency", *, target=None, ta
         word pieces, or a ``.json`` path) and ``feature_names`` label them.
     params: the method's parameters as :meth:`Explainer.explain` takes them
         (``{"n_steps": 32, "method": "riemann_left", "baselines": 0}``).
-    batch_axes, batch_size: those of :class:`~onnxplain.Explainer`.
+    batch_axes, batch_size, noise_tunnel: those of :class:`~onnxplain.Explainer`.
     Paths, parameters and targets are checked before anything is computed.
     """
     from .api import Explainer
@@ -252,7 +253,7 @@ def explain_file(model, input_path, method: str = "saliency", *, target=None, ta
         raise ValueError("give either a target or target_weights, not both")
     raw = load_inputs(input_path)
     ex = Explainer(model, method=method, output=output, inputs=inputs, layer=layer, batch_axes=batch_axes,
-                   batch_size=batch_size)
+                   batch_size=batch_size, noise_tunnel=noise_tunnel)
     ex.method.check_params(dict(params))            # unknown or bad parameters fail before anything runs
     several = not ex.spec.single
     check_output_path(out, (".npz",) if several else (".npy", ".npz"),
