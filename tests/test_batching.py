@@ -13,7 +13,7 @@ import onnxplain
 from checks import assert_close
 from models import export, pool_cnn
 from onnxplain.converters.normalize import batch_axes_of
-from onnxplain.errors import ModelError, UnsupportedOperatorError
+from onnxplain.errors import ModelError
 
 LAYERS, STEPS, FEATURES, HIDDEN, CLASSES = 2, 3, 5, 6, 4
 
@@ -348,11 +348,22 @@ def test_batch_size_is_checked(gated):
         ex.explain(gated_rows().numpy(), target=0, baselines=np.zeros((3, 5), np.float32))
 
 
+def test_deeplift_through_max_pooling_on_separate_forward_copies():
+    """MaxPool's cross-max rule takes the reference's winners from the reference's own copy of the
+    pooling: attributions equal those of the stacked batch and sum to f(x) - f(0) of the torch model."""
+    net, row = pool_cnn()
+    model = export(net, row)
+    x = np.random.default_rng(8).standard_normal((3,) + row).astype(np.float32)
+    ours = onnxplain.Explainer(model, "deeplift", batch_size=1).explain(x, target=2)
+    assert_close(ours, onnxplain.Explainer(model, "deeplift").explain(x, target=2), 1e-5)
+    with torch.no_grad():
+        gap = (net(torch.from_numpy(x)) - net(torch.zeros((1,) + row)))[:, 2].numpy()
+    np.testing.assert_allclose(ours.reshape(3, -1).sum(1), gap, atol=1e-4)
+
+
 def test_batch_size_refuses_what_separate_forward_copies_cannot_do():
     net, row = pool_cnn()
     model = export(net, row)
-    with pytest.raises(UnsupportedOperatorError, match="needs the inputs and their references stacked in one batch"):
-        onnxplain.Explainer(model, "deeplift", batch_size=1)
     layer = onnxplain.inspect(model)["layers"][2]
     with pytest.raises(ValueError, match=r"internal tensors \['.*'\] \(a layer or a token embedding\)"):
         onnxplain.Explainer(model, "integrated_gradients", batch_size=1, layer=layer)

@@ -25,6 +25,8 @@ class Partner:
     tensor is split at half of its *own* first axis.
     """
 
+    stacked = True   # input and reference rows are halves of one tensor
+
     def __init__(self, b):
         self.b = b
         self._cache: dict[str, str] = {}
@@ -54,6 +56,8 @@ class PairedPartner:
     unbatched inputs, constants) are their own partners; a tensor a rule computed from forward tensors
     is partnered by the same nodes replayed on their partners (memoised).  Rules that index into the
     stacked halves of one tensor (MaxPool's cross-max) cannot work on separate copies and say so."""
+
+    stacked = False  # input and reference rows are tensors of their own
 
     def __init__(self, b, pairs: dict, shared):
         self.b = b

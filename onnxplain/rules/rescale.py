@@ -354,17 +354,18 @@ def rescale_maxpool(ctx):
     top = b.op("Max", o, o_ref)
     to_input = b.mul(ctx.dy[0], b.sub(top, o_ref))
     to_reference = b.mul(ctx.dy[0], b.sub(o, top))
-    # the second half's indices point into the second half: move them onto the partner rows
-    offset = ctx.ref.bottom_offset(x)
-    ref_indices = ctx.ref(b.op("Sub", indices, offset))
-    half = ctx.ref.half(o)
-    # only the first half of the rows carries target cotangents; keep both halves' terms from it
-    flat_size = b.op("Size", x)
-    updates = b.op("Concat", _flat(b, _rows(b, to_input, None, half)), _flat(b, _rows(b, to_reference, None, half)),
-                   axis=0)
-    where = b.op("Concat", _flat(b, _rows(b, indices, None, half)), _flat(b, _rows(b, ref_indices, None, half)),
-                 axis=0)
-    zeros = b.op("ConstantOfShape", b.reshape(flat_size, b.ints([1])))
+    if ctx.ref.stacked:
+        # the second half's indices point into the second half: move them onto the partner rows; only the
+        # first half of the rows carries target cotangents, so keep both terms of the first half
+        ref_indices = ctx.ref(b.op("Sub", indices, ctx.ref.bottom_offset(x)))
+        half = ctx.ref.half(o)
+        terms = [(_rows(b, to_input, None, half), _rows(b, indices, None, half)),
+                 (_rows(b, to_reference, None, half), _rows(b, ref_indices, None, half))]
+    else:   # the reference's own copy of the pooling: its indices point into a tensor shaped like x
+        terms = [(to_input, indices), (to_reference, ctx.ref(indices))]
+    updates = b.op("Concat", *[_flat(b, u) for u, _ in terms], axis=0)
+    where = b.op("Concat", *[_flat(b, i) for _, i in terms], axis=0)
+    zeros = b.op("ConstantOfShape", b.reshape(b.op("Size", x), b.ints([1])))
     summed = b.op("ScatterElements", b.cast_like(zeros, updates), where, updates, axis=0, reduction="add")
     dx_total = b.reshape_like(summed, x)
     delta = b.sub(x, ctx.ref(x))
