@@ -299,6 +299,9 @@ def convert(model, path, method: str = "saliency", output: str | None = None, in
     in its own layout, and so are its attributions and its ``baselines``.  The
     file is written atomically: nothing is left behind on error.
     """
+    if noise_tunnel is not None and batch_size is not None:
+        raise ValueError("a graph converted with batch_size cannot carry a noise tunnel: under batch_size the "
+                         "noisy samples run one after another, fed by the Python API; convert without one of them")
     m = get_method(method, noise_tunnel=noise_tunnel, **{**(defaults or {}), **more_defaults})
     model, axes = batch_first_model(model, batch_axes, output)
     spec = _spec(model, _choose_output(model, output), inputs, layer, m, unbatched=_unbatched(axes))

@@ -67,9 +67,8 @@ class NoiseTunnel(Method):
     # --------------------------------------------------------------- the graph
     def build(self, b, spec: Spec) -> None:
         if spec.batch_size is not None:
-            raise ValueError(f"a noise tunnel stacks nt_samples noisy copies of the rows in front of "
-                             f"{self.inner.name!r}'s own expanded batch, which batch_size cannot split; drop "
-                             f"batch_size or explain without noise_tunnel")
+            self._build_per_sample(b, spec)
+            return
         self.inner.build(b, spec)
         declared = {vi.name for vi in b.inputs}
         # the inner graph now reads its feeds from tensors this prelude defines
@@ -93,6 +92,16 @@ class NoiseTunnel(Method):
         tw_noisy = tile_rows(b, TARGET_WEIGHTS, samples, b.rank(spec.output))
         b.op("Concat", tw_noisy, b.zeros_like(TARGET_WEIGHTS), axis=0, outputs=[fed_tw])
         self._reduce_outputs(b, spec, samples, n)
+
+    def _build_per_sample(self, b, spec: Spec) -> None:
+        """With ``batch_size`` the noisy samples cannot share the model's rows: the graph is the inner
+        method's own, and :meth:`run` feeds it one noisy copy of the inputs per sample."""
+        tokens = [c for c in spec.carriers if c not in _float_inputs(spec)]
+        if tokens:
+            raise ValueError(f"with batch_size, a noise tunnel feeds noisy copies of the inputs one sample at a "
+                             f"time, so its noise cannot go to the embedding of token inputs {tokens}; drop "
+                             f"batch_size or explain without noise_tunnel")
+        self.inner.build(b, spec)
 
     def _declare_noise(self, b, spec: Spec) -> dict[str, str]:
         """The ``noise`` input of each carrier: ``(S, N or 1, *row)`` of the tensor that takes it."""
@@ -216,10 +225,22 @@ class NoiseTunnel(Method):
 
     def parts(self, params, spec, inputs, bytes_per_row, budget):
         """One part: the inner method's parameters (all its steps) and the noise of every carrier."""
-        inner_params = {k: v for k, v in params.items() if k not in NT_DEFAULTS}
-        inner_parts = self.inner.parts(inner_params, spec, inputs, 0, budget)
+        inner_parts = self.inner.parts(self._inner_params(params), spec, inputs, 0, budget)
         if len(inner_parts) != 1:   # pragma: no cover - guarded by check_params
             raise ValueError(f"{self.inner.name!r} split its call into parts, which a noise tunnel cannot add up")
+        part = dict(inner_parts[0])
+        for c, (draw, stdev) in self._draws(params, spec, inputs).items():
+            part[spec.param("noise", c)] = draw
+            part[spec.param("stdevs", c)] = stdev
+        return [part]
+
+    @staticmethod
+    def _inner_params(params: dict) -> dict:
+        return {k: v for k, v in params.items() if k not in NT_DEFAULTS}
+
+    def _draws(self, params, spec: Spec, inputs: dict) -> dict:
+        """Per carrier: the standard-normal draws ``(S, N, *row)`` (from ``seed``, or ``noise`` as given) and
+        the standard deviation, both of the dtype of the tensor that takes the noise."""
         stdevs = params["stdevs"]
         if isinstance(stdevs, (tuple, list)):
             if len(stdevs) != len(spec.carriers):
@@ -229,7 +250,7 @@ class NoiseTunnel(Method):
             stdevs = [stdevs] * len(spec.carriers)
         rng = np.random.default_rng(params["seed"])
         given = params["noise"]
-        part = dict(inner_parts[0])
+        draws = {}
         for c, s in zip(spec.carriers, stdevs):
             shape, dtype = _noisy_row(spec, c, inputs)
             expected = (params["nt_samples"], len(inputs[c])) + shape
@@ -241,22 +262,64 @@ class NoiseTunnel(Method):
                     where = "input" if c in _float_inputs(spec) else f"embedding {_embedding_of(spec, c)!r}"
                     raise ValueError(f"noise for input {c!r} must have shape (nt_samples, N, *row of its {where}) = "
                                      f"{expected}, got {draw.shape}")
-            part[spec.param("noise", c)] = draw
-            part[spec.param("stdevs", c)] = np.asarray(s, dtype=dtype)
-        return [part]
+            draws[c] = (draw, np.asarray(s, dtype=dtype))
+        return draws
 
     def expansion(self, part):
-        samples = next(v.shape[0] for k, v in part.items() if k == "noise" or k.startswith("noise_"))
-        return (samples + 1) * self.inner.expansion(part)
+        noise = [v for k, v in part.items() if k == "noise" or k.startswith("noise_")]
+        if not noise:   # a run of the per-sample graph (batch_size): one noisy copy of the rows
+            return self.inner.expansion(part)
+        return (noise[0].shape[0] + 1) * self.inner.expansion(part)
+
+    def block_rows(self, part):
+        return self.inner.block_rows(part)   # only the per-sample graph runs under batch_size
+
+    def limit_hint(self) -> str:
+        return self.inner.limit_hint()
 
     def run(self, ex, feeds: dict, tw, params: dict):
         """One part over all rows; the delta (one per noisy sample) comes straight from the graph."""
+        if ex.spec.batch_size is not None:
+            return self._run_per_sample(ex, feeds, tw, params)
         names = [ex.spec.attribution_name(x) for x in ex.spec.wrt]
         wanted = names + (["delta"] if self.has_delta else [])
         row_bytes = ex.row_cost(feeds)
         (part,) = self.parts(params, ex.spec, feeds, row_bytes, ex.memory_budget)
         out = ex.run_rows(feeds, tw, part, wanted, row_bytes)
         return {k: out[k] for k in names}, (out["delta"] if self.has_delta else None)
+
+    def _run_per_sample(self, ex, feeds: dict, tw, params: dict):
+        """``batch_size``: the inner method on ``x + stdevs * noise_s`` for each sample ``s`` in turn, then
+        the statistic over the samples (the same numbers as the one-run graph, in more runs)."""
+        per_sample, deltas = [], []
+        for noisy in self._noisy_feeds(ex.spec, feeds, params):
+            total, delta = self.inner.run(ex, noisy, tw, self._inner_params(params))
+            per_sample.append(total)
+            deltas.append(delta)
+        result = {k: self.numpy_statistic(np.stack([t[k] for t in per_sample])) for k in per_sample[0]}
+        return result, (np.stack(deltas, axis=1) if self.has_delta else None)
+
+    def _noisy_feeds(self, spec: Spec, feeds: dict, params: dict):
+        """The call's feeds with each carrier replaced by its noisy copy, one sample after another."""
+        draws = self._draws(params, spec, feeds)
+        for s in range(params["nt_samples"]):
+            yield {**feeds, **{c: (feeds[c] + stdev * draw[s]).astype(feeds[c].dtype)
+                               for c, (draw, stdev) in draws.items()}}
+
+    def numpy_statistic(self, per_sample: np.ndarray) -> np.ndarray:
+        """:meth:`statistic` over ``(S, N, *row)`` attributions already computed."""
+        mean = per_sample.mean(axis=0)
+        if self.kind == "smoothgrad":
+            return mean
+        mean_sq = (per_sample * per_sample).mean(axis=0)
+        return mean_sq if self.kind == "smoothgrad_sq" else mean_sq - mean * mean
+
+    def estimate(self, ex, feeds: dict, tw, params: dict):
+        if ex.spec.batch_size is None:
+            return super().estimate(ex, feeds, tw, params)
+        one = self.inner.estimate(ex, feeds, tw, self._inner_params(params))
+        samples = params["nt_samples"]
+        return type(one)(one.rows * samples, one.runs * samples, one.rows_per_run)
 
 
 class SmoothGrad(NoiseTunnel):
