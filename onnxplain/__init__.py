@@ -6,11 +6,12 @@
 """
 from .api import Explainer, clear_cache, convert, explain
 from .converters import from_keras, from_sklearn, from_torch, normalize
-from .errors import ModelError, OnnxplainError, UnsupportedOperatorError
+from .errors import ModelError, NoGradientPathError, OnnxplainError, UnsupportedOperatorError
 from .inspection import inspect
 from .methods import ALIASES, METHODS
 
 __version__ = "0.1.0"
 
-__all__ = ["ALIASES", "METHODS", "Explainer", "ModelError", "OnnxplainError", "UnsupportedOperatorError",
-           "clear_cache", "convert", "explain", "from_keras", "from_sklearn", "from_torch", "inspect", "normalize"]
+__all__ = ["ALIASES", "METHODS", "Explainer", "ModelError", "NoGradientPathError", "OnnxplainError",
+           "UnsupportedOperatorError", "clear_cache", "convert", "explain", "from_keras", "from_sklearn", "from_torch",
+           "inspect", "normalize"]

@@ -2,18 +2,20 @@
 
 Everything shared by the rules lives here and nowhere else: which tensors get
 cotangents (only those that depend on an attributed input and are floating
-point), summing the cotangents of tensors used more than once, and undoing
-broadcasting.  Each op's own maths is one small rule in :mod:`onnxplain.vjp`.
+point), summing the cotangents of tensors used more than once, undoing
+broadcasting (with :meth:`onnxplain.graph.GraphBuilder.unbroadcast`), reading
+NaN as 0 where a ``Where`` drops it, and finding the op that cuts every gradient
+path from a tensor to the output.  Each op's own maths is one small rule in
+:mod:`onnxplain.vjp`.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import numpy as np
 import onnx
 
 from .errors import UnsupportedOperatorError
-from .graph import GraphBuilder
+from .graph import FLOAT_TYPES, GraphBuilder, node_reads, outer_reads, subgraphs, topological_order
 from .vjp import RULES, Rule
 
 
@@ -27,14 +29,18 @@ class VJPContext:
     active: frozenset = field(repr=False)
     ref: object = None      # DeepLIFT: maps a tensor to its reference rows (rules.Partner)
     params: dict = field(default_factory=dict)  # graph tensors a modified rule reads (e.g. eps)
+    reads: dict = field(default_factory=dict)   # forward tensors the rule reads under another name (NaN-safe)
+    rules: dict = field(default_factory=dict, repr=False)  # the table in use (standard + a method's overrides)
+    #: cotangents of outer-scope tensors that the node's subgraphs read (filled by control-flow rules)
+    outer: dict = field(default_factory=dict)
 
     @property
     def x(self) -> list[str]:
-        return list(self.node.input)
+        return [self.reads.get(n, n) for n in self.node.input]
 
     @property
     def y(self) -> list[str]:
-        return list(self.node.output)
+        return [self.reads.get(n, n) for n in self.node.output]
 
     @property
     def opset(self) -> int:
@@ -53,6 +59,13 @@ class VJPContext:
     def dy_or_zeros(self, k: int) -> str:
         return self.dy[k] if self.dy[k] is not None else self.b.zeros_like(self.node.output[k])
 
+    def walk(self, region: GraphBuilder, seeds: dict[str, str], wrt: list[str]) -> dict[str, str]:
+        """The backward pass of the nodes of ``region`` (a child builder: a loop body, a branch, an
+        expansion of a fused op), with this walk's rules, modified-rule parameters and, for DeepLIFT,
+        a partner map of the region's own tensors (a body's tensors are split at their own axis 0)."""
+        ref = None if self.ref is None else type(self.ref)(region)
+        return reverse_walk(region, seeds, wrt, self.rules, ref, self.params)
+
 
 def active_tensors(nodes, wrt, b: GraphBuilder) -> set[str]:
     """Floating-point tensors that depend on one of ``wrt``."""
@@ -64,11 +77,11 @@ def active_tensors(nodes, wrt, b: GraphBuilder) -> set[str]:
 
 
 def needed_tensors(nodes, outputs) -> set[str]:
-    """Tensors that the given outputs depend on."""
+    """Tensors that the given outputs depend on (also through what a subgraph reads)."""
     needed = set(outputs)
     for node in reversed(nodes):
         if any(o in needed for o in node.output):
-            needed.update(i for i in node.input if i)
+            needed.update(node_reads(node))
     return needed
 
 
@@ -82,10 +95,49 @@ def path_nodes(nodes, wrt, outputs, b: GraphBuilder):
     return on_path, active
 
 
+def gradient_cut(nodes, x: str, output: str, b: GraphBuilder, overrides: dict | None = None):
+    """The node that cuts every gradient path from ``x`` to ``output``, or None.
+
+    None when ``output`` does not depend on ``x`` at all, or when a path of floating-point tensors
+    through ops that pass gradients joins them.  Otherwise the first node (in graph order) that reads
+    a tensor gradients reach from ``x`` and feeds ``output`` without passing them on: a Cast to an
+    integer or boolean type, Shape, a comparison, Floor, ArgMax...
+    """
+    needed = needed_tensors(nodes, [output])
+    if x not in needed:
+        return None
+    rules = _table(overrides)
+    flowing = {x}
+    for node in nodes:
+        if any(i in flowing for i in node.input if i) or _subgraph_reads(node, flowing):
+            rule = _lookup(rules, node, b.opset)
+            if rule is None or not rule.cuts:
+                flowing.update(o for o in node.output if o and _may_be_float(b, o))
+    if output in flowing:
+        return None
+    for node in nodes:
+        if (any(i in flowing for i in node.input if i) or _subgraph_reads(node, flowing)) and \
+                any(o in needed and o not in flowing for o in node.output):
+            return node
+    return None
+
+
+def gradient_cuts(model: onnx.ModelProto, output: str, overrides: dict | None = None):
+    """``cut(tensor)``: :func:`gradient_cut` of ``tensor`` in ``model`` (a normalised model), memoised."""
+    b = GraphBuilder(model)
+    found: dict = {}
+
+    def cut(tensor: str):
+        if tensor not in found:
+            found[tensor] = gradient_cut(b.nodes, tensor, output, b, overrides)
+        return found[tensor]
+    return cut
+
+
 def missing_rules(nodes, wrt, outputs, b: GraphBuilder, overrides: dict | None = None) -> list[onnx.NodeProto]:
     """The nodes between ``wrt`` and ``outputs`` that no rule (standard or override) covers."""
-    on_path, _ = path_nodes(nodes, wrt, outputs, b)
-    return _uncovered(on_path, _table(overrides), b.opset)
+    on_path, active = path_nodes(nodes, wrt, outputs, b)
+    return _uncovered(on_path, _table(overrides), b, active)
 
 
 def _table(overrides: dict | None) -> dict:
@@ -93,8 +145,27 @@ def _table(overrides: dict | None) -> dict:
     return {**RULES, **(overrides or {})}
 
 
-def _uncovered(nodes, rules: dict, opset: int) -> list[onnx.NodeProto]:
-    return [n for n in nodes if _lookup(rules, n, opset) is None]
+def _uncovered(nodes, rules: dict, b: GraphBuilder, active) -> list[onnx.NodeProto]:
+    """Nodes without a rule, and inside the subgraphs of those with one, the body nodes without one."""
+    missing = []
+    for n in nodes:
+        if _lookup(rules, n, b.opset) is None:
+            missing.append(n)
+        else:
+            for g in subgraphs(n):
+                missing.extend(_uncovered_in_body(g, rules, b, active))
+    return missing
+
+
+def _uncovered_in_body(graph: onnx.GraphProto, rules: dict, b: GraphBuilder, active) -> list[onnx.NodeProto]:
+    """The nodes of a subgraph, between its inputs (and the active tensors it reads) and its outputs,
+    that no rule covers."""
+    body = b.child()
+    body.infer_types(list(graph.node), list(graph.input))
+    wrt = [vi.name for vi in graph.input if vi.type.tensor_type.elem_type in FLOAT_TYPES]
+    wrt += sorted(outer_reads(graph) & set(active))
+    on_path, inner = path_nodes(list(graph.node), wrt, [o.name for o in graph.output], body)
+    return _uncovered(on_path, rules, body, inner)
 
 
 def backward(b: GraphBuilder, output: str, seed: str, wrt: list[str], overrides: dict | None = None,
@@ -105,20 +176,37 @@ def backward(b: GraphBuilder, output: str, seed: str, wrt: list[str], overrides:
     ``overrides`` maps op types to modified rules (DeepLIFT, LRP, ...): the
     standard table is never edited.
     """
-    rules = _table(overrides)
-    on_path, active = path_nodes(list(b.nodes), wrt, [output], b)
-    missing = _uncovered(on_path, rules, b.opset)
+    return reverse_walk(b, {output: seed}, wrt, _table(overrides), ref, params or {})
+
+
+def reverse_walk(b: GraphBuilder, seeds: dict[str, str], wrt: list[str], rules: dict, ref=None,
+                 params: dict | None = None) -> dict[str, str]:
+    """The backward pass of the nodes of ``b`` from several seeded tensors to ``wrt``.
+
+    ``seeds`` maps tensors to the names of their cotangents.  Returns a map from
+    each name in ``wrt`` to its cotangent (zeros where no cotangent reaches it).
+    Control-flow rules call it again for their subgraphs (:meth:`VJPContext.walk`).
+    """
+    on_path, active = path_nodes(list(b.nodes), wrt, list(seeds), b)
+    missing = _uncovered(on_path, rules, b, active)
     if missing:
         raise UnsupportedOperatorError(missing)
 
-    cot: dict[str, list[str]] = {output: [seed]}
+    cot: dict[str, list[str]] = {}
+    for name, seed in seeds.items():
+        cot.setdefault(name, []).append(seed)
     frozen = frozenset(active)
+    fragile = nan_masked_tensors(topological_order(b.nodes), b)
+    safe: dict[str, str] = {}
     for node in reversed(on_path):
         if not any(o in cot for o in node.output):
             continue
         dy = [_take(b, cot, o, keep=o in wrt) for o in node.output]
         rule = _lookup(rules, node, b.opset)
-        ctx = VJPContext(b, node, dy, frozen, ref, params or {})
+        reads = {t: _nan_as_zero(b, t, safe) for t in list(node.input) + list(node.output) if t in fragile}
+        # a NaN-safe copy stands for its tensor: active when it is (modified rules pair active tensors)
+        seen = frozen.union(s for t, s in reads.items() if t in frozen) if reads else frozen
+        ctx = VJPContext(b, node, dy, seen, ref, params or {}, reads, rules=rules)
         grads = rule.fn(ctx)
         if len(grads) > len(node.input):
             raise AssertionError(f"rule for {node.op_type} returned {len(grads)} cotangents for {len(node.input)} inputs")
@@ -127,13 +215,57 @@ def backward(b: GraphBuilder, output: str, seed: str, wrt: list[str], overrides:
             if g is None or not name or name not in active:
                 continue
             if rule.broadcast:
-                g = unbroadcast(b, g, name, node.output[0])
+                g = b.unbroadcast(g, name, node.output[0])
             cot.setdefault(name, []).append(g)
+        for name, g in ctx.outer.items():
+            if name in active:
+                cot.setdefault(name, []).append(g)
 
     result = {}
     for x in wrt:
         result[x] = b.sum(cot[x]) if x in cot else b.zeros_like(x)
     return result
+
+
+#: Ops that can make NaN from finite inputs (a Softmax over a row of -inf, 0/0, log or sqrt of a negative).
+NAN_SOURCES = ("Softmax", "LogSoftmax", "Div", "Reciprocal", "Log", "Sqrt", "Pow")
+
+
+def nan_masked_tensors(nodes, b: GraphBuilder) -> set[str]:
+    """Forward tensors that may hold NaN where a ``Where`` downstream does not take them.
+
+    Attention that masks whole rows computes ``Where(all_masked, 0, Softmax(scores))``: the forward
+    pass is finite, but the Softmax rule multiplies its (zero) cotangent by the NaN row, and NaN * 0
+    spreads over every key through the QK^T MatMul.  Rules must read such tensors with NaN replaced
+    by 0 *before* they use them (masking a rule's result afterwards would also drop the valid terms
+    a MatMul sums with the NaN ones).  Where the forward output is finite, a NaN value only ever
+    meets a zero cotangent, so reading it as 0 changes nothing else.  The tensors are those computed
+    from an op in :data:`NAN_SOURCES` (a Div only when its divisor is not a constant) that reach a
+    branch of a ``Where``; in graphs without both, nothing is masked and nothing is emitted.
+    """
+    constants = {i.name for i in b.initializers} | {o for n in b.nodes if n.op_type == "Constant" for o in n.output}
+    may_be_nan: set[str] = set()
+    for node in nodes:
+        source = node.op_type in NAN_SOURCES and not (node.op_type == "Div" and node.input[1] in constants)
+        if source or any(i in may_be_nan for i in node.input if i):
+            may_be_nan.update(o for o in node.output if o and _may_be_float(b, o))
+    if not may_be_nan:
+        return set()
+    before_where: set[str] = set()
+    for node in reversed(nodes):
+        if node.op_type == "Where":
+            before_where.update(i for i in node.input[1:] if i)
+        if any(o in before_where for o in node.output):
+            before_where.update(i for i in node.input if i)
+    return may_be_nan & before_where
+
+
+def _nan_as_zero(b: GraphBuilder, t: str, cache: dict) -> str:
+    """``t`` with NaN replaced by 0 (one Where per tensor)."""
+    if t not in cache:
+        cache[t] = b.where(b.op("IsNaN", t), b.like(0.0, t), t)
+        b.set_type(cache[t], b.elem_type(t), b.shape(t))
+    return cache[t]
 
 
 def _take(b: GraphBuilder, cot: dict, name: str, keep: bool) -> str | None:
@@ -146,42 +278,6 @@ def _take(b: GraphBuilder, cot: dict, name: str, keep: bool) -> str | None:
     else:
         del cot[name]
     return total
-
-
-def unbroadcast(b: GraphBuilder, g: str, x: str, y: str) -> str:
-    """Sum ``g`` (shaped like ``y``) down to the shape of ``x`` (numpy broadcasting undone)."""
-    sx, sy = b.shape(x), b.shape(y)
-    if sx is not None and sy is not None and sx == sy and all(d is not None for d in sx):
-        return g
-    if sx is not None and sy is not None and all(isinstance(d, int) for d in sx + sy):
-        lead = len(sy) - len(sx)
-        axes = list(range(lead)) + [lead + i for i, d in enumerate(sx) if d == 1 and sy[lead + i] != 1]
-        if axes:
-            g = b.reduce_sum(g, axes, keepdims=1)
-        return g if not lead else b.reshape(g, b.ints(sx))
-    return _unbroadcast_dynamic(b, g, x, sx, sy)
-
-
-def _unbroadcast_dynamic(b: GraphBuilder, g: str, x: str, sx, sy) -> str:
-    """Broadcast axes found at run time: where the padded shape of x differs from g's.
-
-    Works with unknown ranks too: the padding of x's shape is computed from the ranks at run time.
-    """
-    shape_x, shape_g = b.shape_of(x), b.shape_of(g)
-    if sx is not None and sy is not None:
-        lead = len(sy) - len(sx)
-        padded = b.op("Concat", b.ints([1] * lead), shape_x, axis=0) if lead else shape_x
-        positions = b.ints(range(len(sy)))
-    else:
-        rank_g, rank_x = b.op("Size", shape_g), b.op("Size", shape_x)
-        ones = b.op("ConstantOfShape", b.reshape(b.sub(rank_g, rank_x), b.ints([1])),
-                    value=onnx.numpy_helper.from_array(np.ones(1, np.int64)))
-        padded = b.op("Concat", ones, shape_x, axis=0)
-        positions = b.op("Range", b.const(0, np.int64), rank_g, b.const(1, np.int64))
-    differs = b.op("Not", b.op("Equal", padded, shape_g))
-    axes = b.op("Compress", positions, differs, axis=0)
-    summed = b.op("ReduceSum", g, axes, keepdims=1, noop_with_empty_axes=1)
-    return b.reshape(summed, shape_x)
 
 
 def _lookup(rules: dict, node: onnx.NodeProto, opset: int) -> Rule | None:
@@ -203,16 +299,4 @@ def _may_be_float(b: GraphBuilder, name: str) -> bool:
 
 
 def _subgraph_reads(node: onnx.NodeProto, active: set) -> bool:
-    for a in node.attribute:
-        if a.type == onnx.AttributeProto.GRAPH and _graph_reads(a.g, active):
-            return True
-        if a.type == onnx.AttributeProto.GRAPHS and any(_graph_reads(g, active) for g in a.graphs):
-            return True
-    return False
-
-
-def _graph_reads(graph: onnx.GraphProto, active: set) -> bool:
-    for n in graph.node:
-        if any(i in active for i in n.input) or _subgraph_reads(n, active):
-            return True
-    return False
+    return any(t in active for g in subgraphs(node) for t in outer_reads(g))

@@ -1,14 +1,26 @@
-"""The ``onnxplain`` command line: demo, convert, explain, inspect.
+"""The ``onnxplain`` command line: a parser over the library.
 
-    onnxplain demo [--out attributions.npz]
-    onnxplain convert MODEL OUT --method M [--output NAME] [--n-steps N ...]
-    onnxplain explain MODEL INPUT.npy|.npz --method M --target T [--out attr.npy]
+    onnxplain demo [--output DIR] [--target T] [--out demo.npz]
+    onnxplain inspect MODEL [--json] [--batch-axis NAME=AXIS]
+    onnxplain convert MODEL OUT --method M [--output NAME] [--n-steps N ...] [--batch-axis NAME=AXIS]
+    onnxplain explain MODEL INPUT.npy|.npz --method M --target T [--out attr.npy] [--plot attr.png|attr.html]
     onnxplain explain MODEL DATA.npy --method M --out ATTR.npy --batch-size N   (streamed, resumable)
-    onnxplain inspect MODEL
+    (convert takes [--batch-axis NAME=AXIS ...] [--batch-size B], explain [--batch-axis ...] [--model-batch-size B])
+    onnxplain serve MODEL [MODEL ...] --method M [--name NAME] [--http-port 8000] [--grpc-port 8001]
+    onnxplain triton MODEL --method M --name NAME --output REPO [--max-batch-size B] [--gpu]
 
-Mistakes of the caller (a bad path, method, parameter or target; a model that
-cannot be read or has an op without a backward rule) end with exit code 2 and a
-one-line message on stderr; set ``ONNXPLAIN_DEBUG=1`` to see the traceback.
+Each command is one block: ``add_<command>(subparsers)`` declares its arguments
+and sets ``run_<command>``, which calls one library function
+(:func:`onnxplain.demo.run_demo`, :func:`onnxplain.inspect`,
+:func:`onnxplain.convert`, :func:`onnxplain.files.explain_file`) and prints
+what it returns.  A new command is two such functions and an entry in
+:data:`COMMANDS`.
+
+Mistakes of the caller (a bad path, method, parameter, shape or target; a model
+that cannot be read or has an op without a backward rule; a missing optional
+extra) end with exit code 2 and one line on stderr; anything else with exit
+code 1 and one line.  ``--verbose`` (or ``ONNXPLAIN_DEBUG=1``) also prints the
+traceback.
 """
 from __future__ import annotations
 
@@ -18,16 +30,18 @@ import json
 import os
 import sys
 import time
-from importlib import resources
+import traceback
 
 import numpy as np
 
+from .demo import demo_files  # noqa: F401  (the embedded demo's paths, long imported from here)
+
 USAGE_ERROR = 2
-DEMO_CLASSES = ("horizontal", "vertical", "diagonal", "square")
+INTERNAL_ERROR = 1
 
 
 class CLIError(Exception):
-    """A mistake of the caller, reported in one line with exit code 2."""
+    """A mistake in the command line itself, reported in one line with exit code 2."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -38,11 +52,13 @@ class _Parser(argparse.ArgumentParser):
 # ---------------------------------------------------------------------- entry point
 def main(argv=None) -> int:
     """Run the command line with ``argv`` (default: ``sys.argv[1:]``); return the exit code."""
-    parser = _build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    args = None
     try:
         args = parser.parse_args(argv)
         if not getattr(args, "command", None):
-            parser.print_help()
+            parser.print_help(sys.stderr)
             return USAGE_ERROR
         return args.run(args) or 0
     except SystemExit as e:                 # --help, --version
@@ -57,58 +73,163 @@ def main(argv=None) -> int:
         print("onnxplain: interrupted", file=sys.stderr)
         return 130
     except Exception as e:
-        if not _is_usage_error(e) or os.environ.get("ONNXPLAIN_DEBUG"):
-            raise
-        print(f"onnxplain: error: {_one_line(e)}", file=sys.stderr)
+        verbose = getattr(args, "verbose", False) if args is not None else "--verbose" in argv
+        return _report(e, verbose or bool(os.environ.get("ONNXPLAIN_DEBUG")))
+
+
+def _report(e: Exception, verbose: bool) -> int:
+    """One line on stderr (after the traceback with ``verbose``); the exit code."""
+    from .errors import one_line
+    if verbose:
+        traceback.print_exception(e, file=sys.stderr)
+    if is_usage_error(e):
+        print(f"onnxplain: error: {one_line(e)}", file=sys.stderr)
         return USAGE_ERROR
+    hint = "" if verbose else " (--verbose shows the traceback)"
+    print(f"onnxplain: internal error: {type(e).__name__}: {one_line(e)}{hint}", file=sys.stderr)
+    return INTERNAL_ERROR
 
 
-def _is_usage_error(e: BaseException) -> bool:
+def is_usage_error(e: BaseException) -> bool:
+    """Whether ``e`` is the caller's mistake (exit code 2) rather than a failure of onnxplain (exit code 1)."""
     from .errors import OnnxplainError
     return isinstance(e, (CLIError, OnnxplainError, ValueError, TypeError, OSError))
 
 
-def _one_line(e: BaseException) -> str:
-    text = str(e) or type(e).__name__
-    if isinstance(e, OSError) and e.filename and e.strerror:
-        text = f"{e.strerror}: {e.filename!r}"
-    return " ".join(text.split())
-
-
-def _build_parser() -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:
+    """The whole parser: global options and one subparser per entry of :data:`COMMANDS`."""
     from . import __version__
     p = _Parser(prog="onnxplain", description="Attributions for any ONNX model, computed by one explanation "
                                                "graph in onnxruntime.")
     p.add_argument("--version", action="version", version=f"onnxplain {__version__}")
+    p.add_argument("--verbose", action="store_true", help="on an error, print the traceback too")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    for add in COMMANDS:
+        add(sub)
+    return p
 
-    d = sub.add_parser("demo", help="explain the embedded demo CNN's sample images (integrated gradients, saliency)",
-                       description="Explain the four sample images of the embedded demo CNN (1x16x16 strokes: "
-                                   + ", ".join(DEMO_CLASSES) + ") with integrated gradients and saliency.")
+
+def command(sub, name: str, help: str, description: str) -> argparse.ArgumentParser:
+    """A subcommand's parser, with the options every command takes (``--verbose``)."""
+    p = sub.add_parser(name, help=help, description=description)
+    p.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS,
+                   help="on an error, print the traceback too")
+    return p
+
+
+# ---------------------------------------------------------------------- demo
+def add_demo(sub) -> None:
+    from .demo import DEFAULT_OUTPUT, DEMO_CLASSES
+    d = command(sub, "demo", help="explain the embedded demo CNN's sample images and draw the attributions",
+                description="Explain the four sample images of the embedded demo CNN (1x16x16 strokes: "
+                            + ", ".join(DEMO_CLASSES) + ") with integrated gradients and saliency, print the "
+                            "numbers, and write a PNG per method and report.md into --output.")
     d.add_argument("--target", help="class to explain for every sample: an index or a name (default: the "
                                     "predicted class of each sample)")
     d.add_argument("--n-steps", type=int, default=50, help="integration steps (default: 50)")
     d.add_argument("--integration", default="gausslegendre", metavar="SCHEME",
                    help="gausslegendre (default), riemann_left, riemann_right, riemann_middle, riemann_trapezoid")
-    d.add_argument("--heatmap", action="store_true", help="also print each sample and its IG attributions as text")
-    d.add_argument("--out", help="write inputs, targets, attributions and deltas to this .npz file")
-    d.set_defaults(run=cmd_demo)
+    d.add_argument("--output", metavar="DIR",
+                   help=f"folder for the pictures and report.md (default: ./{DEFAULT_OUTPUT}/; the pictures "
+                        f"need matplotlib: pip install \"onnxplain[viz]\")")
+    d.add_argument("--out", help="also write inputs, targets, attributions and deltas to this .npz file")
+    d.set_defaults(run=run_demo)
 
-    c = sub.add_parser("convert", help="write the explanation graph of a model",
-                       description="Write the explanation graph (forward + backward in standard ONNX ops) of "
-                                   "MODEL to OUT. Parameters given here become the graph's defaults; clients "
-                                   "may still feed them.")
+
+def run_demo(args) -> int:
+    from . import demo, viz
+    from .errors import MissingExtraError
+    from .files import check_output_path
+
+    check_output_path(args.out, (".npz",))
+    pictures = True
+    try:
+        viz.require()
+    except MissingExtraError as e:
+        if args.output is not None:          # pictures were asked for by name: that is an error
+            raise
+        pictures, note = False, str(e)
+    demo.check_output_folder(args.output or demo.DEFAULT_OUTPUT)
+    result = demo.run_demo(target=args.target, n_steps=args.n_steps, integration=args.integration)
+    print(result.summary())
+    if args.out:
+        print(result.save_npz(args.out))
+    if pictures:
+        written = result.write(args.output or demo.DEFAULT_OUTPUT)
+        print(f"wrote {', '.join(written)}")
+    else:
+        print(f"(no pictures: {note})")
+    return 0
+
+
+# ---------------------------------------------------------------------- inspect
+def add_inspect(sub) -> None:
+    i = command(sub, "inspect", help="inputs, outputs, opset, ops, and which methods can explain the model",
+                description="Show a model's inputs, outputs, opsets and op histogram, and whether every op "
+                            "between its inputs and outputs has a backward rule.")
+    i.add_argument("model", help="the ONNX model")
+    i.add_argument("--json", action="store_true", help="print the facts as JSON")
+    _add_batching_args(i, batch_size_flag=None)
+    i.set_defaults(run=run_inspect)
+
+
+def run_inspect(args) -> int:
+    from .inspection import describe, inspect
+    facts = inspect(args.model, batch_axes=_batching(args)["batch_axes"])
+    if args.json:
+        print(json.dumps({"model": args.model, **facts}, indent=2))
+    else:
+        print(describe(facts, args.model))
+    return 0
+
+
+# ---------------------------------------------------------------------- convert
+def add_convert(sub) -> None:
+    c = command(sub, "convert", help="write the explanation graph of a model",
+                description="Write the explanation graph (forward + backward in standard ONNX ops) of MODEL to "
+                            "OUT. Parameters given here become the graph's defaults; clients may still feed them.")
     c.add_argument("model", help="the ONNX model")
     c.add_argument("out", help="where to write the explanation graph (.onnx)")
     _add_method_args(c, graph_defaults=True)
-    c.set_defaults(run=cmd_convert)
+    _add_batching_args(c)
+    c.set_defaults(run=run_convert)
 
-    e = sub.add_parser("explain", help="compute attributions for inputs stored in .npy/.npz",
-                       description="Compute attributions of MODEL's output for the rows in INPUT (.npy for a "
-                                   "model with one input, .npz with one array per input name).")
+
+def run_convert(args) -> int:
+    from .api import convert
+    from .files import check_output_path
+    from .methods import canonical_name
+
+    method = canonical_name(args.method)
+    check_output_path(args.out)
+    params = _method_params(args, allow_files=False)
+    t0 = time.perf_counter()
+    graph = convert(args.model, args.out, method, output=args.output, inputs=args.inputs, layer=args.layer,
+                    noise_tunnel=args.noise_tunnel, defaults=params, **_batching(args))
+    elapsed = time.perf_counter() - t0
+    print(f"wrote {args.out}: {method} explanation graph of {args.model} ({len(graph.graph.node)} nodes, "
+          f"{os.path.getsize(args.out) / 1024:.1f} KiB, {elapsed:.2f} s)")
+    print(f"  inputs:  {', '.join(i.name for i in graph.graph.input)}")
+    print(f"  outputs: {', '.join(o.name for o in graph.graph.output)}")
+    if params:
+        print(f"  defaults: {', '.join(f'{k}={_short(v)}' for k, v in params.items())}")
+    return 0
+
+
+def _short(v) -> str:
+    return f"array{np.shape(v)}" if isinstance(v, np.ndarray) else repr(v)
+
+
+# ---------------------------------------------------------------------- explain
+def add_explain(sub) -> None:
+    e = command(sub, "explain", help="compute attributions for inputs stored in .npy/.npz, and draw them",
+                description="Compute attributions of MODEL's output for the rows in INPUT (.npy for a model with "
+                            "one input, .npz with one array per input name); write them with --out, draw them "
+                            "with --plot.")
     e.add_argument("model", help="the ONNX model")
     e.add_argument("input", help="the inputs: .npy, or .npz keyed by input name")
     _add_method_args(e, graph_defaults=False)
+    _add_batching_args(e, batch_size_flag="--model-batch-size")
     e.add_argument("--target", nargs="+", metavar="T",
                    help="what to explain: an index (3), a tuple of indices (1,2), one of these per row "
                         "(3 1 0 2), 'pred' for each row's largest output, or 'none' for an output with "
@@ -118,29 +239,75 @@ def _build_parser() -> argparse.ArgumentParser:
     s = e.add_argument_group("streaming (a dataset larger than memory; resumable)")
     s.add_argument("--batch-size", type=int, metavar="N",
                    help="read INPUT (.npy, memmapped) N rows at a time and write --out (.npy or .zarr) batch by "
-                        "batch; run the same command again after a crash to finish the job")
+                        "batch; run the same command again after a crash to finish the job (the model's own "
+                        "cap per forward pass is --model-batch-size)")
     s.add_argument("--target-file", metavar="FILE.npy", help="with --batch-size: one target per row")
     s.add_argument("--memory-budget", metavar="BYTES|SHARE", help="what one run may use: 512MiB, 80%%, or bytes")
     s.add_argument("--overwrite", action="store_true", help="with --batch-size: replace the results of another run")
     s.add_argument("--no-progress", action="store_true", help="with --batch-size: no progress bar")
-    e.set_defaults(run=cmd_explain)
+    g = e.add_argument_group("pictures (need matplotlib: pip install \"onnxplain[viz]\")")
+    g.add_argument("--plot", metavar="OUT.png|OUT.html",
+                   help="draw the attributions, as the model's input calls for: heatmaps over images (rank-4 "
+                        "float input; .png, .svg or .pdf), bars of the top features (rank-2 float input; .png), "
+                        "or tokens highlighted by score (token ids; .html)")
+    g.add_argument("--tokens", metavar="FILE.json",
+                   help="the word pieces of token inputs, one list per row (default: the ids)")
+    g.add_argument("--feature-names", metavar="A,B,C|FILE.txt",
+                   help="names of tabular features, separated by commas or one per line in a .txt file")
+    e.set_defaults(run=run_explain)
 
-    i = sub.add_parser("inspect", help="inputs, outputs, opset, ops, and which methods can explain the model",
-                       description="Show a model's inputs, outputs, opsets and op histogram, and whether "
-                                   "every op between its inputs and outputs has a backward rule.")
-    i.add_argument("model", help="the ONNX model")
-    i.add_argument("--json", action="store_true", help="print the facts as JSON")
-    i.set_defaults(run=cmd_inspect)
-    return p
+
+def run_explain(args) -> int:
+    from .files import explain_file, read_feature_names
+    from .targets import parse_target
+
+    common = dict(target=parse_target(args.target) if args.target is not None else None,
+                  target_weights=args.target_weights, output=args.output, inputs=args.inputs, layer=args.layer,
+                  params=_method_params(args, allow_files=True), noise_tunnel=args.noise_tunnel,
+                  memory_budget=args.memory_budget, batch_axes=_batching(args)["batch_axes"])
+    model_batch_size = _batching(args)["batch_size"]
+    if args.batch_size is not None:   # streamed: a dataset larger than memory, resumable
+        from .datasets import explain_npy
+        _refuse_unstreamed(args)
+        result = explain_npy(args.model, args.input, args.out, args.method, batch_size=args.batch_size,
+                             model_batch_size=model_batch_size, target_file=args.target_file,
+                             overwrite=args.overwrite, progress=False if args.no_progress else None, **common)
+    else:
+        _refuse_streaming_flags(args)
+        result = explain_file(args.model, args.input, args.method, out=args.out, plot=args.plot,
+                              tokens=args.tokens,
+                              feature_names=read_feature_names(args.feature_names) if args.feature_names else None,
+                              batch_size=model_batch_size, **common)
+    print(result.summary())
+    return 0
 
 
-def _add_method_args(p, graph_defaults: bool) -> None:
+def _refuse_unstreamed(args) -> None:
+    """Flags that draw or label rows held in memory, which a streamed run does not hold."""
+    given = [flag for flag, value in (("--plot", args.plot), ("--tokens", args.tokens),
+                                      ("--feature-names", args.feature_names)) if value is not None]
+    if given:
+        raise CLIError(f"{', '.join(given)} cannot be used with --batch-size (a streamed run does not keep the "
+                       f"rows in memory to draw them); explain a few rows without --batch-size to draw them")
+
+
+def _refuse_streaming_flags(args) -> None:
+    given = [flag for flag, value in (("--target-file", args.target_file), ("--overwrite", args.overwrite),
+                                      ("--no-progress", args.no_progress)) if value]
+    if given:
+        raise CLIError(f"{', '.join(given)} only apply to a streamed run: add --batch-size N")
+
+
+# ---------------------------------------------------------------------- method arguments (convert, explain)
+def _add_method_args(p, graph_defaults: bool, output_flag: str = "--output", method_help: str = "") -> None:
     from .methods import METHODS
     p.add_argument("--method", "-m", required=True,
-                   help=f"one of {', '.join(METHODS)} (or an alias such as intgrad, grad*input)")
-    p.add_argument("--output", help="the model output to explain (default: the first floating-point one)")
+                   help=f"one of {', '.join(METHODS)} (or an alias such as intgrad, grad*input){method_help}")
+    p.add_argument(output_flag, dest="output", metavar="NAME",
+                   help="the model output to explain (default: the first floating-point one)")
     p.add_argument("--input", dest="inputs", action="append", metavar="NAME",
-                   help="an input to attribute (repeatable; default: every floating-point input)")
+                   help="an input to attribute (repeatable; default: every floating-point input, or the token "
+                        "input feeding an embedding)")
     p.add_argument("--layer", metavar="TENSOR", help="attribute this intermediate tensor instead of the inputs")
     g = p.add_argument_group("method parameters" + (" (stored as the graph's defaults)" if graph_defaults else ""))
     g.add_argument("--n-steps", type=int, help="integrated_gradients: integration steps (50)")
@@ -148,20 +315,43 @@ def _add_method_args(p, graph_defaults: bool) -> None:
                    help="integrated_gradients: gausslegendre (default), riemann_left, riemann_right, "
                         "riemann_middle, riemann_trapezoid")
     g.add_argument("--baseline", metavar="VALUE" if graph_defaults else "VALUE|FILE.npy",
-                   help="integrated_gradients: baseline, a number" + ("" if graph_defaults else
-                                                                      " or an .npy file (default 0)"))
+                   help="the baseline (default 0): a number, an integer token id as typed (0 is the id 0)"
+                        + ("" if graph_defaults else ", or an .npy file"))
     if not graph_defaults:
         g.add_argument("--internal-batch-size", type=int, help="integrated_gradients: most rows per run")
     g.add_argument("--nt-samples", type=int, help="smoothgrad/smoothgrad_sq/vargrad: noisy samples (5)")
     g.add_argument("--stdevs", type=float, help="smoothgrad/smoothgrad_sq/vargrad: noise standard deviation (1.0)")
     g.add_argument("--seed", type=int, help="smoothgrad/smoothgrad_sq/vargrad: seed of the noise")
+    g.add_argument("--noise-tunnel", choices=("smoothgrad", "smoothgrad_sq", "vargrad"),
+                   help="average the method's attributions over noisy copies of the inputs (Captum's NoiseTunnel; "
+                        "--nt-samples, --stdevs and --seed set the noise)")
     g.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
                    help="any other method parameter, VALUE read as a Python literal" +
                         ("" if graph_defaults else " or @FILE.npy for an array") + " (repeatable)")
 
 
+def _add_batching_args(p, batch_size_flag: str | None = "--batch-size") -> None:
+    p.add_argument("--batch-axis", action="append", default=[], metavar="NAME=AXIS",
+                   help="the batch axis of an input, or NAME=none for an unbatched one (repeatable; default: "
+                        "detected)")
+    if batch_size_flag:   # explain's --batch-size is the rows of a streamed batch: the model's cap is renamed
+        p.add_argument(batch_size_flag, dest="model_batch_size", type=int, metavar="B",
+                       help="the most rows the model may see per forward pass (1 for models that run one row at "
+                            "a time)")
+
+
+def _batching(args) -> dict:
+    """``batch_axes`` and ``batch_size`` (the model's rows per forward pass) as :class:`onnxplain.Explainer`
+    takes them."""
+    from .files import parse_batch_axes
+    return {"batch_axes": parse_batch_axes(args.batch_axis) or None,
+            "batch_size": getattr(args, "model_batch_size", None)}
+
+
 def _method_params(args, allow_files: bool) -> dict:
-    """The method parameters given on the command line (only those given)."""
+    """The method parameters given on the command line (only those given), as the API's keyword arguments."""
+    from .files import load_array, parse_value
+
     params = {}
     for flag, key in (("n_steps", "n_steps"), ("integration", "method"), ("internal_batch_size", "internal_batch_size"),
                       ("nt_samples", "nt_samples"), ("stdevs", "stdevs"), ("seed", "seed")):
@@ -169,7 +359,7 @@ def _method_params(args, allow_files: bool) -> dict:
         if value is not None:
             params[key] = value
     if args.baseline is not None:
-        params["baselines"] = _baseline(args.baseline, allow_files)
+        params["baselines"] = parse_value(args.baseline, "--baseline", allow_files)
     for item in args.param:
         key, sep, text = item.partition("=")
         if not sep or not key.strip():
@@ -177,7 +367,7 @@ def _method_params(args, allow_files: bool) -> dict:
         if text.startswith("@"):
             if not allow_files:
                 raise CLIError(f"--param {key}: arrays from files (@FILE.npy) are for 'explain'; here give a literal")
-            value = _load_array(text[1:], f"--param {key}")
+            value = load_array(text[1:], f"--param {key}")
         else:
             try:
                 value = ast.literal_eval(text)
@@ -187,381 +377,72 @@ def _method_params(args, allow_files: bool) -> dict:
     return params
 
 
-def _baseline(text: str, allow_files: bool):
-    try:
-        return float(text)
-    except ValueError:
-        pass
-    if not allow_files:
-        raise CLIError(f"--baseline must be a number here, got {text!r}")
-    return _load_array(text, "--baseline")
+# ---------------------------------------------------------------------- serve, triton
+def add_serve(sub) -> None:
+    s = command(sub, "serve", help="serve explanations over the Open Inference Protocol (REST and gRPC)",
+                description="Serve explanations of each MODEL over the Open Inference Protocol (KServe v2, "
+                            "as Triton speaks it: tritonclient works unchanged), REST and gRPC, until "
+                            "SIGTERM or Ctrl-C. Needs pip install \"onnxplain[serve]\".")
+    s.add_argument("models", nargs="+", metavar="MODEL", help="the ONNX model(s)")
+    _add_method_args(s, graph_defaults=False, method_help="; several, comma-separated, serve each model with "
+                                                           "each method")
+    s.add_argument("--name", dest="names", action="append", metavar="NAME",
+                   help="the served name, one per model and method (default: the file's stem, with "
+                        "-METHOD when several methods are served)")
+    s.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
+    s.add_argument("--http-port", type=int, default=8000, help="REST port (default: 8000)")
+    s.add_argument("--grpc-port", type=int, default=8001, help="gRPC port (default: 8001)")
+    s.add_argument("--max-request-bytes", type=int, default=64 << 20,
+                   help="larger request bodies are refused with 413 (default: 64 MiB)")
+    s.add_argument("--threads", type=int, help="onnxruntime intra-op threads per model (default: onnxruntime's)")
+    s.set_defaults(run=run_serve)
 
 
-def _check_method(name: str) -> str:
+def run_serve(args) -> int:
     from .methods import canonical_name
-    return canonical_name(name)   # ValueError listing the valid names
-
-
-# ---------------------------------------------------------------------- demo
-def demo_files() -> dict[str, str]:
-    """Paths of the embedded demo model and its samples."""
-    folder = resources.files("onnxplain") / "data"
-    paths = {"model": folder / "demo_cnn.onnx", "inputs": folder / "demo_inputs.npy",
-             "labels": folder / "demo_labels.npy"}
-    missing = [str(p) for p in paths.values() if not p.is_file()]
-    if missing:
-        raise CLIError(f"the embedded demo files are missing ({', '.join(missing)}); reinstall onnxplain")
-    return {k: str(v) for k, v in paths.items()}
-
-
-def cmd_demo(args) -> int:
-    from .api import Explainer
-    from .methods.integrated_gradients import quadrature
-
-    quadrature(args.n_steps, args.integration)        # bad values fail before anything is built
-    _check_out(args.out, (".npz",))
-    files = demo_files()
-    x = np.load(files["inputs"], allow_pickle=False)
-    labels = np.load(files["labels"], allow_pickle=False)
-    n = len(x)
-    zeros = np.zeros_like(x)
-
-    t0 = time.perf_counter()
-    ig = Explainer(files["model"], method="integrated_gradients")
-    sal = Explainer(files["model"], method="saliency")
-    t_build = time.perf_counter() - t0
-
-    f_x, f_0 = _forward(ig, x), _forward(ig, zeros)
-    predicted = f_x.argmax(axis=1)
-    if args.target is None:
-        targets = predicted
-    else:
-        targets = np.full(n, _class_index(args.target, f_x.shape[1]))
-    t0 = time.perf_counter()
-    attr, delta = ig.explain(x, target=targets.tolist(), n_steps=args.n_steps, method=args.integration,
-                             return_convergence_delta=True)
-    t_ig = time.perf_counter() - t0
-    sal_attr = sal.explain(x, target=targets.tolist())
-
-    rows = np.arange(n)
-    gap = f_x[rows, targets] - f_0[rows, targets]
-    sums = attr.reshape(n, -1).sum(axis=1, dtype=np.float64)
-
-    print(f"onnxplain demo: the embedded CNN ({x.shape[1]}x{x.shape[2]}x{x.shape[3]} images of strokes, classes "
-          f"{', '.join(DEMO_CLASSES)})")
-    print(f"integrated gradients: {args.integration}, {args.n_steps} steps, baseline 0; saliency: |gradient|")
-    print()
-    header = ["sample", "label", "predicted", "target", "sum(IG)", "f(x)-f(0)", "delta", "saliency peak"]
-    table = []
-    for k in range(n):
-        peak = np.unravel_index(int(np.argmax(sal_attr[k].reshape(-1))), sal_attr[k].shape)
-        table.append([str(k), _class_name(labels[k]), _class_name(predicted[k]), _class_name(targets[k]),
-                      f"{sums[k]:.5f}", f"{gap[k]:.5f}", f"{delta[k]:+.2e}",
-                      "(" + ", ".join(str(int(i)) for i in peak[-2:]) + ")"])
-    _print_table(header, table)
-    print()
-    print(f"explanation graphs built once in {t_build:.2f} s; {n} samples x {args.n_steps} steps of integrated "
-          f"gradients in {t_ig * 1000:.1f} ms")
-    print("delta = sum(IG) - (f(x) - f(0)): the completeness residual, small when the integration is accurate")
-    if args.heatmap:
-        for k in range(n):
-            print()
-            print(f"sample {k} ({_class_name(labels[k])}): input | IG attributions for {_class_name(targets[k])} "
-                  f"(+ positive, - negative)")
-            print(_heatmap(x[k, 0], attr[k, 0]))
-    if args.out:
-        np.savez(args.out, inputs=x, labels=labels, logits=f_x, targets=targets, integrated_gradients=attr,
-                 saliency=sal_attr, delta=np.asarray(delta))
-        print(f"wrote {args.out}: inputs, labels, logits, targets, integrated_gradients, saliency, delta")
-    return 0
-
-
-def _forward(explainer, x: np.ndarray) -> np.ndarray:
-    """The model's explained output for ``x``."""
-    return explainer.forward(x)[explainer.output]
-
-
-def _class_index(text: str, n_classes: int) -> int:
-    key = str(text).strip().lower()
-    if key in DEMO_CLASSES:
-        return DEMO_CLASSES.index(key)
     try:
-        t = int(key)
-    except ValueError:
-        raise CLIError(f"--target must be a class index 0..{n_classes - 1} or one of {', '.join(DEMO_CLASSES)}, "
-                       f"got {text!r}") from None
-    if not 0 <= t < n_classes:
-        raise CLIError(f"--target {t} is out of range: the demo model has {n_classes} classes (0..{n_classes - 1})")
-    return t
-
-
-def _class_name(k) -> str:
-    k = int(k)
-    return f"{k} {DEMO_CLASSES[k]}" if 0 <= k < len(DEMO_CLASSES) else str(k)
-
-
-def _heatmap(image: np.ndarray, attr: np.ndarray) -> str:
-    shades = " .:-=+*#%@"
-    lo, hi = float(image.min()), float(image.max())
-    img = (image - lo) / (hi - lo or 1.0)
-    scale = float(np.abs(attr).max()) or 1.0
-    lines = []
-    for r in range(image.shape[0]):
-        left = "".join(shades[min(len(shades) - 1, int(v * len(shades)))] for v in img[r])
-        right = ""
-        for v in attr[r] / scale:
-            right += " " if abs(v) < 0.1 else ("+" if v > 0.5 else "'" if v > 0 else "-" if v < -0.5 else ",")
-        lines.append(f"  {left}  |  {right}")
-    return "\n".join(lines)
-
-
-# ---------------------------------------------------------------------- convert
-def cmd_convert(args) -> int:
-    from .api import convert
-    method = _check_method(args.method)
-    _check_out(args.out, (".onnx",), strict=False)
-    params = _method_params(args, allow_files=False)
-    t0 = time.perf_counter()
-    graph = convert(args.model, args.out, method=method, output=args.output, inputs=args.inputs,
-                    **_layer(args), **params)
-    elapsed = time.perf_counter() - t0
-    inputs = [i.name for i in graph.graph.input]
-    outputs = [o.name for o in graph.graph.output]
-    print(f"wrote {args.out}: {method} explanation graph of {args.model} ({len(graph.graph.node)} nodes, "
-          f"{os.path.getsize(args.out) / 1024:.1f} KiB, {elapsed:.2f} s)")
-    print(f"  inputs:  {', '.join(inputs)}")
-    print(f"  outputs: {', '.join(outputs)}")
-    if params:
-        print(f"  defaults: {', '.join(f'{k}={_short(v)}' for k, v in params.items())}")
+        from .serve.server import serve
+    except ImportError as e:
+        raise CLIError(str(e)) from e
+    methods = [canonical_name(m) for m in args.method.split(",") if m.strip()]
+    serve(args.models, methods, names=args.names, output=args.output, inputs=args.inputs, layer=args.layer,
+          host=args.host, http_port=args.http_port, grpc_port=args.grpc_port,
+          max_request_bytes=args.max_request_bytes, threads=args.threads, noise_tunnel=args.noise_tunnel,
+          **_method_params(args, allow_files=True))
     return 0
 
 
-def _layer(args) -> dict:
-    return {"layer": args.layer} if args.layer else {}
+def add_triton(sub) -> None:
+    t = command(sub, "triton", help="write a Triton model repository entry for the explanation graph",
+                description="Write REPO/NAME/config.pbtxt and REPO/NAME/1/model.onnx (the explanation "
+                            "graph), atomically. With --max-batch-size > 0 Triton batches requests and the "
+                            "method parameters are fixed to the values given here; with 0 they are "
+                            "optional inputs of every request.")
+    t.add_argument("model", help="the ONNX model")
+    _add_method_args(t, graph_defaults=True, output_flag="--explained-output")
+    t.add_argument("--name", required=True, help="the model's name in the repository")
+    t.add_argument("--output", dest="repository", required=True, metavar="REPO",
+                   help="the model repository folder")
+    t.add_argument("--max-batch-size", type=int, default=8, help="Triton's max_batch_size (default: 8; 0: no "
+                                                                 "batching, parameters per request)")
+    t.add_argument("--gpu", action="store_true", help="run the model on the GPU (instance group KIND_GPU)")
+    t.set_defaults(run=run_triton)
 
 
-def _short(v) -> str:
-    return f"array{np.shape(v)}" if isinstance(v, np.ndarray) else repr(v)
-
-
-# ---------------------------------------------------------------------- explain
-def cmd_explain(args) -> int:
-    from .api import Explainer
-    method = _check_method(args.method)
-    params = _method_params(args, allow_files=True)
-    if args.target is not None and args.target_weights is not None:
-        raise CLIError("give either --target or --target-weights, not both")
-    if args.batch_size is not None:
-        return _explain_streamed(args, method, params)
-    inputs = _load_inputs(args.input)
-    budget = {"memory_budget": args.memory_budget} if args.memory_budget else {}
-    ex = Explainer(args.model, method=method, output=args.output, inputs=args.inputs, **_layer(args), **budget)
-    ex.method.check_params(dict(params))   # unknown or bad parameters fail before anything runs
-    several = not ex.spec.single
-    _check_out(args.out, (".npz",) if several else (".npy", ".npz"),
-               why="several inputs are attributed" if several else "")
-    inputs = _match_inputs(ex, inputs, args.input)
-
-    kwargs = {}
-    target = None
-    if args.target_weights is not None:
-        kwargs["target_weights"] = _load_array(args.target_weights, "--target-weights")
-    else:
-        target = _parse_target(args.target, ex, inputs)
-    t0 = time.perf_counter()
-    try:
-        if ex.method.has_delta:
-            attr, delta = ex.explain(inputs, target, return_convergence_delta=True, **kwargs, **params)
-        else:
-            attr, delta = ex.explain(inputs, target, **kwargs, **params), None
-    except ValueError as e:
-        if target is None and not kwargs and str(e).startswith("target=None"):
-            raise CLIError(f"output {ex.output!r} has several values per row: pass --target (an index such as 3, "
-                           f"indices such as 1,2, one per row, or 'pred')") from e
-        raise
-    elapsed = time.perf_counter() - t0
-
-    arrays = attr if isinstance(attr, dict) else {ex.inputs[0]: attr}
-    n = len(next(iter(arrays.values())))
-    print(f"{ex.method_name} attributions of {ex.output!r} for {n} row(s) of {', '.join(arrays)} "
-          f"in {elapsed * 1000:.1f} ms")
-    header = ["row", "target", "sum(attributions)"] + (["delta"] if delta is not None else [])
-    sums = sum(a.reshape(n, -1).sum(axis=1, dtype=np.float64) for a in arrays.values())
-    shown = min(n, 10)
-    table = []
-    for r in range(shown):
-        row = [str(r), _target_text(target, r, kwargs), f"{sums[r]:.6g}"]
-        if delta is not None:
-            row.append(f"{delta[r]:+.2e}")
-        table.append(row)
-    _print_table(header, table)
-    if n > shown:
-        print(f"... {n - shown} more row(s)")
-    if args.out:
-        if args.out.endswith(".npz"):
-            named = {ex.spec.attribution_name(k): v for k, v in arrays.items()}
-            if delta is not None:
-                named["delta"] = np.asarray(delta)
-            np.savez(args.out, **named)
-            print(f"wrote {args.out}: {', '.join(named)}")
-        else:
-            np.save(args.out, arrays[ex.inputs[0]])
-            print(f"wrote {args.out}: attributions {arrays[ex.inputs[0]].shape}")
-    else:
-        print("(no --out given: nothing written)")
+def run_triton(args) -> int:
+    from .methods import canonical_name
+    from .serve.triton import export_triton
+    folder = export_triton(args.model, args.repository, args.name, canonical_name(args.method),
+                           max_batch_size=args.max_batch_size, gpu=args.gpu, output=args.output,
+                           inputs=args.inputs, layer=args.layer, noise_tunnel=args.noise_tunnel,
+                           defaults=_method_params(args, allow_files=False))
+    print(f"wrote {folder}: config.pbtxt and 1/model.onnx (max_batch_size {args.max_batch_size}, "
+          f"{'GPU' if args.gpu else 'CPU'})")
     return 0
 
 
-def _explain_streamed(args, method: str, params: dict) -> int:
-    """``explain --batch-size N``: :func:`onnxplain.datasets.explain_npy`, streamed and resumable."""
-    from .datasets import explain_npy
-    if args.target is not None and [v.strip().lower() for v in args.target] in (["pred"], ["predicted"]):
-        raise CLIError("--target pred is not streamed: write the predicted classes to a file for --target-file")
-    run = explain_npy(args.model, args.input, args.out, method,
-                      target=_parse_target(args.target, None, None), target_file=args.target_file,
-                      target_weights=args.target_weights, batch_size=args.batch_size,
-                      memory_budget=args.memory_budget, overwrite=args.overwrite,
-                      progress=False if args.no_progress else None, output=args.output, inputs=args.inputs,
-                      layer=args.layer, params=params)
-    print(run.summary())
-    return 0
-
-
-def _load_array(path: str, what: str) -> np.ndarray:
-    if not path.endswith(".npy"):
-        raise CLIError(f"{what} must be an .npy file, got {path!r}")
-    if not os.path.isfile(path):
-        raise CLIError(f"{what}: no such file {path!r}")
-    try:
-        return np.load(path, allow_pickle=False)
-    except Exception as e:
-        raise CLIError(f"{what}: cannot read {path!r} as an .npy array: {_one_line(e)}") from e
-
-
-def _load_inputs(path: str):
-    if not os.path.isfile(path):
-        raise CLIError(f"no such input file {path!r}")
-    if path.endswith(".npy"):
-        return _load_array(path, "INPUT")
-    if path.endswith(".npz"):
-        try:
-            with np.load(path, allow_pickle=False) as f:
-                return {k: f[k] for k in f.files}
-        except Exception as e:
-            raise CLIError(f"cannot read {path!r} as an .npz archive: {_one_line(e)}") from e
-    raise CLIError(f"INPUT must be an .npy or .npz file, got {path!r}")
-
-
-def _match_inputs(ex, inputs, path: str):
-    """An .npz with one unnamed array (np.savez's arr_0) feeds a one-input model."""
-    names = ex.model_inputs
-    if isinstance(inputs, dict):
-        if len(inputs) == 1 and len(names) == 1 and names[0] not in inputs:
-            return next(iter(inputs.values()))
-        missing = [k for k in names if k not in inputs]
-        if missing:
-            raise CLIError(f"{path!r} has arrays {sorted(inputs)} but the model's inputs are {names} "
-                           f"(missing {missing})")
-        return {k: inputs[k] for k in names}
-    if len(names) != 1:
-        raise CLIError(f"the model has {len(names)} inputs {names}: give an .npz with one array per input name")
-    return inputs
-
-
-def _parse_target(values, ex, inputs):
-    if values is None:
-        return None
-    words = [v.strip().lower() for v in values]
-    if words == ["none"]:
-        return None
-    if words in (["pred"], ["predicted"]):
-        out = ex.forward(inputs)[ex.output]
-        flat = out.reshape(len(out), -1).argmax(axis=1)
-        shape = out.shape[1:]
-        if len(shape) == 1:
-            return [int(i) for i in flat]
-        return [tuple(int(j) for j in np.unravel_index(int(i), shape)) for i in flat]
-    parsed = [_one_target(v) for v in values]
-    return parsed[0] if len(parsed) == 1 else parsed
-
-
-def _one_target(text: str):
-    parts = [p for p in text.replace("(", "").replace(")", "").split(",") if p.strip()]
-    try:
-        idx = [int(p) for p in parts]
-    except ValueError:
-        idx = []
-    if not idx:
-        raise CLIError(f"bad --target {text!r}: expected an index (3), a tuple of indices (1,2), 'pred' or 'none'")
-    return idx[0] if len(idx) == 1 and "," not in text else tuple(idx)
-
-
-def _target_text(target, r, kwargs) -> str:
-    if "target_weights" in kwargs:
-        return "weights"
-    if isinstance(target, list):
-        return str(target[r])
-    return "-" if target is None else str(target)
-
-
-def _check_out(path, suffixes, strict: bool = True, why: str = "") -> None:
-    """Fail before any work when an output file cannot be written."""
-    if not path:
-        return
-    if strict and not path.endswith(tuple(suffixes)):
-        reason = f" ({why})" if why else ""
-        raise CLIError(f"--out must end with {' or '.join(suffixes)}{reason}, got {path!r}")
-    folder = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(folder):
-        raise CLIError(f"cannot write {path!r}: folder {folder!r} does not exist")
-    if os.path.isdir(path):
-        raise CLIError(f"cannot write {path!r}: it is a folder")
-
-
-# ---------------------------------------------------------------------- inspect
-def cmd_inspect(args) -> int:
-    from .inspection import inspect
-
-    facts = inspect(args.model)
-    facts = {"model": args.model if isinstance(args.model, str) else "<bytes>", **facts}
-    if args.json:
-        print(json.dumps(facts, indent=2))
-        return 0
-    print(f"model:    {facts['model']}")
-    print(f"format:   IR version {facts['ir_version']}" + (f", produced by {facts['producer']}" if facts["producer"]
-                                                             else ""))
-    print("opsets:   " + ", ".join(f"{d} {v}" for d, v in facts["opsets"].items()))
-    print("inputs:")
-    _print_table(["", "name", "type", "shape"], [["", v["name"], v["type"], v["shape"]] for v in facts["inputs"]])
-    print("outputs:")
-    _print_table(["", "name", "type", "shape"], [["", v["name"], v["type"], v["shape"]] for v in facts["outputs"]])
-    print(f"ops ({facts['nodes']} nodes):")
-    _print_table(["", "op", "count"], [["", op, str(k)] for op, k in facts["ops"].items()])
-    if facts["functions"]:
-        print(f"local functions (inlined before explaining): {', '.join(facts['functions'])}")
-    if facts["output"] is None:
-        print("no floating-point output: nothing to explain")
-        return 0
-    print(f"explained output: {facts['output']!r}; attributed: {', '.join(facts['attributed']) or '-'}")
-    print("methods:")
-    for name, g in facts["methods"].items():
-        kind = "forward only" if g["forward_only"] else "backward"
-        if g["available"]:
-            print(f"  {name:22s} available ({kind})")
-            continue
-        print(f"  {name:22s} NOT available: {g['reason']}")
-        for op, nodes in g["missing"].items():
-            listed = ", ".join(nodes[:5]) + (f" and {len(nodes) - 5} more" if len(nodes) > 5 else "")
-            print(f"    {op}: {len(nodes)} node(s): {listed}")
-    return 0
-
-
-# ---------------------------------------------------------------------- printing
-def _print_table(header: list[str], rows: list[list[str]]) -> None:
-    widths = [max(len(str(c)) for c in col) for col in zip(header, *rows)] if rows else [len(h) for h in header]
-    print("  ".join(h.ljust(w) for h, w in zip(header, widths)).rstrip())
-    for row in rows:
-        print("  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip())
+# ---------------------------------------------------------------------- the commands, in the order --help lists them
+COMMANDS = [add_demo, add_inspect, add_convert, add_explain, add_serve, add_triton]
 
 
 if __name__ == "__main__":   # pragma: no cover

@@ -30,14 +30,16 @@ except ImportError as e:   # pragma: no cover - exercised without the extra
     raise ImportError("onnxplain.dask needs dask: pip install 'onnxplain[dask]'") from e
 
 from .api import Explainer
+from .methods.gradient import Gradient
+from .methods.noise_tunnel import NoiseTunnel
 from .runtime import LRUCache
-from .datasets import (DatasetRun, Manifest, _batch_params, _check_reproducible, _fingerprint, _layout, _Layout,
-                       _OutputTarget, _ZarrOutputs)
+from .datasets import (DatasetRun, Manifest, _batch_params, _check_reproducible, _check_rows_first, _fingerprint,
+                       _layout, _Layout, _OutputTarget, _ZarrOutputs)
 
 #: explainers of this process, by (model key, method, constructor options): built once per worker process
 _EXPLAINERS = LRUCache(max_items=8, max_bytes=2 << 30)
 _LOCK = threading.Lock()
-_CTOR = ("output", "inputs", "layer", "providers", "memory_budget", "threads")
+_CTOR = ("output", "inputs", "layer", "providers", "memory_budget", "threads", "batch_size", "noise_tunnel")
 
 
 def explain(model, x, method: str = "saliency", target=None, *, target_weights=None,
@@ -48,8 +50,9 @@ def explain(model, x, method: str = "saliency", target=None, *, target_weights=N
     :class:`~onnxplain.Explainer`.  ``x``: a dask array, rows first (a dict of them by input name for a model
     with several inputs); chunks along the other axes are merged.  ``target``: an int, a tuple, None, or one
     per row as a numpy or dask array aligned with ``x``'s rows; ``target_weights`` a numpy or dask array shaped
-    like the output.  ``output``, ``inputs``, ``layer``, ``providers``, ``memory_budget``, ``threads`` go to
-    the :class:`~onnxplain.Explainer` each worker builds; the other keyword arguments are the method's
+    like the output.  ``output``, ``inputs``, ``layer``, ``providers``, ``memory_budget``, ``threads``,
+    ``batch_size`` (the most rows the model sees per forward pass) and ``noise_tunnel`` go to the
+    :class:`~onnxplain.Explainer` each worker builds; the other keyword arguments are the method's
     parameters.  A method that draws random numbers gets a seed per chunk derived from ``seed`` (default 0).
     ``return_convergence_delta=True``: a pair ``(attributions, deltas)`` of lazy arrays computed by the same
     tasks.  Checked here, on one row, before anything is scheduled.
@@ -57,6 +60,7 @@ def explain(model, x, method: str = "saliency", target=None, *, target_weights=N
     ctor = {k: kwargs.pop(k) for k in _CTOR if k in kwargs}
     job = _Job.of(model, method, ctor)
     ex = job.explainer()
+    _check_rows_first(ex)
     params = ex.method.check_params(kwargs)
     _check_reproducible(params)
     if return_convergence_delta and not ex.method.has_delta:
@@ -134,7 +138,7 @@ class _Job:
     def of(cls, model, method: str, ctor: dict) -> "_Job":
         if isinstance(model, Explainer):
             ctor = {**_options_of(model), **ctor}
-            method = model.method.name if method is None else method
+            method = _method_name(model) if method is None or method == model.method.name else method
             model = model.model
         if isinstance(model, (str, os.PathLike)):
             path = os.path.abspath(os.fspath(model))
@@ -179,12 +183,21 @@ class _Job:
 def _options_of(ex: Explainer) -> dict:
     """The constructor options that rebuild ``ex`` from its model."""
     point = ex.spec.points[0]
-    options = {"output": ex.output, "memory_budget": ex.memory_budget, "threads": ex.threads}
+    options = {"output": ex.output, "memory_budget": ex.memory_budget, "threads": ex.threads,
+               "batch_size": ex.spec.batch_size}
+    if isinstance(ex.method, NoiseTunnel) and not isinstance(ex.method.inner, Gradient):
+        options["noise_tunnel"] = ex.method.kind   # e.g. integrated_gradients under smoothgrad
     if point.key in ex.model_inputs:
         options["inputs"] = list(ex.spec.wrt)
     else:
         options.update(layer=point.key, inputs=list(ex.spec.carriers))
     return options
+
+
+def _method_name(ex: Explainer) -> str:
+    """The method name that builds ``ex``'s method again (with :func:`_options_of`'s ``noise_tunnel``)."""
+    m = ex.method
+    return m.inner.name if isinstance(m, NoiseTunnel) and not isinstance(m.inner, Gradient) else m.name
 
 
 def _client():

@@ -67,12 +67,14 @@ def explain_dataset(ex, source, out, target=None, *, target_weights=None, batch_
     ``target`` takes the forms of :meth:`Explainer.explain` (one per row: any array-like with one entry per
     source row, read batch by batch); ``target_weights`` an array-like shaped like the output, row by row.
     ``batch_size``: rows read, explained and written at a time (default: what fits an eighth of the memory
-    budget, at most 1024).  ``progress``: a tqdm bar (rows per second, time left) on stderr; default: when
+    budget, at most 1024) -- not the Explainer's ``batch_size``, the most rows its model sees per forward
+    pass, which applies within each batch.  ``progress``: a tqdm bar (rows per second, time left) on stderr; default: when
     stderr is a terminal.  ``params`` are the method's (``n_steps``, ``baselines`` ...); a method that draws
     random numbers gets a seed per batch derived from ``seed`` (default 0), so a resumed run repeats them.
     Per-row deltas, for methods that have them, go beside the attributions (``<out>.delta.npy``, or the zarr
     array ``delta``).  Returns a :class:`DatasetRun`.
     """
+    _check_rows_first(ex)
     if _is_dask(source):
         if batch_size is not None:
             raise ValueError("a dask source is explained and written by its own chunks of rows: rechunk it "
@@ -135,20 +137,30 @@ def _stream(ex, reader, targets, params: dict, batch_size, outputs, manifest, ba
 
 def explain_npy(model, data, out, method: str = "saliency", *, target=None, target_file=None, target_weights=None,
                 batch_size: int | None = None, memory_budget=None, overwrite: bool = False,
-                progress: bool | None = None, output=None, inputs=None, layer=None, params=None) -> DatasetRun:
+                progress: bool | None = None, output=None, inputs=None, layer=None, params=None,
+                noise_tunnel: str | None = None, batch_axes: dict | None = None,
+                model_batch_size: int | None = None) -> DatasetRun:
     """:func:`explain_dataset` of the rows of the ``.npy`` file ``data`` (memmapped: read batch by batch).
 
-    ``target_file`` and ``target_weights`` are ``.npy`` paths (memmapped too): one target per row, or
-    weights shaped like the output.  What the command line's ``explain --batch-size`` runs.
+    ``batch_size``: the rows of one streamed batch (default: what the memory budget holds);
+    ``model_batch_size``: the most rows the model sees per forward pass (the ``batch_size`` of
+    :class:`~onnxplain.Explainer`).  ``target_file`` and ``target_weights`` are ``.npy`` paths (memmapped
+    too): one target per row, or weights shaped like the output.  ``target="pred"`` is refused (write the
+    predicted classes to a ``target_file``).  What the command line's ``explain --batch-size`` runs.
     """
     from .api import Explainer
+    from .targets import PREDICTED
+    if isinstance(target, str) and target == PREDICTED:
+        raise ValueError("target 'pred' is not streamed: write the predicted classes to an .npy file and give it "
+                         "as target_file")
     source = _open_npy(data, "the data")
     if target is not None and target_file is not None:
         raise ValueError("give either target or target_file, not both")
     if target_file is not None:
         target = _open_npy(target_file, "target_file")
     extra = {"target_weights": _open_npy(target_weights, "target_weights")} if target_weights is not None else {}
-    ex = Explainer(model, method, output=output, inputs=inputs, layer=layer, memory_budget=memory_budget)
+    ex = Explainer(model, method, output=output, inputs=inputs, layer=layer, memory_budget=memory_budget,
+                   noise_tunnel=noise_tunnel, batch_axes=batch_axes, batch_size=model_batch_size)
     return explain_dataset(ex, source, out, target, batch_size=batch_size, overwrite=overwrite, progress=progress,
                            **extra, **(params or {}))
 
@@ -302,6 +314,15 @@ def _reader(ex, source):
     reader = _ArraySource(arrays)
     ex._check_inputs(reader.first_batch())   # names, dtypes and row shapes, before anything is written
     return reader
+
+
+def _check_rows_first(ex) -> None:
+    """A dataset is streamed by slices of its first axis: every input of ``ex`` must be batched on axis 0."""
+    other = {k: v for k, v in getattr(ex, "batch_axes", {}).items() if v != 0}
+    if other:
+        raise ValueError(f"explain_dataset reads and writes rows along the first axis, but inputs {other} have "
+                         f"another batch axis (None: unbatched); explain them with Explainer.explain, batch by "
+                         f"batch, or build the Explainer on a model whose inputs are batch first")
 
 
 # ---------------------------------------------------------------------- targets

@@ -28,3 +28,29 @@ class UnsupportedOperatorError(OnnxplainError, NotImplementedError):
 
 class ModelError(OnnxplainError, ValueError):
     """The model could not be read, checked or normalised."""
+
+
+class MissingExtraError(OnnxplainError, ImportError):
+    """A feature needs an optional extra that is not installed; the message names the ``pip install``."""
+
+
+def one_line(e: BaseException) -> str:
+    """An error as one line: its message with line breaks folded (an OSError as "reason: 'file'")."""
+    text = str(e) or type(e).__name__
+    if isinstance(e, OSError) and e.filename and e.strerror:
+        text = f"{e.strerror}: {e.filename!r}"
+    return " ".join(text.split())
+
+
+class NoGradientPathError(OnnxplainError, ValueError):
+    """A tensor to attribute reaches the explained output only through steps that pass no gradient
+    (a Cast to an integer type, Floor, ArgMax, a comparison, a Shape...): gradient and modified-rule
+    methods would give it all-zero attributions."""
+
+    def __init__(self, tensor: str, output: str, node, what: str = "input"):
+        self.tensor, self.output, self.node = tensor, output, node
+        name = node.name or node.output[0]
+        super().__init__(f"{what} {tensor!r} reaches output {output!r} only through {node.op_type} (node {name!r}), "
+                         f"which passes no gradient, so gradient and modified-rule methods would attribute "
+                         f"nothing to it. Use a perturbation method (occlusion, feature_ablation, "
+                         f"shapley_sampling, shapley_values): they need only the forward pass.")

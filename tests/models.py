@@ -223,3 +223,42 @@ class Encoder(nn.Module):
 def encoder(norm_first: bool, activation: str = "relu", seed: int = 5):
     _seeded(seed)
     return Encoder(norm_first, activation).eval(), (5, 16)
+
+
+# ---------------------------------------------------------------------- a float input and an integer mask
+class MaskedTabular(nn.Module):
+    """Tabular rows with an integer mask of the features present (an input that is not attributed)."""
+
+    def __init__(self, d_in: int = 7, hidden: int = 9, d_out: int = 3):
+        super().__init__()
+        self.fc1 = nn.Linear(d_in, hidden)
+        self.fc2 = nn.Linear(hidden, d_out)
+
+    def forward(self, x, mask):
+        return self.fc2(torch.relu(self.fc1(x * mask.to(x.dtype))))
+
+
+def masked_tabular(seed: int = 6):
+    """``(model, example)``: the example is a dict of named batch-first tensors, odd sizes, for from_torch."""
+    _seeded(seed)
+    example = {"x": torch.randn(3, 7), "mask": (torch.rand(3, 7) > 0.3).to(torch.int64)}
+    return MaskedTabular().eval(), example
+
+
+class TwoInputs(nn.Module):
+    """Two float inputs of different widths (e.g. numeric features and an embedding), joined by a Linear."""
+
+    def __init__(self, d_a: int = 5, d_b: int = 3, hidden: int = 6, d_out: int = 2):
+        super().__init__()
+        self.fc_a = nn.Linear(d_a, hidden)
+        self.fc_b = nn.Linear(d_b, hidden)
+        self.head = nn.Linear(hidden, d_out)
+
+    def forward(self, a, b):
+        return self.head(torch.tanh(self.fc_a(a) + self.fc_b(b)))
+
+
+def two_inputs(seed: int = 7):
+    """``(model, example)`` as :func:`masked_tabular`."""
+    _seeded(seed)
+    return TwoInputs().eval(), {"a": torch.randn(3, 5), "b": torch.randn(3, 3)}

@@ -43,6 +43,12 @@ def test_the_demo_model_has_every_rule():
 
 
 # ---------------------------------------------------------------------- fixtures
+@pytest.fixture(autouse=True)
+def _in_a_temporary_folder(tmp_path, monkeypatch):
+    """Commands that write next to the caller (the demo's ./onnxplain-demo/) write into the test's own folder."""
+    monkeypatch.chdir(tmp_path)
+
+
 @pytest.fixture(scope="module")
 def mlp(tmp_path_factory):
     """x[batch, 4] -> Gemm -> Relu -> Gemm -> y[batch, 3], fixed weights; ops that have rules since the start."""
@@ -125,32 +131,79 @@ def test_demo_prints_a_row_per_sample_and_writes_consistent_attributions(tmp_pat
 
 
 @needs_demo_rules
-def test_demo_target_by_name_or_index_and_heatmap(capsys):
-    assert main(["demo", "--target", "square", "--n-steps", "8", "--heatmap"]) == 0
+def test_demo_target_by_name_or_index(tmp_path, capsys):
+    out = tmp_path / "square.npz"
+    assert main(["demo", "--target", "square", "--n-steps", "8", "--output", str(tmp_path / "pics"),
+                 "--out", str(out)]) == 0
     text = capsys.readouterr().out
-    assert text.count("3 square") >= 4 + 1       # target column of every row, and the heatmap captions
-    assert "|" in text
-    assert main(["demo", "--target", "1", "--integration", "riemann_trapezoid", "--n-steps", "10"]) == 0
+    assert text.count("3 square") >= 4                # the target column of every row
+    np.testing.assert_array_equal(np.load(out)["targets"], [3, 3, 3, 3])
+    assert main(["demo", "--target", "1", "--integration", "riemann_trapezoid", "--n-steps", "10",
+                 "--output", str(tmp_path / "pics")]) == 0
+
+
+@needs_demo_rules
+def test_demo_writes_a_picture_per_method_and_a_report_of_the_numbers(tmp_path, capsys):
+    """By default into ./onnxplain-demo/; the report's table holds the numbers the model itself gives."""
+    assert main(["demo"]) == 0
+    printed = capsys.readouterr().out
+    folder = tmp_path / "onnxplain-demo"
+    assert sorted(p.name for p in folder.iterdir()) == ["integrated_gradients.png", "report.md", "saliency.png"]
+    for png in ("integrated_gradients.png", "saliency.png"):
+        data = (folder / png).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n"
+        width, height = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+        assert 300 < width < height < 2000            # four samples, one under the other
+        assert os.path.join("onnxplain-demo", png) in printed
+    report = (folder / "report.md").read_text()
+    assert "![integrated_gradients](integrated_gradients.png)" in report and "![saliency](saliency.png)" in report
+    rows = [line.split("|")[1:-1] for line in report.splitlines() if line.startswith("| ") and "---" not in line]
+    header, rows = [c.strip() for c in rows[0]], [[c.strip() for c in r] for r in rows[1:]]
+    assert header[:7] == ["sample", "label", "predicted", "target", "sum(IG)", "f(x)-f(0)", "delta"]
+    x = np.load(demo_files()["inputs"])
+    sess = ort.InferenceSession(demo_files()["model"], providers=["CPUExecutionProvider"])
+    fx, f0 = sess.run(None, {"image": x})[0], sess.run(None, {"image": np.zeros_like(x)})[0]
+    assert len(rows) == len(x)
+    for k, row in enumerate(rows):
+        t = int(fx[k].argmax())
+        assert row[2].split()[0] == row[3].split()[0] == str(t)
+        assert float(row[5]) == pytest.approx(fx[k, t] - f0[k, t], rel=1e-4, abs=1e-4)
+        assert float(row[4]) - float(row[5]) == pytest.approx(float(row[6]), abs=2e-5 + 1e-5 * abs(float(row[5])))
+    # the text summary stays
+    assert "sum(IG)" in printed and "delta = sum(IG)" in printed
+
+
+@needs_demo_rules
+def test_demo_without_matplotlib_still_prints_and_says_how_to_get_pictures(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)          # as on a core install
+    assert main(["demo", "--n-steps", "8"]) == 0
+    text = capsys.readouterr().out
+    assert "sum(IG)" in text and 'pip install "onnxplain[viz]"' in text
+    assert not (tmp_path / "onnxplain-demo").exists()
+    _fails(capsys, ["demo", "--output", str(tmp_path / "pics")], 'pip install "onnxplain[viz]"')
 
 
 @pytest.mark.parametrize("argv, fragment", [
     (["demo", "--target", "9"], "out of range"),
-    (["demo", "--target", "circle"], "--target"),
+    (["demo", "--target", "circle"], "'circle'"),
     (["demo", "--n-steps", "0"], "n_steps"),
     (["demo", "--integration", "simpson"], "simpson"),
     (["demo", "--out", "/no/such/folder/demo.npz"], "does not exist"),
     (["demo", "--out", "demo.npy"], ".npz"),
     (["demo", "--n-steps", "many"], "many"),
+    (["demo", "--heatmap"], "unrecognized arguments: --heatmap"),
+    (["demo", "--output", "/no/such/folder/pics"], "does not exist"),
+    (["demo", "--output", os.devnull], "is not a folder"),
 ])
 def test_demo_errors(capsys, argv, fragment):
     _fails(capsys, argv, fragment)
 
 
 @needs_demo_rules
-def test_python_dash_m_runs_the_demo():
+def test_python_dash_m_runs_the_demo(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "ONNXPLAIN_DEBUG"}
     done = subprocess.run([sys.executable, "-m", "onnxplain", "demo"], capture_output=True, text=True, timeout=300,
-                          env=env)
+                          env=env, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert "sum(IG)" in done.stdout and "delta" in done.stdout
     assert done.stdout.count("\n") >= 8
@@ -226,6 +279,18 @@ def test_explain_integrated_gradients_to_npz_with_delta_and_per_row_targets(tmp_
     np.testing.assert_allclose(f["delta"], delta, rtol=1e-4, atol=1e-5)
 
 
+def test_explain_noise_tunnel_over_integrated_gradients(tmp_path, mlp, rows, rows_file):
+    out = tmp_path / "attr.npy"
+    assert main(["explain", mlp, rows_file, "-m", "ig", "--target", "1", "--n-steps", "8", "--noise-tunnel", "vargrad",
+                 "--nt-samples", "3", "--stdevs", "0.2", "--seed", "4", "--out", str(out)]) == 0
+    ex = onnxplain.Explainer(mlp, "ig", noise_tunnel="vargrad")
+    ref = ex.explain(rows, target=1, n_steps=8, nt_samples=3, stdevs=0.2, seed=4)
+    np.testing.assert_allclose(np.load(out), ref, rtol=1e-5, atol=1e-7)
+    graph = tmp_path / "nt.onnx"
+    assert main(["convert", mlp, str(graph), "-m", "saliency", "--noise-tunnel", "smoothgrad_sq"]) == 0
+    assert {"noise", "stdevs"} <= {i.name for i in onnx.load(graph).graph.input}
+
+
 def test_explain_target_pred_is_each_rows_argmax(tmp_path, mlp, rows, rows_file):
     out = tmp_path / "attr.npy"
     assert main(["explain", mlp, rows_file, "-m", "gradient", "--target", "pred", "--out", str(out)]) == 0
@@ -256,16 +321,16 @@ def test_explain_errors(tmp_path, mlp, rows, rows_file, capsys):
     _fails(capsys, ["explain", mlp, str(tmp_path / "x.csv"), "-m", "saliency", "--target", "0"], ".npy or .npz")
     _fails(capsys, ["explain", mlp, rows_file, "-m", "saliency", "--target", "3"], "out of range")
     _fails(capsys, ["explain", mlp, rows_file, "-m", "saliency", "--target", "-4"], "out of range")
-    _fails(capsys, ["explain", mlp, rows_file, "-m", "saliency", "--target", "cat"], "--target 'cat'")
+    _fails(capsys, ["explain", mlp, rows_file, "-m", "saliency", "--target", "cat"], "bad target 'cat'")
     _fails(capsys, ["explain", mlp, rows_file, "-m", "saliency", "--target", "0", "1"], "6 entries")
     _fails(capsys, ["explain", mlp, rows_file, "-m", "saliency", "--target", "0,1"], "index")
-    _fails(capsys, ["explain", mlp, rows_file, "-m", "saliency"], "--target")
+    _fails(capsys, ["explain", mlp, rows_file, "-m", "saliency"], "target=")
     _fails(capsys, ["explain", mlp, rows_file, "-m", "saliency_map", "--target", "0"], "unknown method")
     _fails(capsys, ["explain", mlp, rows_file, "-m", "ig", "--target", "0", "--n-steps", "-1"], "n_steps")
     _fails(capsys, ["explain", mlp, rows_file, "-m", "ig", "--target", "0", "--baseline", "zero"], "--baseline")
     _fails(capsys, ["explain", mlp, rows_file, "-m", "ig", "--target", "0", "--out", str(tmp_path / "a.txt")], ".npy")
     _fails(capsys, ["explain", mlp, rows_file, "-m", "ig", "--target", "0", "--target-weights", rows_file],
-           "either --target or --target-weights")
+           "either a target or target_weights")
     np.save(tmp_path / "ints.npy", np.ones((2, 4), np.int64))
     _fails(capsys, ["explain", mlp, str(tmp_path / "ints.npy"), "-m", "saliency", "--target", "0"], "floating")
     np.save(tmp_path / "wide.npy", np.ones((2, 5), np.float32))
@@ -346,3 +411,189 @@ def test_explain_passes_any_parameter_and_arrays_from_files(tmp_path, mlp, rows,
                  "--param", "sliding_window_shapes=(2,)", "--out", str(out)]) == 0
     expected = onnxplain.explain(mlp, rows, method="occlusion", target=0, sliding_window_shapes=(2,))
     np.testing.assert_allclose(np.load(out), expected, rtol=1e-5, atol=1e-6)
+
+
+# ---------------------------------------------------------------------- the whole command line
+def test_help_lists_every_command_in_order(capsys):
+    assert main(["--help"]) == 0
+    text = capsys.readouterr().out
+    listed = [line.split()[0] for line in text.splitlines() if line.startswith("    ") and line[4] != " "]
+    assert listed[:4] == ["demo", "inspect", "convert", "explain"]
+    for command in ("demo", "inspect", "convert", "explain"):
+        assert main([command, "--help"]) == 0
+        assert "--verbose" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv", [["--verbose", "inspect", "/no/such/model.onnx"],
+                                  ["inspect", "/no/such/model.onnx", "--verbose"]])
+def test_verbose_shows_the_traceback_then_the_same_line(capsys, argv):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("Traceback (most recent call last)")
+    assert err.strip().splitlines()[-1] == "onnxplain: error: no ONNX model at '/no/such/model.onnx'"
+
+
+def test_an_unexpected_failure_is_one_line_with_exit_code_1(capsys, monkeypatch, mlp):
+    import onnxplain.inspection
+
+    def broken(model, output=None, batch_axes=None):   # inspect's signature
+        raise RuntimeError("the session\nfailed")
+
+    monkeypatch.setattr(onnxplain.inspection, "inspect", broken)
+    assert main(["inspect", mlp]) == 1
+    err = capsys.readouterr().err
+    assert err.strip().splitlines() == ["onnxplain: internal error: RuntimeError: the session failed "
+                                        "(--verbose shows the traceback)"]
+    assert main(["inspect", mlp, "--verbose"]) == 1
+    assert "Traceback" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def odd_model(tmp_path_factory):
+    """x -> Relu -> example.custom.Frobnicate -> Relu -> y: an op no backward rule knows."""
+    nodes = [helper.make_node("Relu", ["x"], ["h"]),
+             helper.make_node("Frobnicate", ["h"], ["f"], domain="example.custom", name="the_odd_one"),
+             helper.make_node("Relu", ["f"], ["y"])]
+    graph = helper.make_graph(nodes, "odd", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 3])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 3])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17),
+                                                    helper.make_opsetid("example.custom", 1)])
+    model.ir_version = 8
+    path = tmp_path_factory.mktemp("odd") / "odd.onnx"
+    onnx.save(model, path)
+    return str(path)
+
+
+def test_an_op_without_a_rule_is_one_line_for_every_command_that_builds(tmp_path, odd_model, capsys):
+    np.save(tmp_path / "x.npy", np.ones((2, 3), np.float32))
+    _fails(capsys, ["explain", odd_model, str(tmp_path / "x.npy"), "-m", "saliency", "--target", "0"],
+           "Frobnicate", "the_odd_one", "perturbation")
+    _fails(capsys, ["convert", odd_model, str(tmp_path / "g.onnx"), "-m", "deeplift"], "Frobnicate")
+    assert not (tmp_path / "g.onnx").exists()
+
+
+def test_convert_stores_the_integration_scheme_as_the_default(tmp_path, mlp):
+    out = tmp_path / "left.onnx"
+    assert main(["convert", mlp, str(out), "-m", "ig", "--n-steps", "8", "--integration", "riemann_left"]) == 0
+    inits = {t.name: numpy_helper.to_array(t) for t in onnx.load(out).graph.initializer}
+    np.testing.assert_allclose(inits["alphas"], np.arange(8) / 8, atol=1e-7)        # left Riemann sum on [0, 1]
+    np.testing.assert_allclose(inits["alpha_weights"], np.full(8, 1 / 8), atol=1e-7)
+
+
+# ---------------------------------------------------------------------- pictures from the command line
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def _png_size(path):
+    data = open(path, "rb").read(24)
+    assert data[:8] == PNG
+    return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+
+
+@pytest.fixture(scope="module")
+def token_model(tmp_path_factory):
+    """ids[batch, seq] (int64) and mask[batch, seq] -> Gather(embedding) * mask -> ReduceMean over seq -> Gemm.
+
+    Linear in the embeddings, so integrated gradients at the embedding is exact:
+    its sum is f(ids) - f(baseline ids) for the same mask.
+    """
+    rng = np.random.default_rng(5)
+    table = rng.standard_normal((11, 4)).astype(np.float32)
+    w, b = rng.standard_normal((3, 4)).astype(np.float32), rng.standard_normal(3).astype(np.float32)
+    nodes = [helper.make_node("Gather", ["table", "ids"], ["emb"]),
+             helper.make_node("Cast", ["mask"], ["maskf"], to=TensorProto.FLOAT),
+             helper.make_node("Unsqueeze", ["maskf", "last"], ["mask3"]),
+             helper.make_node("Mul", ["emb", "mask3"], ["masked"]),
+             helper.make_node("ReduceMean", ["masked"], ["pooled"], axes=[1], keepdims=0),
+             helper.make_node("Gemm", ["pooled", "w", "b"], ["logits"], transB=1)]
+    inits = [numpy_helper.from_array(table, "table"), numpy_helper.from_array(w, "w"),
+             numpy_helper.from_array(b, "b"), numpy_helper.from_array(np.array([-1], np.int64), "last")]
+    graph = helper.make_graph(nodes, "tok",
+                              [helper.make_tensor_value_info("ids", TensorProto.INT64, ["batch", "seq"]),
+                               helper.make_tensor_value_info("mask", TensorProto.INT64, ["batch", "seq"])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 3])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    path = tmp_path_factory.mktemp("tok") / "tok.onnx"
+    onnx.save(model, path)
+    return str(path)
+
+
+@pytest.mark.parametrize("baseline", ["0", "2"])
+def test_explain_token_model_baseline_is_an_integer_id_and_plot_writes_escaped_html(tmp_path, token_model, baseline,
+                                                                                     capsys):
+    ids = np.array([[1, 5, 7, 2, 2], [1, 9, 3, 4, 2]], np.int64)
+    mask = np.array([[1, 1, 1, 0, 0], [1, 1, 1, 1, 0]], np.int64)
+    np.savez(tmp_path / "in.npz", ids=ids, mask=mask)
+    words = [["[CLS]", "<script>", "good", "[PAD]", "[PAD]"], ["[CLS]", "a&b", "\"x\"", "##s", "[PAD]"]]
+    (tmp_path / "words.json").write_text(json.dumps(words))
+    out, page = tmp_path / "a.npz", tmp_path / "t.html"
+    assert main(["explain", token_model, str(tmp_path / "in.npz"), "-m", "ig", "--target", "1", "--baseline", baseline,
+                 "--n-steps", "8", "--out", str(out), "--plot", str(page), "--tokens", str(tmp_path / "words.json")]) == 0
+    sess = ort.InferenceSession(token_model, providers=["CPUExecutionProvider"])
+    fx = sess.run(None, {"ids": ids, "mask": mask})[0]
+    f0 = sess.run(None, {"ids": np.full_like(ids, int(baseline)), "mask": mask})[0]
+    attr = np.load(out)["attributions"]
+    assert attr.shape == (2, 5, 4)
+    np.testing.assert_allclose(attr.reshape(2, -1).sum(1), fx[:, 1] - f0[:, 1], rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(np.load(out)["delta"], 0, atol=1e-5)
+    text = page.read_text(encoding="utf-8")
+    assert "<script>" not in text and "&lt;script&gt;" in text and "a&amp;b" in text and "&quot;x&quot;" in text
+    assert text.count('class="tok"') == 10
+    assert str(page) in capsys.readouterr().out
+    # without word pieces the ids are shown; a PNG is refused for tokens before anything runs
+    assert main(["explain", token_model, str(tmp_path / "in.npz"), "-m", "ig", "--target", "1", "--n-steps", "4",
+                 "--plot", str(page)]) == 0
+    assert ">9</span>" in page.read_text(encoding="utf-8")
+    _fails(capsys, ["explain", token_model, str(tmp_path / "in.npz"), "-m", "ig", "--target", "1",
+                    "--plot", str(tmp_path / "t.png")], ".html", "t.png")
+
+
+def test_explain_plot_draws_image_grids_and_feature_bars(tmp_path, mlp, rows_file, capsys):
+    x = np.load(demo_files()["inputs"])
+    np.save(tmp_path / "img.npy", x)
+    grid = tmp_path / "grid.png"
+    assert main(["explain", demo_files()["model"], str(tmp_path / "img.npy"), "-m", "ig", "--target", "pred",
+                 "--n-steps", "8", "--plot", str(grid)]) == 0
+    width, height = _png_size(grid)
+    assert height > width > 200                                    # four rows of (input, heatmap)
+    bars = tmp_path / "bars.png"
+    assert main(["explain", mlp, rows_file, "-m", "grad*input", "--target", "0", "--plot", str(bars),
+                 "--feature-names", "age,height,weight,score"]) == 0
+    width, height = _png_size(bars)
+    assert width > height > 100
+    out = capsys.readouterr().out
+    assert str(grid) in out and str(bars) in out
+    _fails(capsys, ["explain", demo_files()["model"], str(tmp_path / "img.npy"), "-m", "ig", "--target", "0",
+                    "--plot", str(tmp_path / "g.html")], ".png")
+    _fails(capsys, ["explain", mlp, rows_file, "-m", "saliency", "--target", "0", "--plot", str(bars),
+                    "--feature-names", "a,b"], "2 feature names for 4 features")
+    _fails(capsys, ["explain", mlp, rows_file, "-m", "ig", "--target", "0", "--layer", "r", "--plot", str(bars)],
+           "layer")
+    _fails(capsys, ["explain", mlp, rows_file, "-m", "ig", "--target", "0",
+                    "--plot", str(tmp_path / "no" / "b.png")], "does not exist")
+
+
+def test_explain_plot_without_matplotlib_fails_before_computing(tmp_path, mlp, rows_file, monkeypatch, capsys):
+    import onnxplain.api
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    calls = []
+    monkeypatch.setattr(onnxplain.api.Explainer, "explain", lambda *a, **k: calls.append(1))
+    _fails(capsys, ["explain", mlp, rows_file, "-m", "saliency", "--target", "0", "--plot",
+                    str(tmp_path / "b.png")], 'pip install "onnxplain[viz]"')
+    assert calls == [] and not (tmp_path / "b.png").exists()
+
+
+def test_explain_file_is_the_command_as_a_function(tmp_path, mlp, rows, rows_file):
+    """What `onnxplain explain` runs, called from Python: the same numbers as the API, the same files."""
+    from onnxplain.files import explain_file
+
+    result = explain_file(mlp, rows_file, "intgrad", target="pred", out=tmp_path / "a.npz",
+                          params={"n_steps": 12, "method": "riemann_right", "baselines": 0})
+    pred = _forward(mlp, rows).argmax(axis=1).tolist()
+    attr, delta = onnxplain.Explainer(mlp, "ig").explain(rows, target=pred, n_steps=12, method="riemann_right",
+                                                         return_convergence_delta=True)
+    assert result.target == pred
+    np.testing.assert_allclose(result.attributions["x"], attr, rtol=1e-6)
+    np.testing.assert_allclose(np.load(tmp_path / "a.npz")["delta"], delta, rtol=1e-5, atol=1e-7)
+    assert "sum(attributions)" in result.summary() and str(tmp_path / "a.npz") in result.summary()

@@ -10,7 +10,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from onnxplain.converters import normalize
 from onnxplain.vjp.sampling import interpolation_matrix
-from vjp_harness import Case, check_case, run_reference, vjp_model
+from vjp_harness import Case, assert_matches_finite_differences, check_case, run_reference, vjp_model
 
 RNG = np.random.default_rng(5)
 
@@ -264,17 +264,100 @@ def test_resize_nearest_follows_the_runtime_at_ties(coord, nearest_mode, n_in, n
     np.testing.assert_allclose(g, dy @ w, rtol=1e-6, atol=1e-6)
 
 
-def test_resize_runtime_scales_is_unsupported():
-    """Scales computed at run time: a clear UnsupportedOperatorError when the graph is built."""
-    from onnxplain.errors import UnsupportedOperatorError
-    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 4, 4])
-    s = helper.make_tensor_value_info("s", TensorProto.FLOAT, [4])
-    node = helper.make_node("Resize", ["x", "", "s"], ["y"], mode="linear")
-    graph = helper.make_graph([node], "g", [x, s], [helper.make_tensor_value_info("y", TensorProto.FLOAT,
-                                                                                  ["a", "b", "c", "d"])])
-    model = normalize(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), dynamic_batch=False)
-    with pytest.raises(UnsupportedOperatorError, match="scales are computed at run time"):
-        vjp_model(model, ["x"], "y")
+# ------------------------------------------------ Resize with sizes and scales known at run time
+# Detectors and segmenters are exported with dynamic height and width: the sizes of an upsampling to a
+# skip connection's size are computed from shapes (both PyTorch exporters' forms below), and constant
+# scales resize axes whose sizes are symbolic.  One backward graph must serve every image size.
+def _sizes_from_shapes(style: str):
+    """Nodes computing ``sizes`` = (x's N and C, skip's H and W), as each exporter writes them."""
+    if style == "dynamo":   # Shape with start/end, Concat
+        return [helper.make_node("Shape", ["x"], ["nc"], start=0, end=2),
+                helper.make_node("Shape", ["skip"], ["hw"], start=2, end=4),
+                helper.make_node("Concat", ["nc", "hw"], ["sizes"], axis=0)]
+    # torchscript: Slice of Shape(x), then Gather/Unsqueeze of Shape(skip) cast to int64
+    nodes = [helper.make_node("Shape", ["x"], ["sx"]), helper.make_node("Shape", ["skip"], ["ss"]),
+             helper.make_node("Slice", ["sx", "i0", "i2", "i0"], ["nc"])]
+    for k in (2, 3):
+        nodes += [helper.make_node("Gather", ["ss", f"k{k}"], [f"g{k}"], axis=0),
+                  helper.make_node("Unsqueeze", [f"g{k}", "i0"], [f"u{k}"])]
+    return nodes + [helper.make_node("Concat", ["u2", "u3"], ["hw"], axis=0),
+                    helper.make_node("Cast", ["hw"], ["hw64"], to=TensorProto.INT64),
+                    helper.make_node("Concat", ["nc", "hw64"], ["sizes"], axis=0)]
+
+
+def _runtime_resize_model(dtype, how: str, **attrs):
+    """y = Resize(x) * 1.5 with x (N, 3, h, w) dynamic; ``how``: "dynamo" / "torchscript" sizes from skip's
+    shape, "scales" constant (1, 1, 2, 2), or "fed_scales" (a graph input)."""
+    x = helper.make_tensor_value_info("x", dtype, ["N", 3, "h", "w"])
+    inputs, inits = [x], []
+    if how in ("dynamo", "torchscript"):
+        inits += [numpy_helper.from_array(np.asarray(v, np.int64), n)
+                  for n, v in (("i0", [0]), ("i2", [2]), ("k2", 2), ("k3", 3))] if how == "torchscript" else []
+        inputs.append(helper.make_tensor_value_info("skip", dtype, ["N", 2, "H", "W"]))
+        nodes = _sizes_from_shapes(how) + [helper.make_node("Resize", ["x", "", "", "sizes"], ["r"], **attrs)]
+    else:
+        if how == "fed_scales":
+            inputs.append(helper.make_tensor_value_info("scales", TensorProto.FLOAT, [4]))
+        else:
+            inits.append(numpy_helper.from_array(np.array([1, 1, 2, 2], np.float32), "scales"))
+        nodes = [helper.make_node("Resize", ["x", "", "scales"], ["r"], **attrs)]
+    inits.append(numpy_helper.from_array(np.array(1.5, helper.tensor_dtype_to_np_dtype(dtype)), "c"))
+    nodes.append(helper.make_node("Mul", ["r", "c"], ["y"]))
+    out = helper.make_tensor_value_info("y", dtype, ["N", 3, "oh", "ow"])
+    graph = helper.make_graph(nodes, "resize", inputs, [out], inits)
+    return normalize(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), dynamic_batch=False)
+
+
+RUNTIME_MODES = [
+    dict(mode="nearest", coordinate_transformation_mode="asymmetric", nearest_mode="floor"),   # F.interpolate nearest
+    dict(mode="nearest", coordinate_transformation_mode="half_pixel", nearest_mode="round_prefer_floor"),
+    dict(mode="linear", coordinate_transformation_mode="half_pixel"),        # bilinear, align_corners=False
+    dict(mode="linear", coordinate_transformation_mode="align_corners"),     # bilinear, align_corners=True
+    dict(mode="linear", coordinate_transformation_mode="pytorch_half_pixel"),
+    dict(mode="cubic", coordinate_transformation_mode="half_pixel"),
+]
+
+
+@pytest.mark.parametrize("how", ["dynamo", "torchscript", "scales", "fed_scales"])
+@pytest.mark.parametrize("attrs", RUNTIME_MODES, ids=lambda a: "-".join(map(str, a.values())))
+def test_resize_runtime_sizes(how, attrs):
+    """One backward graph, two image sizes (odd, up and down): finite differences in float64
+    (onnx.reference); in float32 in onnxruntime against onnxruntime's own forward pass, whose
+    coordinates may differ from onnx.reference's (Resize is linear: <dy, y(x + d) - y(x - d)> / 2
+    = <J^T dy, d> up to rounding)."""
+    model = _runtime_resize_model(TensorProto.DOUBLE, how, **attrs)
+    vm = vjp_model(model, ["x"], "y")
+    onnx.checker.check_model(vm, full_check=True)
+    m32 = _runtime_resize_model(TensorProto.FLOAT, how, **attrs)
+    forward32 = ort.InferenceSession(m32.SerializeToString(), providers=["CPUExecutionProvider"])
+    sess = ort.InferenceSession(vjp_model(m32, ["x"], "y").SerializeToString(), providers=["CPUExecutionProvider"])
+    for (h, w), (sh, sw), scales in [((5, 7), (9, 4), [1, 1, 2, 2]), ((6, 3), (6, 11), [1, 1, 1.5, 0.5])]:
+        x = RNG.standard_normal((2, 3, h, w))
+        consts = {}
+        if how in ("dynamo", "torchscript"):
+            consts["skip"] = RNG.standard_normal((2, 2, sh, sw))
+        elif how == "fed_scales":
+            consts["scales"] = np.asarray(scales, np.float32)
+        y = run_reference(model, {"x": x, **consts})[0]
+        dy = RNG.standard_normal(y.shape)
+        grad = run_reference(vm, {"x": x, "dy": dy, **consts})[1]
+        assert grad.shape == x.shape
+        assert_matches_finite_differences(model, {"x": x}, consts, dy, {"x": grad}, RNG, 1e-6, str((how, h, w)))
+        feeds32 = {k: v.astype(np.float32) for k, v in {"x": x, "dy": dy, **consts}.items()}
+        _, g32 = sess.run(None, feeds32)
+        d = RNG.standard_normal(x.shape).astype(np.float32)
+        others = {k: v for k, v in feeds32.items() if k not in ("x", "dy")}
+        up, down = (forward32.run(None, {"x": feeds32["x"] + sign * d, **others})[0] for sign in (1, -1))
+        jvp = float(np.sum(dy * (up.astype(np.float64) - down) / 2))
+        assert abs(jvp - float(np.sum(g32 * d))) <= 1e-4 * max(1.0, abs(jvp))
+
+
+def test_resize_runtime_sizes_leave_batch_and_channels_alone():
+    """Sizes copied from the input's own shape (batch, channels) get no interpolation matrix: only the
+    two spatial axes are transposed through one, whatever the exporter's form."""
+    for how in ("dynamo", "torchscript"):
+        vm = vjp_model(_runtime_resize_model(TensorProto.FLOAT, how, mode="linear"), ["x"], "y")
+        assert sum(n.op_type == "EyeLike" for n in vm.graph.node) == 2, how
 
 
 # ------------------------------------------------------------------------ onnxruntime-only checks

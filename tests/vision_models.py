@@ -482,3 +482,36 @@ MODELS = {
     "swin": swin,
     "unet_norms_resize": unet,
 }
+
+
+# ---------------------------------------------------------------------- dynamic image sizes
+class DetectorNeck(nn.Module):
+    """A detector neck at toy size: a strided conv backbone (three levels), a top-down FPN whose
+    coarsest level is upsampled bilinearly to the next level's size (``size=skip.shape[-2:]``, as
+    YOLO/FPN necks do for odd sizes) and then by nearest x2 (cropped to the finest level), a DB-style
+    bilinear (align_corners) map back to the image size, and pooled class scores.  Every Resize sees
+    sizes known only at run time when height and width are exported as dynamic."""
+
+    def __init__(self, classes: int = 3):
+        super().__init__()
+        self.c1 = nn.Conv2d(3, 6, 3, padding=1)
+        self.c2 = nn.Conv2d(6, 8, 3, stride=2, padding=1)
+        self.c3 = nn.Conv2d(8, 10, 3, stride=2, padding=1)
+        self.lat1, self.lat2, self.lat3 = nn.Conv2d(6, 5, 1), nn.Conv2d(8, 5, 1), nn.Conv2d(10, 5, 1)
+        self.head = nn.Conv2d(5, classes, 3, padding=1)
+
+    def forward(self, x):
+        f1 = torch.relu(self.c1(x))
+        f2 = torch.relu(self.c2(f1))
+        f3 = torch.relu(self.c3(f2))
+        p2 = self.lat2(f2) + nn.functional.interpolate(self.lat3(f3), size=f2.shape[-2:], mode="bilinear",
+                                                       align_corners=False)
+        up = nn.functional.interpolate(p2, scale_factor=2.0, mode="nearest")
+        p1 = self.lat1(f1) + up[:, :, :f1.shape[2], :f1.shape[3]]
+        full = nn.functional.interpolate(p2, size=x.shape[-2:], mode="bilinear", align_corners=True)
+        return self.head(torch.tanh(p1 + full)).mean(dim=(2, 3))
+
+
+def detector_neck(seed: int = 7):
+    torch.manual_seed(seed)
+    return DetectorNeck().eval(), (3, 37, 45)

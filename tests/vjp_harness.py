@@ -52,6 +52,7 @@ class Case:
     extra_nodes: list = field(default_factory=list)  # nodes that run after the op (consume "y0")
     dynamic: bool = False  # make the first dim of inputs and output symbolic ("batch") in the model
     unknown_shapes: tuple = ()  # tensors whose inferred shape (not type) is dropped, as when ranks get lost
+    node_inputs: int | None = None  # the op reads the first this many inputs; extra_nodes may read the others
 
 
 def build_case_model(case: Case, dtype=TensorProto.DOUBLE):
@@ -72,7 +73,7 @@ def build_case_model(case: Case, dtype=TensorProto.DOUBLE):
                 arr = arr.astype(np_t)
             inits.append(numpy_helper.from_array(arr, name))
     outs = [f"y{k}" for k in range(case.n_outputs)]
-    node = helper.make_node(case.op, names, outs, **case.attrs)
+    node = helper.make_node(case.op, names[:case.node_inputs], outs, **case.attrs)
     nodes = [node] + list(case.extra_nodes)
     final = nodes[-1].output[0] if case.extra_nodes else outs[case.output]
     def make(out_shape):
@@ -143,6 +144,20 @@ def run_reference(model, feeds):
     return ReferenceEvaluator(model, new_ops=[_Erf, _Gelu]).run(None, feeds)
 
 
+def assert_matches_finite_differences(model, xs: dict, consts: dict, dy, grads: dict, rng, rtol: float = 1e-5,
+                                      name: str = ""):
+    """``<dy, J dx>`` by central finite differences in float64 (onnx.reference) against ``<grad, dx>``
+    along a random direction ``dx`` of the attributed inputs ``xs`` (``consts``: the other feeds)."""
+    dirs = {x: rng.standard_normal(np.shape(v)) for x, v in xs.items()}
+    h = 1e-6
+    plus = run_reference(model, {**consts, **{x: xs[x] + h * dirs[x] for x in xs}})[0]
+    minus = run_reference(model, {**consts, **{x: xs[x] - h * dirs[x] for x in xs}})[0]
+    jvp = float(np.sum(dy * (plus - minus) / (2 * h)))
+    vjp = float(sum(np.sum(grads[x] * dirs[x]) for x in xs))
+    scale = max(1.0, abs(jvp), float(sum(np.abs(g).sum() for g in grads.values())) * 1e-3)
+    assert abs(jvp - vjp) <= rtol * scale, f"{name}: finite differences {jvp} vs VJP {vjp}"
+
+
 def check_case(case: Case, seed: int = 0, torch_check: bool = True, ort_check: bool = True):
     rng = np.random.default_rng(seed)
     model, wrt, out = build_case_model(case)
@@ -156,15 +171,8 @@ def check_case(case: Case, seed: int = 0, torch_check: bool = True, ort_check: b
     for x in wrt:
         assert grads[f"grad_{x}"].shape == xs[x].shape, (case.name, x, grads[f"grad_{x}"].shape, xs[x].shape)
 
-    # finite differences along a random direction, in float64
-    dirs = {x: rng.standard_normal(xs[x].shape) for x in wrt}
-    h = 1e-6
-    plus = run_reference(model, {x: xs[x] + h * dirs[x] for x in wrt})[0]
-    minus = run_reference(model, {x: xs[x] - h * dirs[x] for x in wrt})[0]
-    jvp = float(np.sum(dy * (plus - minus) / (2 * h)))
-    vjp = float(sum(np.sum(grads[f"grad_{x}"] * dirs[x]) for x in wrt))
-    scale = max(1.0, abs(jvp), float(sum(np.abs(grads[f"grad_{x}"]).sum() for x in wrt)) * 1e-3)
-    assert abs(jvp - vjp) <= case.fd_rtol * scale, f"{case.name}: finite differences {jvp} vs VJP {vjp}"
+    assert_matches_finite_differences(model, xs, {}, dy, {x: grads[f"grad_{x}"] for x in wrt}, rng,
+                                      case.fd_rtol, case.name)
 
     if torch_check and case.torch_fn is not None:
         import torch

@@ -19,19 +19,22 @@ class Rule:
     fn: Callable
     broadcast: bool = False
     since: int = 1  # first opset of the default domain this rule applies to
+    cuts: bool = False  # the op passes no gradient at all (integer outputs, piecewise constant)
 
 
 RULES: dict[str, list[Rule]] = {}
 
 
-def register(*op_types: str, broadcast: bool = False, since: int = 1, table: dict | None = None):
-    """Decorator: register ``fn`` as the rule of ``op_types`` (from opset ``since`` on)."""
+def register(*op_types: str, broadcast: bool = False, since: int = 1, table: dict | None = None,
+             cuts: bool = False):
+    """Decorator: register ``fn`` as the rule of ``op_types`` (from opset ``since`` on); ``cuts``: the op
+    passes no gradient, so a path through it carries none."""
     target = RULES if table is None else table
 
     def deco(fn):
         for op in op_types:
             rules = target.setdefault(op, [])
-            rules.append(Rule(fn, broadcast, since))
+            rules.append(Rule(fn, broadcast, since, cuts))
             rules.sort(key=lambda r: -r.since)
         return fn
     return deco
@@ -39,7 +42,7 @@ def register(*op_types: str, broadcast: bool = False, since: int = 1, table: dic
 
 def zero(*op_types: str) -> None:
     """Ops whose outputs carry no gradient (comparisons, shapes, random draws...)."""
-    register(*op_types)(lambda ctx: [None] * len(ctx.x))
+    register(*op_types, cuts=True)(lambda ctx: [None] * len(ctx.x))
 
 
 def identity(*op_types: str) -> None:
@@ -58,3 +61,4 @@ def elementwise(op_type: str, derivative: Callable) -> None:
 
 # Importing the families registers their rules.
 from . import arithmetic, activations, indexing, linalg, pool, norm, reduce, sampling, shape  # noqa: E402,F401
+from . import control_flow, recurrent  # noqa: E402,F401

@@ -10,17 +10,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import UnsupportedOperatorError
 from . import register
+from ._common import fail
 
 
 # ---------------------------------------------------------------------------------------- helpers
-def _fail(ctx, why: str) -> UnsupportedOperatorError:
-    node = ctx.node
-    return UnsupportedOperatorError([node], f"cannot build the backward pass of {node.op_type} node "
-                                            f"{node.name or node.output[0]!r}: {why}")
-
-
 def _reduction(ctx) -> str:
     r = ctx.attr("reduction", b"none")
     return r.decode() if isinstance(r, bytes) else r
@@ -38,7 +32,7 @@ def _with_batch_coords(ctx, idx: str, batch_dims: int) -> str:
     b = ctx.b
     q = b.rank(ctx.x[1])
     if q is None:
-        raise _fail(ctx, "batch_dims > 0 needs the rank of the indices")
+        raise fail(ctx, "batch_dims > 0 needs the rank of the indices")
     lead = b.op("Shape", idx, end=-1)                    # indices.shape[:-1]
     coords = []
     for j in range(batch_dims):
@@ -71,7 +65,7 @@ def vjp_scatter_nd(ctx):
     data, idx, updates = ctx.x
     reduction = _reduction(ctx)
     if reduction not in ("none", "add"):
-        raise _fail(ctx, f"reduction={reduction!r} is not supported (only 'none' and 'add')")
+        raise fail(ctx, f"reduction={reduction!r} is not supported (only 'none' and 'add')")
     idx = _tuples_in_range(b, data, idx, 0)
     grads = [None, None, None]
     if ctx.needs(0):
@@ -93,7 +87,7 @@ def vjp_scatter_elements(ctx):
     axis = int(ctx.attr("axis", 0)) % rank
     reduction = _reduction(ctx)
     if reduction not in ("none", "add"):
-        raise _fail(ctx, f"reduction={reduction!r} is not supported (only 'none' and 'add')")
+        raise fail(ctx, f"reduction={reduction!r} is not supported (only 'none' and 'add')")
     grads = [None, None, None]
     if ctx.needs(0):
         grads[0] = dy if reduction == "add" else b.op("ScatterElements", dy, idx, b.zeros_like(updates), axis=axis)

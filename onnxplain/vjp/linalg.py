@@ -1,33 +1,26 @@
-"""Linear maps: Gemm, MatMul, Einsum, Conv, ConvTranspose, and the window geometry that pooling shares.
+"""Linear maps: Gemm, MatMul, Einsum, Conv and ConvTranspose.
 
 The cotangent of a linear map is its transpose applied to ``dy``: Gemm and
 MatMul multiply by the other operand transposed, Einsum contracts ``dy`` with the other
 operands onto the subscripts of the one it differentiates, Conv spreads ``dy`` back with
 a ConvTranspose of the same weight and ConvTranspose gathers it with a Conv.
-Windows (kernel, strides, dilations, resolved pads) are read from the node's
+Windows (kernel, strides, dilations, resolved pads; :mod:`onnxplain.vjp._common`) are read from the node's
 attributes and the static spatial sizes; the batch dimension is never read.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-import numpy as np
-from onnx import TensorProto
-
-from ..errors import UnsupportedOperatorError
-from ..graph import np_dtype
 from . import register
+from ._common import Window, all_static, fail, rank_or_fail, shape_tail, spread, window
 
 
 # ------------------------------------------------------------------------------------ helpers
 def _sum_to(b, g: str, g_shape, x: str, x_shape) -> str:
-    """Sum ``g`` (static shape ``g_shape``) down to ``x``'s shape with the walker's unbroadcast."""
-    from ..backward import unbroadcast
+    """Sum ``g`` (static shape ``g_shape``) down to ``x``'s shape with the builder's unbroadcast."""
     et = b.elem_type(g) or b.elem_type(x)
     b.set_type(g, et, g_shape)
     if b.shape(x) is None:
         b.set_type(x, b.elem_type(x) or et, x_shape)
-    return unbroadcast(b, g, x, g)
+    return b.unbroadcast(g, x, g)
 
 
 def _broadcast_dims(a, c) -> tuple:
@@ -59,23 +52,6 @@ def _perm01(b, x: str, rank: int) -> str:
     return b.op("Transpose", x, perm=[1, 0] + list(range(2, rank)))
 
 
-def _known(dims) -> bool:
-    return dims is not None and all(isinstance(d, int) for d in dims)
-
-
-def _rank_or_fail(b, x: str) -> tuple:
-    s = b.shape(x)
-    if s is None:
-        raise UnsupportedOperatorError.unknown_rank(x)
-    return s
-
-
-def _fail(ctx, why: str) -> UnsupportedOperatorError:
-    node = ctx.node
-    return UnsupportedOperatorError([node], f"cannot build the backward pass of {node.op_type} node "
-                                            f"{node.name or node.output[0]!r}: {why}")
-
-
 # --------------------------------------------------------------------------------------- Gemm
 @register("Gemm")
 def vjp_gemm(ctx):
@@ -93,9 +69,8 @@ def vjp_gemm(ctx):
         grads[1] = (b.op("Gemm", dy, A, transA=1, transB=ta, alpha=scale) if tb
                     else b.op("Gemm", A, dy, transA=1 - ta, transB=0, alpha=scale))
     if len(ctx.x) > 2 and ctx.x[2] and ctx.needs(2):
-        from ..backward import unbroadcast
         dc = dy if beta == 1.0 else b.mul(dy, b.like(beta, ctx.y[0]))
-        grads[2] = unbroadcast(b, dc, ctx.x[2], ctx.y[0])
+        grads[2] = b.unbroadcast(dc, ctx.x[2], ctx.y[0])
     return grads
 
 
@@ -104,9 +79,9 @@ def vjp_gemm(ctx):
 def vjp_matmul(ctx):
     """Y = A @ B (numpy rules): dA = dY @ B^T, dB = A^T @ dY, summed over broadcast batch dims."""
     b, (A, B), dy = ctx.b, ctx.x, ctx.dy[0]
-    sa, sb = _rank_or_fail(b, A), _rank_or_fail(b, B)
+    sa, sb = rank_or_fail(b, A), rank_or_fail(b, B)
     if not sa or not sb:
-        raise _fail(ctx, "MatMul operands must have rank >= 1")
+        raise fail(ctx, "MatMul operands must have rank >= 1")
     # 1-D operands are promoted to matrices ((K,) @ -> (1, K); @ (K,) -> (K, 1)) and dY gets the
     # promoted axes back, so every product below is an ordinary (batched) matrix product.
     a1, b1 = len(sa) == 1, len(sb) == 1
@@ -147,9 +122,9 @@ def _einsum_terms(ctx) -> tuple[list[str], str]:
     eq = (eq.decode() if isinstance(eq, bytes) else eq).replace(" ", "")
     lhs, arrow, rhs = eq.partition("->")
     terms = lhs.split(",")
-    shapes = [_rank_or_fail(b, x) for x in ctx.x]
+    shapes = [rank_or_fail(b, x) for x in ctx.x]
     if len(terms) != len(shapes):
-        raise _fail(ctx, f"equation {eq!r} has {len(terms)} operands, the node {len(shapes)}")
+        raise fail(ctx, f"equation {eq!r} has {len(terms)} operands, the node {len(shapes)}")
     if not arrow:   # implicit form: "..." first, then the letters seen once, in ASCII order
         once = [c for c in sorted(set(lhs)) if c.isalpha() and lhs.count(c) == 1]
         rhs = ("..." if "..." in lhs else "") + "".join(once)
@@ -158,7 +133,7 @@ def _einsum_terms(ctx) -> tuple[list[str], str]:
     for t, s in zip(terms, shapes):
         n = len(s) - (len(t) - 3 if "..." in t else len(t))
         if n < 0 or (n and "..." not in t):
-            raise _fail(ctx, f"term {t!r} of {eq!r} does not match an operand of rank {len(s)}")
+            raise fail(ctx, f"term {t!r} of {eq!r} does not match an operand of rank {len(s)}")
         n_ell.append(n)
     width = max(n_ell, default=0)
     shared = [next(spare) for _ in range(width)]
@@ -199,7 +174,7 @@ def vjp_einsum(ctx):
         if not ctx.needs(i):
             continue
         if len(set(target)) != len(target):
-            raise _fail(ctx, f"repeated subscripts (a diagonal) in term {target!r} are not supported")
+            raise fail(ctx, f"repeated subscripts (a diagonal) in term {target!r} are not supported")
         others = [(t, x) for j, (t, x) in enumerate(zip(terms, ctx.x)) if j != i]
         seen = set(out).union(*[set(t) for t, _ in others])
         keep = "".join(c for c in target if c in seen)
@@ -212,139 +187,6 @@ def vjp_einsum(ctx):
     return grads
 
 
-# ---------------------------------------------------------------------------- window geometry
-@dataclass(frozen=True)
-class Window:
-    """Where a Conv/pool window sits along each spatial axis, with pads resolved.
-
-    ``out`` is the number of output positions per axis (None where the input size is unknown).
-    """
-
-    kernel: tuple
-    strides: tuple
-    dilations: tuple
-    begin: tuple
-    end: tuple
-    out: tuple | None
-
-    @property
-    def span(self) -> tuple:
-        """Extent of one window: (k - 1) * d + 1."""
-        return tuple((k - 1) * d + 1 for k, d in zip(self.kernel, self.dilations))
-
-
-def window(ctx, spatial, kernel, ceil_mode: bool = False) -> Window:
-    """Resolve strides, dilations and pads (explicit or auto_pad) of a Conv/pool node.
-
-    ``spatial`` holds the input's static spatial sizes (ints, or strings/None when unknown).
-    SAME_* follows the ONNX formula with the total padding clipped at zero (TensorFlow's rule);
-    ceil_mode drops a last window that would start in the right padding (ONNX, PyTorch).
-    """
-    n = len(kernel)
-    strides = tuple(ctx.attr("strides", None) or [1] * n)
-    dilations = tuple(ctx.attr("dilations", None) or [1] * n)
-    auto_pad = ctx.attr("auto_pad", b"NOTSET")
-    auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else auto_pad
-    span = [(k - 1) * d + 1 for k, d in zip(kernel, dilations)]
-    known = _known(spatial)
-    if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
-        if not known:
-            raise _fail(ctx, f"auto_pad={auto_pad} needs static spatial sizes, got {tuple(spatial)}")
-        out = [-(-x // s) for x, s in zip(spatial, strides)]
-        total = [max(0, (o - 1) * s + e - x) for o, s, e, x in zip(out, strides, span, spatial)]
-        small = [t // 2 for t in total]
-        begin = small if auto_pad == "SAME_UPPER" else [t - m for t, m in zip(total, small)]
-        end = [t - bg for t, bg in zip(total, begin)]
-        return Window(tuple(kernel), strides, dilations, tuple(begin), tuple(end), tuple(out))
-    pads = [0] * (2 * n) if auto_pad == "VALID" else list(ctx.attr("pads", None) or [0] * (2 * n))
-    begin, end = tuple(pads[:n]), tuple(pads[n:])
-    out = None
-    if known:
-        out = []
-        for x, s, e, pb, pe in zip(spatial, strides, span, begin, end):
-            num = x + pb + pe - e
-            o = (-(-num // s) if ceil_mode else num // s) + 1
-            if ceil_mode and (o - 1) * s >= x + pb:
-                o -= 1
-            out.append(o)
-        out = tuple(out)
-    return Window(tuple(kernel), strides, dilations, begin, end, out)
-
-
-def _shape_tail(b, x: str, prefix, start: int = 2) -> str:
-    """Concat(prefix, Shape(x)[start:]) as an int64 shape vector."""
-    tail = b.op("Shape", x, start=start)
-    return b.op("Concat", b.ints(prefix), tail, axis=0) if len(prefix) else tail
-
-
-def spread(b, g: str, weight: str, win: Window, x: str, spatial, group: int = 1, wshape=None) -> str:
-    """Transpose of a windowed linear map (Conv's dX, pooling): spread ``g`` back through ``weight``,
-    cropped or zero-padded so that its spatial sizes are the forward input's (rows no window read
-    get no gradient).  ``wshape`` = (M, C/G, k...), needed when ``group`` > 1."""
-    if group != 1:
-        return _spread_grouped(b, g, weight, win, x, spatial, group, wshape)
-    n = len(win.kernel)
-    common = dict(strides=list(win.strides), dilations=list(win.dilations))
-    if _known(spatial) and win.out is not None:
-        end, extra, outpad = [], [], []
-        for x_len, o, s, e, pb in zip(spatial, win.out, win.strides, win.span, win.begin):
-            excess = s * (o - 1) + e - pb - x_len   # > 0: crop it at the end; < 0: append zero rows
-            end.append(max(excess, 0))
-            short = max(-excess, 0)
-            outpad.append(short if short < s else 0)
-            extra.append(0 if short < s else short)
-        y = b.op("ConvTranspose", g, weight, pads=list(win.begin) + end,
-                 output_padding=outpad if any(outpad) else None, **common)
-        if any(extra):
-            y = b.op("Pad", y, b.ints([0] * (n + 2) + [0, 0] + extra))
-        return y
-    # Spatial sizes unknown: un-cropped ConvTranspose with the largest output padding, then keep
-    # rows [pb, pb + x) of each axis (the output padding guarantees they exist).
-    outpad = [s - 1 for s in win.strides]
-    y = b.op("ConvTranspose", g, weight, pads=[0] * (2 * n),
-             output_padding=outpad if any(outpad) else None, **common)
-    return _keep_rows(b, y, win, x)
-
-
-def _keep_rows(b, y: str, win: Window, x: str) -> str:
-    """Rows [pb, pb + size of x) of every spatial axis of ``y``, sizes read at run time."""
-    n = len(win.kernel)
-    starts = b.ints(list(win.begin))
-    ends = b.op("Add", b.op("Shape", x, start=2), starts)
-    return b.op("Slice", y, starts, ends, b.ints(list(range(2, n + 2))))
-
-
-def _spread_grouped(b, g: str, weight: str, win: Window, x: str, spatial, group: int, wshape) -> str:
-    """Grouped transpose as a grouped Conv: zeros between the rows of g (stride), weight regrouped
-    (M, C/G, k) -> (C, M/G, k) and flipped, padded by span - 1 (onnx.reference's grouped
-    ConvTranspose mixes up its groups, so it is not used)."""
-    n = len(win.kernel)
-    M, cg, kernel = wshape[0], wshape[1], list(wshape[2:])
-    axes = b.ints(list(range(2, n + 2)))
-    w = b.op("Reshape", weight, b.ints([group, M // group, cg] + kernel))
-    w = b.op("Transpose", w, perm=[0, 2, 1] + list(range(3, n + 3)))
-    w = b.op("Reshape", w, b.ints([group * cg, M // group] + kernel))
-    w = b.op("Slice", w, b.ints([-1] * n), b.ints([-2 ** 63] * n), axes, b.ints([-1] * n))
-    z = g
-    if any(s > 1 for s in win.strides):   # insert s - 1 zeros between rows: a 1x1 ConvTranspose of ones
-        ones = b.const(np.ones((1, 1) + (1,) * n), np_dtype(b.elem_type(x) or TensorProto.FLOAT))
-        z = b.op("Reshape", g, _shape_tail(b, g, [-1, 1]))
-        z = b.op("ConvTranspose", z, ones, strides=list(win.strides))
-        z = b.op("Reshape", z, _shape_tail(b, z, [-1, M]))
-    conv = dict(dilations=list(win.dilations), group=group)
-    if _known(spatial) and win.out is not None:
-        lo = [e - 1 - pb for e, pb in zip(win.span, win.begin)]
-        hi = [pb + x_len - s * (o - 1) - 1
-              for x_len, o, s, pb in zip(spatial, win.out, win.strides, win.begin)]
-        if any(p < 0 for p in lo + hi):   # negative padding: crop the rows first
-            big = 2 ** 62
-            z = b.op("Slice", z, b.ints([max(-p, 0) for p in lo]), b.ints([-p if p < 0 else big for p in hi]), axes)
-        return b.op("Conv", z, w, pads=[max(p, 0) for p in lo + hi], **conv)
-    full = b.op("Conv", z, w, pads=[e - 1 for e in win.span] + [e + s - 2 for e, s in zip(win.span, win.strides)],
-                **conv)
-    return _keep_rows(b, full, win, x)
-
-
 def conv_weight_grad(b, x: str, g: str, win: Window, group: int, channels: int, kernel) -> str:
     """dW[m, c, k] = sum_{n,i} g[n, m, i] x_pad[n, grp(m) C/G + c, s i + d k]: a Conv of x (batch as
     channels) by g (batch as input channels) with stride and dilation swapped, cropped to the kernel."""
@@ -353,9 +195,9 @@ def conv_weight_grad(b, x: str, g: str, win: Window, group: int, channels: int, 
     xt = _perm01(b, x, rank)                                   # (C, N, S...)
     if group != 1:
         cg = channels // group
-        xt = b.op("Reshape", xt, _shape_tail(b, x, [group, cg, -1]))         # (G, C/G, N, S...)
+        xt = b.op("Reshape", xt, shape_tail(b, x, [group, cg, -1]))         # (G, C/G, N, S...)
         xt = b.op("Transpose", xt, perm=[1, 0] + list(range(2, n + 3)))        # (C/G, G, N, S...)
-        xt = b.op("Reshape", xt, _shape_tail(b, x, [cg, -1]))                # (C/G, G*N, S...)
+        xt = b.op("Reshape", xt, shape_tail(b, x, [cg, -1]))                # (C/G, G*N, S...)
     w = _perm01(b, g, rank)                                     # (M, N, S_out...)
     full = b.op("Conv", xt, w, strides=list(win.dilations), dilations=list(win.strides),
                 pads=list(win.begin) + list(win.end), group=group if group != 1 else None)
@@ -373,22 +215,22 @@ def _kernel(ctx, w: str) -> tuple:
     if ks:
         return tuple(ks)
     sw = ctx.b.shape(w)
-    if sw is None or not _known(sw[2:]):
-        raise _fail(ctx, f"the kernel size is unknown (weight {w!r} has shape {sw}); set kernel_shape")
+    if sw is None or not all_static(sw[2:]):
+        raise fail(ctx, f"the kernel size is unknown (weight {w!r} has shape {sw}); set kernel_shape")
     return tuple(sw[2:])
 
 
 def _spatial(ctx, x: str):
-    sx = _rank_or_fail(ctx.b, x)
+    sx = rank_or_fail(ctx.b, x)
     if len(sx) < 3:
-        raise _fail(ctx, f"expected an input of rank >= 3, got shape {sx}")
+        raise fail(ctx, f"expected an input of rank >= 3, got shape {sx}")
     return tuple(sx[2:]), len(sx)
 
 
 def _weight_shape(ctx, w: str, kernel) -> tuple:
     """(M, C/G, k...) of a Conv weight: its static shape, or channel counts of Y and X."""
     sw = ctx.b.shape(w)
-    if _known(sw):
+    if all_static(sw):
         return tuple(sw)
     group = int(ctx.attr("group", 1))
     return (_channels(ctx, ctx.y[0], "output"), _channels(ctx, ctx.x[0], "input") // group) + tuple(kernel)
@@ -397,7 +239,7 @@ def _weight_shape(ctx, w: str, kernel) -> tuple:
 def _channels(ctx, name: str, what: str) -> int:
     s = ctx.b.shape(name)
     if s is None or len(s) < 2 or not isinstance(s[1], int):
-        raise _fail(ctx, f"the channel count of {what} {name!r} must be static (shape {s})")
+        raise fail(ctx, f"the channel count of {what} {name!r} must be static (shape {s})")
     return s[1]
 
 
@@ -433,12 +275,12 @@ def _conv_transpose_window(ctx, in_spatial, kernel) -> Window:
     auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else auto_pad
     span = [(k - 1) * d + 1 for k, d in zip(kernel, dilations)]
     if out_shape or auto_pad in ("SAME_UPPER", "SAME_LOWER"):
-        if not _known(in_spatial):
-            raise _fail(ctx, "output_shape/auto_pad need static spatial sizes")
+        if not all_static(in_spatial):
+            raise fail(ctx, "output_shape/auto_pad need static spatial sizes")
         target = list(out_shape)[-n:] if out_shape else [x * s for x, s in zip(in_spatial, strides)]
         total = [s * (x - 1) + p + e - t for s, x, p, e, t in zip(strides, in_spatial, outpad, span, target)]
         if any(t < 0 for t in total):
-            raise _fail(ctx, "output_shape larger than the transposed convolution's reach is not supported")
+            raise fail(ctx, "output_shape larger than the transposed convolution's reach is not supported")
         if auto_pad == "SAME_UPPER":
             begin = [t // 2 for t in total]
         else:
@@ -449,7 +291,7 @@ def _conv_transpose_window(ctx, in_spatial, kernel) -> Window:
     else:
         pads = list(ctx.attr("pads", None) or [0] * (2 * n))
         begin, end = pads[:n], pads[n:]
-    out = tuple(in_spatial) if _known(in_spatial) else None
+    out = tuple(in_spatial) if all_static(in_spatial) else None
     return Window(tuple(kernel), strides, dilations, tuple(begin), tuple(end), out)
 
 

@@ -14,13 +14,13 @@ from __future__ import annotations
 import numpy as np
 
 from . import register
-from .linalg import _fail
+from ._common import fail
 
 
 def _rank(ctx, x: str) -> int:
     r = ctx.b.rank(x)
     if r is None:
-        raise _fail(ctx, f"the rank of {x!r} is unknown")
+        raise fail(ctx, f"the rank of {x!r} is unknown")
     return r
 
 
@@ -112,11 +112,10 @@ def vjp_layer_norm(ctx):
                 parts.append(b.neg(b.div(b.mul(b.mul(b.cast_like(d_inv, X), inv3), xc), n)))
         grads[0] = b.sum(parts) if parts else None
     if dy is not None:
-        from ..backward import unbroadcast
         if ctx.needs(1):
-            grads[1] = unbroadcast(b, b.mul(dy, xhat), scale, ctx.y[0])
+            grads[1] = b.unbroadcast(b.mul(dy, xhat), scale, ctx.y[0])
         if bias is not None and ctx.needs(2):
-            grads[2] = unbroadcast(b, dy, bias, ctx.y[0])
+            grads[2] = b.unbroadcast(dy, bias, ctx.y[0])
     return grads
 
 
@@ -144,7 +143,7 @@ def vjp_instance_norm(ctx):
     X, scale = ctx.x[0], ctx.x[1]
     rank = _rank(ctx, X)
     if rank < 3:
-        raise _fail(ctx, f"expected an input of rank >= 3 (N, C, D1, ...), got rank {rank}")
+        raise fail(ctx, f"expected an input of rank >= 3 (N, C, D1, ...), got rank {rank}")
     axes = list(range(2, rank))
     xc, inv = _statistics(b, X, axes, float(ctx.attr("epsilon", 1e-5)))
     xhat = b.mul(xc, inv)
@@ -194,7 +193,7 @@ def vjp_lp_norm(ctx):
     axis = int(ctx.attr("axis", -1))
     p = int(ctx.attr("p", 2))
     if p not in (1, 2):
-        raise _fail(ctx, f"p must be 1 or 2, got {p}")
+        raise fail(ctx, f"p must be 1 or 2, got {p}")
     norm = b.reduce("ReduceL2" if p == 2 else "ReduceL1", X, [axis])
     proj = b.reduce_sum(b.mul(dy, Y), [axis])
     direction = Y if p == 2 else b.op("Sign", X)

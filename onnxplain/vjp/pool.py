@@ -3,7 +3,7 @@
 MaxPool routes each output's cotangent to the input element its window picked (the
 node's own ``Indices`` output, flat over N*C*H*W); AveragePool spreads ``dy / count``
 back over each window with a ConvTranspose of ones.  Window geometry is shared with
-Conv (:func:`onnxplain.vjp.linalg.window`).
+Conv (:func:`onnxplain.vjp._common.window`).
 """
 from __future__ import annotations
 
@@ -12,13 +12,13 @@ from onnx import TensorProto, helper
 
 from ..graph import np_dtype
 from . import register
-from .linalg import _fail, _known, _shape_tail, spread, window
+from ._common import all_static, fail, shape_tail, spread, window
 
 
 def _spatial(ctx):
     s = ctx.b.shape(ctx.x[0])
     if s is None or len(s) < 3:
-        raise _fail(ctx, f"expected an input of known rank >= 3, got shape {s}")
+        raise fail(ctx, f"expected an input of known rank >= 3, got shape {s}")
     return tuple(s[2:])
 
 
@@ -87,7 +87,7 @@ def _unit_stride_indices(ctx, spatial) -> str:
     attrs = _attrs(ctx.node, drop=("storage_order", "ceil_mode", "pads", "auto_pad", "strides", "dilations"))
     auto_pad = ctx.attr("auto_pad", b"NOTSET")
     auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else auto_pad
-    if auto_pad in ("SAME_UPPER", "SAME_LOWER") and not _known(spatial):
+    if auto_pad in ("SAME_UPPER", "SAME_LOWER") and not all_static(spatial):
         attrs["auto_pad"] = auto_pad      # the dummy axis (kernel 1) needs no padding either way
     else:
         win = window(ctx, spatial, kernel)
@@ -115,11 +115,11 @@ def vjp_average_pool(ctx):
         scale = (b.like(1.0 / float(count.flat[0]), X) if np.all(count == count.flat[0])
                  else b.const(1.0 / count, dtype, hint="inv_count"))
     elif ceil_mode:
-        raise _fail(ctx, "ceil_mode needs static spatial sizes")
+        raise fail(ctx, "ceil_mode needs static spatial sizes")
     else:
         scale = _dynamic_inv_count(b, X, win, include_pad, dtype)
     g = b.mul(dy, scale)
-    g = b.op("Reshape", g, b.ints([-1, 1] + list(win.out)) if win.out is not None else _shape_tail(b, dy, [-1, 1]))
+    g = b.op("Reshape", g, b.ints([-1, 1] + list(win.out)) if win.out is not None else shape_tail(b, dy, [-1, 1]))
     ones = b.const(np.ones((1, 1) + kernel), dtype, hint="ones_kernel")
     return [b.reshape_like(spread(b, g, ones, win, X, spatial), X)]
 
@@ -140,7 +140,7 @@ def _dynamic_inv_count(b, X: str, win, include_pad: bool, dtype) -> str:
     or, excluding padding, a Conv of ones over a ones image shaped like one channel of X."""
     if include_pad or not any(win.begin + win.end):
         return b.const(1.0 / float(np.prod(win.kernel)), dtype)
-    one = b.op("ConstantOfShape", _shape_tail(b, X, [1, 1]),
+    one = b.op("ConstantOfShape", shape_tail(b, X, [1, 1]),
                value=helper.make_tensor("one", helper.np_dtype_to_tensor_dtype(np.dtype(dtype)), [1], [1]))
     ones_k = b.const(np.ones((1, 1) + tuple(win.kernel)), dtype, hint="ones_kernel")
     count = b.op("Conv", one, ones_k, strides=list(win.strides), dilations=list(win.dilations),
@@ -154,7 +154,7 @@ def vjp_global_average_pool(ctx):
     """dX = dY / (number of spatial positions), broadcast over the spatial axes."""
     b, X, dy = ctx.b, ctx.x[0], ctx.dy[0]
     spatial = _spatial(ctx)
-    if _known(spatial):
+    if all_static(spatial):
         inv = b.like(1.0 / float(np.prod(spatial)), X)
     else:
         size = b.op("ReduceProd", b.op("Shape", X, start=2), keepdims=0)
@@ -169,7 +169,7 @@ def vjp_global_max_pool(ctx):
     spatial = _spatial(ctx)
     flat = b.op("Reshape", X, b.ints([0, 0, -1]))
     arg = b.op("ArgMax", flat, axis=2, keepdims=1)                       # (N, C, 1)
-    if _known(spatial):
+    if all_static(spatial):
         pos = b.const(np.arange(int(np.prod(spatial))), np.int64, hint="positions")
     else:
         size = b.op("Squeeze", b.op("Shape", flat, start=2), b.ints([0]))

@@ -8,8 +8,17 @@ graph-build time from the ONNX formulas (coordinate transformation, neighbours
 clamped to the edges, interpolation coefficients).  Nearest ``W`` is read off the
 node itself, by resizing the source index along that axis in the same graph: which
 neighbour a tie goes to depends on the runtime's float rounding of the coordinate,
-and the cotangent must go where the forward pass took the value from.  Resized
-axes need static sizes; a dynamic batch axis is fine as long as it is not resized.
+and the cotangent must go where the forward pass took the value from.
+
+When a resized axis has a size known only at run time (detectors and segmenters
+exported with dynamic height and width), or the scales or sizes are computed at
+run time (``F.interpolate(x, size=skip.shape[-2:])`` becomes Shape/Slice/Concat
+feeding ``sizes``), ``W`` is built at run time instead: the node's own Resize
+(same attributes, the scale or size of that axis only) applied to an identity
+basis as large as the axis gives ``W^T`` row by row, with the runtime's own
+coordinates, rounding and coefficients.  Axes that the sizes copy from the input's
+own shape (the batch and channel axes, as both PyTorch exporters write them) and
+axes with a constant scale of 1 are left alone.
 """
 from __future__ import annotations
 
@@ -20,8 +29,8 @@ from onnx import helper
 
 from ..graph import np_dtype
 from . import register
-from .linalg import _fail
-from .shape import const_value
+from ._common import fail
+from .shape import const_value, dims_vec
 
 
 def _attr_str(ctx, name: str, default: str) -> str:
@@ -111,24 +120,25 @@ def nearest_matrix(ctx, axis: int, n_in: int, rank: int) -> str:
     return b.op("Cast", hit, to=b.elem_type(X))
 
 
-# ------------------------------------------------------------------------- the rule
-def _scales(ctx, shape_in, axes, out_shape):
+# ------------------------------------------------------------------------- static geometry
+def _static_scales(ctx, shape_in, axes, out_shape):
     """Per resized axis: (scale, output size or None), from constant scales, or from sizes (constant,
-    else the inferred output shape) with ``keep_aspect_ratio_policy``."""
+    else the inferred output shape) with ``keep_aspect_ratio_policy``; None when they are known only
+    at run time."""
     b = ctx.b
-    names = list(ctx.x) + [""] * (4 - len(ctx.x))
-    scales = const_value(b, names[2]) if names[2] else None
-    if names[2] and scales is None:
-        raise _fail(ctx, "its scales are computed at run time; onnxplain needs them constant")
+    scales_in, sizes_in = _scales_and_sizes(ctx)
+    scales = const_value(b, scales_in) if scales_in else None
+    if scales_in and scales is None:
+        return None
     if scales is not None and scales.size:
         return {a: (float(s), None) for a, s in zip(axes, np.asarray(scales, np.float64).tolist())}
-    sizes = const_value(b, names[3]) if names[3] else None
+    sizes = const_value(b, sizes_in) if sizes_in else None
     if sizes is not None:
         sizes = [int(v) for v in np.asarray(sizes).ravel()]
     elif out_shape is not None:
         sizes = [out_shape[a] for a in axes]
     else:
-        raise _fail(ctx, "its sizes are computed at run time and its output shape is unknown")
+        return None
     ratios = {}
     for a, size in zip(axes, sizes):
         if size == shape_in[a]:
@@ -136,7 +146,7 @@ def _scales(ctx, shape_in, axes, out_shape):
         elif isinstance(size, int) and isinstance(shape_in[a], int):
             ratios[a] = size / shape_in[a]
         else:
-            raise _fail(ctx, f"axis {a} is resized but its sizes are not static (input {shape_in}, sizes {sizes})")
+            return None
     policy = _attr_str(ctx, "keep_aspect_ratio_policy", "stretch")
     if policy == "stretch":
         return {a: (r, size) for (a, r), size in zip(ratios.items(), sizes)}
@@ -144,23 +154,20 @@ def _scales(ctx, shape_in, axes, out_shape):
     return {a: (common, int(round(common * shape_in[a])) if isinstance(shape_in[a], int) else None) for a in axes}
 
 
-def _geometry(ctx):
-    """``(axis, n_in, n_out, scale, roi)`` of every axis that Resize changes."""
-    b, X, Y = ctx.b, ctx.x[0], ctx.y[0]
-    shape_in = b.shape(X)
-    if shape_in is None:
-        raise _fail(ctx, "the rank of its input is unknown")
-    rank = len(shape_in)
-    axes = ctx.attr("axes", None)
-    axes = list(range(rank)) if axes is None else [a + rank if a < 0 else a for a in axes]
+def _static_geometry(ctx, shape_in, axes):
+    """``(axis, n_in, n_out, scale, roi)`` of every axis that Resize changes, or None when a changed
+    axis, its scale or its size is known only at run time."""
+    b, Y = ctx.b, ctx.y[0]
     out_shape = b.shape(Y)
-    per_axis = _scales(ctx, shape_in, axes, out_shape)
+    per_axis = _static_scales(ctx, shape_in, axes, out_shape)
+    if per_axis is None:
+        return None
     coordinate_mode = _attr_str(ctx, "coordinate_transformation_mode", "half_pixel")
     roi = None
     if coordinate_mode == "tf_crop_and_resize":
         roi = const_value(b, ctx.x[1]) if len(ctx.x) > 1 and ctx.x[1] else None
         if roi is None:
-            raise _fail(ctx, "tf_crop_and_resize needs a constant roi")
+            raise fail(ctx, "tf_crop_and_resize needs a constant roi")
         roi = np.asarray(roi, np.float64).ravel()
     geometry = []
     for i, a in enumerate(axes):
@@ -174,7 +181,7 @@ def _geometry(ctx):
             continue              # an axis left as it is (the dynamic batch axis among them)
         n_in = shape_in[a]
         if not isinstance(n_in, int):
-            raise _fail(ctx, f"axis {a} is resized but its size is not static (input shape {shape_in})")
+            return None
         if out_shape is not None and isinstance(out_shape[a], int):
             n_out = out_shape[a]
         if not isinstance(n_out, int):
@@ -184,27 +191,180 @@ def _geometry(ctx):
     return geometry
 
 
+def _static_matrices(ctx, geometry, mode: str, rank: int):
+    """(axis, W) per resized axis, W (n_out x n_in) built when the graph is built (read off the node for nearest)."""
+    b, X = ctx.b, ctx.x[0]
+    if ctx.attr("antialias", 0) and mode != "nearest" and any(s < 1 for _, _, _, s, _ in geometry):
+        raise fail(ctx, "antialias=1 when downsampling is not supported")
+    dtype = np_dtype(b.elem_type(X))
+    options = dict(mode=mode, coordinate_mode=_attr_str(ctx, "coordinate_transformation_mode", "half_pixel"),
+                   cubic_coeff_a=float(ctx.attr("cubic_coeff_a", -0.75)),
+                   exclude_outside=bool(ctx.attr("exclude_outside", 0)))
+    for axis, n_in, n_out, scale, roi in geometry:
+        if mode == "nearest":
+            yield axis, nearest_matrix(ctx, axis, n_in, rank)
+        else:
+            yield axis, b.const(interpolation_matrix(n_in, n_out, scale, roi=roi, **options), dtype, hint="resize_w")
+
+
+# ------------------------------------------------------------------------- run-time geometry
+def _scales_and_sizes(ctx) -> tuple[str, str]:
+    """The names of the node's scales and sizes inputs ("" when absent)."""
+    names = list(ctx.x) + [""] * (4 - len(ctx.x))
+    return names[2], names[3]
+
+
+def _producers(b) -> dict:
+    return {o: n for n in b.nodes for o in n.output if o}
+
+
+def _entry_sources(b, name: str, x: str, producers: dict, depth: int = 0) -> list | None:
+    """Where each entry of the 1-D int64 tensor ``name`` comes from: ``("axis", k)`` when it is
+    ``x``'s size along axis k, ``("value", v)`` when it is the constant v, None when unknown; the
+    whole answer is None when not even the number of entries can be told."""
+    value = const_value(b, name)
+    if value is not None:
+        return [("value", int(v)) for v in np.asarray(value).ravel()]
+    node = producers.get(name)
+    shape = b.shape(name)
+    count = [None] * shape[0] if shape is not None and len(shape) == 1 and isinstance(shape[0], int) else None
+    if node is None or depth > 16:
+        return count
+    op, ins = node.op_type, list(node.input)
+    if op == "Shape":
+        rank = b.rank(ins[0])
+        if rank is None:
+            return count
+        axes = list(range(rank))[slice(_attr(node, "start", 0), _attr(node, "end", None))]
+        return [("axis", k) if ins[0] == x else None for k in axes]
+    if op in ("Cast", "Identity", "Squeeze", "Unsqueeze", "Reshape"):
+        inner = _entry_sources(b, ins[0], x, producers, depth + 1)
+        return inner if inner is not None else count
+    if op == "Concat":
+        parts = [_entry_sources(b, i, x, producers, depth + 1) for i in ins]
+        return None if any(p is None for p in parts) else [e for p in parts for e in p]
+    if op in ("Slice", "Gather"):
+        inner = _entry_sources(b, ins[0], x, producers, depth + 1)
+        picked = _picked_entries(b, node, inner)
+        return picked if picked is not None else count
+    return count
+
+
+def _picked_entries(b, node, inner: list | None) -> list | None:
+    """The entries of ``inner`` a Slice (constant starts/ends/steps on axis 0) or a Gather (constant
+    indices) keeps."""
+    if inner is None:
+        return None
+    ins = list(node.input) + [""] * 5
+    if node.op_type == "Gather":
+        idx = const_value(b, ins[1])
+        if idx is None or _attr(node, "axis", 0) != 0:
+            return None
+        return [inner[int(i)] for i in np.asarray(idx).ravel()]
+    starts, ends = const_value(b, ins[1]), const_value(b, ins[2])
+    axes = const_value(b, ins[3]) if ins[3] else np.zeros(1, np.int64)
+    steps = const_value(b, ins[4]) if ins[4] else np.ones(1, np.int64)
+    if any(v is None or np.size(v) != 1 for v in (starts, ends, axes, steps)) or int(np.ravel(axes)[0]) not in (0, -1):
+        return None
+    big = np.iinfo(np.int64).max
+    stop = int(np.ravel(ends)[0])
+    return inner[slice(int(np.ravel(starts)[0]), None if stop >= big // 2 else stop, int(np.ravel(steps)[0]))]
+
+
+def _attr(node, name: str, default):
+    for a in node.attribute:
+        if a.name == name:
+            return helper.get_attribute_value(a)
+    return default
+
+
+def _runtime_resized_axes(ctx, shape_in, axes) -> list[tuple[int, int]]:
+    """(axis, position in scales/sizes) of every axis Resize may change, from what the graph tells:
+    a constant scale of 1, a size copied from the input's own shape (or equal to its static size) and
+    an output dimension equal to the input's leave an axis alone."""
+    b = ctx.b
+    scales_in, sizes_in = _scales_and_sizes(ctx)
+    scales = const_value(b, scales_in) if scales_in else None
+    if scales is not None and np.size(scales) == 0:
+        scales, scales_in = None, ""
+    out_shape = b.shape(ctx.y[0])
+    sources = None
+    if not scales_in and sizes_in:
+        sources = _entry_sources(b, sizes_in, ctx.x[0], _producers(b))
+        if sources is not None and len(sources) != len(axes):
+            sources = None
+    resized = []
+    for j, a in enumerate(axes):
+        if out_shape is not None and shape_in[a] is not None and out_shape[a] == shape_in[a]:
+            continue
+        if scales is not None and float(np.ravel(scales)[j]) == 1.0:
+            continue
+        if sources is not None and sources[j] in (("axis", a), ("value", shape_in[a])):
+            continue
+        resized.append((a, j))
+    return resized
+
+
+def _runtime_matrix(ctx, axis: int, j: int) -> str:
+    """W^T (n_in x n_out) of ``axis``, at run time: the node's Resize (its attributes, the scale or size
+    of entry ``j`` only, the other axis kept) of the identity matrix of size n_in."""
+    b, X = ctx.b, ctx.x[0]
+    scales_in, sizes_in = _scales_and_sizes(ctx)
+    n = dims_vec(b, X, axis, axis + 1)
+    zeros = helper.make_tensor("zero", b.elem_type(X), [1], [0])
+    eye = b.op("EyeLike", b.op("ConstantOfShape", b.op("Concat", n, n, axis=0), value=zeros))
+    attrs = {a.name: helper.get_attribute_value(a) for a in ctx.node.attribute if a.name != "axes"}
+    empty = "" if b.opset >= 13 else b.const(np.zeros(0, np.float32), hint="resize_empty")
+    scales = const_value(b, scales_in) if scales_in else None
+    if scales_in and (scales is None or np.size(scales)):
+        if scales is not None:
+            pair = b.const([1.0, float(np.ravel(scales)[j])], np.float32, hint="resize_scales")
+        else:
+            pair = b.op("Concat", b.const([1.0], np.float32), b.op("Slice", scales_in, b.ints([j]), b.ints([j + 1])),
+                        axis=0)
+        return b.op("Resize", eye, empty, pair, **attrs)
+    size = b.op("Slice", sizes_in, b.ints([j]), b.ints([j + 1]))
+    return b.op("Resize", eye, empty, empty, b.op("Concat", n, size, axis=0), **attrs)
+
+
+def _runtime_matrices(ctx, shape_in, axes, mode: str):
+    """(axis, W) per axis Resize may change, W (n_out x n_in) built at run time."""
+    b = ctx.b
+    if b.opset < 11:
+        raise fail(ctx, f"Resize-{b.opset} with sizes known only at run time is not supported; "
+                        f"export with opset 11 or later")
+    coordinate_mode = _attr_str(ctx, "coordinate_transformation_mode", "half_pixel")
+    if coordinate_mode == "tf_crop_and_resize":
+        raise fail(ctx, "tf_crop_and_resize needs static sizes and scales")
+    if _attr_str(ctx, "keep_aspect_ratio_policy", "stretch") != "stretch":
+        raise fail(ctx, "keep_aspect_ratio_policy other than 'stretch' needs static sizes")
+    if ctx.attr("antialias", 0) and mode != "nearest":
+        raise fail(ctx, "antialias=1 with sizes or scales known only at run time is not supported")
+    for axis, j in _runtime_resized_axes(ctx, shape_in, axes):
+        yield axis, b.op("Transpose", _runtime_matrix(ctx, axis, j), perm=[1, 0])
+
+
+# ------------------------------------------------------------------------- the rule
 @register("Resize")
 def vjp_resize(ctx):
     """dX = dY x_a W_a^T along each resized axis a (W_a: the interpolation matrix of that axis)."""
     b, X, dy = ctx.b, ctx.x[0], ctx.dy[0]
     mode = _attr_str(ctx, "mode", "nearest")
     if mode not in ("nearest", "linear", "cubic"):
-        raise _fail(ctx, f"unknown mode {mode!r}")
-    geometry = _geometry(ctx)
-    if ctx.attr("antialias", 0) and mode != "nearest" and any(s < 1 for _, _, _, s, _ in geometry):
-        raise _fail(ctx, "antialias=1 when downsampling is not supported")
-    rank = len(b.shape(X))
-    dtype = np_dtype(b.elem_type(X))
-    options = dict(mode=mode, coordinate_mode=_attr_str(ctx, "coordinate_transformation_mode", "half_pixel"),
-                   cubic_coeff_a=float(ctx.attr("cubic_coeff_a", -0.75)),
-                   exclude_outside=bool(ctx.attr("exclude_outside", 0)))
+        raise fail(ctx, f"unknown mode {mode!r}")
+    shape_in = b.shape(X)
+    if shape_in is None:
+        raise fail(ctx, "the rank of its input is unknown")
+    rank = len(shape_in)
+    axes = ctx.attr("axes", None)
+    axes = list(range(rank)) if axes is None else [a + rank if a < 0 else a for a in axes]
+    geometry = _static_geometry(ctx, shape_in, axes)
+    if geometry is not None:
+        matrices = _static_matrices(ctx, geometry, mode, rank)
+    else:
+        matrices = _runtime_matrices(ctx, shape_in, axes, mode)
     g = dy
-    for axis, n_in, n_out, scale, roi in geometry:
-        if mode == "nearest":
-            w = nearest_matrix(ctx, axis, n_in, rank)
-        else:
-            w = b.const(interpolation_matrix(n_in, n_out, scale, roi=roi, **options), dtype, hint="resize_w")
+    for axis, w in matrices:
         perm = list(range(rank))
         perm[axis], perm[-1] = perm[-1], perm[axis]
         moved = g if axis == rank - 1 else b.op("Transpose", g, perm=perm)

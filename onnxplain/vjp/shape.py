@@ -57,10 +57,7 @@ def shape_vec(b, x: str) -> str:
 
 def reshape_to(b, g: str, x: str) -> str:
     """Reshape ``g`` to the shape of ``x`` (zero-size dims kept literally)."""
-    s = static_shape(b, x)
-    if s is not None:
-        return b.op("Reshape", g, b.ints(s), allowzero=1 if 0 in s else None)
-    return b.reshape(g, b.shape_of(x))
+    return b.reshape_exact(g, shape_vec(b, x))
 
 
 def dims_vec(b, x: str, start: int = 0, end: int | None = None) -> str:
@@ -95,7 +92,7 @@ def flat_positions(b, x: str) -> str:
     """An int64 tensor shaped like ``x`` holding each element's row-major flat index."""
     n = b.op("Size", x)
     r = b.op("Range", b.const(0, np.int64), n, b.const(1, np.int64))
-    return b.reshape(r, shape_vec(b, x))
+    return b.reshape_exact(r, shape_vec(b, x))
 
 
 def scatter_flat(b, x: str, positions: str, g: str, add: bool) -> str:
@@ -125,6 +122,13 @@ def vjp_transpose(ctx):
     if perm is None:
         return [ctx.b.op("Transpose", ctx.dy[0])]
     return [ctx.b.op("Transpose", ctx.dy[0], perm=[int(i) for i in np.argsort(perm)])]
+
+
+@register("ReverseSequence")
+def vjp_reverse_sequence(ctx):
+    """A permutation that is its own inverse: dx = reverse_sequence(dy) with the same lengths and axes."""
+    return [ctx.b.op("ReverseSequence", ctx.dy[0], ctx.x[1], batch_axis=ctx.attr("batch_axis", 1),
+                     time_axis=ctx.attr("time_axis", 0)), None]
 
 
 @register("Expand", broadcast=True)
@@ -166,7 +170,7 @@ def vjp_tile(ctx):
     else:
         pairs = b.op("Concat", b.unsqueeze(repeats, [1]), b.unsqueeze(b.shape_of(x), [1]), axis=1)
         split = b.reshape(pairs, b.ints([-1]))
-    g = b.reshape(ctx.dy[0], split)
+    g = b.reshape_exact(ctx.dy[0], split)
     if rank is not None:
         return [b.reduce_sum(g, list(range(0, 2 * rank, 2)), keepdims=0), None]
     two = b.const(2, np.int64)
@@ -229,7 +233,8 @@ def vjp_gather(ctx):
     # dy reshaped to (x dims before axis, n indices, x dims after axis)
     before = dims_vec(b, x, 0, axis)
     after = b.ints([]) if axis == -1 else dims_vec(b, x, axis + 1)
-    g = b.reshape(ctx.dy[0], concat_ints(b, before, b.ints([-1]), after))
+    count = b.reshape(b.op("Size", idx), b.ints([1]))           # indices gathered (may be 0)
+    g = b.reshape_exact(ctx.dy[0], concat_ints(b, before, count, after))
     # indices made non-negative, laid along the axis and broadcast over the other dims
     size = dim_vec(b, x, axis)
     if b.elem_type(idx) != onnx.TensorProto.INT64:

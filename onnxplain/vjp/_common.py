@@ -1,0 +1,166 @@
+"""Helpers that several rule families share: failures that name the node, static-shape checks, and the
+window geometry of Conv and pooling (where each window sits, and the transpose that spreads a cotangent
+back over the windows)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from onnx import TensorProto
+
+from ..errors import UnsupportedOperatorError
+from ..graph import np_dtype
+
+
+# ------------------------------------------------------------------------------------ failures and shapes
+def all_static(dims) -> bool:
+    """Whether every dimension of ``dims`` is a static int."""
+    return dims is not None and all(isinstance(d, int) for d in dims)
+
+
+def rank_or_fail(b, x: str) -> tuple:
+    """The static shape of ``x``; an error when even its rank is unknown."""
+    s = b.shape(x)
+    if s is None:
+        raise UnsupportedOperatorError.unknown_rank(x)
+    return s
+
+
+def fail(ctx, why: str) -> UnsupportedOperatorError:
+    """The error raised when the rule of ``ctx.node`` cannot be built, saying why."""
+    node = ctx.node
+    return UnsupportedOperatorError([node], f"cannot build the backward pass of {node.op_type} node "
+                                            f"{node.name or node.output[0]!r}: {why}")
+
+
+# ---------------------------------------------------------------------------- window geometry
+@dataclass(frozen=True)
+class Window:
+    """Where a Conv/pool window sits along each spatial axis, with pads resolved.
+
+    ``out`` is the number of output positions per axis (None where the input size is unknown).
+    """
+
+    kernel: tuple
+    strides: tuple
+    dilations: tuple
+    begin: tuple
+    end: tuple
+    out: tuple | None
+
+    @property
+    def span(self) -> tuple:
+        """Extent of one window: (k - 1) * d + 1."""
+        return tuple((k - 1) * d + 1 for k, d in zip(self.kernel, self.dilations))
+
+
+def window(ctx, spatial, kernel, ceil_mode: bool = False) -> Window:
+    """Resolve strides, dilations and pads (explicit or auto_pad) of a Conv/pool node.
+
+    ``spatial`` holds the input's static spatial sizes (ints, or strings/None when unknown).
+    SAME_* follows the ONNX formula with the total padding clipped at zero (TensorFlow's rule);
+    ceil_mode drops a last window that would start in the right padding (ONNX, PyTorch).
+    """
+    n = len(kernel)
+    strides = tuple(ctx.attr("strides", None) or [1] * n)
+    dilations = tuple(ctx.attr("dilations", None) or [1] * n)
+    auto_pad = ctx.attr("auto_pad", b"NOTSET")
+    auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else auto_pad
+    span = [(k - 1) * d + 1 for k, d in zip(kernel, dilations)]
+    known = all_static(spatial)
+    if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
+        if not known:
+            raise fail(ctx, f"auto_pad={auto_pad} needs static spatial sizes, got {tuple(spatial)}")
+        out = [-(-x // s) for x, s in zip(spatial, strides)]
+        total = [max(0, (o - 1) * s + e - x) for o, s, e, x in zip(out, strides, span, spatial)]
+        small = [t // 2 for t in total]
+        begin = small if auto_pad == "SAME_UPPER" else [t - m for t, m in zip(total, small)]
+        end = [t - bg for t, bg in zip(total, begin)]
+        return Window(tuple(kernel), strides, dilations, tuple(begin), tuple(end), tuple(out))
+    pads = [0] * (2 * n) if auto_pad == "VALID" else list(ctx.attr("pads", None) or [0] * (2 * n))
+    begin, end = tuple(pads[:n]), tuple(pads[n:])
+    out = None
+    if known:
+        out = []
+        for x, s, e, pb, pe in zip(spatial, strides, span, begin, end):
+            num = x + pb + pe - e
+            o = (-(-num // s) if ceil_mode else num // s) + 1
+            if ceil_mode and (o - 1) * s >= x + pb:
+                o -= 1
+            out.append(o)
+        out = tuple(out)
+    return Window(tuple(kernel), strides, dilations, begin, end, out)
+
+
+def shape_tail(b, x: str, prefix, start: int = 2) -> str:
+    """Concat(prefix, Shape(x)[start:]) as an int64 shape vector."""
+    tail = b.op("Shape", x, start=start)
+    return b.op("Concat", b.ints(prefix), tail, axis=0) if len(prefix) else tail
+
+
+def spread(b, g: str, weight: str, win: Window, x: str, spatial, group: int = 1, wshape=None) -> str:
+    """Transpose of a windowed linear map (Conv's dX, pooling): spread ``g`` back through ``weight``,
+    cropped or zero-padded so that its spatial sizes are the forward input's (rows no window read
+    get no gradient).  ``wshape`` = (M, C/G, k...), needed when ``group`` > 1."""
+    if group != 1:
+        return _spread_grouped(b, g, weight, win, x, spatial, group, wshape)
+    n = len(win.kernel)
+    common = dict(strides=list(win.strides), dilations=list(win.dilations))
+    if all_static(spatial) and win.out is not None:
+        end, extra, outpad = [], [], []
+        for x_len, o, s, e, pb in zip(spatial, win.out, win.strides, win.span, win.begin):
+            excess = s * (o - 1) + e - pb - x_len   # > 0: crop it at the end; < 0: append zero rows
+            end.append(max(excess, 0))
+            short = max(-excess, 0)
+            outpad.append(short if short < s else 0)
+            extra.append(0 if short < s else short)
+        y = b.op("ConvTranspose", g, weight, pads=list(win.begin) + end,
+                 output_padding=outpad if any(outpad) else None, **common)
+        if any(extra):
+            y = b.op("Pad", y, b.ints([0] * (n + 2) + [0, 0] + extra))
+        return y
+    # Spatial sizes unknown: un-cropped ConvTranspose with the largest output padding, then keep
+    # rows [pb, pb + x) of each axis (the output padding guarantees they exist).
+    outpad = [s - 1 for s in win.strides]
+    y = b.op("ConvTranspose", g, weight, pads=[0] * (2 * n),
+             output_padding=outpad if any(outpad) else None, **common)
+    return _keep_rows(b, y, win, x)
+
+
+def _keep_rows(b, y: str, win: Window, x: str) -> str:
+    """Rows [pb, pb + size of x) of every spatial axis of ``y``, sizes read at run time."""
+    n = len(win.kernel)
+    starts = b.ints(list(win.begin))
+    ends = b.op("Add", b.op("Shape", x, start=2), starts)
+    return b.op("Slice", y, starts, ends, b.ints(list(range(2, n + 2))))
+
+
+def _spread_grouped(b, g: str, weight: str, win: Window, x: str, spatial, group: int, wshape) -> str:
+    """Grouped transpose as a grouped Conv: zeros between the rows of g (stride), weight regrouped
+    (M, C/G, k) -> (C, M/G, k) and flipped, padded by span - 1 (onnx.reference's grouped
+    ConvTranspose mixes up its groups, so it is not used)."""
+    n = len(win.kernel)
+    M, cg, kernel = wshape[0], wshape[1], list(wshape[2:])
+    axes = b.ints(list(range(2, n + 2)))
+    w = b.op("Reshape", weight, b.ints([group, M // group, cg] + kernel))
+    w = b.op("Transpose", w, perm=[0, 2, 1] + list(range(3, n + 3)))
+    w = b.op("Reshape", w, b.ints([group * cg, M // group] + kernel))
+    w = b.op("Slice", w, b.ints([-1] * n), b.ints([-2 ** 63] * n), axes, b.ints([-1] * n))
+    z = g
+    if any(s > 1 for s in win.strides):   # insert s - 1 zeros between rows: a 1x1 ConvTranspose of ones
+        ones = b.const(np.ones((1, 1) + (1,) * n), np_dtype(b.elem_type(x) or TensorProto.FLOAT))
+        z = b.op("Reshape", g, shape_tail(b, g, [-1, 1]))
+        z = b.op("ConvTranspose", z, ones, strides=list(win.strides))
+        z = b.op("Reshape", z, shape_tail(b, z, [-1, M]))
+    conv = dict(dilations=list(win.dilations), group=group)
+    if all_static(spatial) and win.out is not None:
+        lo = [e - 1 - pb for e, pb in zip(win.span, win.begin)]
+        hi = [pb + x_len - s * (o - 1) - 1
+              for x_len, o, s, pb in zip(spatial, win.out, win.strides, win.begin)]
+        if any(p < 0 for p in lo + hi):   # negative padding: crop the rows first
+            big = 2 ** 62
+            z = b.op("Slice", z, b.ints([max(-p, 0) for p in lo]), b.ints([-p if p < 0 else big for p in hi]), axes)
+        return b.op("Conv", z, w, pads=[max(p, 0) for p in lo + hi], **conv)
+    full = b.op("Conv", z, w, pads=[e - 1 for e in win.span] + [e + s - 2 for e, s in zip(win.span, win.strides)],
+                **conv)
+    return _keep_rows(b, full, win, x)
