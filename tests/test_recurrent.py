@@ -175,18 +175,17 @@ def textbook_rnn_backward(net: Classifier, x: np.ndarray, tw: np.ndarray, eps=1e
     return m_x if guided else m_x * x
 
 
-UNROLLED = pytest.mark.xfail(strict=True, reason=(
-    "the dynamo exporter unrolls nn.RNN into ops on (1, batch, hidden) tensors, and DeepLIFT's Partner "
-    "pairs input and reference rows by halves of axis 0"))
-
-
-@pytest.mark.parametrize("config, exporter", [("rnn_tanh", "torchscript"), ("rnn_relu", "torchscript"),
-                                              pytest.param("rnn_relu", "dynamo", marks=UNROLLED)])
-def test_deeplift_vanilla_rnn_textbook_and_summation_to_delta(zoo, config, exporter):
+@pytest.mark.parametrize("config, exporter, batch_size", [("rnn_tanh", "torchscript", None),
+                                                          ("rnn_relu", "torchscript", None),
+                                                          ("rnn_relu", "dynamo", ROWS)])
+def test_deeplift_vanilla_rnn_textbook_and_summation_to_delta(zoo, config, exporter, batch_size):
+    """The dynamo exporter unrolls nn.RNN into ops on (1, batch, hidden) tensors, whose axis 0 is not the
+    rows: with batch_size the references run through their own copy of the forward pass, which pairs
+    every tensor with its reference whatever its layout."""
     case = zoo[config, exporter]
     tw = target_weights()
-    attr, delta = onnxplain.Explainer(case.onnx, "deeplift").explain(case.feeds(), target_weights=tw,
-                                                                     return_convergence_delta=True)
+    attr, delta = onnxplain.Explainer(case.onnx, "deeplift", batch_size=batch_size).explain(
+        case.feeds(), target_weights=tw, return_convergence_delta=True)
     ref = textbook_rnn_backward(case.net, case.feeds()["x"], tw)
     assert_close(attr, ref, rtol=1e-4, what=f"{config}/{exporter}: DeepLIFT")
     scale = np.abs(attr).sum(axis=(1, 2)).max()
