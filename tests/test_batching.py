@@ -483,11 +483,19 @@ def test_command_line_takes_batch_axes_and_batch_size(gated, torch_gated, recurr
     onnx.save(gated, str(model))
     x = gated_rows()
     np.save(rows, x.numpy())
-    assert main(["explain", str(model), str(rows), "-m", "saliency", "--target", "1", "--batch-size", "1",
+    assert main(["explain", str(model), str(rows), "-m", "saliency", "--target", "1", "--model-batch-size", "1",
                  "--out", str(out)]) == 0
     row = x[:1].clone().requires_grad_()
     torch_gated(row)[0, 1].backward()
     assert_close(np.load(out)[:1], row.grad.abs(), 1e-5)
+
+    # --batch-size is the rows of a streamed batch; the model still sees one row per forward pass
+    streamed = tmp_path / "streamed.npy"
+    assert main(["explain", str(model), str(rows), "-m", "saliency", "--target", "1", "--model-batch-size", "1",
+                 "--batch-size", "2", "--no-progress", "--out", str(streamed)]) == 0
+    every = x.clone().requires_grad_()
+    torch.stack([torch_gated(every[i:i + 1])[0, 1] for i in range(len(x))]).sum().backward()
+    assert_close(np.load(streamed), every.grad.abs(), 1e-5)
 
     model, data, out = tmp_path / "rec.onnx", tmp_path / "rec.npz", tmp_path / "g.npz"
     onnx.save(recurrent, str(model))

@@ -340,6 +340,17 @@ def test_explain_errors(tmp_path, mlp, rows, rows_file, capsys):
     assert not (tmp_path / "a.txt").exists()
 
 
+def test_explain_streaming_flags_are_refused_where_they_do_not_apply(tmp_path, mlp, rows_file, capsys):
+    out = str(tmp_path / "s.npy")
+    _fails(capsys, ["explain", mlp, rows_file, "-m", "saliency", "--target", "0", "--batch-size", "2", "--out", out,
+                    "--plot", str(tmp_path / "s.png")], "--plot", "--batch-size")
+    _fails(capsys, ["explain", mlp, rows_file, "-m", "saliency", "--target", "pred", "--batch-size", "2",
+                    "--out", out], "target_file")
+    _fails(capsys, ["explain", mlp, rows_file, "-m", "saliency", "--target-file", rows_file, "--out", out],
+           "--target-file", "--batch-size")
+    assert not os.path.exists(out)
+
+
 # ---------------------------------------------------------------------- inspect
 def test_inspect_the_demo_model(capsys):
     assert main(["inspect", demo_files()["model"]]) == 0

@@ -134,3 +134,27 @@ def test_progress_must_be_a_flag(mlp):
     model, x = mlp
     with pytest.raises(ValueError, match="progress must be True, False or None"):
         onnxplain.Explainer(model, "feature_ablation").explain(x, target=0, progress="yes")
+
+
+@pytest.mark.parametrize("multiply_by_inputs", [True, False])
+def test_deeplift_shap_baseline_parts_under_batch_size(multiply_by_inputs, mlp):
+    """A budget too small for the baseline set splits it into parts (a weighted mixture); with batch_size each
+    part still pairs its references through their own forward copy.  The estimate counts those runs, and the
+    result is the mean over the baselines of DeepLIFT with each one (DeepLiftShap's definition)."""
+    model, x = mlp
+    budget = 2 * bytes_per_row(onnx.load_from_string(model), 3.0, {"x": x})
+    ex = onnxplain.Explainer(model, "deeplift_shap", memory_budget=budget, batch_size=BATCH_SIZE)
+    seen = counting(ex)
+    try:
+        cost = ex.estimate(x, target=2, baselines=BASELINES, multiply_by_inputs=multiply_by_inputs)
+        attr, delta = ex.explain(x, target=2, baselines=BASELINES, multiply_by_inputs=multiply_by_inputs,
+                                 return_convergence_delta=True)
+    finally:
+        del ex.session.run
+    assert (cost.runs, cost.rows, cost.rows_per_run) == (len(seen), sum(seen), max(seen))
+    assert max(seen) < 2 * N_ROWS * len(BASELINES), "the baselines are split into parts"
+    one = onnxplain.Explainer(model, "deeplift")
+    per_baseline = [one.explain(x, target=2, baselines=b[None], multiply_by_inputs=multiply_by_inputs,
+                                return_convergence_delta=True) for b in BASELINES]
+    np.testing.assert_allclose(attr, np.mean([a for a, _ in per_baseline], axis=0), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(delta, np.mean([d for _, d in per_baseline], axis=0), rtol=1e-4, atol=1e-5)

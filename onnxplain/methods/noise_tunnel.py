@@ -61,7 +61,8 @@ class NoiseTunnel(Method):
 
     @defaults.setter
     def defaults(self, values: dict) -> None:
-        self.inner.defaults = {k: v for k, v in values.items() if k not in NT_DEFAULTS}
+        shared = {k: self.inner.defaults[k] for k in NT_DEFAULTS if k in self.inner.defaults}
+        self.inner.defaults = {**shared, **{k: v for k, v in values.items() if k not in NT_DEFAULTS}}
         self._nt_defaults = {k: values[k] for k in NT_DEFAULTS}
 
     # --------------------------------------------------------------- the graph
@@ -209,7 +210,7 @@ class NoiseTunnel(Method):
         if unknown:
             raise TypeError(f"method {self.name!r} got unexpected parameter(s) {unknown}; it accepts: "
                             f"{', '.join(sorted(self.defaults))}")
-        inner = self.inner.check_params({k: v for k, v in params.items() if k not in NT_DEFAULTS})
+        inner = self.inner.check_params(self._inner_params(params))
         if inner.get("internal_batch_size") is not None:
             raise ValueError("internal_batch_size splits the integration steps, which a noise tunnel's statistics "
                              "cannot add up; memory_budget splits the rows instead")
@@ -234,9 +235,13 @@ class NoiseTunnel(Method):
             part[spec.param("stdevs", c)] = stdev
         return [part]
 
-    @staticmethod
-    def _inner_params(params: dict) -> dict:
-        return {k: v for k, v in params.items() if k not in NT_DEFAULTS}
+    def _inner_params(self, params: dict) -> dict:
+        """The inner method's parameters.  One the inner method shares with the noise tunnel (DeepLiftShap's
+        ``seed``, which draws its ``n_baselines``) goes to both when given; None leaves the inner its default."""
+        own = {k: v for k, v in params.items() if k not in NT_DEFAULTS}
+        shared = {k: self.inner.defaults[k] if params.get(k) is None else params[k]
+                  for k in NT_DEFAULTS if k in self.inner.defaults}
+        return {**own, **shared}
 
     def _draws(self, params, spec: Spec, inputs: dict) -> dict:
         """Per carrier: the standard-normal draws ``(S, N, *row)`` (from ``seed``, or ``noise`` as given) and
