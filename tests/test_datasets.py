@@ -287,13 +287,15 @@ def test_one_shot_explain_normalises_a_model_once(model_path, monkeypatch):
     onnxplain.clear_cache()
     calls = []
     real = api.normalize
-    monkeypatch.setattr(api, "normalize", lambda m: calls.append(1) or real(m))
+    monkeypatch.setattr(api, "normalize", lambda m, **kw: calls.append(1) or real(m, **kw))
     for _ in range(3):
         a = onnxplain.explain(model_path, X[:4], "saliency", target=1)
     assert len(calls) == 1
     os.utime(model_path, ns=(time.time_ns(), time.time_ns() + 10 ** 9))   # a changed file is read again
     onnxplain.explain(model_path, X[:4], "saliency", target=1)
     assert len(calls) == 2
+    onnxplain.explain(model_path, X[:4], "saliency", target=1, batch_axes={"x": 0})   # other batch axes: again
+    assert len(calls) == 3
     np.testing.assert_allclose(a, np.abs(grad(X[:4], np.eye(3)[[1] * 4])), rtol=1e-5,
                                atol=1e-6)
 
