@@ -38,6 +38,7 @@ DELTA = "delta"
 #: how each method parameter travels: its kind, and the request input name when it differs
 _PARAMETER_KINDS = {
     "n_steps": "int", "nt_samples": "int", "n_samples": "int", "seed": "int", "internal_batch_size": "int",
+    "n_baselines": "int",
     "perturbations_per_eval": "int", "stdevs": "float", "epsilon": "float", "eps": "float",
     "antithetic": "bool", "multiply_by_inputs": "bool", "method": "string", "sliding_window_shapes": "ints",
     "strides": "ints",
