@@ -12,8 +12,9 @@
 Each command is one block: ``add_<command>(subparsers)`` declares its arguments
 and sets ``run_<command>``, which calls one library function
 (:func:`onnxplain.demo.run_demo`, :func:`onnxplain.inspect`,
-:func:`onnxplain.convert`, :func:`onnxplain.files.explain_file`) and prints
-what it returns.  A new command is two such functions and an entry in
+:func:`onnxplain.convert`, :func:`onnxplain.files.explain_file`, or for a
+streamed ``explain --batch-size N`` :func:`onnxplain.datasets.explain_npy`) and
+prints what it returns.  A new command is two such functions and an entry in
 :data:`COMMANDS`.
 
 Mistakes of the caller (a bad path, method, parameter, shape or target; a model

@@ -146,6 +146,23 @@ def test_noise_tunnel_over_every_method_matches_captum(cases, method, kind):
     compare(cases["mlp"], method, kind, target=1)
 
 
+def test_noise_tunnel_over_deeplift_shap_draws_its_baselines_with_the_given_seed(cases):
+    """n_baselines=K of a background set under a noise tunnel: ``seed`` draws both the noise and the K rows
+    (K of B without replacement, as numpy's Generator(seed).choice); against Captum's DeepLiftShap over the
+    drawn rows at the noisy inputs."""
+    case = cases["mlp"]
+    background = torch.randn((6, 6), generator=torch.Generator().manual_seed(21))
+    drawn = background[np.sort(np.random.default_rng(SEED).choice(6, size=3, replace=False))]
+    ours, ours_delta = onnxplain.Explainer(case.onnx, "deeplift_shap", noise_tunnel="smoothgrad").explain(
+        case.x.numpy(), target=1, nt_samples=SAMPLES, stdevs=STDEV, noise=case.noise, seed=SEED,
+        baselines=background.numpy(), n_baselines=3, return_convergence_delta=True)
+    ref, ref_delta = captum_noise_tunnel(case, "deeplift_shap", "smoothgrad", 1, True, {"baselines": drawn})
+    assert_close(ours, ref, RTOL)
+    scale = float(np.abs(ours).sum(axis=1).max())
+    assert_close(ours_delta, ref_delta.detach().reshape(len(case.x), SAMPLES), RTOL, scale=scale,
+                 what="convergence delta")
+
+
 @pytest.mark.parametrize("method", [m for m in METHODS if m != "epsilon_lrp"])   # Captum's LRP hooks fail here
 def test_noise_tunnel_on_a_cnn_with_per_row_targets(cases, method):
     compare(cases["cnn"], method, "smoothgrad_sq", target=[2, 0, 1])
