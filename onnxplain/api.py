@@ -203,12 +203,19 @@ class Explainer:
         """The advice to use ``batch_size=1`` when a run failed with several rows and one row runs."""
         if self.spec.batch_size == 1:
             return None
-        first = {vi.name: (feeds[vi.name] if vi.name in self.spec.unbatched else feeds[vi.name][:1])
-                 for vi in _graph_inputs(self.model)}
+        def rows(count):
+            return {vi.name: (feeds[vi.name] if vi.name in self.spec.unbatched
+                              else np.concatenate([feeds[vi.name][:1]] * count)) for vi in _graph_inputs(self.model)}
+        forward = self._forward_session()
         try:
-            self._forward_session().run(first)
+            forward.run(rows(1))
         except Exception:
-            return None
+            return None      # not even one row runs: not a matter of batching
+        try:
+            forward.run(rows(2))
+            return None      # the model takes two rows: the failure is the explanation graph's own
+        except Exception:
+            pass
         return (f"the model fails on a run of several rows but runs on one row: it cannot take batches "
                 f"(control flow on a single-element condition, a state sized for one row...). Build the "
                 f"Explainer with batch_size=1 so that the model never sees more than one row per run")
