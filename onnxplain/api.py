@@ -110,6 +110,7 @@ class Explainer:
             self.graph, self.session = cached
         self.row_cost = RowCost(self.model, self.method.row_cost_factor)
         self._forward = None
+        self._forward_lock = threading.Lock()
         self._output_shapes: dict = {}
 
     @property
@@ -137,12 +138,15 @@ class Explainer:
         return {k: np.concatenate([c[k] for c in chunks], axis=0) for k in chunks[0]}
 
     def _forward_session(self) -> Session:
-        if self._forward is None:
-            self._forward = Session(self.model, self.providers, self.threads)
+        with self._forward_lock:    # concurrent requests of a server build it once
+            if self._forward is None:
+                self._forward = Session(self.model, self.providers, self.threads)
         return self._forward
 
     def save(self, path) -> None:
         """Write the explanation graph (see :func:`convert`; inputs in their own layout)."""
+        from .methods.noise_tunnel import NoiseTunnel
+        _check_standalone(isinstance(self.method, NoiseTunnel), self.spec.batch_size)
         _write_atomically(own_layouts(self.graph, self.spec, self.batch_axes), path)
 
     def explain(self, inputs, target=None, *, target_weights=None, return_convergence_delta: bool = False,
@@ -230,12 +234,19 @@ class Explainer:
         """The advice to use ``batch_size=1`` when a run failed with several rows and one row runs."""
         if self.spec.batch_size == 1:
             return None
-        first = {vi.name: (feeds[vi.name] if vi.name in self.spec.unbatched else feeds[vi.name][:1])
-                 for vi in _graph_inputs(self.model)}
+        def rows(count):
+            return {vi.name: (feeds[vi.name] if vi.name in self.spec.unbatched
+                              else np.concatenate([feeds[vi.name][:1]] * count)) for vi in _graph_inputs(self.model)}
+        forward = self._forward_session()
         try:
-            self._forward_session().run(first)
+            forward.run(rows(1))
         except Exception:
-            return None
+            return None      # not even one row runs: not a matter of batching
+        try:
+            forward.run(rows(2))
+            return None      # the model takes two rows: the failure is the explanation graph's own
+        except Exception:
+            pass
         return (f"the model fails on a run of several rows but runs on one row: it cannot take batches "
                 f"(control flow on a single-element condition, a state sized for one row...). Build the "
                 f"Explainer with batch_size=1 so that the model never sees more than one row per run")
@@ -346,6 +357,13 @@ def build_graph(model: onnx.ModelProto, method, spec: Spec) -> onnx.ModelProto:
     return graph
 
 
+def _check_standalone(noise_tunnel: bool, batch_size) -> None:
+    """A standalone graph cannot hold a noise tunnel under ``batch_size``: its samples run one after another."""
+    if noise_tunnel and batch_size is not None:
+        raise ValueError("a graph converted with batch_size cannot carry a noise tunnel: under batch_size the "
+                         "noisy samples run one after another, fed by the Python API; convert without one of them")
+
+
 def explain(model, inputs, method: str = "saliency", target=None, **kwargs):
     """One-shot :meth:`Explainer.explain` (the graph and session are cached all the same)."""
     ctor = {k: kwargs.pop(k) for k in ("output", "providers", "memory_budget", "layer", "threads", "batch_axes",
@@ -369,9 +387,7 @@ def convert(model, path, method: str = "saliency", output: str | None = None, in
     in its own layout, and so are its attributions and its ``baselines``.  The
     file is written atomically: nothing is left behind on error.
     """
-    if noise_tunnel is not None and batch_size is not None:
-        raise ValueError("a graph converted with batch_size cannot carry a noise tunnel: under batch_size the "
-                         "noisy samples run one after another, fed by the Python API; convert without one of them")
+    _check_standalone(noise_tunnel is not None, batch_size)
     m = get_method(method, noise_tunnel=noise_tunnel, **{**(defaults or {}), **more_defaults})
     model, axes = batch_first_model(model, batch_axes, output)
     spec = _spec(model, _choose_output(model, output), inputs, layer, m, unbatched=_unbatched(axes))

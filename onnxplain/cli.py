@@ -396,6 +396,7 @@ def add_serve(sub) -> None:
     s.add_argument("--max-request-bytes", type=int, default=64 << 20,
                    help="larger request bodies are refused with 413 (default: 64 MiB)")
     s.add_argument("--threads", type=int, help="onnxruntime intra-op threads per model (default: onnxruntime's)")
+    _add_batching_args(s)
     s.set_defaults(run=run_serve)
 
 
@@ -409,7 +410,7 @@ def run_serve(args) -> int:
     serve(args.models, methods, names=args.names, output=args.output, inputs=args.inputs, layer=args.layer,
           host=args.host, http_port=args.http_port, grpc_port=args.grpc_port,
           max_request_bytes=args.max_request_bytes, threads=args.threads, noise_tunnel=args.noise_tunnel,
-          **_method_params(args, allow_files=True))
+          **_batching(args), **_method_params(args, allow_files=True))
     return 0
 
 

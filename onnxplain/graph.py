@@ -145,8 +145,11 @@ class GraphBuilder:
         return self.const(list(values), np.int64, hint="i")
 
     def like(self, value, ref: str) -> str:
-        """A scalar constant of the same float type as tensor ``ref``."""
-        et = self.elem_type(ref) or TensorProto.FLOAT
+        """A scalar constant of the same float type as tensor ``ref`` (cast at run time when its type is
+        not recorded)."""
+        et = self.elem_type(ref)
+        if et is None:
+            return self.cast_like(self.const(value, np.float32), ref)
         return self.const(value, np_dtype(et))
 
     def add_input(self, name: str, elem_type: int, shape, default: np.ndarray | None = None) -> str:
@@ -253,9 +256,11 @@ class GraphBuilder:
         return self.reshape_exact(x, self.shape_of(ref))
 
     def zeros_like(self, x: str) -> str:
-        et = self.elem_type(x) or TensorProto.FLOAT
-        return self.op("ConstantOfShape", self.shape_of(x),
-                       value=numpy_helper.from_array(np.zeros(1, np_dtype(et))))
+        """Zeros shaped and typed like ``x`` (cast at run time when its type is not recorded)."""
+        et = self.elem_type(x)
+        zeros = self.op("ConstantOfShape", self.shape_of(x),
+                        value=numpy_helper.from_array(np.zeros(1, np_dtype(et or TensorProto.FLOAT))))
+        return zeros if et is not None else self.cast_like(zeros, x)
 
     def cast_like(self, x: str, ref: str) -> str:
         return self.op("CastLike", x, ref)

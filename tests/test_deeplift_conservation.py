@@ -455,3 +455,46 @@ def test_local_form_matches_captum_multiply_by_inputs_false(arch, shape):
     ref = DeepLiftShap(net64, multiply_by_inputs=False).attribute(x.double(), dist.double(),
                                                                   target=[0, 1, 2, 0][:shape[0]]).numpy()
     np.testing.assert_allclose(ours, ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max())
+
+
+def test_mean_variance_norm_over_an_axis_of_run_time_size():
+    """The normalised count is the product of the normalised axes' sizes, read at run time when they are
+    symbolic, not of every axis from the first normalised one on."""
+    model = op_graph([n("MeanVarianceNormalization", ["x"], ["z"], axes=[1])], "z", WIDTH)
+    model.graph.input[0].type.tensor_type.shape.dim[1].dim_param = "T"
+    x, base = inputs(5)
+    attr, delta = onnxplain.Explainer(model, "deeplift").explain(x, target=0, baselines=base,
+                                                                return_convergence_delta=True)
+    scale = summation_scale(attr)
+    np.testing.assert_allclose(attr.reshape(ROWS, -1).sum(1), gap(model, x, base, 0), rtol=0, atol=2e-5 * scale)
+    np.testing.assert_allclose(delta, 0, atol=2e-5 * scale)
+
+
+@pytest.mark.parametrize("method", ["deeplift", "deeplift_shap"])
+def test_double_precision_models_sum_to_delta(method):
+    """Float64 graphs: every constant the rules emit takes the tensors' own type."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 8), nn.Softmax(-1), nn.Linear(8, 3)).double().eval()
+    x = torch.randn(4, 6, dtype=torch.float64)
+    base = 0.3 * torch.randn(2 if method == "deeplift_shap" else 1, 6, dtype=torch.float64)
+    model = onnxplain.from_torch(net, x)
+    attr = onnxplain.Explainer(model, method).explain(x.numpy(), target=2, baselines=base.numpy())
+    assert attr.dtype == np.float64
+    with torch.no_grad():
+        expected = (net(x)[:, 2:3] - net(base)[:, 2][None]).mean(1).numpy()
+    np.testing.assert_allclose(attr.sum(1), expected, atol=1e-10)
+
+
+def test_converted_graph_keeps_multiply_by_inputs_as_its_default(tmp_path):
+    model = op_graph([n("Tanh", ["x"], ["z"])], "z", WIDTH)
+    graph = onnxplain.convert(model, tmp_path / "local.onnx", "deeplift", multiply_by_inputs=False)
+    stored = {i.name: numpy_helper.to_array(i) for i in graph.graph.initializer}
+    assert stored["multiply_by_inputs"] == np.asarray(False)
+    x, _ = inputs(2)
+    tw = np.zeros((ROWS, 3), np.float32)
+    tw[:, 1] = 1
+    got = ort.InferenceSession(str(tmp_path / "local.onnx"), providers=["CPUExecutionProvider"]).run(
+        ["attributions"], {"x": x, "target_weights": tw})[0]
+    np.testing.assert_allclose(got, onnxplain.Explainer(model, "deeplift").explain(x, target=1,
+                                                                                   multiply_by_inputs=False),
+                               rtol=1e-6, atol=1e-7)

@@ -428,3 +428,16 @@ def test_every_method_parameter_has_a_request_form(noise_tunnel):
             method = get_method(name, noise_tunnel=noise_tunnel)
         missing = set(method.defaults) - set(_PARAMETER_KINDS) - set(_SERVER_SIDE)
         assert not missing, f"{method.name}: no request form for {sorted(missing)}"
+
+
+def test_served_explainers_take_batch_axes_and_batch_size():
+    """(In a process of its own: kserve and tritonclient.grpc register the same protobuf messages.)"""
+    script = ("from onnxplain.demo import demo_files\n"
+              "from onnxplain.serve.server import explainer_models\n"
+              "(served,) = explainer_models([demo_files()['model']], 'integrated_gradients', batch_size=1,\n"
+              "                             batch_axes={'image': 0}, n_steps=4)\n"
+              "ex = served.interface.explainer\n"
+              "print(ex.spec.batch_size, ex.batch_axes)\n")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split("\n")[-2] == "1 {'image': 0}"

@@ -371,7 +371,8 @@ def forward_per_block(b: GraphBuilder, spec: Spec, inside: dict, outputs: dict, 
             mapping[t] = b.op("Slice", t, start, stop, b.ints([0]), hint=f"{x}__block{i}")
             b.set_type(mapping[t], b.elem_type(x), b.shape(x))
         for t in produced:
-            b.set_type(mapping[t], b.elem_type(t) or TensorProto.FLOAT, b.shape(t))
+            if b.elem_type(t) is not None:   # an unknown type stays unknown (never guessed as float)
+                b.set_type(mapping[t], b.elem_type(t), b.shape(t))
         copies.extend(copy_nodes(forward, mapping, f"__block{i}"))
         names.append(mapping)
         start = stop

@@ -39,7 +39,8 @@ class DeepLift(Method):
         tw = declare_target_weights(b, spec)
         eps = declare_param(b, "eps", b.elem_type(spec.output) or TensorProto.FLOAT, 0,
                             np.asarray(self.defaults["eps"]))
-        global_form = declare_param(b, "multiply_by_inputs", TensorProto.BOOL, 0, np.asarray(True))
+        global_form = declare_param(b, "multiply_by_inputs", TensorProto.BOOL, 0,
+                                    np.asarray(bool(self.defaults["multiply_by_inputs"])))
         n = batch_rows(b, spec.carriers[0])
         k = None
         for c in spec.carriers:

@@ -42,6 +42,7 @@ class Partner:
             top = b.op("Slice", t, b.ints([0]), h, b.ints([0]))
             bottom = b.op("Slice", t, h, b.add(h, h), b.ints([0]))
             self._cache[t] = b.op("Concat", bottom, top, axis=0)
+            b.set_type(self._cache[t], b.elem_type(t), b.shape(t))
         return self._cache[t]
 
     def bottom_offset(self, t: str) -> str:

@@ -125,7 +125,7 @@ def _count(b, x: str, axes) -> str:
     dims = [s[a] for a in axes] if s is not None else [None]
     if all(isinstance(d, int) for d in dims):
         return b.like(float(np.prod(dims)), x)
-    size = b.op("ReduceProd", b.op("Shape", x, start=axes[0]), keepdims=0)
+    size = b.op("ReduceProd", b.op("Gather", b.shape_of(x), b.ints(axes), axis=0), keepdims=0)
     return b.cast_like(size, x)
 
 

@@ -303,7 +303,8 @@ def _read_layer(node: onnx.NodeProto, cell: Cell) -> _Layer:
     direction = attrs.get("direction", b"forward")
     direction = direction.decode() if isinstance(direction, bytes) else direction
     if direction not in ("forward", "reverse", "bidirectional"):
-        raise UnsupportedOperatorError([node], f"{cell.op_type} node {node.name!r}: unknown direction {direction!r}")
+        raise UnsupportedOperatorError([node], f"{cell.op_type} node {node.name!r}: unknown direction "
+                                               f"{direction!r}; expected forward, reverse or bidirectional")
     directions = {"forward": [False], "reverse": [True], "bidirectional": [False, True]}[direction]
     if "hidden_size" not in attrs:
         raise UnsupportedOperatorError([node], f"{cell.op_type} node {node.name!r} has no hidden_size attribute")

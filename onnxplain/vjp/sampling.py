@@ -351,7 +351,7 @@ def vjp_resize(ctx):
     b, X, dy = ctx.b, ctx.x[0], ctx.dy[0]
     mode = _attr_str(ctx, "mode", "nearest")
     if mode not in ("nearest", "linear", "cubic"):
-        raise fail(ctx, f"unknown mode {mode!r}")
+        raise fail(ctx, f"unknown mode {mode!r}; expected nearest, linear or cubic")
     shape_in = b.shape(X)
     if shape_in is None:
         raise fail(ctx, "the rank of its input is unknown")
