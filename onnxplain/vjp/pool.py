@@ -1,9 +1,7 @@
 """Pooling: MaxPool, AveragePool, GlobalMaxPool, GlobalAveragePool.
 
-MaxPool routes each output's cotangent to the input element its window picked: where the
-windows tile the input (2x2 stride 2, the usual case) found by comparing the input with the
-pooled output, so the forward MaxPool keeps its one output and onnxruntime's blocked-layout
-kernel; elsewhere the node's own ``Indices`` output (flat over N*C*H*W).  AveragePool spreads ``dy / count``
+MaxPool routes each output's cotangent to the input element its window picked (the
+node's own ``Indices`` output, flat over N*C*H*W); AveragePool spreads ``dy / count``
 back over each window with a ConvTranspose of ones.  Window geometry is shared with
 Conv (:func:`onnxplain.vjp._common.window`).
 """
@@ -31,62 +29,15 @@ def _dtype(b, ref: str):
 # ------------------------------------------------------------------------------------ MaxPool
 @register("MaxPool")
 def vjp_max_pool(ctx):
-    """dX = dY at each window's first maximum: for windows that tile the input (:func:`tiling_windows`)
-    read from the forward's own output (:func:`_tiled_max_pool_grad`); otherwise a scatter-add of dY
-    at the node's Indices (flat over N*C*spatial)."""
+    """dX = scatter-add of dY at each window's argmax (the Indices output, flat over N*C*spatial)."""
     b, X, dy = ctx.b, ctx.x[0], ctx.dy[0]
     if dy is None:
         return [None]
-    win = tiling_windows(ctx)
-    if win is not None:
-        return [_tiled_max_pool_grad(b, X, ctx.y[0], dy, win, _spatial(ctx))]
     indices = max_pool_indices(ctx)
     flat = b.op("Reshape", b.zeros_like(X), b.ints([-1]))
     g = b.op("ScatterElements", flat, b.op("Reshape", indices, b.ints([-1])),
              b.op("Reshape", dy, b.ints([-1])), axis=0, reduction="add")
     return [b.reshape_like(g, X)]
-
-
-def tiling_windows(ctx):
-    """The window of a MaxPool whose windows tile the input without overlap or padding (strides equal
-    to the kernel, no dilation, no pads, static sizes, the node's one output): its
-    :class:`~onnxplain.vjp._common.Window`, else None."""
-    node = ctx.node
-    spatial = _spatial(ctx)
-    kernel = tuple(ctx.attr("kernel_shape"))
-    if not all_static(spatial) or (len(node.output) > 1 and node.output[1]) or ctx.attr("storage_order", 0):
-        return None
-    win = window(ctx, spatial, kernel, bool(ctx.attr("ceil_mode", 0)))
-    if (win.out is None or tuple(win.strides) != kernel or any(d != 1 for d in win.dilations)
-            or any(win.begin) or any(win.end) or any(o * k > x for o, k, x in zip(win.out, kernel, spatial))):
-        return None
-    return win
-
-
-def _tiled_max_pool_grad(b, X: str, Y: str, dy: str, win, spatial) -> str:
-    """MaxPool's input cotangent for tiling windows, without Indices: every window is an axis pair
-    (O, k) of X reshaped; the taps equal to the pooled value Y are the maxima, and the first of them in
-    row-major window order (PyTorch's choice on ties) is the one with the highest rank, a constant
-    counting down over the window.  dY goes there; rows past the last window get zero."""
-    n = len(spatial)
-    kernel, out = list(win.kernel), list(win.out)
-    used = [o * k for o, k in zip(out, kernel)]
-    axes = b.ints(list(range(2, n + 2)))
-    x = X if used == list(spatial) else b.op("Slice", X, b.ints([0] * n), b.ints(used), axes)
-    split = [v for o, k in zip(out, kernel) for v in (o, k)]
-    x = b.op("Reshape", x, b.ints([0, 0] + split))                                  # (N, C, O1, k1, O2, k2...)
-    pooled = [v for o in out for v in (o, 1)]
-    y = b.op("Reshape", Y, b.ints([0, 0] + pooled))
-    g = b.op("Reshape", dy, b.ints([0, 0] + pooled))
-    hit = b.op("Equal", x, y)
-    rank = np.arange(int(np.prod(kernel)), 0, -1).reshape([1, 1] + [v for k in kernel for v in (1, k)])
-    score = b.where(hit, b.const(rank, _dtype(b, X), hint="window_rank"), b.like(0.0, X))
-    best = b.reduce("ReduceMax", score, list(range(3, 2 * n + 2, 2)))
-    first = b.op("And", hit, b.op("Equal", score, best))
-    dx = b.op("Reshape", b.where(first, g, b.like(0.0, X)), b.ints([0, 0] + used))
-    if used != list(spatial):
-        dx = b.op("Pad", dx, b.ints([0] * (n + 2) + [0, 0] + [x - u for x, u in zip(spatial, used)]))
-    return dx
 
 
 def max_pool_indices(ctx) -> str:
