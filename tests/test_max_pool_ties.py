@@ -1,4 +1,5 @@
-"""MaxPool's backward on windows with several maxima, against PyTorch autograd.
+"""MaxPool's backward (MaxUnpool where windows are apart, a scatter-add where they overlap) on windows
+with several maxima, against PyTorch autograd.
 
 Inputs are drawn from a few integers so that most windows hold ties: the
 gradient must go to the first maximum of each window in row-major order, as
@@ -27,7 +28,11 @@ CASES = [
     _maxpool("pool1d", (2, 3, 9), [2], strides=[2]),
     _maxpool("pool3d", (1, 2, 4, 5, 6), [2, 2, 3], strides=[2, 2, 3]),
     _maxpool("k2s2_dyn_batch", (3, 2, 6, 7), [2, 2], strides=[2, 2], dynamic=True),
+    _maxpool("k2s3_apart_padded", (1, 2, 8, 7), [2, 2], strides=[3, 3], pads=[1, 0, 0, 1]),
+    _maxpool("k2s2_ceil_partial_window", (1, 2, 5, 7), [2, 2], strides=[2, 2], ceil_mode=1),
+    _maxpool("k2s3_dilated_apart", (1, 2, 9, 8), [2, 2], strides=[3, 3], dilations=[2, 2]),
 ]
+OVERLAPPING = {"k3s2_overlapping", "k2s1_unit_stride"}
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
@@ -40,7 +45,11 @@ def test_max_pool_routes_ties_to_the_first_maximum_like_pytorch(case):
     (want,) = torch.autograd.grad(ty, [tx], torch.tensor(dy))
 
     model, wrt, out = build_case_model(case)
-    got = run_reference(vjp_model(model, wrt, out), {wrt[0]: x, "dy": dy})[1]
+    vm = vjp_model(model, wrt, out)
+    ops = {n.op_type for n in vm.graph.node}
+    assert ("ScatterElements" in ops, "MaxUnpool" in ops) == ((True, False) if case.name in OVERLAPPING
+                                                              else (False, True))
+    got = run_reference(vm, {wrt[0]: x, "dy": dy})[1]
     np.testing.assert_array_equal(got, want.numpy())
 
     m32, wrt32, out32 = build_case_model(case, TensorProto.FLOAT)
