@@ -12,7 +12,7 @@ from onnx import TensorProto
 from .backward import gradient_cuts
 from .converters import digest, normalize
 from .errors import NoGradientPathError
-from .graph import FLOAT_TYPES, GraphBuilder, np_dtype
+from .graph import FLOAT_TYPES, GraphBuilder, clean_graph, np_dtype
 from .methods import Spec, get_method
 from .methods.base import Point
 from .methods.base import TARGET_WEIGHTS
@@ -203,10 +203,10 @@ class Explainer:
 
 
 def build_graph(model: onnx.ModelProto, method, spec: Spec) -> onnx.ModelProto:
-    """The explanation graph of ``method`` over a normalised ``model``."""
+    """The explanation graph of ``method`` over a normalised ``model``, cleaned (:func:`clean_graph`)."""
     b = GraphBuilder(model)
     method.build(b, spec)
-    graph = b.build(f"onnxplain_{method.name}")
+    graph = clean_graph(b.build(f"onnxplain_{method.name}"))
     onnx.checker.check_model(graph)
     return graph
 
