@@ -12,8 +12,8 @@ does, and reports:
   about two forwards, so a gradient method near 2 is at its floor);
 - the time per op type and per node of one profiled call (onnxruntime's own
   profiler, ``SessionOptions.enable_profiling``), largest first;
-- the peak resident memory of the process during one call (the model,
-  onnxruntime's arena and Python included).
+- the peak resident memory the first call adds to the process (onnxruntime's
+  arena, batches and outputs; later calls reuse the arena).
 
 The command line's ``onnxplain profile MODEL --method M`` prints
 :meth:`Profile.report`.
@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import os
-import resource
 import statistics
 import tempfile
 import time
@@ -81,7 +80,7 @@ class Profile:
                  f"session.run)",
                  f"  floor       {self.floor_seconds * 1e3:10.2f} ms  (plain forward over the same rows)",
                  f"  floor ratio {self.floor_ratio:10.2f}",
-                 f"  peak memory {memory} (resident, the whole process, during one call)",
+                 f"  peak memory {memory} added by the first call (arena and buffers)",
                  "", "time per op type (one profiled call):"]
         lines += [f"  {t.op_type:<28}{t.microseconds / 1e3:10.2f} ms {t.microseconds / kernel:7.1%}"
                   f"  {t.calls} node run(s)" for t in self.op_types]
@@ -121,14 +120,13 @@ def profile(model, inputs=None, method: str = "saliency", target=None, *, batch:
     if target is None and _row_values(ex.forward({k: v[:1] for k, v in x.items()})[ex.output]) > 1:
         target = predicted_target(ex.forward(x)[ex.output])
     cost = ex.estimate(x, target, **params)
-    call = _TimedCall(ex, x, target, params)
+    call = TimedCall(ex, x, target, params)
 
-    call()                                                        # warm-up: arena and kernels settle
+    peak = peak_added(call)                                       # warm-up: arena and kernels settle
     timings = [call() for _ in range(repeats)]
     seconds = statistics.median(t[0] for t in timings)
     inside = statistics.median(t[1] for t in timings)
     floor = forward_floor(ex, x, cost.rows, cost.rows_per_run, repeats)
-    peak = _peak_resident(call)
     op_types, nodes = _op_times(ex, call)
     return Profile(ex.method.name, len(next(iter(x.values()))), cost.rows, cost.runs, seconds, inside, floor, peak,
                    op_types, nodes)
@@ -175,7 +173,7 @@ def forward_floor(ex, inputs: dict, rows: int, rows_per_run: int, repeats: int =
     return statistics.median(once() for _ in range(repeats))
 
 
-class _TimedCall:
+class TimedCall:
     """One explanation call, timed as a whole and inside ``session.run``; returns (wall, inside) seconds."""
 
     def __init__(self, ex, x, target, params):
@@ -207,15 +205,17 @@ class _TimedCall:
             ex.session = shared
 
 
-def _peak_resident(call) -> int | None:
-    """Peak resident memory of the process during the call, in bytes (Linux: the high-water mark is reset
-    first; elsewhere the process's peak so far; None when unknown)."""
-    reset = _reset_peak()
+def peak_added(call) -> int | None:
+    """Bytes the process's resident memory rises above its size before ``call`` at the peak of the call
+    (Linux: the high-water mark is reset first; None where that cannot be read).  On a first call this
+    includes onnxruntime's arena, which later calls reuse."""
+    before = _status_kib("VmRSS")
+    if before is None or not _reset_peak():
+        call()
+        return None
     call()
-    peak = _status_kib("VmHWM") if reset else None
-    if peak is None:
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss   # KiB on Linux
-    return None if peak is None else int(peak) * 1024
+    peak = _status_kib("VmHWM")
+    return None if peak is None else max(0, peak - before) * 1024
 
 
 def _status_kib(key: str) -> int | None:

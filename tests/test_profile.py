@@ -54,7 +54,7 @@ def test_profile_of_integrated_gradients_counts_its_rows_and_names_the_graph_ops
     assert seen & {"Conv", "ConvTranspose"}                          # the backward's convolutions ran
     assert sum(t.microseconds for t in p.op_types) == pytest.approx(sum(t.microseconds for t in p.nodes))
     assert p.seconds > 0 and p.floor_seconds > 0 and 0 <= p.outside_share <= 1
-    assert p.peak_bytes is None or p.peak_bytes > 0
+    assert p.peak_bytes is None or p.peak_bytes >= 0
     assert "floor ratio" in p.report(3) and len(p.to_dict()["nodes"]) == len(p.nodes)
 
 
