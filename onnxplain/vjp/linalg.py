@@ -255,9 +255,11 @@ def conv_input_grad_form(win: Window, spatial, group: int, weight) -> str:
     the weight flipped and transposed when the graph is built) or ``"conv_transpose"`` (:func:`spread`).
 
     The rule comes from ``benchmarks/conv_backward_forms.py`` (onnxruntime 1.31, 2-core AVX2 CPU, 64
-    rows): with stride 1 the Conv form runs 2-2.5x faster once X has 32 channels or more (onnxruntime
-    fuses it into its blocked-layout Conv like the forward's), is even around 16-24 channels, and is
-    2-3x slower with few (3 to 8: the image's input gradient), where ConvTranspose wins.  With a stride
+    rows, interleaved medians on a loaded machine): with stride 1 the Conv form ran 1.2-2.5x faster
+    once X has 32 channels or more in three runs of four (onnxruntime runs it as a blocked-layout Conv
+    like the forward's; the fourth run, under heavier load, had two such layers 0.6x), about even at
+    16-24 channels, and 2-4x slower with few (3 to 8: the image's input gradient), where
+    ConvTranspose wins.  With a stride
     the Conv form needs every stride phase (``prod(strides)`` times the output channels, taps padded
     with zeros: 16/9 the work for 3x3 stride 2) and an interleave, and ran 2-3x slower in every layer
     measured, strided 1x1 and 7x7 included; grouped layers already spread through a grouped Conv.  So:
