@@ -399,7 +399,7 @@ def test_sigterm_lets_the_request_in_flight_finish_then_stops(server, explainers
 
     def run():
         r = client(server, "grpc").infer("cnn", [tensor("grpc", "image", x), tensor("grpc", "target", target),
-                                                     tensor("grpc", "n_steps", np.array([300], np.int64))])
+                                                     tensor("grpc", "n_steps", np.array([1200], np.int64))])
         done["attr"] = r.as_numpy("attributions")
 
     thread = threading.Thread(target=run)
@@ -409,7 +409,7 @@ def test_sigterm_lets_the_request_in_flight_finish_then_stops(server, explainers
     in_flight = thread.is_alive()
     thread.join(120)
     assert in_flight, "the request ended before SIGTERM: make it slower"
-    np.testing.assert_allclose(done["attr"], explainers["cnn"].explain(x, target.tolist(), n_steps=300),
+    np.testing.assert_allclose(done["attr"], explainers["cnn"].explain(x, target.tolist(), n_steps=1200),
                                rtol=1e-5, atol=1e-7)
     assert proc.wait(60) == 0
     with pytest.raises(Exception):
