@@ -163,7 +163,8 @@ def main(argv=None) -> int:
     print(f"Captum / onnxplain: {rows[1]['median_s'] / ours:.2f}x;  "
           f"onnxplain / {args.n_steps} onnxruntime forward passes: {ours / fwd50:.2f}x (about 2 is the floor)")
     extra = {"deeplift": bench_deeplift(model, onnx_bytes, x, target, args),
-             "transformer": bench_transformer(args)}
+             "transformer": bench_transformer(args),
+             "lstm": bench_lstm(args)}
     agree = agree and all(section["agree"] for section in extra.values())
     if args.json:
         with open(args.json, "w") as f:
@@ -246,6 +247,41 @@ def bench_transformer(args) -> dict:
                                               n_steps=args.n_steps),
                            lambda: lig.attribute(ids_t, baselines=torch.zeros_like(ids_t),
                                                  additional_forward_args=(mask_t,), target=1, n_steps=args.n_steps),
+                           lambda t: t.detach().numpy(), args)
+
+
+def bench_lstm(args) -> dict:
+    """IG on an LSTM classifier (batch first, 32 steps of 16 features, hidden 32, 5 classes): Captum
+    differentiates PyTorch's fused LSTM; onnxplain the exported LSTM node through its Scan expansion."""
+    import torch
+    from captum.attr import IntegratedGradients
+    from torch import nn
+
+    import onnxplain
+
+    class LSTMClassifier(nn.Module):
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(0)
+            self.lstm = nn.LSTM(16, 32, batch_first=True)
+            self.head = nn.Linear(32, 5)
+
+        def forward(self, x):
+            y, _ = self.lstm(x)
+            return self.head(y[:, -1])
+
+    net = LSTMClassifier().eval()
+    x = np.random.default_rng(2).standard_normal((args.batch, 32, 16)).astype(np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        onx = onnxplain.from_torch(net, torch.from_numpy(x[:2]))
+    ex = onnxplain.Explainer(onx, "integrated_gradients", providers=["CPUExecutionProvider"], threads=args.threads)
+    ig = IntegratedGradients(net)
+    xt = torch.from_numpy(x)
+    return compare_section(f"IG on an LSTM classifier, batch {args.batch} x 32 steps x 16 features, hidden 32, "
+                           f"{args.n_steps} steps",
+                           lambda: ex.explain(x, target=1, n_steps=args.n_steps),
+                           lambda: ig.attribute(xt, target=1, n_steps=args.n_steps),
                            lambda t: t.detach().numpy(), args)
 
 

@@ -5,9 +5,17 @@ the default-domain opset to at least :data:`MIN_OPSET`, make the batch
 dimension of inputs and outputs dynamic, infer shapes.  Nothing that erases
 activations is run (Relu -> Clip fusions would hide the nonlinearities that
 DeepLIFT and LRP need).
+
+Inputs need not be batch first: :func:`batch_axes_of` tells which axis of each
+input is its batch axis (``None`` for an unbatched input: a scalar, a flag, a
+weight), only that axis is made dynamic, and :func:`to_batch_first` gives the
+methods a model whose batched inputs all have the batch on axis 0.
+:func:`batch_problems` finds outputs that have no batch axis first (a forward
+that reduces over the rows), which no method can explain row by row.
 """
 from __future__ import annotations
 
+import collections
 import hashlib
 import os
 
@@ -46,8 +54,14 @@ def digest(model: onnx.ModelProto) -> str:
     return hashlib.sha256(model.SerializeToString(deterministic=True)).hexdigest()
 
 
-def normalize(model, min_opset: int = MIN_OPSET, dynamic_batch: bool = True) -> onnx.ModelProto:
-    """Return a checked, inlined, upgraded, shape-inferred copy of ``model``."""
+def normalize(model, min_opset: int = MIN_OPSET, dynamic_batch: bool = True, batch_axes=None) -> onnx.ModelProto:
+    """Return a checked, inlined, upgraded, shape-inferred copy of ``model``.
+
+    ``batch_axes``: the batch axis of some inputs by name (``None`` for
+    unbatched ones); the others are detected (see :func:`batch_axes_of`).
+    With ``dynamic_batch`` the batch axis of every batched input, and the
+    first axis of every output, become the symbolic dimension ``batch``.
+    """
     m = load_model(model)
     _check(m)
     _dedupe_opsets(m)
@@ -55,11 +69,12 @@ def normalize(model, min_opset: int = MIN_OPSET, dynamic_batch: bool = True) -> 
         from onnx import inliner
         m = inliner.inline_local_functions(m)
     m = _upgrade(m, min_opset)
+    axes = batch_axes_of(m, batch_axes)
     if dynamic_batch:
-        _make_batch_dynamic(m)
+        _make_batch_dynamic(m, axes)
     m = _infer_shapes(m)
     m.ir_version = helper.find_min_ir_version_for(list(m.opset_import), ignore_unknown=True)
-    _probe_missing_shapes(m)
+    _probe_missing_shapes(m, axes)
     m.ir_version = helper.find_min_ir_version_for(list(m.opset_import), ignore_unknown=True)
     return m
 
@@ -104,16 +119,171 @@ def _upgrade(m: onnx.ModelProto, min_opset: int) -> onnx.ModelProto:
         raise ModelError(f"could not upgrade the model from opset {version} to {min_opset}: {e}") from e
 
 
-def _make_batch_dynamic(m: onnx.ModelProto) -> None:
-    """Replace a fixed first dimension of every graph input and output by ``batch``."""
-    init_names = {i.name for i in m.graph.initializer}
-    for vi in list(m.graph.input) + list(m.graph.output):
-        if vi.name in init_names or not vi.type.HasField("tensor_type"):
+def _make_batch_dynamic(m: onnx.ModelProto, axes: dict) -> None:
+    """Replace a fixed batch dimension of every batched graph input (and the first one of every
+    output) by ``batch``; unbatched inputs and weights given as inputs keep their shapes."""
+    targets = [(vi, axes.get(vi.name)) for vi in model_inputs(m)] + [(vi, 0) for vi in m.graph.output]
+    for vi, axis in targets:
+        if axis is None or not vi.type.HasField("tensor_type"):
             continue
         shape = vi.type.tensor_type.shape
-        if len(shape.dim) >= 1 and shape.dim[0].HasField("dim_value"):
-            shape.dim[0].dim_param = BATCH
+        if len(shape.dim) > axis and shape.dim[axis].HasField("dim_value"):
+            shape.dim[axis].dim_param = BATCH
     del m.graph.value_info[:]
+
+
+# ---------------------------------------------------------------------- batch axes
+def model_inputs(m: onnx.ModelProto) -> list:
+    """The graph inputs a caller feeds (not weights that also have an initializer)."""
+    inits = {i.name for i in m.graph.initializer}
+    return [vi for vi in m.graph.input if vi.name not in inits]
+
+
+def _dims(vi) -> list:
+    tt = vi.type.tensor_type
+    return [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in tt.shape.dim]
+
+
+def _batch_symbol(m: onnx.ModelProto, given: dict):
+    """The symbolic dimension that names the batch: the most frequent one on the known batch axes
+    (axis 0 of the outputs, and of the inputs not in ``given``), unless an axis ``given`` names one."""
+    def symbol_at(vi, axis):
+        dims = _dims(vi) if vi.type.HasField("tensor_type") else []
+        return dims[axis] if axis is not None and axis < len(dims) and isinstance(dims[axis], str) else None
+
+    named = [symbol_at(vi, given[vi.name]) for vi in model_inputs(m) if vi.name in given]
+    counts = collections.Counter(s for s in named if s)
+    if not counts:
+        found = [symbol_at(vi, 0) for vi in m.graph.output]
+        found += [symbol_at(vi, 0) for vi in model_inputs(m) if vi.name not in given]
+        counts = collections.Counter(s for s in found if s)
+    return counts.most_common(1)[0][0] if counts else None
+
+
+def batch_axes_of(m: onnx.ModelProto, given=None) -> dict:
+    """The batch axis of every input the caller feeds: input name -> axis, or ``None`` when unbatched.
+
+    ``given`` (a dict by input name) wins; for the other inputs:
+
+    - a rank-0 input (a sample rate, a flag) is unbatched;
+    - the *batch symbol* is the symbolic dimension on axis 0 of the outputs and
+      inputs (e.g. ``batch``); an input that has it on axis ``k`` has batch
+      axis ``k`` (a state shaped ``(layers, batch, hidden)`` has axis 1);
+    - when there is a batch symbol, an input whose shape is fully static is
+      unbatched (a weight given as an input);
+    - every other input has batch axis 0.
+    """
+    given = dict(given or {})
+    inputs = {vi.name: vi for vi in model_inputs(m)}
+    unknown = sorted(set(given) - set(inputs))
+    if unknown:
+        raise ModelError(f"batch_axes names {unknown}, which are not inputs of the model; its inputs are "
+                         f"{list(inputs)}")
+    for name, axis in given.items():
+        rank = len(_dims(inputs[name]))
+        if axis is not None and (not isinstance(axis, int) or isinstance(axis, bool) or not -rank <= axis < rank):
+            raise ModelError(f"batch_axes[{name!r}] must be None or an axis of the input's {rank} dimensions, "
+                             f"got {axis!r}")
+        if axis is not None and axis < 0:
+            given[name] = axis + rank
+    symbol = _batch_symbol(m, given)
+    axes = {}
+    for name, vi in inputs.items():
+        dims = _dims(vi) if vi.type.HasField("tensor_type") else []
+        if name in given:
+            axes[name] = given[name]
+        elif not dims:
+            axes[name] = None
+        elif symbol is not None and symbol in dims:
+            axes[name] = dims.index(symbol)
+        elif symbol is not None and all(isinstance(d, int) for d in dims):
+            axes[name] = None
+        else:
+            axes[name] = 0
+    return axes
+
+
+def to_batch_first(m: onnx.ModelProto, axes: dict) -> onnx.ModelProto:
+    """A copy of ``m`` whose inputs with batch axis ``k > 0`` are declared batch first.
+
+    Each such input is moved back to its own layout by a Transpose at the
+    start of the graph, so the model computes the same outputs; every other
+    input is unchanged.
+    """
+    moved = {name: k for name, k in axes.items() if k}
+    if not moved:
+        return m
+    from onnxplain.graph import redirect_reads
+    out = onnx.ModelProto()
+    out.CopyFrom(m)
+    front = []
+    for vi in out.graph.input:
+        k = moved.get(vi.name)
+        if k is None:
+            continue
+        dims = list(vi.type.tensor_type.shape.dim)
+        order = [dims[k]] + dims[:k] + dims[k + 1:]
+        copies = [onnx.TensorShapeProto.Dimension() for _ in order]
+        for c, d in zip(copies, order):
+            c.CopyFrom(d)
+        del vi.type.tensor_type.shape.dim[:]
+        vi.type.tensor_type.shape.dim.extend(copies)
+        layout = f"{vi.name}__own_layout"
+        redirect_reads(out.graph.node, vi.name, layout)
+        front.append(helper.make_node("Transpose", [vi.name], [layout], name=f"{vi.name}__to_own_layout",
+                                      perm=from_batch_first_perm(len(dims), k)))
+    nodes = front + list(out.graph.node)
+    del out.graph.node[:]
+    out.graph.node.extend(nodes)
+    del out.graph.value_info[:]
+    return _infer_shapes(out)
+
+
+def from_batch_first_perm(rank: int, axis: int) -> list[int]:
+    """Transpose ``perm`` that moves axis 0 of a batch-first tensor to ``axis`` (``np.moveaxis(t, 0, axis)``)."""
+    return list(range(1, axis + 1)) + [0] + list(range(axis + 1, rank))
+
+
+def batch_problems(m: onnx.ModelProto, axes: dict) -> dict:
+    """Outputs whose first axis is not the batch: output name -> what is wrong with it.
+
+    On a copy of ``m``, the batch axis of every batched input (``axes``, as
+    :func:`batch_axes_of` gives them) becomes the symbol ``batch``; the
+    outputs' own declarations are dropped and their shapes inferred again.  An output is refused when inference says it has no axes
+    (a reduction over everything), carries ``batch`` on another axis than the
+    first, or has a static first axis other than 1 and no ``batch`` axis (an
+    aggregate over rows).  Outputs whose shape inference cannot tell pass.
+    """
+    probe = onnx.ModelProto()
+    probe.CopyFrom(m)
+    for vi in model_inputs(probe):
+        axis = axes.get(vi.name)
+        if axis is not None and vi.type.HasField("tensor_type"):
+            vi.type.tensor_type.shape.dim[axis].dim_param = BATCH
+    for vi in probe.graph.output:
+        if vi.type.HasField("tensor_type"):
+            vi.type.tensor_type.ClearField("shape")
+    del probe.graph.value_info[:]
+    try:
+        probe = shape_inference.infer_shapes(probe, strict_mode=False, data_prop=True)
+    except Exception:
+        return {}
+    problems = {}
+    for vi in probe.graph.output:
+        if not vi.type.HasField("tensor_type") or not vi.type.tensor_type.HasField("shape"):
+            continue
+        dims = _dims(vi)
+        if not dims:
+            problems[vi.name] = ("is a scalar: the forward reduces over the batch, so no row has an output "
+                                 "of its own")
+        elif dims[0] != BATCH and BATCH in dims:
+            problems[vi.name] = (f"has the batch on axis {dims.index(BATCH)} (shape {dims}); the explained "
+                                 f"model's outputs must be batch first")
+        elif isinstance(dims[0], int) and dims[0] != 1 and all(d != BATCH for d in dims):
+            problems[vi.name] = (f"has shape {dims} with no batch axis: the forward aggregates over the rows "
+                                 f"(a sum or mean over the batch) or reshapes them to a fixed count, so no "
+                                 f"row has an output of its own")
+    return problems
 
 
 def _infer_shapes(m: onnx.ModelProto) -> onnx.ModelProto:
@@ -123,7 +293,7 @@ def _infer_shapes(m: onnx.ModelProto) -> onnx.ModelProto:
         raise ModelError(f"shape inference failed on the model: {e}") from e
 
 
-def _probe_missing_shapes(m: onnx.ModelProto) -> None:
+def _probe_missing_shapes(m: onnx.ModelProto, axes: dict) -> None:
     """Shapes that inference could not find (ops without inference, e.g. ai.onnx.ml's Scaler),
     read off two runs of the model in onnxruntime on placeholder rows (batch 1 and 2).
 
@@ -147,15 +317,14 @@ def _probe_missing_shapes(m: onnx.ModelProto) -> None:
         so = ort.SessionOptions()
         so.log_severity_level = 4
         sess = ort.InferenceSession(probe.SerializeToString(), so, providers=["CPUExecutionProvider"])
-        inits = {i.name for i in m.graph.initializer}
         runs = []
         for rows in (1, 2):
             feeds = {}
-            for vi in m.graph.input:
-                if vi.name in inits:
-                    continue
+            for vi in model_inputs(m):
                 tt = vi.type.tensor_type
-                dims = [rows] + [d.dim_value if d.HasField("dim_value") else 2 for d in list(tt.shape.dim)[1:]]
+                dims = [d.dim_value if d.HasField("dim_value") else 2 for d in tt.shape.dim]
+                if axes.get(vi.name) is not None:
+                    dims[axes[vi.name]] = rows
                 feeds[vi.name] = np.zeros(dims, dtype=onnx.helper.tensor_dtype_to_np_dtype(tt.elem_type))
             runs.append(sess.run(missing, feeds))
     except Exception:   # placeholders are not valid input for every model: then shapes stay unknown

@@ -1,10 +1,11 @@
 """PyTorch front-end: an ``nn.Module`` -> a normalised ONNX model, with either exporter.
 
 ``dynamo=False`` uses the TorchScript exporter (opset 17 unless ``opset`` says
-otherwise) with ``dynamic_axes`` on dimension 0 of every input and output;
+otherwise) with ``dynamic_axes`` on the batch axis of every input (dimension 0
+unless ``batch_axes`` says otherwise) and dimension 0 of every output;
 ``dynamo=True`` uses the ``torch.export``-based exporter (its default opset;
-it needs ``onnxscript``) with one shared ``torch.export.Dim("batch")`` on
-dimension 0 of every input.  ``dynamic=`` makes more axes dynamic (image
+it needs ``onnxscript``) with one shared ``torch.export.Dim("batch")`` on the
+batch axis of every input.  ``dynamic=`` makes more axes dynamic (image
 height and width, sequence lengths) in the form each exporter takes.  The model is exported in eval mode and its
 modules' training flags are restored afterwards.
 
@@ -26,27 +27,30 @@ TORCHSCRIPT_OPSET = 17
 
 
 def from_torch(model, example_inputs, input_names=None, output_names=None, dynamo: bool = False,
-               opset: int | None = None, dynamic_batch: bool = True, dynamic=None,
-               **export_kwargs) -> onnx.ModelProto:
+               opset: int | None = None, dynamic_batch: bool = True, batch_axes: dict | None = None,
+               dynamic=None, **export_kwargs) -> onnx.ModelProto:
     """Export ``model`` with ``torch.onnx.export`` and return the normalised ONNX model.
 
     ``example_inputs``: a tensor, a tuple or list of tensors (positional
     arguments of ``forward``), or a dict of named tensors (keyword arguments);
-    numpy arrays are accepted.  Every tensor is batch first.
+    numpy arrays are accepted.  Every tensor is batch first unless ``batch_axes`` says otherwise.
     ``input_names`` default to the dict's keys or to ``forward``'s parameter
     names; ``output_names`` to the keys of a dict output (e.g. ``logits``),
     else ``output`` / ``output_0``, ``output_1``...
     ``dynamo``: False for the TorchScript exporter, True for the
     ``torch.export``-based one.  ``opset``: the default-domain opset (default
     17 for TorchScript, the exporter's own default for dynamo).
-    ``dynamic_batch``: make dimension 0 of every input and output dynamic.
+    ``dynamic_batch``: make the batch axis of every input and dimension 0 of every output dynamic.
+    ``batch_axes``: the batch axis of inputs whose batch is not on axis 0, by
+    name (``{"state": 1}``), ``None`` for unbatched ones (rank-0 inputs are
+    unbatched anyway); that axis is the dynamic one.
     ``dynamic``: further axes to keep dynamic, so that a larger image or a
     longer sentence runs on the exported model: ``"auto"`` for every axis of
-    every input (the exporters keep static the axes the model pins, e.g. a
+    every batched input (the exporters keep static the axes the model pins, e.g. a
     channel count that a convolution fixes; with ``dynamo=True`` an axis of
     size 1 in the example is pinned too, so give examples with sizes > 1), or
     a dict mapping input names to the axes to keep dynamic (``{"x": [2, 3]}``).
-    Dimension 0 follows ``dynamic_batch`` in both cases.
+    The batch axes follow ``dynamic_batch`` in both cases.
     Other keyword arguments go to ``torch.onnx.export`` unchanged (a
     ``dynamic_axes`` or ``dynamic_shapes`` given there replaces ours and
     ``dynamic``).
@@ -58,7 +62,7 @@ def from_torch(model, example_inputs, input_names=None, output_names=None, dynam
     args, kwargs = _example_args(example_inputs)
     tensors = list(args) + list(kwargs.values())
     input_names = _input_names(model, args, kwargs, input_names)
-    axes = _dynamic_axes(dynamic, input_names, tensors, dynamic_batch)
+    axes = _dynamic_axes(dynamic, input_names, tensors, dynamic_batch, _axes(input_names, tensors, batch_axes))
     modes = {m: m.training for m in model.modules()}
     model.eval()
     try:
@@ -73,19 +77,28 @@ def from_torch(model, example_inputs, input_names=None, output_names=None, dynam
     finally:
         for m, training in modes.items():
             m.train(training)
-    return normalize(proto, dynamic_batch=dynamic_batch)
+    return normalize(proto, dynamic_batch=dynamic_batch, batch_axes=batch_axes)
+
+
+def _axes(input_names, tensors, batch_axes) -> dict:
+    """The batch axis of every example input (None: unbatched)."""
+    given = dict(batch_axes or {})
+    unknown = sorted(set(given) - set(input_names))
+    if unknown:
+        raise ValueError(f"batch_axes names {unknown}, which are not inputs; the inputs are {input_names}")
+    return {name: given.get(name, 0) if _rank(t) >= 1 else None for name, t in zip(input_names, tensors)}
 
 
 def _export_torchscript(model, args, kwargs, input_names, output_names, outputs, opset, dynamic_batch, axes,
                         export_kwargs) -> onnx.ModelProto:
-    """TorchScript exporter, ``dynamic_axes`` on the chosen axes of every input and on dimension 0 of every
-    output of rank >= 1."""
+    """TorchScript exporter, ``dynamic_axes`` on the chosen axes of every input (``axes``: from
+    :func:`_dynamic_axes`) and on dimension 0 of every output of rank >= 1."""
     import torch
 
     options = dict(export_kwargs)
     if "dynamic_axes" not in options and any(axes.values()):
-        dynamic = {name: {a: BATCH if a == 0 else f"{name}_{a}" for a in chosen} for name, chosen in axes.items()
-                   if chosen}
+        dynamic = {name: {a: BATCH if is_batch else f"{name}_{a}" for a, is_batch in chosen.items()}
+                   for name, chosen in axes.items() if chosen}
         if dynamic_batch:
             dynamic.update({name: {0: BATCH} for name, t in zip(output_names, _flat_outputs(outputs))
                             if _rank(t) >= 1})
@@ -101,8 +114,9 @@ def _export_torchscript(model, args, kwargs, input_names, output_names, outputs,
 
 
 def _export_dynamo(model, args, kwargs, input_names, output_names, opset, axes, export_kwargs) -> onnx.ModelProto:
-    """``torch.export``-based exporter: one ``Dim("batch")`` shared by dimension 0 of every input, and
-    ``Dim.AUTO`` (dynamic unless the model pins it) on the other chosen axes."""
+    """``torch.export``-based exporter: one ``Dim("batch")`` shared by the batch axis of every batched
+    input, and ``Dim.AUTO`` (dynamic unless the model pins it) on the other chosen axes (``axes``: from
+    :func:`_dynamic_axes`)."""
     import torch
 
     if importlib.util.find_spec("onnxscript") is None:
@@ -112,8 +126,8 @@ def _export_dynamo(model, args, kwargs, input_names, output_names, opset, axes, 
         batch = torch.export.Dim(BATCH)
 
         def spec(name):
-            return {a: batch if a == 0 else torch.export.Dim.AUTO for a in axes[name]} or None
-        options["dynamic_shapes"] = ({k: spec(k) for k in kwargs} if kwargs
+            return {a: batch if is_batch else torch.export.Dim.AUTO for a, is_batch in axes[name].items()} or None
+        options["dynamic_shapes"] = ({k: spec(input_names[len(args) + i]) for i, k in enumerate(kwargs)} if kwargs
                                      else tuple(spec(name) for name in input_names))
     with warnings.catch_warnings():     # the shared Dim makes the exporter say each further input shares it
         warnings.filterwarnings("ignore", message=".*shares the same shape constraints with another axis.*")
@@ -122,15 +136,18 @@ def _export_dynamo(model, args, kwargs, input_names, output_names, opset, axes, 
     return program.model_proto
 
 
-def _dynamic_axes(dynamic, input_names, tensors, dynamic_batch: bool) -> dict[str, list[int]]:
-    """Input name -> the axes exported as dynamic (dimension 0 when ``dynamic_batch``, plus ``dynamic``'s)."""
+def _dynamic_axes(dynamic, input_names, tensors, dynamic_batch: bool, batch: dict) -> dict[str, dict[int, bool]]:
+    """Input name -> {axis exported as dynamic: whether it is the batch axis}: the batch axis (``batch``:
+    from :func:`_axes`) when ``dynamic_batch``, plus ``dynamic``'s axes ("auto": every other axis of a
+    batched input; an unbatched one keeps its shape)."""
     ranks = {name: _rank(t) for name, t in zip(input_names, tensors)}
     if dynamic is None:
         extra = {}
     elif isinstance(dynamic, str):
         if dynamic != "auto":
             raise ValueError(f"dynamic must be None, 'auto' or a dict of input name -> axes, got {dynamic!r}")
-        extra = {name: list(range(1, r)) for name, r in ranks.items()}
+        extra = {name: [a for a in range(r) if a != batch[name]] for name, r in ranks.items()
+                 if batch[name] is not None}
     elif isinstance(dynamic, dict):
         unknown = sorted(set(dynamic) - set(ranks))
         if unknown:
@@ -144,8 +161,11 @@ def _dynamic_axes(dynamic, input_names, tensors, dynamic_batch: bool) -> dict[st
             extra[name] = [a % ranks[name] for a in chosen]
     else:
         raise TypeError(f"dynamic must be None, 'auto' or a dict of input name -> axes, got {type(dynamic).__name__}")
-    return {name: sorted(({0} if dynamic_batch and r >= 1 else set()) | set(extra.get(name, [])))
-            for name, r in ranks.items()}
+    out = {}
+    for name in ranks:
+        k = batch[name] if dynamic_batch else None
+        out[name] = {a: a == k for a in sorted(({k} if k is not None else set()) | set(extra.get(name, [])))}
+    return out
 
 
 def _example_args(example_inputs) -> tuple[tuple, dict]:

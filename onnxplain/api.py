@@ -11,8 +11,9 @@ from onnx import TensorProto
 
 from .backward import gradient_cuts
 from .converters import digest, normalize
-from .errors import NoGradientPathError
-from .graph import FLOAT_TYPES, GraphBuilder, clean_graph, np_dtype
+from .converters.normalize import batch_axes_of, batch_problems, from_batch_first_perm, to_batch_first
+from .errors import ModelError, NoGradientPathError
+from .graph import FLOAT_TYPES, GraphBuilder, clean_graph, np_dtype, redirect_reads
 from .methods import Spec, get_method
 from .methods.base import Point
 from .methods.base import TARGET_WEIGHTS
@@ -47,14 +48,34 @@ class Explainer:
     memory_budget: bytes one run may use for intermediate tensors; calls are
         split into chunks of rows (and of integration steps) to stay within it.
     threads: onnxruntime's intra-op threads (default: onnxruntime's choice).
+    noise_tunnel: ``"smoothgrad"``, ``"smoothgrad_sq"`` or ``"vargrad"`` over the
+        attributions of ``method`` at noisy copies of the inputs (Captum's
+        ``NoiseTunnel(method)``); ``explain`` then also takes ``nt_samples``,
+        ``stdevs``, ``seed`` and ``noise``.
+    batch_axes: the batch axis of inputs by name, ``None`` for inputs without one
+        (a sample rate, a flag, a weight), e.g. ``{"state": 1, "sr": None}``.
+        Inputs not named are detected (:func:`onnxplain.converters.normalize.batch_axes_of`):
+        rank-0 inputs are unbatched, an input carrying the batch's symbolic
+        dimension on axis ``k`` has batch axis ``k``, a fully static input of a
+        model with a symbolic batch is unbatched, any other has axis 0.
+        Unbatched inputs are fed unchanged to every run; inputs and attributions
+        keep their own layout.  The model's outputs must be batch first.
+    batch_size: the most rows the *model* may see in one forward pass (``1`` for
+        models that run one row at a time); every method then runs each block of
+        its expanded batch (integration steps, inputs, references, noisy
+        samples, perturbations) through its own copy of the forward pass.
     """
 
     def __init__(self, model, method: str = "saliency", output: str | None = None, inputs=None, layer=None,
-                 providers=None, memory_budget: int | None = None, threads: int | None = None):
-        self.method = get_method(method)
-        self.model = normalize(model)
+                 providers=None, memory_budget: int | None = None, threads: int | None = None,
+                 batch_axes: dict | None = None, batch_size: int | None = None, noise_tunnel: str | None = None):
+        self.method = get_method(method, noise_tunnel=noise_tunnel)
+        self.model, self.batch_axes = batch_first_model(model, batch_axes, output)
         self.output = _choose_output(self.model, output)
-        self.spec = _spec(self.model, self.output, inputs, layer, self.method)
+        self.spec = _spec(self.model, self.output, inputs, layer, self.method,
+                          unbatched=_unbatched(self.batch_axes))
+        self.spec.batch_size = _check_batch_size(batch_size)
+        _check_attributed_layouts(self.spec, self.method, self.batch_axes)
         if memory_budget is not None and (not isinstance(memory_budget, (int, np.integer)) or memory_budget <= 0):
             raise ValueError(f"memory_budget must be a positive number of bytes, got {memory_budget!r}")
         self.memory_budget = int(memory_budget or DEFAULT_MEMORY_BUDGET)
@@ -63,7 +84,7 @@ class Explainer:
         self.threads = threads
         self.providers = select_providers(providers)
         key = (digest(self.model), self.method.name, self.output, tuple(self.spec.wrt), tuple(self.spec.carriers),
-               tuple(map(str, self.providers)), threads)
+               tuple(self.spec.unbatched), self.spec.batch_size, tuple(map(str, self.providers)), threads)
         with _CACHE_LOCK:
             if key not in _CACHE:
                 graph = build_graph(self.model, self.method, self.spec)
@@ -88,9 +109,14 @@ class Explainer:
         return [vi.name for vi in _graph_inputs(self.model)]
 
     def forward(self, inputs) -> dict[str, np.ndarray]:
-        """The model's own outputs for ``inputs`` (a plain forward session, built on first use)."""
+        """The model's own outputs for ``inputs`` (a plain forward session, built on first use;
+        runs of at most ``batch_size`` rows)."""
         feeds = self._check_inputs(inputs)
-        return self._forward_session().run(feeds)
+        n = self._rows(feeds)
+        step = self.spec.batch_size or n
+        chunks = [self._forward_session().run(self._row_slice(feeds, start, min(n, start + step)))
+                  for start in range(0, n, step)]
+        return {k: np.concatenate([c[k] for c in chunks], axis=0) for k in chunks[0]}
 
     def _forward_session(self) -> Session:
         if self._forward is None:
@@ -98,8 +124,8 @@ class Explainer:
         return self._forward
 
     def save(self, path) -> None:
-        """Write the explanation graph (see :func:`convert`)."""
-        _write_atomically(self.graph, path)
+        """Write the explanation graph (see :func:`convert`; inputs in their own layout)."""
+        _write_atomically(own_layouts(self.graph, self.spec, self.batch_axes), path)
 
     def explain(self, inputs, target=None, *, target_weights=None, return_convergence_delta: bool = False,
                 **params):
@@ -116,9 +142,8 @@ class Explainer:
             raise ValueError(f"method {self.method.name!r} has no convergence delta")
         feeds, tw, params = self._call(inputs, target, target_weights, params)
         total, delta = self.method.run(self, feeds, tw, params)
-        names = [self.spec.attribution_name(x) for x in self.spec.wrt]
-        result = total[names[0]] if self.spec.single else {x: total[self.spec.attribution_name(x)]
-                                                          for x in self.spec.wrt}
+        own = {x: _own_layout(total[self.spec.attribution_name(x)], self.batch_axes.get(x)) for x in self.spec.wrt}
+        result = own[self.spec.wrt[0]] if self.spec.single else own
         return (result, delta) if return_convergence_delta else result
 
     def estimate(self, inputs, target=None, *, target_weights=None, **params) -> Cost:
@@ -139,24 +164,58 @@ class Explainer:
         """One call's checked feeds, target weights and parameters."""
         params = self.method.check_params(params)
         feeds = self._check_inputs(inputs)
-        n = int(np.shape(feeds[self.spec.carriers[0]])[0])
+        params = _params_batch_first(params, self.spec, self.batch_axes)
+        n = self._rows(feeds)
         return feeds, self._target_weights(target, target_weights, feeds, n), params
 
     def row_chunks(self, part: dict, n: int, row_bytes: int) -> list[tuple[int, int]]:
         """The ``[start, stop)`` input rows of each run of ``part``: as many rows as fit the memory budget
         once each expands into the method's rows (``row_bytes``: this call's :attr:`row_cost`)."""
         step = rows_per_chunk(row_bytes, self.method.expansion(part), n, self.memory_budget)
+        step = min(step, self.method.rows_per_run(part, self.spec.batch_size) or step)
         return [(start, min(n, start + step)) for start in range(0, n, step)]
 
     def run_rows(self, feeds, tw, part, wanted, row_bytes: int):
         """Run the graph with parameter feeds ``part`` over all rows, in the chunks of :meth:`row_chunks`."""
         chunks = []
         for start, stop in self.row_chunks(part, int(np.shape(tw)[0]), row_bytes):
-            run = {k: v[start:stop] for k, v in feeds.items()}
+            run = self._row_slice(feeds, start, stop)
             run[TARGET_WEIGHTS] = tw[start:stop]
             run.update(self.method.rows_split(part, start, stop))
-            chunks.append(self.session.run(run, wanted))
+            chunks.append(self.run_session(run, wanted))
         return {k: np.concatenate([c[k] for c in chunks], axis=0) for k in wanted}
+
+    def run_session(self, feeds: dict, wanted) -> dict:
+        """One run of the explanation graph; a failure that only batches cause says to use ``batch_size``."""
+        try:
+            return self.session.run(feeds, wanted)
+        except Exception as e:
+            hint = self._batching_hint(feeds)
+            if hint is None:
+                raise
+            raise ModelError(hint) from e
+
+    def _batching_hint(self, feeds: dict) -> str | None:
+        """The advice to use ``batch_size=1`` when a run failed with several rows and one row runs."""
+        if self.spec.batch_size == 1:
+            return None
+        first = {vi.name: (feeds[vi.name] if vi.name in self.spec.unbatched else feeds[vi.name][:1])
+                 for vi in _graph_inputs(self.model)}
+        try:
+            self._forward_session().run(first)
+        except Exception:
+            return None
+        return (f"the model fails on a run of several rows but runs on one row: it cannot take batches "
+                f"(control flow on a single-element condition, a state sized for one row...). Build the "
+                f"Explainer with batch_size=1 so that the model never sees more than one row per run")
+
+    def _rows(self, feeds: dict) -> int:
+        """The number of rows of the call (the batched inputs' batch size)."""
+        return int(np.shape(feeds[self.spec.carriers[0]])[0])
+
+    def _row_slice(self, feeds: dict, start: int, stop: int) -> dict:
+        """Rows ``[start, stop)`` of the batched inputs (batch first here), unbatched inputs as they are."""
+        return {k: v if k in self.spec.unbatched else v[start:stop] for k, v in feeds.items()}
 
     def _check_inputs(self, inputs) -> dict:
         model_inputs = _graph_inputs(self.model)
@@ -172,10 +231,16 @@ class Explainer:
             raise ValueError(f"the model's inputs are {names}; missing {missing}, unexpected {extra}")
         feeds, rows = {}, None
         for vi in model_inputs:
-            feeds[vi.name] = value = _check_array(vi, inputs[vi.name])
+            axis = self.batch_axes.get(vi.name, 0)
+            value = inputs[vi.name]
+            if axis:   # the graph takes it batch first
+                value = _moved_to_batch_first(vi, value, axis)
+            feeds[vi.name] = value = _check_array(vi, value)
+            if axis is None:
+                continue
             if rows is not None and value.shape[0] != rows:
-                raise ValueError(f"all inputs need the same number of rows; {vi.name!r} has {value.shape[0]}, "
-                                 f"others {rows}")
+                raise ValueError(f"all batched inputs need the same number of rows (on their batch axes); "
+                                 f"{vi.name!r} has {value.shape[0]}, others {rows}")
             rows = value.shape[0]
         if rows == 0:
             raise ValueError("the inputs have no rows")
@@ -197,7 +262,7 @@ class Explainer:
             return tuple(shape[1:])
         key = tuple((k, v.shape[1:]) for k, v in feeds.items())   # symbolic dims (a sequence length):
         if key not in self._output_shapes:                         # ask the model, once per row shape
-            one = {k: v[:1] for k, v in feeds.items()}
+            one = self._row_slice(feeds, 0, 1)
             self._output_shapes[key] = tuple(self._forward_session().run(one, [self.output])[self.output].shape[1:])
         return self._output_shapes[key]
 
@@ -213,29 +278,182 @@ def build_graph(model: onnx.ModelProto, method, spec: Spec) -> onnx.ModelProto:
 
 def explain(model, inputs, method: str = "saliency", target=None, **kwargs):
     """One-shot :meth:`Explainer.explain` (the graph and session are cached all the same)."""
-    ctor = {k: kwargs.pop(k) for k in ("output", "providers", "memory_budget", "layer", "threads") if k in kwargs}
+    ctor = {k: kwargs.pop(k) for k in ("output", "providers", "memory_budget", "layer", "threads", "batch_axes",
+                                       "batch_size", "noise_tunnel") if k in kwargs}
     if "inputs_to_attribute" in kwargs:
         ctor["inputs"] = kwargs.pop("inputs_to_attribute")
     return Explainer(model, method, **ctor).explain(inputs, target, **kwargs)
 
 
 def convert(model, path, method: str = "saliency", output: str | None = None, inputs=None, layer=None,
-            defaults: dict | None = None, **more_defaults):
+            noise_tunnel: str | None = None, defaults: dict | None = None, batch_axes: dict | None = None,
+            batch_size: int | None = None, **more_defaults):
     """Write the standalone explanation graph of ``method`` to ``path``.
 
     Keyword arguments (e.g. ``n_steps=20``) set the graph's default parameters,
     stored as initializers that a client may override by feeding the input of
     the same name; ``defaults`` takes them as a dict too, which is how integrated
     gradients' quadrature (its parameter ``method``) is given:
-    ``defaults={"method": "riemann_left"}``.  The file is written atomically:
-    nothing is left behind on error.
+    ``defaults={"method": "riemann_left"}``.  ``batch_axes`` and ``batch_size``
+    are those of :class:`Explainer`; an input whose batch axis is not 0 is fed
+    in its own layout, and so are its attributions and its ``baselines``.  The
+    file is written atomically: nothing is left behind on error.
     """
-    m = get_method(method, **{**(defaults or {}), **more_defaults})
-    model = normalize(model)
-    spec = _spec(model, _choose_output(model, output), inputs, layer, m)
-    graph = build_graph(model, m, spec)
+    if noise_tunnel is not None and batch_size is not None:
+        raise ValueError("a graph converted with batch_size cannot carry a noise tunnel: under batch_size the "
+                         "noisy samples run one after another, fed by the Python API; convert without one of them")
+    m = get_method(method, noise_tunnel=noise_tunnel, **{**(defaults or {}), **more_defaults})
+    model, axes = batch_first_model(model, batch_axes, output)
+    spec = _spec(model, _choose_output(model, output), inputs, layer, m, unbatched=_unbatched(axes))
+    spec.batch_size = _check_batch_size(batch_size)
+    _check_attributed_layouts(spec, m, axes)
+    graph = own_layouts(build_graph(model, m, spec), spec, axes)
     _write_atomically(graph, path)
     return graph
+
+
+# ---------------------------------------------------------------------- batch axes
+def batch_first_model(model, batch_axes=None, output: str | None = None) -> tuple[onnx.ModelProto, dict]:
+    """The normalised model with every batched input batch first, and each input's batch axis.
+
+    Outputs that are not batch first are left out of it (see :func:`without_unbatched_outputs`).
+    """
+    m = normalize(model, batch_axes=batch_axes)
+    axes = batch_axes_of(m, batch_axes)
+    m = without_unbatched_outputs(m, batch_problems(m, axes), output)
+    return to_batch_first(m, axes), axes
+
+
+def without_unbatched_outputs(m: onnx.ModelProto, problems: dict, output: str | None) -> onnx.ModelProto:
+    """``m`` without the outputs that have no batch axis first (``problems``: from batch_problems).
+
+    An explanation graph runs the model on an expanded batch, so it cannot return such an output's
+    value for the inputs (a mean over the batch, a sum over rows); the other outputs are explained as
+    usual.  Raises :class:`ModelError` when ``output`` is one of them, or when no floating-point output
+    is left to explain by default.
+    """
+    if not problems:
+        return m
+    floats = [o.name for o in m.graph.output if o.type.tensor_type.elem_type in FLOAT_TYPES]
+    if output in problems:
+        raise ModelError(batch_refusal({output: problems[output]}))
+    if output is None and all(name in problems for name in floats):
+        raise ModelError(batch_refusal(problems))
+    kept = onnx.ModelProto()
+    kept.CopyFrom(m)
+    del kept.graph.output[:]
+    kept.graph.output.extend(o for o in m.graph.output if o.name not in problems)
+    return kept
+
+
+def batch_refusal(problems: dict) -> str:
+    """Why a model whose outputs are not batch first cannot be explained (``problems``: from batch_problems)."""
+    listed = "; ".join(f"output {name!r} {why}" for name, why in problems.items())
+    return (f"{listed}. onnxplain explains models whose outputs are batch first, one output row per input row "
+            f"(batch_axes gives the inputs' batch axes; the outputs' is axis 0)")
+
+
+def _unbatched(axes: dict) -> list[str]:
+    return [name for name, axis in axes.items() if axis is None]
+
+
+def _check_batch_size(batch_size):
+    if batch_size is None:
+        return None
+    if not isinstance(batch_size, (int, np.integer)) or isinstance(batch_size, bool) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int (the most rows the model may see per run) or None, "
+                         f"got {batch_size!r}")
+    return int(batch_size)
+
+
+def _check_attributed_layouts(spec: Spec, method, axes: dict) -> None:
+    """Perturbation methods take windows and masks in the layout of one row: batch-first inputs only."""
+    moved = [x for x in spec.wrt if axes.get(x)]
+    if moved and method.forward_only:
+        raise ValueError(f"method {method.name!r} cannot attribute {moved}, whose batch axis is not 0 (its windows, "
+                         f"masks and baselines are given per row); attribute them with a gradient method, or "
+                         f"attribute the batch-first inputs only")
+
+
+def _params_batch_first(params: dict, spec: Spec, axes: dict) -> dict:
+    """Per-input arrays given in the layout of inputs whose batch axis ``k`` is not 0 -> batch first:
+    ``baselines`` (batch axis ``k``) and SmoothGrad's ``noise`` (``(samples, *input)``: axis ``k + 1``)."""
+    if not any(axes.get(x) for x in spec.carriers):
+        return params
+    out = dict(params)
+    for key, lead in (("baselines", 0), ("noise", 1)):
+        value = params.get(key)
+        if value is None:
+            continue
+
+        def move(x, v):
+            k = axes.get(x)
+            return v if not k or np.ndim(v) <= k + lead else np.moveaxis(np.asarray(v), k + lead, lead)
+
+        if isinstance(value, dict):
+            out[key] = {x: move(x, v) for x, v in value.items()}
+        elif isinstance(value, (tuple, list)) and len(spec.carriers) > 1:
+            out[key] = type(value)(move(x, v) for x, v in zip(spec.carriers, value))
+        elif len(spec.carriers) == 1:
+            out[key] = move(spec.carriers[0], value)
+    return out
+
+
+def _own_layout(value: np.ndarray, axis) -> np.ndarray:
+    return np.moveaxis(value, 0, axis) if axis else value
+
+
+def own_layouts(graph: onnx.ModelProto, spec: Spec, axes: dict) -> onnx.ModelProto:
+    """A copy of the explanation graph of a batch-first model that takes and gives inputs with batch
+    axis ``k > 0`` (and their baselines and attributions) in their own layout: Transposes at its boundary."""
+    if not any(axes.values()):
+        return graph
+    copy = onnx.ModelProto()
+    copy.CopyFrom(graph)
+    graph = copy
+    g = graph.graph
+    front, back = [], []
+    for x, k in axes.items():
+        if not k:
+            continue
+        names = [x] + [n for n in (spec.param("baselines", x),) if x in spec.carriers]
+        for vi in g.input:
+            if vi.name not in names:
+                continue
+            inner = f"{vi.name}__batch_first"
+            redirect_reads(g.node, vi.name, inner)
+            rank = len(vi.type.tensor_type.shape.dim)
+            perm = [k] + [j for j in range(rank) if j != k]
+            front.append(onnx.helper.make_node("Transpose", [vi.name], [inner], perm=perm))
+            _permute_dims(vi, from_batch_first_perm(rank, k))
+        for init in g.initializer:   # a default stored for a transposed input follows its layout
+            if init.name in names and init.dims:
+                init.CopyFrom(onnx.numpy_helper.from_array(
+                    np.moveaxis(onnx.numpy_helper.to_array(init), 0, k), init.name))
+        if x in spec.wrt:
+            name = spec.attribution_name(x)
+            inner = f"{name}__batch_first"
+            for node in g.node:
+                node.output[:] = [inner if o == name else o for o in node.output]
+            vi = next(v for v in g.output if v.name == name)
+            back.append(onnx.helper.make_node("Transpose", [inner], [name],
+                                              perm=from_batch_first_perm(len(vi.type.tensor_type.shape.dim), k)))
+            _permute_dims(vi, from_batch_first_perm(len(vi.type.tensor_type.shape.dim), k))
+    if front or back:
+        nodes = front + list(g.node) + back
+        del g.node[:]
+        g.node.extend(nodes)
+        onnx.checker.check_model(graph)
+    return graph
+
+
+def _permute_dims(vi, perm: list[int]) -> None:
+    dims = list(vi.type.tensor_type.shape.dim)
+    copies = [onnx.TensorShapeProto.Dimension() for _ in dims]
+    for c, j in zip(copies, perm):
+        c.CopyFrom(dims[j])
+    del vi.type.tensor_type.shape.dim[:]
+    vi.type.tensor_type.shape.dim.extend(copies)
 
 
 # ---------------------------------------------------------------------- model facts
@@ -264,11 +482,16 @@ def _choose_output(model, output):
     if output is not None:
         if output not in names:
             raise ValueError(f"output {output!r} is not an output of the model; its outputs are {names}")
-        if model.graph.output[names.index(output)].type.tensor_type.elem_type not in FLOAT_TYPES:
+        tt = model.graph.output[names.index(output)].type.tensor_type
+        if tt.elem_type not in FLOAT_TYPES:
             raise ValueError(f"output {output!r} is not floating point; only float outputs can be explained")
+        if tt.HasField("shape") and len(tt.shape.dim) == 0:
+            raise ValueError(f"output {output!r} is a scalar without a batch dimension; onnxplain explains outputs "
+                             f"with one row per input row")
         return output
     for o in model.graph.output:
-        if o.type.tensor_type.elem_type in FLOAT_TYPES:
+        tt = o.type.tensor_type
+        if tt.elem_type in FLOAT_TYPES and not (tt.HasField("shape") and len(tt.shape.dim) == 0):
             return o.name
     hint = ""
     if any(not o.type.HasField("tensor_type") for o in model.graph.output):
@@ -277,30 +500,39 @@ def _choose_output(model, output):
     raise ValueError(f"the model has no floating-point output to explain (outputs: {names}){hint}")
 
 
-def _spec(model, output, inputs, layer=None, method=None) -> Spec:
+def _spec(model, output, inputs, layer=None, method=None, unbatched=()) -> Spec:
     """Which tensors get attributions (points), which inputs take baselines (carriers), which pass through.
 
-    By default every floating-point input is attributed (for gradient and
-    modified-rule methods: every one that a gradient path joins to the output,
-    as long as one does); a model with none has its first token input (integers
-    feeding an embedding Gather) attributed: at that Gather's output by the
-    gradient methods, as itself by the perturbation methods (``forward_only``),
-    which take inputs of any dtype and, for a model with neither float nor token
-    inputs, attribute every input.  ``inputs`` names them explicitly; ``layer``
-    attributes an intermediate tensor instead, with baselines for ``inputs``.  A
-    named input or layer that reaches the output only through steps with no
-    gradient (a Cast to an integer type, Floor, ArgMax, a comparison, a Shape) is
-    refused with :class:`~onnxplain.errors.NoGradientPathError` by those methods.
+    By default every batched floating-point input is attributed (for gradient
+    and modified-rule methods: every one that a gradient path joins to the
+    output, as long as one does); a model with none has its first token input
+    (integers feeding an embedding Gather) attributed: at that Gather's output
+    by the gradient methods, as itself by the perturbation methods
+    (``forward_only``), which take inputs of any dtype and, for a model with
+    neither float nor token inputs, attribute every batched input.  ``inputs``
+    names them explicitly; ``layer`` attributes an intermediate tensor instead,
+    with baselines for ``inputs``.  ``unbatched`` inputs are passed through
+    unchanged and cannot be attributed.  A named input or layer that reaches
+    the output only through steps with no gradient (a Cast to an integer type,
+    Floor, ArgMax, a comparison, a Shape) is refused with
+    :class:`~onnxplain.errors.NoGradientPathError` by those methods.
     """
     graph_inputs = _graph_inputs(model)
     names = [vi.name for vi in graph_inputs]
-    floats = [vi.name for vi in graph_inputs if vi.type.tensor_type.elem_type in FLOAT_TYPES]
-    tokens = token_embeddings(model)
+    if inputs is not None:
+        refused = [x for x in ([inputs] if isinstance(inputs, str) else list(inputs)) if x in unbatched]
+        if refused:
+            raise ValueError(f"cannot attribute {refused}: they have no batch axis (batch_axes None), so no row has "
+                             f"a value of its own; attribute batched inputs")
+    floats = [vi.name for vi in graph_inputs
+              if vi.type.tensor_type.elem_type in FLOAT_TYPES and vi.name not in unbatched]
+    tokens = {x: t for x, t in token_embeddings(model).items() if x not in unbatched}
+    batched = [x for x in names if x not in unbatched]
     as_themselves = method is not None and method.forward_only   # perturbations feed the values themselves
     cut = (lambda tensor: None) if method is None or method.forward_only else \
         gradient_cuts(model, output, method.overrides)
     if inputs is None:
-        chosen = floats or list(tokens)[:1] or (names if as_themselves else [])
+        chosen = floats or list(tokens)[:1] or (batched if as_themselves else [])
         if len(chosen) > 1 and any(cut(x) is None for x in chosen):
             chosen = [x for x in chosen if cut(x) is None]    # attribute the inputs a gradient reaches
         if not chosen:
@@ -331,7 +563,8 @@ def _spec(model, output, inputs, layer=None, method=None) -> Spec:
         what = "the model's inputs (of any dtype)" if as_themselves else "floating-point inputs"
         raise ValueError(f"method {method.name!r} attributes {what} only; "
                          f"{'layer=' if layer else 'token inputs'} needs another method")
-    return Spec(model, output, points, chosen, [x for x in names if x not in chosen])
+    return Spec(model, output, points, chosen, [x for x in names if x not in chosen and x not in unbatched],
+                [x for x in names if x in unbatched])
 
 
 _SHAPE_ONLY = ("Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity", "Cast")
@@ -396,6 +629,16 @@ def _check_array(vi, value) -> np.ndarray:
     if arr.ndim != len(expected) or any(isinstance(e, int) and e != g for e, g in zip(expected[1:], arr.shape[1:])):
         raise ValueError(f"input {vi.name!r} must have shape {expected} (batch first), got {arr.shape}")
     return np.ascontiguousarray(arr.astype(want, copy=False))
+
+
+def _moved_to_batch_first(vi, value, axis: int) -> np.ndarray:
+    """An input given in its own layout (batch on ``axis``), checked against that layout, batch first."""
+    value = np.asarray(value)
+    dims = [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in vi.type.tensor_type.shape.dim]
+    own = tuple(dims[1:axis + 1] + dims[:1] + dims[axis + 1:])
+    if value.ndim != len(own) or any(isinstance(e, int) and e != g for e, g in zip(own, value.shape)):
+        raise ValueError(f"input {vi.name!r} must have shape {own} (batch on axis {axis}), got {value.shape}")
+    return np.moveaxis(value, axis, 0)
 
 
 def _write_atomically(model: onnx.ModelProto, path) -> None:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import onnx
 
 from .errors import UnsupportedOperatorError
-from .graph import GraphBuilder, topological_order
+from .graph import FLOAT_TYPES, GraphBuilder, node_reads, outer_reads, subgraphs, topological_order
 from .vjp import RULES, Rule
 
 
@@ -30,6 +30,9 @@ class VJPContext:
     ref: object = None      # DeepLIFT: maps a tensor to its reference rows (rules.Partner)
     params: dict = field(default_factory=dict)  # graph tensors a modified rule reads (e.g. eps)
     reads: dict = field(default_factory=dict)   # forward tensors the rule reads under another name (NaN-safe)
+    rules: dict = field(default_factory=dict, repr=False)  # the table in use (standard + a method's overrides)
+    #: cotangents of outer-scope tensors that the node's subgraphs read (filled by control-flow rules)
+    outer: dict = field(default_factory=dict)
 
     @property
     def x(self) -> list[str]:
@@ -56,6 +59,13 @@ class VJPContext:
     def dy_or_zeros(self, k: int) -> str:
         return self.dy[k] if self.dy[k] is not None else self.b.zeros_like(self.node.output[k])
 
+    def walk(self, region: GraphBuilder, seeds: dict[str, str], wrt: list[str]) -> dict[str, str]:
+        """The backward pass of the nodes of ``region`` (a child builder: a loop body, a branch, an
+        expansion of a fused op), with this walk's rules, modified-rule parameters and, for DeepLIFT,
+        a partner map of the region's own tensors (a body's tensors are split at their own axis 0)."""
+        ref = None if self.ref is None else type(self.ref)(region)
+        return reverse_walk(region, seeds, wrt, self.rules, ref, self.params)
+
 
 def active_tensors(nodes, wrt, b: GraphBuilder) -> set[str]:
     """Floating-point tensors that depend on one of ``wrt``."""
@@ -67,11 +77,11 @@ def active_tensors(nodes, wrt, b: GraphBuilder) -> set[str]:
 
 
 def needed_tensors(nodes, outputs) -> set[str]:
-    """Tensors that the given outputs depend on."""
+    """Tensors that the given outputs depend on (also through what a subgraph reads)."""
     needed = set(outputs)
     for node in reversed(nodes):
         if any(o in needed for o in node.output):
-            needed.update(i for i in node.input if i)
+            needed.update(node_reads(node))
     return needed
 
 
@@ -126,8 +136,8 @@ def gradient_cuts(model: onnx.ModelProto, output: str, overrides: dict | None = 
 
 def missing_rules(nodes, wrt, outputs, b: GraphBuilder, overrides: dict | None = None) -> list[onnx.NodeProto]:
     """The nodes between ``wrt`` and ``outputs`` that no rule (standard or override) covers."""
-    on_path, _ = path_nodes(nodes, wrt, outputs, b)
-    return _uncovered(on_path, _table(overrides), b.opset)
+    on_path, active = path_nodes(nodes, wrt, outputs, b)
+    return _uncovered(on_path, _table(overrides), b, active)
 
 
 def _table(overrides: dict | None) -> dict:
@@ -135,8 +145,27 @@ def _table(overrides: dict | None) -> dict:
     return {**RULES, **(overrides or {})}
 
 
-def _uncovered(nodes, rules: dict, opset: int) -> list[onnx.NodeProto]:
-    return [n for n in nodes if _lookup(rules, n, opset) is None]
+def _uncovered(nodes, rules: dict, b: GraphBuilder, active) -> list[onnx.NodeProto]:
+    """Nodes without a rule, and inside the subgraphs of those with one, the body nodes without one."""
+    missing = []
+    for n in nodes:
+        if _lookup(rules, n, b.opset) is None:
+            missing.append(n)
+        else:
+            for g in subgraphs(n):
+                missing.extend(_uncovered_in_body(g, rules, b, active))
+    return missing
+
+
+def _uncovered_in_body(graph: onnx.GraphProto, rules: dict, b: GraphBuilder, active) -> list[onnx.NodeProto]:
+    """The nodes of a subgraph, between its inputs (and the active tensors it reads) and its outputs,
+    that no rule covers."""
+    body = b.child()
+    body.infer_types(list(graph.node), list(graph.input))
+    wrt = [vi.name for vi in graph.input if vi.type.tensor_type.elem_type in FLOAT_TYPES]
+    wrt += sorted(outer_reads(graph) & set(active))
+    on_path, inner = path_nodes(list(graph.node), wrt, [o.name for o in graph.output], body)
+    return _uncovered(on_path, rules, body, inner)
 
 
 def backward(b: GraphBuilder, output: str, seed: str, wrt: list[str], overrides: dict | None = None,
@@ -147,13 +176,25 @@ def backward(b: GraphBuilder, output: str, seed: str, wrt: list[str], overrides:
     ``overrides`` maps op types to modified rules (DeepLIFT, LRP, ...): the
     standard table is never edited.
     """
-    rules = _table(overrides)
-    on_path, active = path_nodes(list(b.nodes), wrt, [output], b)
-    missing = _uncovered(on_path, rules, b.opset)
+    return reverse_walk(b, {output: seed}, wrt, _table(overrides), ref, params or {})
+
+
+def reverse_walk(b: GraphBuilder, seeds: dict[str, str], wrt: list[str], rules: dict, ref=None,
+                 params: dict | None = None) -> dict[str, str]:
+    """The backward pass of the nodes of ``b`` from several seeded tensors to ``wrt``.
+
+    ``seeds`` maps tensors to the names of their cotangents.  Returns a map from
+    each name in ``wrt`` to its cotangent (zeros where no cotangent reaches it).
+    Control-flow rules call it again for their subgraphs (:meth:`VJPContext.walk`).
+    """
+    on_path, active = path_nodes(list(b.nodes), wrt, list(seeds), b)
+    missing = _uncovered(on_path, rules, b, active)
     if missing:
         raise UnsupportedOperatorError(missing)
 
-    cot: dict[str, list[str]] = {output: [seed]}
+    cot: dict[str, list[str]] = {}
+    for name, seed in seeds.items():
+        cot.setdefault(name, []).append(seed)
     frozen = frozenset(active)
     fragile = nan_masked_tensors(topological_order(b.nodes), b)
     safe: dict[str, str] = {}
@@ -163,7 +204,9 @@ def backward(b: GraphBuilder, output: str, seed: str, wrt: list[str], overrides:
         dy = [_take(b, cot, o, keep=o in wrt) for o in node.output]
         rule = _lookup(rules, node, b.opset)
         reads = {t: _nan_as_zero(b, t, safe) for t in list(node.input) + list(node.output) if t in fragile}
-        ctx = VJPContext(b, node, dy, frozen, ref, params or {}, reads)
+        # a NaN-safe copy stands for its tensor: active when it is (modified rules pair active tensors)
+        seen = frozen.union(s for t, s in reads.items() if t in frozen) if reads else frozen
+        ctx = VJPContext(b, node, dy, seen, ref, params or {}, reads, rules=rules)
         grads = rule.fn(ctx)
         if len(grads) > len(node.input):
             raise AssertionError(f"rule for {node.op_type} returned {len(grads)} cotangents for {len(node.input)} inputs")
@@ -174,6 +217,9 @@ def backward(b: GraphBuilder, output: str, seed: str, wrt: list[str], overrides:
             if rule.broadcast:
                 g = b.unbroadcast(g, name, node.output[0])
             cot.setdefault(name, []).append(g)
+        for name, g in ctx.outer.items():
+            if name in active:
+                cot.setdefault(name, []).append(g)
 
     result = {}
     for x in wrt:
@@ -253,16 +299,4 @@ def _may_be_float(b: GraphBuilder, name: str) -> bool:
 
 
 def _subgraph_reads(node: onnx.NodeProto, active: set) -> bool:
-    for a in node.attribute:
-        if a.type == onnx.AttributeProto.GRAPH and _graph_reads(a.g, active):
-            return True
-        if a.type == onnx.AttributeProto.GRAPHS and any(_graph_reads(g, active) for g in a.graphs):
-            return True
-    return False
-
-
-def _graph_reads(graph: onnx.GraphProto, active: set) -> bool:
-    for n in graph.node:
-        if any(i in active for i in n.input) or _subgraph_reads(n, active):
-            return True
-    return False
+    return any(t in active for g in subgraphs(node) for t in outer_reads(g))

@@ -1,9 +1,10 @@
 """The ``onnxplain`` command line: a parser over the library.
 
     onnxplain demo [--output DIR] [--target T] [--out demo.npz]
-    onnxplain inspect MODEL [--json]
-    onnxplain convert MODEL OUT --method M [--output NAME] [--n-steps N ...]
+    onnxplain inspect MODEL [--json] [--batch-axis NAME=AXIS]
+    onnxplain convert MODEL OUT --method M [--output NAME] [--n-steps N ...] [--batch-axis NAME=AXIS]
     onnxplain explain MODEL INPUT.npy|.npz --method M --target T [--out attr.npy] [--plot attr.png|attr.html]
+    (convert and explain also take [--batch-axis NAME=AXIS ...] [--batch-size B])
     onnxplain profile MODEL --method M [--batch N] [--data INPUT.npz] [method options]
     onnxplain serve MODEL [MODEL ...] --method M [--name NAME] [--http-port 8000] [--grpc-port 8001]
     onnxplain triton MODEL --method M --name NAME --output REPO [--max-batch-size B] [--gpu]
@@ -169,12 +170,13 @@ def add_inspect(sub) -> None:
                             "between its inputs and outputs has a backward rule.")
     i.add_argument("model", help="the ONNX model")
     i.add_argument("--json", action="store_true", help="print the facts as JSON")
+    _add_batching_args(i, batch_size=False)
     i.set_defaults(run=run_inspect)
 
 
 def run_inspect(args) -> int:
     from .inspection import describe, inspect
-    facts = inspect(args.model)
+    facts = inspect(args.model, batch_axes=_batching(args)["batch_axes"])
     if args.json:
         print(json.dumps({"model": args.model, **facts}, indent=2))
     else:
@@ -190,6 +192,7 @@ def add_convert(sub) -> None:
     c.add_argument("model", help="the ONNX model")
     c.add_argument("out", help="where to write the explanation graph (.onnx)")
     _add_method_args(c, graph_defaults=True)
+    _add_batching_args(c)
     c.set_defaults(run=run_convert)
 
 
@@ -203,7 +206,7 @@ def run_convert(args) -> int:
     params = _method_params(args, allow_files=False)
     t0 = time.perf_counter()
     graph = convert(args.model, args.out, method, output=args.output, inputs=args.inputs, layer=args.layer,
-                    defaults=params)
+                    noise_tunnel=args.noise_tunnel, defaults=params, **_batching(args))
     elapsed = time.perf_counter() - t0
     print(f"wrote {args.out}: {method} explanation graph of {args.model} ({len(graph.graph.node)} nodes, "
           f"{os.path.getsize(args.out) / 1024:.1f} KiB, {elapsed:.2f} s)")
@@ -227,6 +230,7 @@ def add_explain(sub) -> None:
     e.add_argument("model", help="the ONNX model")
     e.add_argument("input", help="the inputs: .npy, or .npz keyed by input name")
     _add_method_args(e, graph_defaults=False)
+    _add_batching_args(e)
     e.add_argument("--target", nargs="+", metavar="T",
                    help="what to explain: an index (3), a tuple of indices (1,2), one of these per row "
                         "(3 1 0 2), 'pred' for each row's largest output, or 'none' for an output with "
@@ -254,7 +258,8 @@ def run_explain(args) -> int:
                           target_weights=args.target_weights, output=args.output, inputs=args.inputs,
                           layer=args.layer, out=args.out, plot=args.plot, tokens=args.tokens,
                           feature_names=read_feature_names(args.feature_names) if args.feature_names else None,
-                          params=_method_params(args, allow_files=True))
+                          params=_method_params(args, allow_files=True), noise_tunnel=args.noise_tunnel,
+                          **_batching(args))
     print(result.summary())
     return 0
 
@@ -283,9 +288,27 @@ def _add_method_args(p, graph_defaults: bool, output_flag: str = "--output", met
     g.add_argument("--nt-samples", type=int, help="smoothgrad/smoothgrad_sq/vargrad: noisy samples (5)")
     g.add_argument("--stdevs", type=float, help="smoothgrad/smoothgrad_sq/vargrad: noise standard deviation (1.0)")
     g.add_argument("--seed", type=int, help="smoothgrad/smoothgrad_sq/vargrad: seed of the noise")
+    g.add_argument("--noise-tunnel", choices=("smoothgrad", "smoothgrad_sq", "vargrad"),
+                   help="average the method's attributions over noisy copies of the inputs (Captum's NoiseTunnel; "
+                        "--nt-samples, --stdevs and --seed set the noise)")
     g.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
                    help="any other method parameter, VALUE read as a Python literal" +
                         ("" if graph_defaults else " or @FILE.npy for an array") + " (repeatable)")
+
+
+def _add_batching_args(p, batch_size: bool = True) -> None:
+    p.add_argument("--batch-axis", action="append", default=[], metavar="NAME=AXIS",
+                   help="the batch axis of an input, or NAME=none for an unbatched one (repeatable; default: "
+                        "detected)")
+    if batch_size:
+        p.add_argument("--batch-size", type=int, metavar="B",
+                       help="the most rows the model may see per run (1 for models that run one row at a time)")
+
+
+def _batching(args) -> dict:
+    """``batch_axes`` and ``batch_size`` as :class:`onnxplain.Explainer` takes them."""
+    from .files import parse_batch_axes
+    return {"batch_axes": parse_batch_axes(args.batch_axis) or None, "batch_size": getattr(args, "batch_size", None)}
 
 
 def _method_params(args, allow_files: bool) -> dict:
@@ -347,7 +370,8 @@ def run_serve(args) -> int:
     methods = [canonical_name(m) for m in args.method.split(",") if m.strip()]
     serve(args.models, methods, names=args.names, output=args.output, inputs=args.inputs, layer=args.layer,
           host=args.host, http_port=args.http_port, grpc_port=args.grpc_port,
-          max_request_bytes=args.max_request_bytes, threads=args.threads, **_method_params(args, allow_files=True))
+          max_request_bytes=args.max_request_bytes, threads=args.threads, noise_tunnel=args.noise_tunnel,
+          **_method_params(args, allow_files=True))
     return 0
 
 
@@ -373,7 +397,8 @@ def run_triton(args) -> int:
     from .serve.triton import export_triton
     folder = export_triton(args.model, args.repository, args.name, canonical_name(args.method),
                            max_batch_size=args.max_batch_size, gpu=args.gpu, output=args.output,
-                           inputs=args.inputs, layer=args.layer, defaults=_method_params(args, allow_files=False))
+                           inputs=args.inputs, layer=args.layer, noise_tunnel=args.noise_tunnel,
+                           defaults=_method_params(args, allow_files=False))
     print(f"wrote {folder}: config.pbtxt and 1/model.onnx (max_batch_size {args.max_batch_size}, "
           f"{'GPU' if args.gpu else 'CPU'})")
     return 0

@@ -94,6 +94,20 @@ def parse_value(text: str, what: str, allow_files: bool = True):
     return load_array(text, what)
 
 
+def parse_batch_axes(items) -> dict:
+    """``batch_axes`` from ``NAME=AXIS`` strings (``NAME=none`` for an unbatched input), as the command
+    line's ``--batch-axis`` gives them."""
+    axes = {}
+    for item in items or ():
+        name, sep, text = item.partition("=")
+        text = text.strip().lower()
+        if not sep or not name.strip() or not (text == "none" or text.lstrip("-").isdigit()):
+            raise ValueError(f"--batch-axis expects NAME=AXIS (an int, or none for an unbatched input), "
+                             f"got {item!r}")
+        axes[name.strip()] = None if text == "none" else int(text)
+    return axes
+
+
 def read_tokens(path) -> list[list[str]]:
     """Word pieces to show for token ids: a JSON file with one list of strings per row (or one list)."""
     path = os.fspath(path)
@@ -175,21 +189,28 @@ class FileExplanation:
     written: list = field(default_factory=list)   # one line per file written
 
     @property
+    def by_row(self) -> dict:
+        """The attributions with each input's batch axis first (a state's ``(layers, N, hidden)`` -> ``(N, ...)``)."""
+        axes = self.explainer.batch_axes
+        return {k: np.moveaxis(a, axes.get(k) or 0, 0) for k, a in self.attributions.items()}
+
+    @property
     def rows(self) -> int:
-        return len(next(iter(self.attributions.values())))
+        return len(next(iter(self.by_row.values())))
 
     def summary(self, max_rows: int = 10) -> str:
         """A few lines for a terminal: what was explained, a table of sums (and deltas) per row, the files."""
         ex, n = self.explainer, self.rows
         lines = [f"{ex.method_name} attributions of {ex.output!r} for {n} row(s) of {', '.join(self.attributions)} "
                  f"in {self.seconds * 1000:.1f} ms"]
-        sums = sum(a.reshape(n, -1).sum(axis=1, dtype=np.float64) for a in self.attributions.values())
+        sums = sum(a.reshape(n, -1).sum(axis=1, dtype=np.float64) for a in self.by_row.values())
         header = ["row", "target", "sum(attributions)"] + (["delta"] if self.delta is not None else [])
         table = []
         for r in range(min(n, max_rows)):
             row = [str(r), self._target_text(r), f"{sums[r]:.6g}"]
-            if self.delta is not None:
-                row.append(f"{self.delta[r]:+.2e}")
+            if self.delta is not None:   # per row; a noise tunnel has one per noisy sample: the largest
+                d = np.ravel(self.delta[r])
+                row.append(f"{d[np.argmax(np.abs(d))]:+.2e}")
             table.append(row)
         lines.append(text_table(header, table))
         if n > max_rows:
@@ -207,7 +228,8 @@ class FileExplanation:
 
 def explain_file(model, input_path, method: str = "saliency", *, target=None, target_weights=None,
                  output: str | None = None, inputs=None, layer: str | None = None, out=None, plot=None,
-                 tokens=None, feature_names=None, params: dict | None = None) -> FileExplanation:
+                 tokens=None, feature_names=None, params: dict | None = None, batch_axes: dict | None = None,
+                 batch_size: int | None = None, noise_tunnel: str | None = None) -> FileExplanation:
     """Explain the rows stored in ``input_path`` (``.npy``, or ``.npz`` by input name).
 
     target: Captum's forms, or ``"pred"`` (each row's largest output), or
@@ -219,6 +241,7 @@ def explain_file(model, input_path, method: str = "saliency", *, target=None, ta
         word pieces, or a ``.json`` path) and ``feature_names`` label them.
     params: the method's parameters as :meth:`Explainer.explain` takes them
         (``{"n_steps": 32, "method": "riemann_left", "baselines": 0}``).
+    batch_axes, batch_size, noise_tunnel: those of :class:`~onnxplain.Explainer`.
     Paths, parameters and targets are checked before anything is computed.
     """
     from .api import Explainer
@@ -229,7 +252,8 @@ def explain_file(model, input_path, method: str = "saliency", *, target=None, ta
     if target is not None and target_weights is not None:
         raise ValueError("give either a target or target_weights, not both")
     raw = load_inputs(input_path)
-    ex = Explainer(model, method=method, output=output, inputs=inputs, layer=layer)
+    ex = Explainer(model, method=method, output=output, inputs=inputs, layer=layer, batch_axes=batch_axes,
+                   batch_size=batch_size, noise_tunnel=noise_tunnel)
     ex.method.check_params(dict(params))            # unknown or bad parameters fail before anything runs
     several = not ex.spec.single
     check_output_path(out, (".npz",) if several else (".npy", ".npz"),

@@ -45,6 +45,8 @@ class GraphBuilder:
         for node in self.graph.node:
             self._used.update(node.input)
             self._used.update(node.output)
+            for g in subgraphs(node):
+                self._used.update(all_names(g))
             for attr in node.attribute:
                 if attr.type == onnx.AttributeProto.TENSOR and node.op_type == "Constant":
                     self._types[node.output[0]] = (attr.t.data_type, tuple(attr.t.dims))
@@ -169,6 +171,58 @@ class GraphBuilder:
         model.producer_name = "onnxplain"
         return model
 
+    # ------------------------------------------------------------------ subgraphs
+    def child(self) -> "GraphBuilder":
+        """A builder for a subgraph (a loop body, an If branch) or a region of this graph.
+
+        It has its own node list, inputs and outputs, and shares everything else
+        with this builder: fresh names, known types, and constants, which stay
+        initializers of the outermost graph (subgraphs read them by name).
+        """
+        kid = object.__new__(GraphBuilder)
+        kid.__dict__.update(self.__dict__)
+        kid.nodes, kid.inputs, kid.outputs = [], [], []
+        return kid
+
+    def subgraph(self, name: str) -> onnx.GraphProto:
+        """The graph of a :meth:`child` builder: its nodes, inputs and outputs, no initializers."""
+        return helper.make_graph(topological_order(self.nodes), self.fresh(name), self.inputs, self.outputs)
+
+    def typed(self, name: str, elem_type: int | None = None) -> onnx.ValueInfoProto:
+        """A value info of ``name`` with its known element type (shape left open: it may vary per iteration)."""
+        return helper.make_value_info(name, helper.make_tensor_type_proto(
+            elem_type if elem_type is not None else (self.elem_type(name) or TensorProto.FLOAT), None))
+
+    def infer_types(self, nodes: list[onnx.NodeProto], inputs=()) -> None:
+        """Record the types and shapes that ONNX shape inference finds for ``nodes`` (subgraphs included).
+
+        ``inputs`` are value infos of tensors the nodes read that are not known to
+        this builder (a body's own inputs); everything else they read from outside
+        is declared with the type recorded here.  Tensors inference cannot type
+        stay unknown.
+        """
+        declared = {vi.name: vi for vi in inputs}
+        produced = {o for n in nodes for o in n.output if o}
+        outside = sorted(set().union(*(node_reads(n) for n in nodes)) - produced - set(declared)) if nodes else []
+        small = {i.name: i for i in self.initializers if i.name in outside and np.prod(i.dims) <= 64}
+        for name in outside:
+            if name in small:   # small constants (axes, shapes) let inference find shapes
+                continue
+            if self.elem_type(name) is not None:
+                shape = self.shape(name)
+                declared[name] = helper.make_tensor_value_info(
+                    name, self.elem_type(name), None if shape is None else [d if d is not None else None for d in shape])
+        graph = helper.make_graph(list(nodes), "infer", list(declared.values()), [], list(small.values()))
+        model = helper.make_model(graph, opset_imports=list(self.model.opset_import))
+        model.ir_version = self.model.ir_version or helper.find_min_ir_version_for(list(model.opset_import), True)
+        try:
+            inferred = onnx.shape_inference.infer_shapes(model)
+        except Exception:   # inference is a help here, never a requirement: unknown types stay unknown
+            return
+        for vi in declared.values():
+            self._record_value_info(vi)
+        _record_graph_types(self, inferred.graph)
+
     # ------------------------------------------------------------------ small op helpers
     def add(self, a, b): return self.op("Add", a, b)
     def sub(self, a, b): return self.op("Sub", a, b)
@@ -266,7 +320,7 @@ class GraphBuilder:
 def topological_order(nodes: list[onnx.NodeProto]) -> list[onnx.NodeProto]:
     """Nodes ordered so that every tensor is produced before it is read (stable otherwise)."""
     producer = {o: i for i, n in enumerate(nodes) for o in n.output if o}
-    deps = [{producer[t] for t in _reads(n) if t in producer} for n in nodes]
+    deps = [{producer[t] for t in node_reads(n) if t in producer} for n in nodes]
     order, state = [], [0] * len(nodes)   # 0 new, 1 on the stack, 2 placed
     for root in range(len(nodes)):
         stack = [(root, iter(sorted(deps[root])))]
@@ -288,18 +342,65 @@ def topological_order(nodes: list[onnx.NodeProto]) -> list[onnx.NodeProto]:
     return order
 
 
-def _reads(node: onnx.NodeProto) -> set[str]:
+def node_reads(node: onnx.NodeProto) -> set[str]:
     """Tensors a node reads, including the outer-scope names its subgraphs read."""
     names = {i for i in node.input if i}
-    for attr in node.attribute:
-        graphs = [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)
-        for g in graphs:
-            local = {i.name for i in g.input} | {i.name for i in g.initializer}
-            for n in g.node:
-                local.update(n.output)
-            for n in g.node:
-                names.update(t for t in _reads(n) if t not in local)
+    for g in subgraphs(node):
+        names.update(outer_reads(g))
     return names
+
+
+def outer_reads(graph: onnx.GraphProto) -> set[str]:
+    """Names a subgraph (or its own subgraphs) reads from the scopes around it."""
+    local = {i.name for i in graph.input} | {i.name for i in graph.initializer}
+    for n in graph.node:
+        local.update(n.output)
+    found = {t for n in graph.node for t in node_reads(n) if t not in local}
+    found.update(o.name for o in graph.output if o.name not in local)   # an output may be an outer tensor
+    return found
+
+
+def subgraphs(node: onnx.NodeProto) -> list[onnx.GraphProto]:
+    """The graphs held in a node's attributes (If's branches, Loop's and Scan's body)."""
+    found = []
+    for attr in node.attribute:
+        if attr.type == onnx.AttributeProto.GRAPH:
+            found.append(attr.g)
+        elif attr.type == onnx.AttributeProto.GRAPHS:
+            found.extend(attr.graphs)
+    return found
+
+
+def all_names(graph: onnx.GraphProto) -> set[str]:
+    """Every tensor name a graph and its subgraphs define or read."""
+    names = {vi.name for vi in graph.input} | {vi.name for vi in graph.output} | {i.name for i in graph.initializer}
+    for n in graph.node:
+        names.update(n.input)
+        names.update(n.output)
+        for g in subgraphs(n):
+            names.update(all_names(g))
+    names.discard("")
+    return names
+
+
+def _record_graph_types(b: GraphBuilder, graph: onnx.GraphProto) -> None:
+    """Record inferred types; the symbols inference invents (``unk__N``) are unknown dims, since two
+    inference runs may give the same symbol to different dims."""
+    for vi in itertools.chain(graph.input, graph.output, graph.value_info):
+        if vi.type.HasField("tensor_type") and vi.type.tensor_type.elem_type:
+            b._record_value_info(vi)
+            shape = b.shape(vi.name)
+            if shape is not None and any(isinstance(d, str) and d.startswith("unk__") for d in shape):
+                b.set_type(vi.name, b.elem_type(vi.name),
+                           [None if isinstance(d, str) and d.startswith("unk__") else d for d in shape])
+    for n in graph.node:
+        for g in subgraphs(n):
+            _record_graph_types(b, g)
+
+
+def redirect_reads(nodes, old: str, new: str) -> None:
+    """Make every node of ``nodes`` (and of their subgraphs) that reads ``old`` read ``new``."""
+    _rename_in(nodes, old, new, outputs=False)
 
 
 def _rename_in(nodes, old: str, new: str, outputs: bool = True) -> None:

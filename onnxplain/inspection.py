@@ -7,26 +7,31 @@ import onnx
 
 from .backward import missing_rules
 from .converters import load_model, normalize
+from .converters.normalize import batch_axes_of, batch_problems, to_batch_first
 from .errors import UnsupportedOperatorError
 from .graph import FLOAT_TYPES, GraphBuilder
 
 
-def inspect(model, output: str | None = None) -> dict:
+def inspect(model, output: str | None = None, batch_axes: dict | None = None) -> dict:
     """Facts about ``model`` (a path, bytes or ModelProto) as a plain dict.
 
     Keys: ``inputs`` and ``outputs`` (name, type, shape), ``opsets``, ``ops``
     (op histogram), ``attributed`` (what the Explainer attributes by default),
-    ``layers`` (floating-point tensors that ``layer=`` accepts), and
-    ``methods``: for every method whether it is available on the explained
-    output (default: the first floating-point one) and, when not, the reason
-    the Explainer would give (every op without a rule and its nodes, a node
-    whose rule refuses it, an input that no gradient reaches).
+    ``layers`` (floating-point tensors that ``layer=`` accepts), ``batch_axes``
+    (each input's batch axis, None when unbatched), and ``methods``: for every
+    method whether it is available on the explained output (default: the first
+    floating-point one) and, when not, the reason the Explainer would give
+    (every op without a rule and its nodes, a node whose rule refuses it, an
+    input that no gradient reaches, or why the model cannot be explained at
+    all, e.g. an output that is not batch first).
     """
-    from .api import _choose_output, _graph_inputs, _spec
+    from .api import _choose_output, _graph_inputs, _spec, _unbatched, without_unbatched_outputs
     from .methods import METHODS, get_method
 
     raw = load_model(model)
-    m = normalize(raw)
+    m = normalize(raw, batch_axes=batch_axes)
+    axes = batch_axes_of(m, batch_axes)
+    problems = batch_problems(m, axes)
     facts = {
         "ir_version": raw.ir_version,
         "producer": " ".join(x for x in (raw.producer_name, raw.producer_version) if x),
@@ -37,19 +42,22 @@ def inspect(model, output: str | None = None) -> dict:
         "ops": dict(collections.Counter(op_name(n) for n in raw.graph.node).most_common()),
         "functions": [f.name for f in raw.functions],
         "layers": [vi.name for vi in m.graph.value_info if vi.type.tensor_type.elem_type in FLOAT_TYPES],
+        "batch_axes": axes,
     }
     try:
+        m = without_unbatched_outputs(m, problems, output)
         out = _choose_output(m, output)
     except ValueError as e:
         facts.update(output=None, attributed=[],
                      methods={name: _availability(get_method(name), None, str(e)) for name in METHODS})
         return facts
     facts["output"] = out
+    m = to_batch_first(m, axes)    # the model the Explainer builds on
     methods, attributed = {}, []
     for name in METHODS:
         method = get_method(name)
         try:
-            spec = _spec(m, out, None, None, method)
+            spec = _spec(m, out, None, None, method, unbatched=_unbatched(axes))
         except ValueError as e:
             methods[name] = _availability(method, None, str(e))
             continue
@@ -118,17 +126,23 @@ def describe(facts: dict, name: str = "<model>") -> str:
         return text_table(["", "name", "type", "shape"], [["", v["name"], v["type"], v["shape"]]
                                                           for v in facts[kind]])
 
+    def inputs():
+        axes = {k: "none" if a is None else str(a) for k, a in facts["batch_axes"].items()}
+        return text_table(["", "name", "type", "shape", "batch axis"],
+                          [["", v["name"], v["type"], v["shape"], axes.get(v["name"], "?")] for v in facts["inputs"]])
+
     producer = f", produced by {facts['producer']}" if facts["producer"] else ""
     lines = [f"model:    {name}",
              f"format:   IR version {facts['ir_version']}{producer}",
              "opsets:   " + ", ".join(f"{d} {v}" for d, v in facts["opsets"].items()),
-             "inputs:", values("inputs"), "outputs:", values("outputs"),
+             "inputs:", inputs(), "outputs:", values("outputs"),
              f"ops ({facts['nodes']} nodes):",
              text_table(["", "op", "count"], [["", op, str(k)] for op, k in facts["ops"].items()])]
     if facts["functions"]:
         lines.append(f"local functions (inlined before explaining): {', '.join(facts['functions'])}")
-    if facts["output"] is None:
-        lines.append("no floating-point output: nothing to explain")
+    if facts["output"] is None:   # every method gives the same reason: no float output, or not batch first
+        reason = next((g["reason"] for g in facts["methods"].values() if g["reason"]), "")
+        lines.append(f"nothing to explain: {reason}" if reason else "no floating-point output: nothing to explain")
         return "\n".join(lines)
     lines += [f"explained output: {facts['output']!r}; attributed: {', '.join(facts['attributed']) or '-'}",
               "methods:"]

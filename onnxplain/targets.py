@@ -14,9 +14,17 @@ def target_weights(target, out_shape: tuple, n_rows: int, dtype=np.float32) -> n
     """Weights selecting, per row, the output element(s) that ``target`` names.
 
     ``out_shape`` is the per-row shape of the output (without the batch).
-    Forms: ``None`` (the output has one value per row), an int (2-D outputs),
-    a tuple (one index per non-batch dimension), or a list/array with one int
-    or tuple per row.
+    Forms (Captum's, plus numpy and torch arrays):
+
+    * ``None``: the output has one value per row;
+    * an int, a numpy integer or a 0-d (or one-element) integer array or
+      tensor: an index of the first non-batch dimension;
+    * a tuple of ints: one index per non-batch dimension;
+    * one target per row: a list of ints or tuples, a 1-D integer array of
+      ``N`` ints, or a 2-D integer array ``(N, k)`` of index tuples.
+
+    An index may name fewer dimensions than the output has when the dimensions
+    left are all of size 1 (Captum's ``output[:, c]`` on an ``(N, C, 1)`` output).
     """
     out_shape = tuple(int(d) for d in out_shape)
     w = np.zeros((n_rows,) + out_shape, dtype=dtype)
@@ -26,17 +34,40 @@ def target_weights(target, out_shape: tuple, n_rows: int, dtype=np.float32) -> n
                              f"has shape {out_shape}; pass target=<index> (or a tuple, or one per row)")
         w[...] = 1
         return w
+    target = _plain(target)
     if isinstance(target, (numbers.Integral, tuple)):
         index = _index(target, out_shape)
         w[(slice(None),) + index] = 1
         return w
-    rows = list(np.asarray(target).tolist()) if isinstance(target, np.ndarray) else list(target)
-    if len(rows) != n_rows:
-        raise ValueError(f"a target per row needs {n_rows} entries (one for each input row), got {len(rows)}")
-    for n, t in enumerate(rows):
+    if not isinstance(target, list):
+        raise ValueError(f"a target must be None, an int, a tuple of ints, or one per row (a list or an integer "
+                         f"array), got {type(target).__name__}")
+    if len(target) != n_rows:
+        raise ValueError(f"a target per row needs {n_rows} entries (one for each input row), got {len(target)}")
+    for n, t in enumerate(target):
         t = tuple(t) if isinstance(t, list) else t
         w[(n,) + _index(t, out_shape)] = 1
     return w
+
+
+def _plain(target):
+    """numpy and torch targets as Python ints, tuples and lists (0-d -> int, 1-D -> per-row ints,
+    2-D -> per-row tuples)."""
+    if isinstance(target, (numbers.Integral, tuple, list)):
+        return target
+    if not hasattr(target, "__array__"):
+        return target
+    arr = np.asarray(target)
+    if arr.dtype.kind not in "iu":
+        raise ValueError(f"a target array must hold integer indices, got dtype {arr.dtype}")
+    if arr.size == 1 and arr.ndim <= 1:   # Captum: a one-element tensor is one index for every row
+        return int(arr.reshape(()))
+    if arr.ndim == 1:
+        return [int(i) for i in arr]
+    if arr.ndim == 2:
+        return [tuple(int(i) for i in row) for row in arr]
+    raise ValueError(f"a target array has one entry (an index, or a row of indices) per input row: shape (N,) "
+                     f"or (N, k), got shape {arr.shape}")
 
 
 def check_target_weights(weights, out_shape: tuple, n_rows: int, dtype=np.float32) -> np.ndarray:
@@ -56,9 +87,9 @@ def _index(t, out_shape: tuple) -> tuple:
         t = (int(t),)
     if not isinstance(t, tuple) or not all(isinstance(i, numbers.Integral) and not isinstance(i, bool) for i in t):
         raise ValueError(f"a target must be an int or a tuple of ints, got {t!r}")
-    if len(t) != len(out_shape):
+    if len(t) > len(out_shape) or int(np.prod(out_shape[len(t):])) != 1:
         raise ValueError(f"the output has {len(out_shape)} non-batch dimension(s) {out_shape}, so a target needs "
-                         f"{len(out_shape)} index(es); got {t!r}")
+                         f"{len(out_shape)} index(es) (fewer only where the dimensions left have size 1); got {t!r}")
     for i, d in zip(t, out_shape):
         if not -d <= i < d:
             raise ValueError(f"target {t!r} is out of range for an output whose rows have shape {out_shape}")

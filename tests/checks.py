@@ -31,3 +31,16 @@ def brute_force_shapley(f, x, base, labels, n_groups):
             for s in itertools.combinations(others, size):
                 phi[:, i] += w * (value(s + (i,)) - value(s))
     return phi
+
+
+def captum_noise(x: torch.Tensor, seed: int, samples: int, stdev: float) -> np.ndarray:
+    """The standard-normal draws NoiseTunnel makes after ``torch.manual_seed(seed)``, as (S, N, *row).
+
+    NoiseTunnel draws ``torch.normal(0, stdev_expanded)`` shaped ``(N*S, *row)`` and adds it to
+    ``x.repeat_interleave(S, dim=0)``: the S samples of row n are contiguous.  ``stdev`` should be a
+    power of two, so that ``stdev * (draw / stdev)`` is exactly Captum's draw in float32.
+    """
+    torch.manual_seed(seed)
+    draw = torch.normal(0, torch.tensor(stdev).repeat((x.shape[0] * samples,) + tuple(x.shape[1:])))
+    z = (draw / stdev).reshape((x.shape[0], samples) + tuple(x.shape[1:]))
+    return z.transpose(0, 1).numpy().copy()

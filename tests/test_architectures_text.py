@@ -205,9 +205,9 @@ def test_gradients_at_the_embedding_match_layer_gradient_x_activation(kind, expo
 
 @pytest.mark.parametrize("kind,exporter", PAIRS, ids=IDS)
 def test_deeplift_runs_at_the_embedding_and_reports_its_completeness_residual(kind, exporter):
-    """Attention multiplies two activations, so DeepLIFT's attributions do not sum to f(x) - f(baseline)
-    here (and Captum's hooks do not reach the functional attention ops to compare with); what must hold is
-    that they are finite and that ``delta`` is exactly that gap, measured here with PyTorch's forward."""
+    """Captum's hooks do not reach the functional attention ops to compare with; what must hold is that
+    the attributions are finite and that ``delta`` is exactly their gap to f(x) - f(baseline), measured
+    here with PyTorch's forward (that the gap is rounding error: tests/test_deeplift_conservation.py)."""
     c = case(kind, exporter)
     ours, delta = c.explainer("deeplift").explain(c.feeds, target=TARGET, baselines=c.pad,
                                                   return_convergence_delta=True)

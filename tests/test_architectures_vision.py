@@ -9,13 +9,11 @@ exporter (opset 18+), both with a dynamic batch dimension.  For each export:
 * saliency and gradient equal Captum's ``Saliency`` (= PyTorch autograd);
 * integrated_gradients equals Captum's ``IntegratedGradients`` (defaults: 50 Gauss-Legendre steps,
   zero baselines; and 20 trapezoid steps from random baselines, one target per row), delta included;
-* deeplift: where the net has only linear ops and nonlinearities Captum's DeepLift supports
-  (ResNet: conv, BatchNorm, ReLU, MaxPool, residual adds), it satisfies summation-to-delta and equals
-  Captum's ``LayerDeepLift`` at the stem's MaxPool output (at the input Captum's MaxPool rule breaks
-  summation-to-delta where onnxplain's cross-max rule keeps it: Captum's delta there is ~4% of the
-  attributions' scale, onnxplain's 1e-8; see tests/test_modified_rules.py).  Elsewhere products of two activations (squeeze-excitation gates,
-  SiLU = x * sigmoid(x), attention, the TorchScript exporter's Erf-based GELU) make the delta non-zero
-  and Captum applies no rule to Hardswish, SiLU or GELU modules: there it must run and be finite.
+* deeplift: summation-to-delta holds on every model (squeeze-excitation gates, SiLU = x * sigmoid(x),
+  attention, LayerNorm, GELU written out or fused), and the two exporters' attributions agree; on
+  ResNet it equals Captum's ``LayerDeepLift`` at the stem's MaxPool output (at the input Captum's
+  MaxPool rule breaks summation-to-delta where onnxplain's cross-max rule keeps it: Captum's delta
+  there is ~4% of the attributions' scale, onnxplain's 1e-8; see tests/test_modified_rules.py).
 """
 from __future__ import annotations
 
@@ -48,12 +46,10 @@ LOOSE: dict[tuple, float] = {}
 # Exports the dynamo exporter cannot make with a dynamic batch (it made all of them in torch 2.13).
 STATIC_BATCH: dict[str, str] = {}
 
-# Nets that are linear maps and elementwise nonlinearities (and MaxPool) only: summation-to-delta holds.
-DEEPLIFT_CAPTUM = {"resnet"}
 
-# DeepLIFT's reference rows are found by splitting axis 0 of each tensor at the batch size (inputs on
-# top, references below).  Swin's window attention folds the windows into axis 0 (batch * windows),
-# where that split is wrong: the Rescale rule at the softmax meets tensors of different sizes.
+# DeepLIFT's reference rows are found by splitting axis 0 of each tensor in half (inputs on top,
+# references below), so tensors that fold more than the batch into axis 0 batch-major (Swin's
+# batch * windows) pair each row with its reference too.
 
 class Exported:
     """One (model, exporter): the module, its ONNX bytes, seeded inputs and baselines, cached explainers."""
@@ -158,8 +154,17 @@ def test_deeplift(zoo, model, exporter):
     assert ours.shape == tuple(c.x.shape)
     assert np.all(np.isfinite(ours)) and np.all(np.isfinite(delta))
     assert np.abs(ours).max() > 0
-    if model in DEEPLIFT_CAPTUM:   # summation-to-delta: each row's attributions add up to f(x) - f(baseline)
-        assert np.abs(delta).max() <= 1e-5 * delta_scale(ours), (delta, delta_scale(ours))
+    # summation-to-delta: each row's attributions add up to f(x) - f(baseline)
+    assert np.abs(delta).max() <= 1e-5 * delta_scale(ours), (delta, delta_scale(ours))
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_deeplift_is_the_same_from_both_exporters(zoo, model):
+    """Each exporter writes layers its own way (fused or not); DeepLIFT's rules give their decompositions'
+    multipliers, so the attributions agree."""
+    a, b = (zoo[(model, e)].explain("deeplift", target=TARGET, baselines=zoo[(model, e)].baselines.numpy())
+            for e in EXPORTERS)
+    assert_close(a, b, RTOL)
 
 
 @pytest.mark.parametrize("exporter", EXPORTERS)

@@ -279,6 +279,18 @@ def test_explain_integrated_gradients_to_npz_with_delta_and_per_row_targets(tmp_
     np.testing.assert_allclose(f["delta"], delta, rtol=1e-4, atol=1e-5)
 
 
+def test_explain_noise_tunnel_over_integrated_gradients(tmp_path, mlp, rows, rows_file):
+    out = tmp_path / "attr.npy"
+    assert main(["explain", mlp, rows_file, "-m", "ig", "--target", "1", "--n-steps", "8", "--noise-tunnel", "vargrad",
+                 "--nt-samples", "3", "--stdevs", "0.2", "--seed", "4", "--out", str(out)]) == 0
+    ex = onnxplain.Explainer(mlp, "ig", noise_tunnel="vargrad")
+    ref = ex.explain(rows, target=1, n_steps=8, nt_samples=3, stdevs=0.2, seed=4)
+    np.testing.assert_allclose(np.load(out), ref, rtol=1e-5, atol=1e-7)
+    graph = tmp_path / "nt.onnx"
+    assert main(["convert", mlp, str(graph), "-m", "saliency", "--noise-tunnel", "smoothgrad_sq"]) == 0
+    assert {"noise", "stdevs"} <= {i.name for i in onnx.load(graph).graph.input}
+
+
 def test_explain_target_pred_is_each_rows_argmax(tmp_path, mlp, rows, rows_file):
     out = tmp_path / "attr.npy"
     assert main(["explain", mlp, rows_file, "-m", "gradient", "--target", "pred", "--out", str(out)]) == 0
@@ -424,7 +436,7 @@ def test_verbose_shows_the_traceback_then_the_same_line(capsys, argv):
 def test_an_unexpected_failure_is_one_line_with_exit_code_1(capsys, monkeypatch, mlp):
     import onnxplain.inspection
 
-    def broken(model, output=None):
+    def broken(model, output=None, batch_axes=None):   # inspect's signature
         raise RuntimeError("the session\nfailed")
 
     monkeypatch.setattr(onnxplain.inspection, "inspect", broken)

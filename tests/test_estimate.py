@@ -29,8 +29,12 @@ PARAMS = {
     "shapley_sampling": dict(n_samples=3, seed=0),
     "shapley_values": dict(feature_mask=np.array([[0, 0, 1, 2, 3, 3]])),
 }
-#: memory budgets: the default (one run where possible), and one that forces runs of a few rows
-BUDGETS = [None, "small"]
+#: memory budgets: the default (one run where possible), and one that forces runs of a few rows; or the
+#: default budget with a cap on the rows the model sees per forward pass
+BUDGETS = [None, "small", "batch_size"]
+#: the batch_size case: fewer than N_ROWS, and at least DeepLiftShap's baselines (a noise tunnel then runs its
+#: samples one after another)
+BATCH_SIZE = 4
 
 
 @pytest.fixture(scope="module")
@@ -68,13 +72,15 @@ def counting(ex):
     return seen
 
 
-@pytest.mark.parametrize("budget", BUDGETS, ids=["default-budget", "small-budget"])
+@pytest.mark.parametrize("budget", BUDGETS, ids=["default-budget", "small-budget", "batch-size"])
 @pytest.mark.parametrize("method", onnxplain.METHODS)
 def test_estimate_equals_the_runs_and_rows_of_the_call(method, budget, mlp):
     model, x = mlp
+    capped = budget == "batch_size"
     if budget == "small":   # two rows of a backward pass (some four of a forward pass) per run
         budget = 2 * bytes_per_row(onnx.load_from_string(model), 3.0, {"x": x})
-    ex = onnxplain.Explainer(model, method, memory_budget=budget)
+    ex = onnxplain.Explainer(model, method, memory_budget=None if capped else budget,
+                             batch_size=BATCH_SIZE if capped else None)
     seen = counting(ex)
     try:
         params = PARAMS.get(method, {})
@@ -84,8 +90,10 @@ def test_estimate_equals_the_runs_and_rows_of_the_call(method, budget, mlp):
     finally:
         del ex.session.run      # the session is shared by every Explainer of this graph
     assert (cost.runs, cost.rows, cost.rows_per_run) == (len(seen), sum(seen), max(seen))
-    if budget is not None:
+    if budget is not None and not capped:
         assert cost.runs > 2, "the small budget splits the call"
+    if capped:
+        assert cost.runs >= 2, f"batch_size={BATCH_SIZE} splits a call of {N_ROWS} rows"
 
 
 def test_estimate_follows_perturbations_per_eval_and_internal_batch_size(mlp):

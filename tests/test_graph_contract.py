@@ -30,8 +30,18 @@ def model():
 
 @pytest.mark.parametrize("method", GRADIENT_METHODS)
 def test_graph_is_standard_onnx_and_agrees_in_both_runtimes(method, model, tmp_path):
+    check_contract(model, tmp_path, method)
+
+
+@pytest.mark.parametrize("method, kind", [("integrated_gradients", "smoothgrad"), ("deeplift", "smoothgrad"), ("saliency", "vargrad"),
+                                          ("epsilon_lrp", "smoothgrad_sq"), ("deeplift_shap", "smoothgrad")])
+def test_noise_tunnel_graphs_keep_the_contract(method, kind, model, tmp_path):
+    check_contract(model, tmp_path, method, noise_tunnel=kind)
+
+
+def check_contract(model, tmp_path, method, **options):
     path = tmp_path / f"{method}.onnx"
-    graph = onnxplain.convert(model, path, method=method)
+    graph = onnxplain.convert(model, path, method=method, **options)
     onnx.checker.check_model(graph, full_check=True)
     assert all(n.domain in ("", "ai.onnx") for n in graph.graph.node)
     names = {i.name for i in graph.graph.input}

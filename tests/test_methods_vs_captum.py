@@ -26,7 +26,7 @@ from captum.attr import InputXGradient, IntegratedGradients, NoiseTunnel, Salien
 
 import models as zoo
 import onnxplain
-from checks import assert_close
+from checks import assert_close, captum_noise
 
 N_ROWS = 3
 TARGET = 1
@@ -102,18 +102,6 @@ def cases():
 
 
 # ---------------------------------------------------------------------- helpers
-def captum_noise(x: torch.Tensor, seed: int, samples: int, stdev: float) -> np.ndarray:
-    """The standard-normal draws NoiseTunnel makes after ``torch.manual_seed(seed)``, as (S, N, *row).
-
-    NoiseTunnel draws ``torch.normal(0, stdev_expanded)`` shaped ``(N*S, *row)`` and adds it to
-    ``x.repeat_interleave(S, dim=0)``: the S samples of row n are contiguous.
-    """
-    torch.manual_seed(seed)
-    draw = torch.normal(0, torch.tensor(stdev).repeat((x.shape[0] * samples,) + tuple(x.shape[1:])))
-    z = (draw / stdev).reshape((x.shape[0], samples) + tuple(x.shape[1:]))
-    return z.transpose(0, 1).numpy().copy()
-
-
 def captum_nt(forward, x, nt_type: str, target=None):
     torch.manual_seed(NOISE_SEED)
     return NoiseTunnel(Saliency(forward)).attribute(x, nt_type=nt_type, nt_samples=NT_SAMPLES, stdevs=STDEV,

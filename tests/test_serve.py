@@ -395,11 +395,12 @@ def test_sigterm_lets_the_request_in_flight_finish_then_stops(server, explainers
     """Runs last: it stops the module's server."""
     proc = server["proc"]
     x, target = cnn_rows(32, seed=7), np.arange(32, dtype=np.int64) % 4
+    steps = 1200     # over a second of work even on a fast, warm server: SIGTERM lands mid-request
     done = {}
 
     def run():
         r = client(server, "grpc").infer("cnn", [tensor("grpc", "image", x), tensor("grpc", "target", target),
-                                                     tensor("grpc", "n_steps", np.array([1200], np.int64))])
+                                                     tensor("grpc", "n_steps", np.array([steps], np.int64))])
         done["attr"] = r.as_numpy("attributions")
 
     thread = threading.Thread(target=run)
@@ -409,8 +410,21 @@ def test_sigterm_lets_the_request_in_flight_finish_then_stops(server, explainers
     in_flight = thread.is_alive()
     thread.join(120)
     assert in_flight, "the request ended before SIGTERM: make it slower"
-    np.testing.assert_allclose(done["attr"], explainers["cnn"].explain(x, target.tolist(), n_steps=1200),
+    np.testing.assert_allclose(done["attr"], explainers["cnn"].explain(x, target.tolist(), n_steps=steps),
                                rtol=1e-5, atol=1e-7)
     assert proc.wait(60) == 0
     with pytest.raises(Exception):
         client(server, "http").is_server_live()
+
+
+@pytest.mark.parametrize("noise_tunnel", [None, "smoothgrad"])
+def test_every_method_parameter_has_a_request_form(noise_tunnel):
+    """A served method's parameters become optional request inputs: each needs a form in the serve table."""
+    from onnxplain.methods import METHODS, get_method
+    from onnxplain.serve.protocol import _PARAMETER_KINDS, _SERVER_SIDE
+    for name in METHODS:
+        method = get_method(name)
+        if noise_tunnel and not method.forward_only and "nt_samples" not in method.defaults:
+            method = get_method(name, noise_tunnel=noise_tunnel)
+        missing = set(method.defaults) - set(_PARAMETER_KINDS) - set(_SERVER_SIDE)
+        assert not missing, f"{method.name}: no request form for {sorted(missing)}"

@@ -20,7 +20,7 @@ model_config_pb2 = pytest.importorskip("tritonclient.grpc.model_config_pb2")
 from models import masked_tabular  # noqa: E402
 
 TYPES = {onnx.TensorProto.FLOAT: "TYPE_FP32", onnx.TensorProto.INT64: "TYPE_INT64",
-         onnx.TensorProto.DOUBLE: "TYPE_FP64"}
+         onnx.TensorProto.DOUBLE: "TYPE_FP64", onnx.TensorProto.BOOL: "TYPE_BOOL"}
 
 
 def read(folder):
@@ -88,7 +88,7 @@ def test_without_batching_the_parameters_are_optional_inputs(tmp_path):
     assert config.max_batch_size == 0 and not config.HasField("dynamic_batching")
     assert [model_config_pb2.ModelInstanceGroup.Kind.Name(g.kind) for g in config.instance_group] == ["KIND_GPU"]
     check_against_graph(config, graph, batched=False)
-    assert {i.name for i in config.input if i.optional} == {"alphas", "alpha_weights", "baselines"}
+    assert {i.name for i in config.input if i.optional} == {"alphas", "alpha_weights", "baselines", "multiply_by_inputs"}
     sess = ort.InferenceSession(os.path.join(folder, "1", "model.onnx"))
     tw = np.eye(4, dtype=np.float32)[[0, 1, 2, 3]]
     ex = onnxplain.Explainer(demo_files()["model"], "integrated_gradients")

@@ -6,7 +6,7 @@ from .base import Method, Spec
 from .deeplift import DeepLift, DeepLiftShap
 from .gradient import Deconvolution, EpsilonLRP, Gradient, GuidedBackprop, InputXGradient, Saliency
 from .integrated_gradients import IntegratedGradients
-from .noise_tunnel import SmoothGrad, SmoothGradSquared, VarGrad
+from .noise_tunnel import NT_TYPES, NoiseTunnel, SmoothGrad, SmoothGradSquared, VarGrad
 from .occlusion import Occlusion
 from .shapley import ShapleySampling, ShapleyValues
 
@@ -31,12 +31,20 @@ def canonical_name(name: str) -> str:
     raise ValueError(f"unknown method {name!r}; valid methods: {valid} (aliases: {aliases})")
 
 
-def get_method(name: str, **graph_defaults) -> Method:
-    """An instance of the method called ``name``, with its graph's default parameters overridden."""
+def get_method(name: str, noise_tunnel: str | None = None, **graph_defaults) -> Method:
+    """An instance of the method called ``name``, with its graph's default parameters overridden.
+
+    ``noise_tunnel`` (``"smoothgrad"``, ``"smoothgrad_sq"`` or ``"vargrad"``) wraps
+    it in a :class:`NoiseTunnel`, as Captum's ``NoiseTunnel(method)``.
+    """
     cls = next(c for c in _CLASSES if c.name == canonical_name(name))
     method = cls()
+    if noise_tunnel is not None:
+        if not isinstance(noise_tunnel, str) or noise_tunnel not in NT_TYPES:
+            raise ValueError(f"noise_tunnel must be one of {', '.join(NT_TYPES)} (or None), got {noise_tunnel!r}")
+        method = NoiseTunnel(method, noise_tunnel)
     method.defaults = method.check_params(graph_defaults)
     return method
 
 
-__all__ = ["ALIASES", "METHODS", "Method", "Spec", "canonical_name", "get_method"]
+__all__ = ["ALIASES", "METHODS", "NT_TYPES", "Method", "Spec", "canonical_name", "get_method"]

@@ -49,6 +49,8 @@ class Spec:
     points: list[Point]              # what gets attributions
     carriers: list[str]              # model inputs that take baselines (differ between input and reference rows)
     passthrough: list[str] = field(default_factory=list)  # other model inputs, fed unchanged to every row
+    unbatched: list[str] = field(default_factory=list)    # model inputs without a batch axis, fed as they are
+    batch_size: int | None = None    # most rows the model may see in one forward pass (None: no limit)
 
     @property
     def wrt(self) -> list[str]:
@@ -94,6 +96,16 @@ class Method:
     def build(self, b: GraphBuilder, spec: Spec) -> None:  # pragma: no cover - interface
         raise NotImplementedError
 
+    def reference_rows(self, b: GraphBuilder, total: str, block: str) -> str | None:
+        """How many rows at the end of the expanded batch are references (baselines), not inputs.
+
+        ``total`` is the expanded batch's row count and ``block`` the rows fed per
+        copy of the inputs (both 1-D int64); the rows before the references are
+        copies of the fed rows.  None when the method does not say (a noise tunnel
+        then cannot add noise inside the graph, at a token embedding).
+        """
+        return None
+
     def check_params(self, params: dict) -> dict:
         """Validate call parameters (before anything runs); return them normalised."""
         unknown = sorted(set(params) - set(self.defaults))
@@ -109,6 +121,25 @@ class Method:
     def expansion(self, part: dict) -> int:
         """Rows of the expanded batch per input row for this part."""
         return 1
+
+    def block_rows(self, part: dict) -> int:
+        """Rows per input row of the largest block one forward pass sees (with ``batch_size``, every block
+        of the expanded batch runs through its own copy of the forward pass: see :func:`forward_per_block`)."""
+        return self.expansion(part)
+
+    def rows_per_run(self, part: dict, batch_size: int | None) -> int | None:
+        """Input rows one run may take so that the model never sees more than ``batch_size`` rows."""
+        if batch_size is None:
+            return None
+        per_row = self.block_rows(part)
+        if per_row > batch_size:
+            raise ValueError(f"method {self.name!r} runs {per_row} rows of each input row through one forward "
+                             f"pass in this call, more than batch_size={batch_size}; {self.limit_hint()}")
+        return batch_size // per_row
+
+    def limit_hint(self) -> str:
+        """How to fit a call under ``batch_size`` (for the error above)."""
+        return "raise batch_size"
 
     def run(self, ex, feeds: dict, tw, params: dict):
         """Attributions (by output name) and the convergence delta (or None) for one call.
@@ -152,10 +183,12 @@ class Method:
 
 
 def baseline_feeds(spec: Spec, baselines, inputs: dict) -> dict:
-    """Per-input baseline arrays for the carriers, shaped like the input, like one row of it, or all ones.
+    """Per-input baseline arrays for the carriers, of the input's rank, broadcasting against it.
 
-    Forms (Captum's): ``None`` (zeros), a scalar, an array shaped like the input
-    or like one row of it, one of these per input (tuple/list, in the order of the
+    Forms (Captum's): ``None`` (zeros), a scalar, an array shaped like one row of
+    the input, an array of the input's rank whose dimensions are each 1 or the
+    input's (the input's shape, ``(1, *row)``, ``(N, 1)`` for ``(N, F)`` inputs,
+    ``(1, F)``...), one of these per input (tuple/list, in the order of the
     attributed inputs), or a dict by input name (missing names get zeros).  Integer
     inputs take integers of their range (a padding id, a byte value), booleans booleans.
     """
@@ -182,9 +215,11 @@ def baseline_feeds(spec: Spec, baselines, inputs: dict) -> dict:
             v = v.reshape((1,) * xv.ndim)
         elif v.shape == xv.shape[1:]:
             v = v[None]
-        elif not (v.shape == xv.shape or (v.ndim == xv.ndim and v.shape[0] == 1 and v.shape[1:] == xv.shape[1:])):
-            raise ValueError(f"baselines for input {x!r} must be a scalar or shaped like the input {xv.shape} "
-                             f"or like one row of it {(1,) + xv.shape[1:]}, got shape {v.shape}")
+        elif not (v.ndim == xv.ndim and all(b in (1, d) for b, d in zip(v.shape, xv.shape))):
+            raise ValueError(f"baselines for input {x!r} must be a scalar, shaped like one row of the input "
+                             f"{xv.shape[1:]}, or of the input's rank with each dimension 1 or the input's "
+                             f"{xv.shape} (e.g. {(1,) + xv.shape[1:]} or {xv.shape[:1] + (1,) * (xv.ndim - 1)}), "
+                             f"got shape {v.shape}")
         feeds[spec.param("baselines", x)] = np.ascontiguousarray(v)
     return feeds
 
@@ -222,11 +257,93 @@ def open_forward(b: GraphBuilder, spec: Spec) -> tuple[dict, dict]:
         if vi.name in {i.name for i in spec.model.graph.initializer}:
             continue
         b.inputs.append(vi)
-        inside[vi.name] = b.rename(vi.name, b.fresh(f"{vi.name}__rows"))
+        if vi.name not in spec.unbatched:   # unbatched inputs are read as they are by every row
+            inside[vi.name] = b.rename(vi.name, b.fresh(f"{vi.name}__rows"))
     outputs = {}
     for vi in spec.model.graph.output:
         outputs[vi.name] = b.rename(vi.name, b.fresh(f"{vi.name}__rows"))
     return inside, outputs
+
+
+@dataclass
+class ForwardCopies:
+    """The forward pass run once per block of the expanded batch (see :func:`forward_per_block`).
+
+    ``names[i]`` maps a tensor of the model (and each batched input's internal
+    name) to its name in copy ``i``.
+    """
+
+    names: list[dict]
+
+    def pairs(self, first: int, second: int) -> dict:
+        """Each tensor of copy ``first`` -> the same tensor in copy ``second``, and back."""
+        a, b = self.names[first], self.names[second]
+        return {**{a[t]: b[t] for t in a}, **{b[t]: a[t] for t in b}}
+
+
+def forward_per_block(b: GraphBuilder, spec: Spec, inside: dict, outputs: dict, blocks: list[str]):
+    """With ``spec.batch_size``: run the model's forward pass once per block of the expanded batch.
+
+    ``blocks`` are the row counts (1-D int64) of the consecutive blocks a
+    method stacks (integration steps, inputs, baselines...).  Each block's rows
+    of every batched input go through their own copy of the forward pass, and
+    the model's outputs are the copies' outputs stacked again, so the rest of
+    the graph (and its backward pass) reads the expanded batch as before while
+    the model never sees more rows than one block: the method's chunking keeps
+    every block within ``batch_size``.  Without ``batch_size`` nothing changes
+    and None is returned.
+    """
+    if spec.batch_size is None:
+        return None
+    internal = [p.tensor for p in spec.points if not p.is_input]
+    if internal:
+        raise ValueError(f"with batch_size, the model's forward pass is copied per block of rows, so the "
+                         f"internal tensors {internal} (a layer or a token embedding) have no single value to "
+                         f"attribute; attribute the model's inputs, or drop batch_size")
+    count = len(spec.model.graph.node)
+    forward, rest = b.nodes[:count], b.nodes[count:]
+    produced = [o for node in forward for o in node.output if o]
+    start, names, copies = b.ints([0]), [], []
+    for i, rows_in_block in enumerate(blocks):
+        stop = b.add(start, rows_in_block)
+        mapping = {t: b.fresh(f"{t}__block{i}") for t in produced}
+        for x, t in inside.items():
+            mapping[t] = b.op("Slice", t, start, stop, b.ints([0]), hint=f"{x}__block{i}")
+            b.set_type(mapping[t], b.elem_type(x), b.shape(x))
+        for t in produced:
+            b.set_type(mapping[t], b.elem_type(t) or TensorProto.FLOAT, b.shape(t))
+        copies.extend(copy_nodes(forward, mapping, f"__block{i}"))
+        names.append(mapping)
+        start = stop
+    b.nodes[:] = rest + b.nodes[len(forward) + len(rest):] + copies   # the walk reads nodes in this order
+    for t in outputs.values():
+        b.op("Concat", *[m[t] for m in names], axis=0, outputs=[t])
+    return ForwardCopies(names)
+
+
+def copy_nodes(nodes, mapping: dict, suffix: str) -> list:
+    """Copies of ``nodes`` reading and writing ``mapping[name]`` instead of ``name`` (subgraphs too)."""
+    out = []
+    for node in nodes:
+        c = onnx.NodeProto()
+        c.CopyFrom(node)
+        if c.name:
+            c.name += suffix
+        _rename_all(c, mapping)
+        out.append(c)
+    return out
+
+
+def _rename_all(node, mapping: dict) -> None:
+    for i, name in enumerate(node.input):
+        node.input[i] = mapping.get(name, name)
+    for i, name in enumerate(node.output):
+        node.output[i] = mapping.get(name, name)
+    for attr in node.attribute:
+        graphs = [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)
+        for g in graphs:
+            for inner in g.node:
+                _rename_all(inner, mapping)
 
 
 def declare_target_weights(b: GraphBuilder, spec: Spec) -> str:
@@ -307,9 +424,16 @@ def redirect_layer(b: GraphBuilder, layer: str) -> str:
 
 
 def emit_outputs(b: GraphBuilder, spec: Spec, outputs: dict, start: str | None, n: str | None) -> dict:
-    """The model's own outputs under their names: rows ``[start, start+n)`` of the expanded run."""
+    """The model's own outputs under their names: rows ``[start, start+n)`` of the expanded run.
+
+    Outputs without a batch dimension (a 0-d scalar such as a mean over the
+    batch) are left out: the expanded run computes them over rows that are not
+    the inputs, so the graph cannot return their value for the inputs.
+    """
     picked = {}
     for name, internal in outputs.items():
+        if b.rank(internal) == 0:
+            continue
         value = internal if start is None else rows(b, internal, start, n)
         b.op("Identity", value, outputs=[name])
         b.add_output(name, b.elem_type(internal), b.shape(internal))

@@ -4,9 +4,12 @@ The expanded batch is ``[inputs; references]``: ``K`` copies of the inputs
 stacked on ``K*N`` reference rows (``K = 1`` for DeepLIFT, whose baselines are
 per row or shared; ``K = B`` for DeepLiftShap, whose ``B`` baselines are a
 distribution shared by every row).  Each row meets its reference row through
-:class:`onnxplain.rules.Partner`, so the Rescale rule is elementwise; the
-references are seeded with zeros.  The attribution of a (row, baseline) pair is
-``(x - b) * multiplier``; DeepLiftShap averages it over the baselines.
+:class:`onnxplain.rules.Partner`, so the rules of :mod:`onnxplain.rules.rescale`
+see both values of every tensor; the references are seeded with zeros.  The
+attribution of a (row, baseline) pair is ``(x - b) * multiplier`` (Captum's
+"global" attribution), or the multiplier alone with ``multiply_by_inputs=False``
+(Captum's "local" one, a feed: no rebuild); DeepLiftShap averages it over the
+baselines.  ``delta`` is always the completeness residual of ``(x - b) * multiplier``.
 """
 from __future__ import annotations
 
@@ -14,11 +17,11 @@ import numpy as np
 from onnx import TensorProto
 
 from ..backward import backward
-from ..rules import Partner
+from ..rules import PairedPartner, Partner
 from ..rules.rescale import RESCALE
 from .base import (Method, Spec, baseline_feeds, batch_rows, declare_baselines, declare_param, declare_target_weights,
-                   emit_attribution, emit_outputs, ex_float, flatten_steps, open_forward, per_row_sum, rows, split_steps,
-                   tile_rows)
+                   emit_attribution, emit_outputs, ex_float, flatten_steps, forward_per_block, open_forward,
+                   per_row_sum, rows, split_steps, tile_rows)
 
 DEFAULT_EPS = 1e-10   # Captum's threshold below which the Rescale rule falls back to the gradient
 
@@ -27,7 +30,7 @@ class DeepLift(Method):
     name = "deeplift"
     aliases = ("rescale", "deeplift_rescale")
     has_delta = True
-    defaults = {"baselines": None, "eps": DEFAULT_EPS}
+    defaults = {"baselines": None, "eps": DEFAULT_EPS, "multiply_by_inputs": True}
     row_axes = {"baselines": 0}
     overrides = RESCALE
 
@@ -36,6 +39,7 @@ class DeepLift(Method):
         tw = declare_target_weights(b, spec)
         eps = declare_param(b, "eps", b.elem_type(spec.output) or TensorProto.FLOAT, 0,
                             np.asarray(self.defaults["eps"]))
+        global_form = declare_param(b, "multiply_by_inputs", TensorProto.BOOL, 0, np.asarray(True))
         n = batch_rows(b, spec.carriers[0])
         k = None
         for c in spec.carriers:
@@ -45,6 +49,9 @@ class DeepLift(Method):
         for p in spec.passthrough:
             b.op("Identity", tile_rows(b, p, b.add(k, k), b.rank(p)), outputs=[inside[p]])
         fed = {p.key: inside[p.carrier] if p.is_input else p.tensor for p in spec.points}
+        copies = forward_per_block(b, spec, inside, outputs, [half, half])
+        partner = (Partner(b) if copies is None else
+                   PairedPartner(b, copies.pairs(0, 1), [i.name for i in b.initializers] + spec.unbatched))
 
         out_rank = b.rank(spec.output)
         tw_pairs = tile_rows(b, tw, k, out_rank)
@@ -52,7 +59,8 @@ class DeepLift(Method):
         out_rows = outputs[spec.output]
         picked = emit_outputs(b, spec, outputs, b.ints([0]), n)
         grads = backward(b, out_rows, seed, list(fed.values()), overrides=self.overrides,
-                         ref=Partner(b), params={"eps": eps})
+                         ref=partner,
+                         params={"eps": eps, "varying": frozenset(inside[c] for c in spec.carriers)})
 
         totals = []
         for point in spec.points:
@@ -61,8 +69,10 @@ class DeepLift(Method):
             # (K, N, *row): multipliers of each (baseline, row) pair and the pair's difference
             multipliers = split_steps(b, grads[t], k, on_x)
             diff = b.reshape(b.sub(rows(b, t, b.ints([0]), half), rows(b, t, half, half)), b.shape_of(multipliers))
-            attr = b.reduce("ReduceMean", b.mul(multipliers, diff), [0], keepdims=0)
-            totals.append(emit_attribution(b, spec, point, attr))
+            contributions = b.mul(multipliers, diff)
+            totals.append(per_row_sum(b, b.reduce("ReduceMean", contributions, [0], keepdims=0), b.rank(t)))
+            local_or_global = b.where(global_form, contributions, multipliers)
+            emit_attribution(b, spec, point, b.reduce("ReduceMean", local_or_global, [0], keepdims=0))
         f_x = per_row_sum(b, b.mul(tw, picked[spec.output]), out_rank)
         ref_out = split_steps(b, rows(b, out_rows, half, half), k, tw)            # (K, N, *out)
         f_b = b.reduce("ReduceMean", _per_pair_sum(b, b.mul(b.unsqueeze(tw, [0]), ref_out), out_rank + 1), [0],
@@ -79,16 +89,24 @@ class DeepLift(Method):
         p = super().check_params(params)
         if not np.isscalar(p["eps"]) or not p["eps"] >= 0:
             raise ValueError(f"eps must be a non-negative float, got {p['eps']!r}")
+        if not isinstance(p["multiply_by_inputs"], (bool, np.bool_)):
+            raise ValueError(f"multiply_by_inputs must be True (attributions (x - baseline) * multiplier) or False "
+                             f"(the multipliers alone), got {p['multiply_by_inputs']!r}")
         return p
 
     def parts(self, params, spec, inputs, bytes_per_row, budget):
-        return [{"eps": np.asarray(params["eps"], dtype=ex_float(spec)), **self.baselines(params, spec, inputs)}]
+        return [{"eps": np.asarray(params["eps"], dtype=ex_float(spec)),
+                 "multiply_by_inputs": np.asarray(bool(params["multiply_by_inputs"])),
+                 **self.baselines(params, spec, inputs)}]
 
     def baselines(self, params, spec, inputs) -> dict:
         return baseline_feeds(spec, params["baselines"], inputs)
 
     def expansion(self, part):
         return 2
+
+    def block_rows(self, part):
+        return self.expansion(part) // 2   # the inputs and their references are two blocks
 
 
 class DeepLiftShap(DeepLift):
@@ -134,6 +152,9 @@ class DeepLiftShap(DeepLift):
 
     def expansion(self, part):
         return 2 * next(v.shape[0] for k, v in part.items() if k.startswith("baselines"))
+
+    def limit_hint(self):
+        return "give at most batch_size baselines"
 
 
 def _per_pair_sum(b, t: str, rank: int) -> str:

@@ -9,7 +9,7 @@ from ..backward import backward
 from ..rules.epsilon import EPSILON
 from ..rules.guided import DECONVOLUTION, GUIDED
 from .base import (Method, Spec, declare_param, declare_target_weights, emit_attribution, emit_outputs, ex_float,
-                   open_forward)
+                   open_forward, per_row_sum)
 
 
 class _OneRun(Method):
@@ -21,12 +21,20 @@ class _OneRun(Method):
             b.op("Identity", name, outputs=[internal])
         tw = declare_target_weights(b, spec)
         params = self.rule_params(b, spec)
-        emit_outputs(b, spec, outputs, None, None)
+        picked = emit_outputs(b, spec, outputs, None, None)
         fed = {p.key: inside[p.carrier] if p.is_input else p.tensor for p in spec.points}
         grads = backward(b, outputs[spec.output], tw, list(fed.values()), overrides=self.overrides, params=params)
+        totals = []
         for point in spec.points:
             t = fed[point.key]
-            emit_attribution(b, spec, point, self.attribute(b, t, grads[t]))
+            totals.append(emit_attribution(b, spec, point, self.attribute(b, t, grads[t])))
+        if self.has_delta:
+            explained = per_row_sum(b, b.mul(tw, picked[spec.output]), b.rank(spec.output))
+            b.op("Sub", explained, b.sum(totals), outputs=["delta"])
+            b.add_output("delta", b.elem_type(spec.output), [b.shape(spec.output)[0]])
+
+    def reference_rows(self, b, total, block):
+        return b.ints([0])   # every row holds inputs
 
     def rule_params(self, b, spec: Spec) -> dict:
         """Graph inputs the modified rules read (none for plain gradients)."""
@@ -65,11 +73,18 @@ class InputXGradient(_OneRun):
 
 
 class EpsilonLRP(InputXGradient):
-    """epsilon-LRP: input times the gradient modified at the nonlinearities (DeepExplain's ``elrp``)."""
+    """epsilon-LRP: input times the gradient modified at the nonlinearities (DeepExplain's ``elrp``).
+
+    Its ``delta`` is Captum's ``LRP`` convergence delta, the relevance the
+    epsilons absorbed: ``output - sum(attributions)`` per row, where ``output``
+    is the explained scalar ``sum(target_weights * y)`` (note the sign: the
+    opposite of integrated gradients' and DeepLIFT's ``sum(attributions) - ...``).
+    """
 
     name = "epsilon_lrp"
     aliases = ("elrp", "lrp")
     overrides = EPSILON
+    has_delta = True
     defaults = {"epsilon": 1e-4}
 
     def rule_params(self, b, spec):

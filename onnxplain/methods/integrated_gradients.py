@@ -13,8 +13,8 @@ from onnx import TensorProto
 
 from ..backward import backward
 from .base import (Method, Spec, baseline_feeds, batch_rows, declare_baselines, declare_param, declare_target_weights,
-                   emit_attribution, emit_outputs, ex_float, flatten_steps, open_forward, per_row_sum, redirect_layer,
-                   rows, split_steps, tile_rows)
+                   emit_attribution, emit_outputs, ex_float, flatten_steps, forward_per_block, open_forward,
+                   per_row_sum, redirect_layer, rows, split_steps, tile_rows)
 
 SCHEMES = ("gausslegendre", "riemann_left", "riemann_right", "riemann_middle", "riemann_trapezoid")
 
@@ -42,10 +42,14 @@ def quadrature(n_steps: int, method: str = "gausslegendre") -> tuple[np.ndarray,
 
 
 class IntegratedGradients(Method):
+    """Integrated gradients; ``multiply_by_inputs=False`` is Captum's "local" variant, the integral of the
+    gradients alone (its ``delta`` is then, as Captum reports it, ``sum(attributions) - (f(x) - f(b))``)."""
+
     name = "integrated_gradients"
     aliases = ("intgrad", "ig")
     has_delta = True
-    defaults = {"n_steps": 50, "method": "gausslegendre", "baselines": None, "internal_batch_size": None}
+    defaults = {"n_steps": 50, "method": "gausslegendre", "baselines": None, "internal_batch_size": None,
+                "multiply_by_inputs": True}
     row_axes = {"baselines": 0}
 
     def build(self, b, spec: Spec) -> None:
@@ -54,6 +58,8 @@ class IntegratedGradients(Method):
         alphas_default, weights_default = quadrature(self.defaults["n_steps"], self.defaults["method"])
         alphas = declare_param(b, "alphas", ftype, 1, alphas_default)
         alpha_weights = declare_param(b, "alpha_weights", ftype, 1, weights_default)
+        multiply = declare_param(b, "multiply_by_inputs", TensorProto.BOOL, 0,
+                                 np.asarray(bool(self.defaults["multiply_by_inputs"])))
         tw = declare_target_weights(b, spec)
         steps = b.shape_of(alphas)
         n = batch_rows(b, spec.carriers[0])
@@ -77,6 +83,7 @@ class IntegratedGradients(Method):
                 interpolated = _interpolate(b, alphas, on_x, on_base, b.rank(point.tensor))
                 b.op("Concat", interpolated, on_x, on_base, axis=0, outputs=[fed])
                 points[point.key] = (fed, on_x, on_base)
+        forward_per_block(b, spec, inside, outputs, [b.mul(steps, n), n, n])
 
         out_rank = b.rank(spec.output)
         w_col = b.reshape(alpha_weights, b.ints([-1] + [1] * out_rank))
@@ -92,12 +99,17 @@ class IntegratedGradients(Method):
         for point in spec.points:
             fed, on_x, on_base = points[point.key]
             per_step = split_steps(b, grads[fed], steps, on_x)
-            attr = b.mul(b.reduce_sum(per_step, [0], keepdims=0), b.sub(on_x, on_base))
+            diff = b.sub(on_x, on_base)   # Captum's "local" IG (multiply_by_inputs=False) takes 1 instead
+            factor = b.where(multiply, diff, b.cast_like(b.const(1.0), diff))
+            attr = b.mul(b.reduce_sum(per_step, [0], keepdims=0), factor)
             totals.append(emit_attribution(b, spec, point, attr))
         f_x = per_row_sum(b, b.mul(tw, picked[spec.output]), out_rank)
         f_b = per_row_sum(b, b.mul(tw, _rows_after(b, out_rows, steps, n)), out_rank)
         b.op("Sub", b.sum(totals), b.sub(f_x, f_b), outputs=["delta"])
         b.add_output("delta", b.elem_type(spec.output), [b.shape(spec.output)[0]])
+
+    def reference_rows(self, b, total, block):
+        return block   # steps, inputs, then one block of baselines
 
     # --------------------------------------------------------------- per call
     def check_params(self, params):
@@ -106,6 +118,8 @@ class IntegratedGradients(Method):
         ibs = p["internal_batch_size"]
         if ibs is not None and (not isinstance(ibs, (int, np.integer)) or ibs < 1):
             raise ValueError(f"internal_batch_size must be a positive int or None, got {ibs!r}")
+        if not isinstance(p["multiply_by_inputs"], (bool, np.bool_)):
+            raise ValueError(f"multiply_by_inputs must be True or False, got {p['multiply_by_inputs']!r}")
         return p
 
     def parts(self, params, spec, inputs, bytes_per_row, budget):
@@ -116,15 +130,21 @@ class IntegratedGradients(Method):
         fit = max(1, budget // per_row - 2)
         if params["internal_batch_size"] is not None:   # Captum's cap on expanded rows per run
             fit = min(fit, max(1, params["internal_batch_size"] // max(1, _rows(inputs, spec))))
+        if spec.batch_size is not None:   # the steps of one row form one block of the forward pass
+            fit = min(fit, spec.batch_size)
         bases = baseline_feeds(spec, params["baselines"], inputs)
         parts = []
         for start in range(0, len(alphas), fit):
             parts.append({"alphas": alphas[start:start + fit].astype(dtype),
-                          "alpha_weights": weights[start:start + fit].astype(dtype), **bases})
+                          "alpha_weights": weights[start:start + fit].astype(dtype),
+                          "multiply_by_inputs": np.asarray(bool(params["multiply_by_inputs"])), **bases})
         return parts
 
     def expansion(self, part):
         return len(part["alphas"]) + 2
+
+    def block_rows(self, part):
+        return len(part["alphas"])
 
 
 def _rows(inputs, spec):

@@ -1,137 +1,397 @@
-"""SmoothGrad, SmoothGrad-squared and VarGrad over the gradient, all samples in one run.
+"""A noise tunnel over any gradient or modified-rule method, all noisy samples in one run.
 
-The expanded batch is ``S`` blocks of noisy rows ``x + stdevs * noise_s`` and a
-last block with the inputs themselves (for the model's outputs).  ``noise`` is a
-graph input of standard-normal draws shaped ``(S, N, *row)`` (or ``(S, 1, *row)``
-to share the noise between rows); the Python API draws it from ``seed``.  The
-statistics are those of Captum's ``NoiseTunnel`` over the signed gradient
-(``NoiseTunnel(Saliency(model)).attribute(..., abs=False)``): the mean, the mean
-of squares, and the variance ``E[g^2] - E[g]^2``.
+Captum's ``NoiseTunnel(method).attribute(x, nt_type=..., nt_samples=S, stdevs=s)``
+runs ``method`` on ``S`` noisy copies ``x + s * z`` of every row and reduces the
+``S`` attributions of each row to their mean (``smoothgrad``), the mean of their
+squares (``smoothgrad_sq``) or their variance ``E[a^2] - E[a]^2`` (``vargrad``).
+Captum applies no ``abs`` of its own: a method that takes the absolute value
+(``saliency``, Captum's ``Saliency`` default ``abs=True``) does so per sample,
+before the statistic.  Targets, per-row baselines and passed-through inputs
+follow their rows; a distribution of baselines (``deeplift_shap``) is shared by
+every sample.  A method with a convergence delta reports one per noisy sample,
+shaped ``(N, S)`` here (Captum returns the same values flattened to ``N*S``).
+
+The graph is the wrapped method's graph, fed with an expanded batch: ``S``
+blocks of noisy rows (sample-major) and a last block with the inputs themselves
+(for the model's outputs; its target weights are zero).  The noise is added
+where a row is a float tensor: to a floating-point input itself, and for a
+token input to the output of the embedding Gather it feeds, on the rows of the
+method's run that hold inputs (never on its baseline rows).  ``noise`` is a
+graph input of standard-normal draws shaped ``(S, N, *row)`` (``(S, 1, *row)``
+shares them between rows), ``stdevs`` a scalar input: nothing is rebuilt when
+they change.
 """
 from __future__ import annotations
 
 import numpy as np
+import onnx
+from onnx import helper
 
-from ..backward import backward
-from .base import (Method, Spec, batch_rows, declare_param, declare_target_weights, emit_outputs,
-                   flatten_steps, open_forward, split_steps, tile_rows)
+from ..graph import FLOAT_TYPES, np_dtype
+from .base import (TARGET_WEIGHTS, Method, Spec, batch_rows, declare_param, flatten_steps, row_shape, rows,
+                   tile_rows)
+from .gradient import Gradient
 
+NT_TYPES = ("smoothgrad", "smoothgrad_sq", "vargrad")
 DEFAULT_SAMPLES = 5
 DEFAULT_NOISE_SEED = 0
+NT_DEFAULTS = {"nt_samples": DEFAULT_SAMPLES, "stdevs": 1.0, "seed": None, "noise": None}
 
 
-class _NoiseTunnel(Method):
-    supports_layers = False   # the noise is added to float inputs
-    defaults = {"nt_samples": DEFAULT_SAMPLES, "stdevs": 1.0, "seed": None, "noise": None}
-    row_axes = {"noise": 1}
+class NoiseTunnel(Method):
+    """``kind`` (smoothgrad, smoothgrad_sq or vargrad) over the attributions of ``inner`` at noisy inputs."""
 
+    def __init__(self, inner: Method, kind: str):
+        if kind not in NT_TYPES:
+            raise ValueError(f"unknown noise tunnel {kind!r}; choose one of {', '.join(NT_TYPES)}")
+        if inner.forward_only or isinstance(inner, NoiseTunnel):
+            raise ValueError(f"a noise tunnel runs over a gradient or modified-rule method, not {inner.name!r}")
+        self.inner, self.kind = inner, kind
+        self.name = kind if type(inner) is Gradient else f"{inner.name}+{kind}"
+        self.has_delta = inner.has_delta
+        self.supports_layers = inner.supports_layers
+        self.overrides = inner.overrides
+        self.row_cost_factor = inner.row_cost_factor
+        self.row_axes = {**inner.row_axes, "noise": 1}
+        self._nt_defaults = dict(NT_DEFAULTS)
+
+    @property
+    def defaults(self) -> dict:
+        return {**self.inner.defaults, **self._nt_defaults}
+
+    @defaults.setter
+    def defaults(self, values: dict) -> None:
+        self.inner.defaults = {k: v for k, v in values.items() if k not in NT_DEFAULTS}
+        self._nt_defaults = {k: values[k] for k in NT_DEFAULTS}
+
+    # --------------------------------------------------------------- the graph
     def build(self, b, spec: Spec) -> None:
-        inside, outputs = open_forward(b, spec)
-        first = spec.wrt[0]
-        tw = declare_target_weights(b, spec)
-        n = batch_rows(b, first)
-        samples = None
-        for x in spec.wrt:
-            rank = b.rank(x)
-            noise = declare_param(b, spec.param("noise", x), b.elem_type(x), rank + 1, self._default_noise(b, x))
-            stdev = declare_param(b, spec.param("stdevs", x), b.elem_type(x), 0, np.asarray(self._stdev(x, spec)))
-            if samples is None:
-                samples = b.op("Slice", b.shape_of(noise), b.ints([0]), b.ints([1]))
-            full = b.op("Expand", noise, b.op("Concat", samples, b.shape_of(x), axis=0))
-            noisy = b.add(b.unsqueeze(x, [0]), b.mul(stdev, full))
-            b.op("Concat", flatten_steps(b, noisy, x), x, axis=0, outputs=[inside[x]])
-        blocks = b.add(samples, b.ints([1]))
-        for p in spec.passthrough:
-            b.op("Identity", tile_rows(b, p, blocks, b.rank(p)), outputs=[inside[p]])
+        if spec.batch_size is not None:
+            self._build_per_sample(b, spec)
+            return
+        self.inner.build(b, spec)
+        declared = {vi.name for vi in b.inputs}
+        # the inner graph now reads its feeds from tensors this prelude defines
+        fed = {x: b.redirect_reads(x, b.fresh(f"{x}__noisy")) for x in spec.carriers + spec.passthrough
+               if x in declared}
+        fed_tw = b.redirect_reads(TARGET_WEIGHTS, b.fresh("target_weights__noisy"))
+        fed_params = {p: (c, b.redirect_reads(p, b.fresh(f"{p}__noisy")))
+                      for p, c in self._row_params(spec, declared).items()}
 
-        seed = b.op("Concat", tile_rows(b, tw, samples, b.rank(spec.output)), b.zeros_like(tw), axis=0)
-        emit_outputs(b, spec, outputs, b.mul(samples, n), n)
-        grads = backward(b, outputs[spec.output], seed, [inside[x] for x in spec.wrt])
-        for x in spec.wrt:
-            per_sample = split_steps(b, grads[inside[x]], samples, x)
-            name = spec.attribution_name(x)
-            b.op("Identity", self.statistic(b, per_sample), outputs=[name])
-            b.add_output(name, b.elem_type(x), b.shape(x))
+        n = batch_rows(b, spec.carriers[0])
+        noise = self._declare_noise(b, spec)
+        samples = b.op("Slice", b.shape_of(noise[spec.carriers[0]]), b.ints([0]), b.ints([1]))
+        for c in spec.carriers:
+            self._add_noise(b, spec, c, noise[c], samples, n, fed)
+        blocks = b.add(samples, b.ints([1]))
+        for x, name in fed.items():   # token carriers and passed-through inputs: the same rows in every block
+            b.op("Identity", tile_rows(b, x, blocks, b.rank(x)), outputs=[name])
+        for p, (carrier, name) in fed_params.items():   # per-row parameters (baselines): follow their rows
+            full = b.op("Expand", p, b.shape_of(carrier))
+            b.op("Identity", tile_rows(b, full, blocks, b.rank(carrier)), outputs=[name])
+        tw_noisy = tile_rows(b, TARGET_WEIGHTS, samples, b.rank(spec.output))
+        b.op("Concat", tw_noisy, b.zeros_like(TARGET_WEIGHTS), axis=0, outputs=[fed_tw])
+        self._reduce_outputs(b, spec, samples, n)
+
+    def _build_per_sample(self, b, spec: Spec) -> None:
+        """With ``batch_size`` the noisy samples cannot share the model's rows: the graph is the inner
+        method's own, and :meth:`run` feeds it one noisy copy of the inputs per sample."""
+        tokens = [c for c in spec.carriers if c not in _float_inputs(spec)]
+        if tokens:
+            raise ValueError(f"with batch_size, a noise tunnel feeds noisy copies of the inputs one sample at a "
+                             f"time, so its noise cannot go to the embedding of token inputs {tokens}; drop "
+                             f"batch_size or explain without noise_tunnel")
+        self.inner.build(b, spec)
+
+    def _declare_noise(self, b, spec: Spec) -> dict[str, str]:
+        """The ``noise`` input of each carrier: ``(S, N or 1, *row)`` of the tensor that takes it."""
+        noise = {}
+        for c in spec.carriers:
+            tensor = c if c in _float_inputs(spec) else _embedding_of(spec, c)
+            noise[c] = declare_param(b, spec.param("noise", c), b.elem_type(tensor), b.rank(tensor) + 1,
+                                     self._default_noise(b, tensor))
+        return noise
+
+    def _add_noise(self, b, spec: Spec, carrier: str, noise: str, samples: str, n: str, fed: dict) -> None:
+        """``stdevs * noise`` on the ``S`` noisy blocks of ``carrier``: a float input's rows (fed with its clean
+        rows last), or a token input's embedding (its ids are then fed to every block, like passed inputs)."""
+        floating = carrier in _float_inputs(spec)
+        tensor = carrier if floating else self._detach_embedding(b, spec, carrier)   # the embedding before noise
+        stdev = declare_param(b, spec.param("stdevs", carrier), b.elem_type(tensor), 0,
+                              np.asarray(self._stdev(spec, carrier)))
+        row = row_shape(b, tensor)
+        draws = b.op("Expand", noise, b.op("Concat", samples, n, row, axis=0))
+        scaled = b.reshape(b.mul(stdev, draws), b.op("Concat", b.ints([-1]), row, axis=0))   # (S*N, *row)
+        if floating:
+            noisy = b.add(tile_rows(b, carrier, samples, b.rank(carrier)), scaled)
+            b.op("Concat", noisy, carrier, axis=0, outputs=[fed.pop(carrier)])
+        else:
+            self._add_noise_at_embedding(b, _embedding_of(spec, carrier), tensor, scaled, n)
+
+    def _row_params(self, spec: Spec, declared: set) -> dict[str, str]:
+        """The inner method's per-row parameters (its ``row_axes`` on axis 0) in the graph -> their carrier."""
+        return {spec.param(prefix, c): c for prefix, axis in self.inner.row_axes.items() if axis == 0
+                for c in spec.carriers if spec.param(prefix, c) in declared}
+
+    def _detach_embedding(self, b, spec: Spec, carrier: str) -> str:
+        """Make the embedding Gather of token input ``carrier`` write a new tensor, which is returned; its
+        readers go on reading the embedding's name, now to be defined with the noise added."""
+        tensor = _embedding_of(spec, carrier)
+        clean = b.fresh(f"{tensor}__clean")
+        b.rename(tensor, clean)           # the Gather (and its readers) now use ``clean``...
+        b.redirect_reads(clean, tensor)   # ...and every reader reads ``tensor`` again
+        return clean
+
+    def _add_noise_at_embedding(self, b, embedding: str, clean: str, scaled: str, n: str) -> None:
+        """``E = E_clean + noise`` on the rows of the inner run that hold inputs; its reference rows stay clean.
+
+        The embedding ``E`` has one row per row of the inner method's expanded
+        batch: copies of the ``(S+1)*N`` rows the noise tunnel feeds (each gets
+        the same noise), then the inner method's reference rows (none for
+        one-run methods, the baselines' block for integrated gradients).
+        """
+        total = batch_rows(b, clean)
+        rank = b.rank(clean)
+        block = b.op("Concat", scaled, _zero_rows(b, n, clean), axis=0)   # noise of the (S+1)*N fed rows
+        per_block = batch_rows(b, block)
+        refs = self.inner.reference_rows(b, total, per_block)
+        if refs is None:
+            raise ValueError(f"a noise tunnel over {self.inner.name!r} cannot add its noise at the embedding of "
+                             f"{embedding!r}; it can over floating-point inputs, or over the one-run "
+                             f"gradient methods and integrated_gradients")
+        copies = b.op("Div", b.sub(total, refs), per_block)
+        noise_rows = b.op("Concat", tile_rows(b, block, copies, rank), _zero_rows(b, refs, clean), axis=0)
+        b.op("Add", clean, noise_rows, outputs=[embedding])
+
+    def _reduce_outputs(self, b, spec: Spec, samples: str, n: str) -> None:
+        """Attributions -> their statistic over the noisy samples; model outputs -> the clean block's rows."""
+        noisy_rows = b.mul(samples, n)
+        model_outputs = {o.name for o in spec.model.graph.output}
+        for i, vi in enumerate(b.outputs):
+            internal = b.rename(vi.name, b.fresh(f"{vi.name}__noisy"))
+            if vi.name in model_outputs:
+                value = rows(b, internal, noisy_rows, n)
+            elif vi.name == "delta":   # (S*N,) sample-major -> (N, S)
+                value = b.op("Transpose", b.reshape(rows(b, internal, b.ints([0]), noisy_rows),
+                                                    b.op("Concat", samples, n, axis=0)), perm=[1, 0])
+                b.outputs[i] = helper.make_tensor_value_info("delta", vi.type.tensor_type.elem_type,
+                                                             [_dim(vi, 0), "nt_samples"])
+            else:
+                head = rows(b, internal, b.ints([0]), noisy_rows)
+                per_sample = b.reshape(head, b.op("Concat", samples, n, row_shape(b, internal), axis=0))
+                value = self.statistic(b, per_sample)
+            b.op("Identity", value, outputs=[vi.name])
 
     def statistic(self, b, per_sample: str) -> str:
-        raise NotImplementedError
+        """Captum's smoothing of ``(S, N, *row)`` attributions over the samples."""
+        mean = b.reduce("ReduceMean", per_sample, [0], keepdims=0)
+        if self.kind == "smoothgrad":
+            return mean
+        mean_sq = b.reduce("ReduceMean", b.mul(per_sample, per_sample), [0], keepdims=0)
+        return mean_sq if self.kind == "smoothgrad_sq" else b.sub(mean_sq, b.mul(mean, mean))
 
-    def _default_noise(self, b, x):
-        """Standard-normal draws shared by all rows, when the row shape is static."""
-        row = b.shape(x)[1:]
+    def _default_noise(self, b, tensor: str):
+        """Standard-normal draws shared by all rows, when the row shape is static (else clients feed ``noise``)."""
+        row = (b.shape(tensor) or (None,))[1:]
         if not all(isinstance(d, int) and d > 0 for d in row):
-            return None   # no default: clients feed ``noise``
-        rng = np.random.default_rng(DEFAULT_NOISE_SEED if self.defaults["seed"] is None else self.defaults["seed"])
-        return rng.standard_normal((self.defaults["nt_samples"], 1) + tuple(row))
+            return None
+        seed = self._nt_defaults["seed"]
+        rng = np.random.default_rng(DEFAULT_NOISE_SEED if seed is None else seed)
+        return rng.standard_normal((self._nt_defaults["nt_samples"], 1) + tuple(row))
 
-    def _stdev(self, x, spec):
-        s = self.defaults["stdevs"]
-        return float(s[spec.wrt.index(x)] if isinstance(s, (tuple, list)) else s)
+    def _stdev(self, spec: Spec, carrier: str) -> float:
+        s = self._nt_defaults["stdevs"]
+        return float(s[spec.carriers.index(carrier)] if isinstance(s, (tuple, list)) else s)
 
     # --------------------------------------------------------------- per call
     def check_params(self, params):
-        p = super().check_params(params)
+        unknown = sorted(set(params) - set(self.defaults))
+        if unknown:
+            raise TypeError(f"method {self.name!r} got unexpected parameter(s) {unknown}; it accepts: "
+                            f"{', '.join(sorted(self.defaults))}")
+        inner = self.inner.check_params({k: v for k, v in params.items() if k not in NT_DEFAULTS})
+        if inner.get("internal_batch_size") is not None:
+            raise ValueError("internal_batch_size splits the integration steps, which a noise tunnel's statistics "
+                             "cannot add up; memory_budget splits the rows instead")
+        p = {**self._nt_defaults, **{k: v for k, v in params.items() if k in NT_DEFAULTS}}
         s = p["nt_samples"]
         if not isinstance(s, (int, np.integer)) or isinstance(s, bool) or s < 1:
             raise ValueError(f"nt_samples must be a positive int, got {s!r}")
         stdevs = p["stdevs"]
-        values = stdevs if isinstance(stdevs, (tuple, list)) else [stdevs]
-        for v in values:
+        for v in stdevs if isinstance(stdevs, (tuple, list)) else [stdevs]:
             if not np.isscalar(v) or not np.isfinite(v) or v < 0:
                 raise ValueError(f"stdevs must be a non-negative float (or one per input), got {stdevs!r}")
-        return p
+        return {**inner, **p}
 
     def parts(self, params, spec, inputs, bytes_per_row, budget):
-        stdevs = params["stdevs"]
-        if isinstance(stdevs, (tuple, list)):
-            if len(stdevs) != len(spec.wrt):
-                raise ValueError(f"stdevs has {len(stdevs)} values but {len(spec.wrt)} inputs are attributed")
-        else:
-            stdevs = [stdevs] * len(spec.wrt)
-        rng = np.random.default_rng(params["seed"])
-        noise = params["noise"]
-        part = {}
-        for i, (x, s) in enumerate(zip(spec.wrt, stdevs)):
-            value = np.asarray(inputs[x])
-            expected = (params["nt_samples"],) + value.shape
-            if noise is None:
-                draw = rng.standard_normal(expected).astype(value.dtype)
-            else:
-                draw = np.asarray(noise[x] if isinstance(noise, dict) else noise, dtype=value.dtype)
-                if draw.shape != expected:
-                    raise ValueError(f"noise for input {x!r} must have shape (nt_samples, *input.shape) = "
-                                     f"{expected}, got {draw.shape}")
-            part[spec.param("noise", x)] = draw
-            part[spec.param("stdevs", x)] = np.asarray(s, dtype=value.dtype)
+        """One part: the inner method's parameters (all its steps) and the noise of every carrier."""
+        inner_parts = self.inner.parts(self._inner_params(params), spec, inputs, 0, budget)
+        if len(inner_parts) != 1:   # pragma: no cover - guarded by check_params
+            raise ValueError(f"{self.inner.name!r} split its call into parts, which a noise tunnel cannot add up")
+        part = dict(inner_parts[0])
+        for c, (draw, stdev) in self._draws(params, spec, inputs).items():
+            part[spec.param("noise", c)] = draw
+            part[spec.param("stdevs", c)] = stdev
         return [part]
 
+    @staticmethod
+    def _inner_params(params: dict) -> dict:
+        return {k: v for k, v in params.items() if k not in NT_DEFAULTS}
+
+    def _draws(self, params, spec: Spec, inputs: dict) -> dict:
+        """Per carrier: the standard-normal draws ``(S, N, *row)`` (from ``seed``, or ``noise`` as given) and
+        the standard deviation, both of the dtype of the tensor that takes the noise."""
+        stdevs = params["stdevs"]
+        if isinstance(stdevs, (tuple, list)):
+            if len(stdevs) != len(spec.carriers):
+                raise ValueError(f"stdevs has {len(stdevs)} values but the noise goes to {len(spec.carriers)} "
+                                 f"inputs {spec.carriers}")
+        else:
+            stdevs = [stdevs] * len(spec.carriers)
+        rng = np.random.default_rng(params["seed"])
+        given = params["noise"]
+        draws = {}
+        for c, s in zip(spec.carriers, stdevs):
+            shape, dtype = _noisy_row(spec, c, inputs)
+            expected = (params["nt_samples"], len(inputs[c])) + shape
+            if given is None:
+                draw = rng.standard_normal(expected).astype(dtype)
+            else:
+                draw = np.asarray(given[c] if isinstance(given, dict) else given, dtype=dtype)
+                if draw.shape != expected:
+                    where = "input" if c in _float_inputs(spec) else f"embedding {_embedding_of(spec, c)!r}"
+                    raise ValueError(f"noise for input {c!r} must have shape (nt_samples, N, *row of its {where}) = "
+                                     f"{expected}, got {draw.shape}")
+            draws[c] = (draw, np.asarray(s, dtype=dtype))
+        return draws
+
     def expansion(self, part):
-        return next(v.shape[0] for k, v in part.items() if k.startswith("noise")) + 1
+        noise = [v for k, v in part.items() if k == "noise" or k.startswith("noise_")]
+        if not noise:   # a run of the per-sample graph (batch_size): one noisy copy of the rows
+            return self.inner.expansion(part)
+        return (noise[0].shape[0] + 1) * self.inner.expansion(part)
+
+    def block_rows(self, part):
+        return self.inner.block_rows(part)   # only the per-sample graph runs under batch_size
+
+    def limit_hint(self) -> str:
+        return self.inner.limit_hint()
+
+    def run(self, ex, feeds: dict, tw, params: dict):
+        """One part over all rows; the delta (one per noisy sample) comes straight from the graph."""
+        if ex.spec.batch_size is not None:
+            return self._run_per_sample(ex, feeds, tw, params)
+        names = [ex.spec.attribution_name(x) for x in ex.spec.wrt]
+        wanted = names + (["delta"] if self.has_delta else [])
+        row_bytes = ex.row_cost(feeds)
+        (part,) = self.parts(params, ex.spec, feeds, row_bytes, ex.memory_budget)
+        out = ex.run_rows(feeds, tw, part, wanted, row_bytes)
+        return {k: out[k] for k in names}, (out["delta"] if self.has_delta else None)
+
+    def _run_per_sample(self, ex, feeds: dict, tw, params: dict):
+        """``batch_size``: the inner method on ``x + stdevs * noise_s`` for each sample ``s`` in turn, then
+        the statistic over the samples (the same numbers as the one-run graph, in more runs)."""
+        per_sample, deltas = [], []
+        for noisy in self._noisy_feeds(ex.spec, feeds, params):
+            total, delta = self.inner.run(ex, noisy, tw, self._inner_params(params))
+            per_sample.append(total)
+            deltas.append(delta)
+        result = {k: self.numpy_statistic(np.stack([t[k] for t in per_sample])) for k in per_sample[0]}
+        return result, (np.stack(deltas, axis=1) if self.has_delta else None)
+
+    def _noisy_feeds(self, spec: Spec, feeds: dict, params: dict):
+        """The call's feeds with each carrier replaced by its noisy copy, one sample after another."""
+        draws = self._draws(params, spec, feeds)
+        for s in range(params["nt_samples"]):
+            yield {**feeds, **{c: (feeds[c] + stdev * draw[s]).astype(feeds[c].dtype)
+                               for c, (draw, stdev) in draws.items()}}
+
+    def numpy_statistic(self, per_sample: np.ndarray) -> np.ndarray:
+        """:meth:`statistic` over ``(S, N, *row)`` attributions already computed."""
+        mean = per_sample.mean(axis=0)
+        if self.kind == "smoothgrad":
+            return mean
+        mean_sq = (per_sample * per_sample).mean(axis=0)
+        return mean_sq if self.kind == "smoothgrad_sq" else mean_sq - mean * mean
+
+    def estimate(self, ex, feeds: dict, tw, params: dict):
+        if ex.spec.batch_size is None:
+            return super().estimate(ex, feeds, tw, params)
+        one = self.inner.estimate(ex, feeds, tw, self._inner_params(params))
+        samples = params["nt_samples"]
+        return type(one)(one.rows * samples, one.runs * samples, one.rows_per_run)
 
 
-class SmoothGrad(_NoiseTunnel):
+class SmoothGrad(NoiseTunnel):
     """Mean gradient over noisy copies of the input (Smilkov et al., 2017)."""
 
     name = "smoothgrad"
 
-    def statistic(self, b, g):
-        return b.reduce("ReduceMean", g, [0], keepdims=0)
+    def __init__(self):
+        super().__init__(Gradient(), "smoothgrad")
 
 
-class SmoothGradSquared(_NoiseTunnel):
+class SmoothGradSquared(NoiseTunnel):
     """Mean squared gradient over noisy copies of the input."""
 
     name = "smoothgrad_sq"
 
-    def statistic(self, b, g):
-        return b.reduce("ReduceMean", b.mul(g, g), [0], keepdims=0)
+    def __init__(self):
+        super().__init__(Gradient(), "smoothgrad_sq")
 
 
-class VarGrad(_NoiseTunnel):
+class VarGrad(NoiseTunnel):
     """Variance of the gradient over noisy copies of the input (Adebayo et al., 2018)."""
 
     name = "vargrad"
 
-    def statistic(self, b, g):
-        mean = b.reduce("ReduceMean", g, [0], keepdims=0)
-        return b.sub(b.reduce("ReduceMean", b.mul(g, g), [0], keepdims=0), b.mul(mean, mean))
+    def __init__(self):
+        super().__init__(Gradient(), "vargrad")
+
+
+def _float_inputs(spec: Spec) -> set[str]:
+    return {vi.name for vi in spec.model.graph.input if vi.type.tensor_type.elem_type in FLOAT_TYPES}
+
+
+def _embedding_of(spec: Spec, carrier: str) -> str:
+    """The output of the embedding Gather that token input ``carrier`` feeds."""
+    from ..api import token_embeddings   # api imports the methods: looked up when a graph is built
+    return token_embeddings(spec.model)[carrier]
+
+
+def _zero_rows(b, count: str, like: str) -> str:
+    """``count`` (1-D int64) rows of zeros shaped like the rows of ``like``."""
+    return b.op("ConstantOfShape", b.op("Concat", count, row_shape(b, like), axis=0),
+                value=helper.make_tensor("zero", b.elem_type(like), [1], [0]))
+
+
+def _noisy_row(spec: Spec, carrier: str, inputs: dict) -> tuple[tuple, np.dtype]:
+    """Row shape and dtype of the tensor that takes the noise of ``carrier``, for this call's inputs.
+
+    A float input's own rows; a token input's embedding rows, whose symbolic
+    dimensions (a sequence length) are read off the inputs that share them.
+    """
+    if carrier in _float_inputs(spec):
+        value = np.asarray(inputs[carrier])
+        return value.shape[1:], value.dtype
+    tensor = _embedding_of(spec, carrier)
+    known = {}
+    for vi in spec.model.graph.input:
+        if vi.name in inputs:
+            for d, size in zip(vi.type.tensor_type.shape.dim, np.shape(inputs[vi.name])):
+                if d.dim_param:
+                    known[d.dim_param] = size
+    vi = next(v for v in list(spec.model.graph.value_info) + list(spec.model.graph.output) if v.name == tensor)
+    row = []
+    for d in list(vi.type.tensor_type.shape.dim)[1:]:
+        size = d.dim_value if d.HasField("dim_value") else known.get(d.dim_param)
+        if not size:
+            raise ValueError(f"the row shape of embedding {tensor!r} is not known from the inputs; pass noise= "
+                             f"explicitly, shaped (nt_samples, N, *row of the embedding)")
+        row.append(int(size))
+    return tuple(row), np_dtype(vi.type.tensor_type.elem_type)
+
+
+def _dim(vi: onnx.ValueInfoProto, axis: int):
+    d = vi.type.tensor_type.shape.dim[axis]
+    return d.dim_value if d.HasField("dim_value") else (d.dim_param or None)

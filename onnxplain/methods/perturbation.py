@@ -260,10 +260,12 @@ def _root(a: np.ndarray) -> np.ndarray:
     return a
 
 
-def chunking(n_rows: int, units: int, per_row: int, budget: int, cap: int | None) -> tuple[int, int]:
+def chunking(n_rows: int, units: int, per_row: int, budget: int, cap: int | None,
+             batch_size: int | None = None) -> tuple[int, int]:
     """``(rows per block, units per chunk)``: one run holds at most ``budget // per_row`` rows (and
-    :data:`MAX_ROWS_PER_RUN`), and at most ``cap`` units (Captum's ``perturbations_per_eval``)."""
-    fit = int(max(1, min(budget // max(1, per_row), MAX_ROWS_PER_RUN)))
+    :data:`MAX_ROWS_PER_RUN`, and the model's ``batch_size``), and at most ``cap`` units (Captum's
+    ``perturbations_per_eval``)."""
+    fit = int(max(1, min(budget // max(1, per_row), MAX_ROWS_PER_RUN, batch_size or MAX_ROWS_PER_RUN)))
     block = min(n_rows, fit)
     per_chunk = max(1, min(units, fit // block))
     if cap is not None:
@@ -284,7 +286,8 @@ class Schedule:
 
     @classmethod
     def of(cls, ex, feeds: dict, n_rows: int, plan: Plan, cap: int | None) -> "Schedule":
-        block, per_chunk = chunking(n_rows, plan.units, ex.row_cost(feeds), ex.memory_budget, cap)
+        block, per_chunk = chunking(n_rows, plan.units, ex.row_cost(feeds), ex.memory_budget, cap,
+                                    ex.spec.batch_size)
         return cls(n_rows, plan.units, plan.evaluations, block, per_chunk)
 
     def blocks(self):
@@ -316,15 +319,15 @@ def progress_bar(total_rows: int, progress: bool | None):
 def drive(ex, feeds: dict, tw: np.ndarray, plan: Plan, cap: int | None, pool: BufferPool | None = None,
           progress: bool | None = None) -> None:
     """Blocks of rows x chunks of units (a :class:`Schedule`): fill, run, fold, under a
-    :func:`progress_bar`.  The session is ``ex.session``, reused."""
+    :func:`progress_bar`.  Runs go through ``ex.run_session`` (one reused session)."""
     pool = pool or BufferPool(keep=0)
     schedule = Schedule.of(ex, feeds, tw.shape[0], plan, cap)
     with progress_bar(sum(schedule.run_rows()), progress) as bar:
-        _walk(ex, feeds, tw, plan, schedule, pool, _counted(ex.session.run, bar))
+        _walk(ex, feeds, tw, plan, schedule, pool, _counted(ex.run_session, bar))
 
 
 def _counted(run, bar):
-    """``run`` (a session's) that moves the progress bar by the rows of each run."""
+    """``run`` (the Explainer's :meth:`run_session`) that moves the progress bar by the rows of each run."""
     def counted(feeds, outputs):
         result = run(feeds, outputs)
         bar.update(len(feeds[TARGET_WEIGHTS]))
@@ -335,6 +338,7 @@ def _counted(run, bar):
 def _walk(ex, feeds: dict, tw: np.ndarray, plan: Plan, schedule: Schedule, pool: BufferPool, run) -> None:
     """The runs of ``schedule``: per block, the plan's own evaluations, then fill, ``run``, fold per chunk."""
     spec = ex.spec
+    shared = {u: feeds[u] for u in spec.unbatched}   # fed as they are to every run
     per_chunk = schedule.per_chunk
     for r0, r1 in schedule.blocks():
         n = r1 - r0
@@ -343,7 +347,7 @@ def _walk(ex, feeds: dict, tw: np.ndarray, plan: Plan, schedule: Schedule, pool:
         originals = {a.name: feeds[a.name][r0:r1] for a in plan.inputs}
 
         def evaluate(values: dict) -> np.ndarray:
-            one = {**originals, **fixed, **values, TARGET_WEIGHTS: tw_rows}
+            one = {**originals, **fixed, **shared, **values, TARGET_WEIGHTS: tw_rows}
             return run(one, [TARGET_OUTPUT])[TARGET_OUTPUT].reshape(-1)
 
         plan.begin(r0, r1, evaluate)
@@ -358,7 +362,7 @@ def _walk(ex, feeds: dict, tw: np.ndarray, plan: Plan, schedule: Schedule, pool:
                 views = {k: v[:rows] for k, v in batches.items()}
                 plan.fill(u0, u1, views)
                 one = {k: v.reshape((rows,) + rows_of[k]) for k, v in views.items()}
-                one.update({k: v[:rows] for k, v in tiled.items()})
+                one.update({k: v[:rows] for k, v in tiled.items()}, **shared)
                 plan.fold(u0, u1, run(one, [TARGET_OUTPUT])[TARGET_OUTPUT].reshape(-1))
             pool.give(batches.values())
         plan.end()

@@ -9,6 +9,8 @@ row meets its own reference row elementwise.
 """
 from __future__ import annotations
 
+import onnx
+
 #: Unary elementwise nonlinearities: the ops the modified rules replace.
 NONLINEAR_UNARY = ("Relu", "LeakyRelu", "PRelu", "Elu", "Selu", "Celu", "Sigmoid", "Tanh", "Softplus",
                    "Softsign", "HardSigmoid", "HardSwish", "Clip", "Erf", "Gelu", "Exp", "Log", "Sqrt",
@@ -22,6 +24,8 @@ class Partner:
     more than the batch (attention windows, heads) keeps that order, so each
     tensor is split at half of its *own* first axis.
     """
+
+    stacked = True   # input and reference rows are halves of one tensor
 
     def __init__(self, b):
         self.b = b
@@ -44,6 +48,58 @@ class Partner:
         """Flat-index offset of the second half of ``t`` (1-D int64 [size / 2])."""
         b = self.b
         return b.div(b.reshape(b.op("Size", t), b.ints([1])), b.ints([2]))
+
+
+class PairedPartner:
+    """``partner(t)`` when the inputs and the references run through two copies of the forward pass
+    (``batch_size``): the same tensor in the other copy.  Tensors both copies share (weights,
+    unbatched inputs, constants) are their own partners; a tensor a rule computed from forward tensors
+    is partnered by the same nodes replayed on their partners (memoised).  Rules that index into the
+    stacked halves of one tensor (MaxPool's cross-max) cannot work on separate copies and say so."""
+
+    stacked = False  # input and reference rows are tensors of their own
+
+    def __init__(self, b, pairs: dict, shared):
+        self.b = b
+        self.pairs = dict(pairs)
+        self.shared = set(shared)
+
+    def __call__(self, t: str) -> str:
+        if t not in self.pairs:
+            self.pairs[t] = t if t in self.shared else self._replay(t)
+        return self.pairs[t]
+
+    def _replay(self, t: str) -> str:
+        """The nodes that computed ``t`` (after the forward copies), emitted again on the partners of their
+        inputs; ``t`` itself when none of its inputs has a partner of its own."""
+        node = next((n for n in reversed(self.b.nodes) if t in n.output), None)
+        if node is None or any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
+                               for a in node.attribute):
+            raise self._unsupported(t)
+        inputs = [self(i) if i else i for i in node.input]
+        if inputs == list(node.input):
+            return t          # computed from shared tensors only: the same in both copies
+        outputs = [self.b.fresh(f"{o}__partner") if o else "" for o in node.output]
+        self.b.nodes.append(onnx.helper.make_node(node.op_type, inputs, outputs, domain=node.domain,
+                                                  name=self.b.fresh(f"{node.name or node.op_type}__partner")))
+        self.b.nodes[-1].attribute.extend(node.attribute)
+        for o, p in zip(node.output, outputs):
+            if o:
+                self.b.set_type(p, self.b.elem_type(o), self.b.shape(o))
+                self.pairs[o] = p
+        return self.pairs[t]
+
+    def half(self, t: str) -> str:
+        raise self._unsupported(t)
+
+    bottom_offset = half
+
+    @staticmethod
+    def _unsupported(t: str) -> Exception:
+        from ..errors import UnsupportedOperatorError
+        return UnsupportedOperatorError([], f"DeepLIFT's rule at tensor {t!r} needs the inputs and their references "
+                                            f"stacked in one batch, but with batch_size they run through separate "
+                                            f"copies of the forward pass; explain this model without batch_size")
 
 
 def standard_rule(op_type: str, opset: int):

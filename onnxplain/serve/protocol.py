@@ -39,10 +39,13 @@ DELTA = "delta"
 _PARAMETER_KINDS = {
     "n_steps": "int", "nt_samples": "int", "n_samples": "int", "seed": "int", "internal_batch_size": "int",
     "perturbations_per_eval": "int", "stdevs": "float", "epsilon": "float", "eps": "float",
-    "antithetic": "bool", "method": "string", "sliding_window_shapes": "ints", "strides": "ints",
+    "antithetic": "bool", "multiply_by_inputs": "bool", "method": "string", "sliding_window_shapes": "ints",
+    "strides": "ints",
     "baselines": "like_input", "feature_mask": "mask", "noise": "noise",
 }
 _RENAMED = {"method": "integration"}
+#: ``explain`` keywords that are no request's business (a progress bar draws on the server's terminal)
+_SERVER_SIDE = ("progress",)
 _PER_INPUT = ("baselines", "feature_mask", "noise")
 
 
@@ -134,6 +137,8 @@ class Interface:
         by_name = {t.name: t for t in self.model_inputs}
         params = []
         for keyword in self.explainer.method.defaults:
+            if keyword in _SERVER_SIDE:
+                continue
             kind = _PARAMETER_KINDS.get(keyword)
             if kind is None:
                 raise ValueError(f"method parameter {keyword!r} has no request form; add it to the serve table")
@@ -165,7 +170,9 @@ class Interface:
         for name, (datatype, array) in tensors.items():
             arrays[name] = _check_tensor(expected[name], datatype, array, self._accepts(name))
         inputs = {t.name: arrays[t.name] for t in self.model_inputs}
-        rows = {name: a.shape[0] for name, a in inputs.items() if a.ndim}
+        axes = self.explainer.batch_axes     # unbatched inputs (a sample rate, a weight) have no rows
+        rows = {name: a.shape[axes.get(name, 0)] for name, a in inputs.items()
+                if a.ndim and axes.get(name, 0) is not None and a.ndim > axes.get(name, 0)}
         if len(set(rows.values())) > 1:
             raise RequestError(f"every model input needs the same number of rows (the batch); got {rows}")
         if not self.explainer.method.forward_only:

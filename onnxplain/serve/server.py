@@ -61,7 +61,8 @@ from .model import ExplainerModel  # noqa: E402
 
 def serve(models, method="saliency", *, names=None, output=None, inputs=None, layer=None, host="127.0.0.1",
           http_port: int = 8000, grpc_port: int | None = 8001, max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
-          providers=None, threads: int | None = None, memory_budget: int | None = None, **defaults) -> None:
+          providers=None, threads: int | None = None, memory_budget: int | None = None,
+          noise_tunnel: str | None = None, **defaults) -> None:
     """Serve explanations over the Open Inference Protocol (REST and gRPC) until SIGTERM/SIGINT.
 
     ``models``: a model (path, bytes or ``onnx.ModelProto``) or a list of them;
@@ -69,7 +70,7 @@ def serve(models, method="saliency", *, names=None, output=None, inputs=None, la
     method.  ``names``: one per (model, method) pair, in that order (default: the
     file's stem, followed by ``-<method>`` when several methods are served).
     ``output``, ``inputs``, ``layer``, ``providers``, ``threads``,
-    ``memory_budget`` go to each :class:`~onnxplain.Explainer`; ``defaults`` are
+    ``memory_budget``, ``noise_tunnel`` go to each :class:`~onnxplain.Explainer`; ``defaults`` are
     method parameters every request starts from (``n_steps=32``...).
     ``grpc_port=None`` serves REST only.  Blocks; returns when the server stops.
     """
@@ -79,7 +80,8 @@ def serve(models, method="saliency", *, names=None, output=None, inputs=None, la
         if grpc_port == http_port:
             raise ValueError(f"http_port and grpc_port are both {http_port}; REST and gRPC need a port each")
     served = explainer_models(models, method, names=names, output=output, inputs=inputs, layer=layer,
-                              providers=providers, threads=threads, memory_budget=memory_budget, **defaults)
+                              providers=providers, threads=threads, memory_budget=memory_budget,
+                              noise_tunnel=noise_tunnel, **defaults)
     server = ExplanationServer(host=host, http_port=http_port, grpc_port=grpc_port,
                                max_request_bytes=max_request_bytes)
     server.start(served)
@@ -126,7 +128,7 @@ def explainer_models(models, method, names=None, **options) -> list[ExplainerMod
     return served
 
 
-_EXPLAINER_OPTIONS = ("output", "inputs", "layer", "providers", "threads", "memory_budget")
+_EXPLAINER_OPTIONS = ("output", "inputs", "layer", "providers", "threads", "memory_budget", "noise_tunnel")
 
 
 def _default_name(model, index: int, method: str | None) -> str:

@@ -42,7 +42,8 @@ DEFAULT_MAX_BATCH_SIZE = 8
 
 def export_triton(model, repository, name: str, method: str = "saliency", *,
                   max_batch_size: int = DEFAULT_MAX_BATCH_SIZE, gpu: bool = False, output: str | None = None,
-                  inputs=None, layer=None, defaults: dict | None = None, **more_defaults) -> str:
+                  inputs=None, layer=None, noise_tunnel: str | None = None, defaults: dict | None = None,
+                  **more_defaults) -> str:
     """Write ``repository/name/config.pbtxt`` and ``repository/name/1/model.onnx``; return the model's folder.
 
     ``defaults`` (a dict) and keyword arguments become the graph's default
@@ -65,7 +66,8 @@ def export_triton(model, repository, name: str, method: str = "saliency", *,
     try:
         os.mkdir(os.path.join(staging, "1"))
         graph = convert(model, os.path.join(staging, "1", "model.onnx"), method=method, output=output,
-                        inputs=inputs, layer=layer, defaults={**(defaults or {}), **more_defaults})
+                        inputs=inputs, layer=layer, noise_tunnel=noise_tunnel,
+                        defaults={**(defaults or {}), **more_defaults})
         text = model_config(graph, name, max_batch_size=max_batch_size, gpu=gpu)
         with open(os.path.join(staging, "config.pbtxt"), "w") as f:
             f.write(text)

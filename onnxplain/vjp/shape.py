@@ -124,6 +124,13 @@ def vjp_transpose(ctx):
     return [ctx.b.op("Transpose", ctx.dy[0], perm=[int(i) for i in np.argsort(perm)])]
 
 
+@register("ReverseSequence")
+def vjp_reverse_sequence(ctx):
+    """A permutation that is its own inverse: dx = reverse_sequence(dy) with the same lengths and axes."""
+    return [ctx.b.op("ReverseSequence", ctx.dy[0], ctx.x[1], batch_axis=ctx.attr("batch_axis", 1),
+                     time_axis=ctx.attr("time_axis", 0)), None]
+
+
 @register("Expand", broadcast=True)
 def vjp_expand(ctx):
     """dx = dy summed over the broadcast axes (done by the walker)."""

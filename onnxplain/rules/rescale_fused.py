@@ -1,0 +1,277 @@
+"""DeepLIFT rules of fused ops: the multipliers of one canonical decomposition under the rules of
+:mod:`onnxplain.rules.rescale`, so an exporter that fuses a layer and one that writes it out give the
+same attributions, and the difference is conserved exactly.
+
+* ``Softmax(x) = e / sum(e)``, ``e = exp(x)``: Div's Shapley rule (``m_e = (1/s + 1/s_ref) / 2``,
+  ``m_s = -(e + e_ref) / (2 s s_ref)``), the sum's plain gradient and Exp's rescale.  Written with the
+  softmax values ``y`` and ``Q = exp(x_ref - lse(x))``, ``P = exp(x - lse(x_ref))`` (no overflow; shifts
+  of x cancel) it is ``dx = (A + B) dy / 2 - A sum(dy (P + y_ref)) / 2`` with
+  ``A = (y - Q) / Δx = (y + Q) tanh(Δx / 2) / Δx`` and ``B = (P - y_ref) / Δx = (P + y_ref) tanh(Δx / 2) / Δx``
+  (the tanh form has no cancellation; its limit ``(y + Q) / 2`` is the gradient's where ``Δx`` is small).
+* ``LogSoftmax(x) = x - log(sum(exp(x)))``: Log rescaled at the sum, ``dx = dy - sum(dy) q A`` with
+  ``q = ℓ / ((1 + e^ℓ) tanh(ℓ / 2))``, ``ℓ = lse(x_ref) - lse(x)`` (``q = 1`` at ``ℓ = 0``).
+* ``LpNormalization``: ``x / ||x||_p``, Div's Shapley rule and the norm's decomposition
+  (``sqrt(sum(x * x))`` or ``sum(|x|)``); ReduceL1, ReduceL2, ReduceSumSquare, ReduceLogSum and
+  ReduceLogSumExp take their decompositions' multipliers the same way.
+* ``LayerNormalization``, ``InstanceNormalization``, ``GroupNormalization``, ``MeanVarianceNormalization``:
+  ``xhat = xc / sqrt(mean(xc * xc) + eps)``, ``xc = x - mean(x)``, then ``xhat * scale + bias``: the
+  squares take Mul's Shapley rule (``xc + xc_ref``), the square root its rescale
+  (``Δsqrt(v) / Δv = 1 / (sd + sd_ref)``), the quotient Div's Shapley rule.  Writing the variance with
+  ``Pow(xc, 2)``, or ``xc * rsqrt(v)``, gives the same multipliers.
+"""
+from __future__ import annotations
+
+from ..vjp import register
+from ..vjp._common import fail
+from ..vjp.norm import _count, _per_channel, _rank
+from ..vjp.reduce import _Reduction
+from .rescale import RESCALE, _safe_ratio, _small, midpoint
+
+
+# ------------------------------------------------------------------------------------ softmax family
+def _log_sum_exp(b, x: str, axis: int) -> str:
+    """``log(sum(exp(x), axis))`` keeping dims, shifted by the maximum (finite with -inf entries)."""
+    top = b.reduce("ReduceMax", x, [axis])
+    return b.add(top, b.op("Log", b.reduce_sum(b.op("Exp", b.sub(x, top)), [axis])))
+
+
+def _tanh_half_ratio(ctx, delta: str) -> str:
+    """``tanh(Δ / 2) / Δ``, its limit 1/2 where ``|Δ| < eps`` or Δ is NaN (``-inf - -inf``)."""
+    b = ctx.b
+    small = _small(ctx, delta)
+    safe = b.where(small, b.like(1.0, delta), delta)
+    return b.where(small, b.like(0.5, delta), b.div(b.op("Tanh", b.mul(safe, b.like(0.5, delta))), safe))
+
+
+class _ExpOverSum:
+    """``exp(x)`` over ``sum(exp(x))`` at a row and at its reference, given ``lse = log(sum(exp(x)))``
+    (keeping the reduced axes): the softmax ``y``, and ``A = (y - exp(x_ref - lse)) / Δx``, the Exp
+    multiplier over the row's own sum."""
+
+    def __init__(self, ctx, x: str, lse: str):
+        b = ctx.b
+        x_ref = ctx.ref(x)
+        self.lse, self.lse_ref = lse, ctx.ref(lse)
+        self.y = b.op("Exp", b.sub(x, lse))
+        self.y_ref = ctx.ref(self.y)
+        self.half_tanh = _tanh_half_ratio(ctx, b.sub(x, x_ref))
+        self.a = b.mul(b.add(self.y, b.op("Exp", b.sub(x_ref, lse))), self.half_tanh)
+
+    def log_ratio(self, ctx) -> str:
+        """``q = (lse - lse_ref) / (1 - s_ref / s)``: Log's rescale at the sum, times the sum; with
+        ``ℓ = lse_ref - lse`` it is ``1 / ((1 + e^ℓ) tanh(ℓ/2) / ℓ)``, 1 at ``ℓ = 0``."""
+        b = ctx.b
+        gap = b.sub(self.lse_ref, self.lse)
+        return b.op("Reciprocal", b.mul(b.add(b.like(1.0, gap), b.op("Exp", gap)), _tanh_half_ratio(ctx, gap)))
+
+
+def _softmax_axis_pair(ctx) -> tuple[int, _ExpOverSum]:
+    axis = ctx.attr("axis", -1)
+    return axis, _ExpOverSum(ctx, ctx.x[0], _log_sum_exp(ctx.b, ctx.x[0], axis))
+
+
+@register("Softmax", since=13, table=RESCALE)
+def rescale_softmax(ctx):
+    """``exp(x) / sum(exp(x))`` under Div's Shapley rule and Exp's rescale (see the module docstring)."""
+    b, dy = ctx.b, ctx.dy[0]
+    axis, s = _softmax_axis_pair(ctx)
+    p = b.op("Exp", b.sub(ctx.x[0], s.lse_ref))          # exp(x) / s_ref
+    bb = b.mul(b.add(p, s.y_ref), s.half_tanh)             # (p - y_ref) / Δx
+    through_sum = b.reduce_sum(b.mul(dy, b.add(p, s.y_ref)), [axis])
+    half = b.like(0.5, dy)
+    return [b.mul(half, b.sub(b.mul(b.add(s.a, bb), dy), b.mul(s.a, through_sum)))]
+
+
+@register("LogSoftmax", since=13, table=RESCALE)
+def rescale_log_softmax(ctx):
+    """``x - log(sum(exp(x)))`` with Log rescaled at the sum: ``dx = dy - sum(dy) q A``."""
+    b, dy = ctx.b, ctx.dy[0]
+    axis, s = _softmax_axis_pair(ctx)
+    return [b.sub(dy, b.mul(b.reduce_sum(dy, [axis]), b.mul(s.log_ratio(ctx), s.a)))]
+
+
+# ------------------------------------------------------------------------------------ reductions
+def _reduction_rule(op_type: str):
+    """Register ``fn(ctx, r)`` for ``op_type`` with axes as an attribute (before opset 18) and as an input."""
+    def deco(fn):
+        def make(from_input):
+            def rule(ctx):
+                return [fn(ctx, _Reduction(ctx, from_input))] + [None] * (len(ctx.x) - 1)
+            rule.__doc__ = fn.__doc__
+            return rule
+        register(op_type, table=RESCALE)(make(False))
+        register(op_type, since=18, table=RESCALE)(make(True))
+        return fn
+    return deco
+
+
+@_reduction_rule("ReduceSumSquare")
+def rescale_reduce_sum_square(ctx, r):
+    """``sum(x * x)``: Mul's Shapley rule, ``m = x + x_ref``."""
+    b, x = ctx.b, ctx.x[0]
+    return b.mul(r.keep(ctx.dy[0]), b.add(x, ctx.ref(x)))
+
+
+@_reduction_rule("ReduceL2")
+def rescale_reduce_l2(ctx, r):
+    """``sqrt(sum(x * x))``: ``m = (x + x_ref) / (y + y_ref)`` (Sqrt rescaled: ``Δsqrt(v) / Δv = 1 / (y + y_ref)``);
+    0 where both norms are 0 (nothing moved)."""
+    b, x, y = ctx.b, ctx.x[0], r.keep(ctx.y[0])
+    norms = b.add(y, r.keep(ctx.ref(ctx.y[0])))
+    return b.mul(r.keep(ctx.dy[0]), _safe_ratio(b, b.add(x, ctx.ref(x)), norms, _small(ctx, norms)))
+
+
+@_reduction_rule("ReduceL1")
+def rescale_reduce_l1(ctx, r):
+    """``sum(|x|)``: Abs rescaled, ``m = (|x| - |x_ref|) / (x - x_ref)``, ``sign(x)`` where nothing moved."""
+    b, x = ctx.b, ctx.x[0]
+    x_ref = ctx.ref(x)
+    delta = b.sub(x, x_ref)
+    small = _small(ctx, delta)
+    ratio = _safe_ratio(b, b.sub(b.op("Abs", x), b.op("Abs", x_ref)), delta, small)
+    return b.mul(r.keep(ctx.dy[0]), b.where(small, b.op("Sign", x), ratio))
+
+
+@_reduction_rule("ReduceLogSum")
+def rescale_reduce_log_sum(ctx, r):
+    """``log(sum(x))``: Log rescaled at the sum, ``m = (y - y_ref) / (s - s_ref)``, ``1 / s`` where the sums meet."""
+    b, x = ctx.b, ctx.x[0]
+    total = r.sum_keep(x)
+    moved = b.sub(total, ctx.ref(total))
+    small = _small(ctx, moved)
+    y = r.keep(ctx.y[0])
+    ratio = _safe_ratio(b, b.sub(y, r.keep(ctx.ref(ctx.y[0]))), moved, small)
+    return r.expand(b.mul(r.keep(ctx.dy[0]), b.where(small, b.op("Reciprocal", total), ratio)))
+
+
+@_reduction_rule("ReduceLogSumExp")
+def rescale_reduce_log_sum_exp(ctx, r):
+    """``log(sum(exp(x)))``: Log rescaled at the sum and Exp at each term, ``m = q A`` (as LogSoftmax's)."""
+    s = _ExpOverSum(ctx, ctx.x[0], r.keep(ctx.y[0]))
+    return ctx.b.mul(r.keep(ctx.dy[0]), ctx.b.mul(s.log_ratio(ctx), s.a))
+
+
+# ------------------------------------------------------------------------------------ normalisation
+def conserving_normalization(ctx, x: str, dxhat: str, axes, eps: float, d_mean: str | None = None,
+                             d_inv: str | None = None, outside: float = 0.0) -> str:
+    """The multipliers of ``x`` through ``xhat = xc / sd`` (``xc = x - mean(x)``,
+    ``sd = sqrt(mean(xc xc) + eps) + outside``, means over ``axes``) given the cotangent ``dxhat``;
+    ``d_mean`` and ``d_inv`` are cotangents of the statistics (LayerNormalization's Mean and InvStdDev
+    outputs) when they are used."""
+    b = ctx.b
+    xc = b.sub(x, b.reduce("ReduceMean", x, axes))
+    root = b.op("Sqrt", b.add(b.reduce("ReduceMean", b.mul(xc, xc), axes), b.like(eps, x)))
+    sd = b.add(root, b.like(outside, x)) if outside else root
+    xc_sum = b.add(xc, ctx.ref(xc))
+    inv, inv_ref = b.op("Reciprocal", sd), ctx.ref(b.op("Reciprocal", sd))
+    inv_product = b.mul(inv, inv_ref)
+    half = b.like(0.5, x)
+    d_xc = b.mul(dxhat, b.mul(b.add(inv, inv_ref), half))                                    # Div, numerator
+    d_sd = b.neg(b.mul(b.reduce_sum(b.mul(dxhat, xc_sum), axes), b.mul(inv_product, half)))  # Div, denominator
+    if d_inv is not None:                                                                   # Δ(1/sd) / Δsd
+        d_sd = b.sub(d_sd, b.mul(b.cast_like(d_inv, x), inv_product))
+    roots = b.add(root, ctx.ref(root))                                                        # Sqrt rescaled
+    d_var = _safe_ratio(b, d_sd, roots, _small(ctx, roots))
+    d_xc = b.add(d_xc, b.mul(xc_sum, b.div(d_var, _count(b, x, axes))))                     # mean(xc * xc)
+    dx = b.sub(d_xc, b.reduce("ReduceMean", d_xc, axes))                                     # x - mean(x)
+    if d_mean is not None:
+        dx = b.add(dx, b.div(b.cast_like(d_mean, x), _count(b, x, axes)))
+    return dx
+
+
+def _normalized(ctx, x: str, axes, eps: float) -> str:
+    """``xhat`` recomputed (for the cotangent of an active scale)."""
+    b = ctx.b
+    xc = b.sub(x, b.reduce("ReduceMean", x, axes))
+    var = b.reduce("ReduceMean", b.mul(xc, xc), axes)
+    return b.div(xc, b.op("Sqrt", b.add(var, b.like(eps, x))))
+
+
+@register("LayerNormalization", table=RESCALE)
+def rescale_layer_norm(ctx):
+    """``Y = xhat * Scale + B`` over axes ``[axis, rank)``: the canonical decomposition's multipliers
+    (Mul's Shapley rule at the scale when the scale depends on the input too)."""
+    b, x, scale = ctx.b, ctx.x[0], ctx.x[1]
+    rank = _rank(ctx, x)
+    axis = int(ctx.attr("axis", -1))
+    axes = list(range(axis + rank if axis < 0 else axis, rank))
+    eps = float(ctx.attr("epsilon", 1e-5))
+    dy = ctx.dy[0]
+    d_mean = ctx.dy[1] if len(ctx.dy) > 1 else None
+    d_inv = ctx.dy[2] if len(ctx.dy) > 2 else None
+    grads = [None] * len(ctx.x)
+    if ctx.needs(0):
+        dxhat = b.mul(dy, midpoint(ctx, scale)) if dy is not None else b.zeros_like(x)
+        grads[0] = conserving_normalization(ctx, x, dxhat, axes, eps, d_mean, d_inv)
+    if dy is not None and ctx.needs(1):
+        xhat = _normalized(ctx, x, axes, eps)
+        xhat_mid = b.mul(b.add(xhat, ctx.ref(xhat)), b.like(0.5, x)) if ctx.needs(0) else xhat
+        grads[1] = b.unbroadcast(b.mul(dy, xhat_mid), scale, ctx.y[0])
+    if dy is not None and len(ctx.x) > 2 and ctx.x[2] and ctx.needs(2):
+        grads[2] = b.unbroadcast(dy, ctx.x[2], ctx.y[0])
+    return grads
+
+
+def _inactive_affine(ctx) -> None:
+    if any(ctx.needs(i) for i in range(1, len(ctx.x))):
+        raise fail(ctx, "DeepLIFT needs the per-channel scale and bias to be independent of the attributed "
+                         "input (they have no batch axis)")
+
+
+@register("InstanceNormalization", table=RESCALE)
+def rescale_instance_norm(ctx):
+    """``Y = scale_c * xhat + B_c``, normalised per (n, c) over the spatial axes: the canonical decomposition."""
+    _inactive_affine(ctx)
+    b, x, scale = ctx.b, ctx.x[0], ctx.x[1]
+    rank = _rank(ctx, x)
+    if rank < 3:
+        raise fail(ctx, f"expected an input of rank >= 3 (N, C, D1, ...), got rank {rank}")
+    dxhat = b.mul(ctx.dy[0], _per_channel(b, scale, rank))
+    return [conserving_normalization(ctx, x, dxhat, list(range(2, rank)), float(ctx.attr("epsilon", 1e-5)))]
+
+
+@register("GroupNormalization", since=21, table=RESCALE)
+def rescale_group_norm(ctx):
+    """``Y = scale_c * xhat + bias_c`` over groups of channels: the canonical decomposition in the group
+    layout ``(N, G, C/G * spatial)``."""
+    _inactive_affine(ctx)
+    b, x, scale = ctx.b, ctx.x[0], ctx.x[1]
+    rank = _rank(ctx, x)
+    grouped = b.ints([0, int(ctx.attr("num_groups")), -1])
+    xg = b.reshape(x, grouped)
+    b.set_type(xg, b.elem_type(x), None)
+    dxhat = b.reshape(b.mul(ctx.dy[0], _per_channel(b, scale, rank)), grouped)
+    dx = conserving_normalization(ctx, xg, dxhat, [2], float(ctx.attr("epsilon", 1e-5)))
+    return [b.reshape_like(dx, x)]
+
+
+@register("MeanVarianceNormalization", table=RESCALE)
+def rescale_mean_variance_norm(ctx):
+    """``(x - mean) / (sqrt(mean(xc * xc)) + 1e-9)`` over ``axes`` (the op's function body): the canonical
+    decomposition without scale and bias."""
+    axes = list(ctx.attr("axes", [0, 2, 3]))
+    return [conserving_normalization(ctx, ctx.x[0], ctx.dy[0], axes, 0.0, outside=1e-9)]
+
+
+@register("LpNormalization", table=RESCALE)
+def rescale_lp_norm(ctx):
+    """``x / ||x||_p`` along ``axis``: Div's Shapley rule, the norm through Mul's Shapley rule and Sqrt's
+    rescale (p = 2: ``Δn = sum((x + x_ref) Δx) / (n + n_ref)``) or Abs's rescale (p = 1)."""
+    b, x, dy = ctx.b, ctx.x[0], ctx.dy[0]
+    axis, p = int(ctx.attr("axis", -1)), int(ctx.attr("p", 2))
+    if p not in (1, 2):
+        raise fail(ctx, f"p must be 1 or 2, got {p}")
+    x_ref = ctx.ref(x)
+    norm = b.reduce("ReduceL2" if p == 2 else "ReduceL1", x, [axis])
+    norm_ref = ctx.ref(norm)
+    half = b.like(0.5, x)
+    direct = b.mul(dy, b.mul(b.add(b.op("Reciprocal", norm), b.op("Reciprocal", norm_ref)), half))
+    d_norm = b.neg(b.div(b.reduce_sum(b.mul(dy, b.mul(b.add(x, x_ref), half)), [axis]), b.mul(norm, norm_ref)))
+    if p == 2:
+        through_norm = b.div(b.add(x, x_ref), b.add(norm, norm_ref))
+    else:
+        delta = b.sub(x, x_ref)
+        small = _small(ctx, delta)
+        ratio = _safe_ratio(b, b.sub(b.op("Abs", x), b.op("Abs", x_ref)), delta, small)
+        through_norm = b.where(small, b.op("Sign", x), ratio)
+    return [b.add(direct, b.mul(d_norm, through_norm))]

@@ -1,0 +1,457 @@
+"""DeepLIFT's summation-to-delta on any graph: products and quotients of two activations, selections and
+extrema that differ between a row and its reference, fused ops equal to their decompositions, textbook
+NumPy DeepLIFTs of an attention block and of a squeeze-excitation gate, transformers from both exporters, and Captum's local form.
+
+References: the model's own forward pass in onnxruntime (``f(x) - f(baseline)``, the exact property),
+the same layer written out op by op (the fused rule must give its decomposition's multipliers),
+float64 NumPy DeepLIFTs written here with the Shapley product/quotient rules, and Captum's ``DeepLift``
+/ ``DeepLiftShap`` with ``multiply_by_inputs=False``.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+import warnings
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from captum.attr import DeepLift, DeepLiftShap
+from onnx import TensorProto, helper, numpy_helper
+from onnx.reference import ReferenceEvaluator
+from torch import nn
+
+import onnxplain
+
+EXPORTERS = ["torchscript", "dynamo"]
+
+pytestmark = pytest.mark.filterwarnings("ignore")
+
+ROWS, SEQ, WIDTH = 3, 4, 5
+
+
+def rng(seed: int) -> np.random.Generator:
+    return np.random.default_rng(seed)
+
+
+# ---------------------------------------------------------------------- small graphs, one op family each
+def op_graph(body: list, z: str, z_last: int, opset: int = 17, extra_inits=()) -> onnx.ModelProto:
+    """x (N, SEQ, WIDTH) -> body -> z (N, SEQ, z_last) -> z @ W summed over SEQ -> y (N, 3)."""
+    w = numpy_helper.from_array(rng(99).standard_normal((z_last, 3)).astype(np.float32), "W")
+    nodes = body + [helper.make_node("MatMul", [z, "W"], ["zw"]),
+                    helper.make_node("ReduceSum", ["zw", "axis1"], ["y"], keepdims=0)]
+    inits = [w, numpy_helper.from_array(np.array([1], np.int64), "axis1"), *extra_inits]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", SEQ, WIDTH])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 8 if opset <= 17 else 10
+    onnx.checker.check_model(model)
+    return model
+
+
+def n(op, inputs, outputs, **attrs):
+    return helper.make_node(op, inputs, outputs, **attrs)
+
+
+def const(name, value):
+    return numpy_helper.from_array(np.asarray(value, np.float32), name)
+
+
+def ints(name, value):
+    return numpy_helper.from_array(np.asarray(value, np.int64), name)
+
+
+MASK = np.zeros((SEQ, WIDTH), np.float32)
+MASK[:, -1] = -np.inf          # a padded key: -inf - -inf = NaN in the rules' differences
+MASK[1, 2] = np.finfo(np.float32).min
+
+CASES = {
+    # two activations multiplied (gating, SiLU written out)
+    "mul": ([n("Tanh", ["x"], ["a"]), n("Sigmoid", ["x"], ["s"]), n("Mul", ["a", "s"], ["z"])], WIDTH, ()),
+    # a quotient of two activations (a normaliser written out)
+    "div": ([n("Exp", ["x"], ["e"]), n("ReduceSum", ["e", "last"], ["s"]), n("Add", ["s", "one"], ["s1"]),
+             n("Div", ["e", "s1"], ["z"])], WIDTH, (ints("last", [-1]), const("one", 1.0))),
+    "div_active_denominator": ([n("Softplus", ["x"], ["d"]), n("Add", ["d", "one"], ["d1"]),
+                                n("Div", ["one", "d1"], ["z"])], WIDTH, (const("one", 1.0),)),
+    "einsum_two_active": ([n("Tanh", ["x"], ["t"]), n("Sigmoid", ["x"], ["s"]),
+                           n("Einsum", ["t", "s"], ["z"], equation="bij,bkj->bik")], SEQ, ()),
+    "pow_both_active": ([n("Sigmoid", ["x"], ["s"]), n("Add", ["s", "half"], ["base"]), n("Tanh", ["x"], ["t"]),
+                         n("Pow", ["base", "t"], ["z"])], WIDTH, (const("half", 0.5),)),
+    "pow_constant_exponent": ([n("Pow", ["x", "three"], ["z"])], WIDTH, (const("three", 3.0),)),
+    "max_min": ([n("Tanh", ["x"], ["t"]), n("Mul", ["t", "two"], ["t2"]), n("Max", ["x", "t2"], ["m"]),
+                 n("Min", ["m", "cap"], ["z"])], WIDTH, (const("two", 2.0), const("cap", 0.7))),
+    "max_three_players": ([n("Sin", ["x"], ["s"]), n("Cos", ["x"], ["c"]), n("Max", ["x", "s", "c"], ["z"])],
+                          WIDTH, ()),
+    "reduce_max": ([n("Tanh", ["x"], ["t"]), n("ReduceMax", ["t"], ["z"], axes=[2], keepdims=1)], 1, ()),
+    "reduce_min": ([n("ReduceMin", ["x"], ["z"], axes=[2], keepdims=1)], 1, ()),
+    "global_max_pool": ([n("Sin", ["x"], ["s"]), n("GlobalMaxPool", ["s"], ["z"])], 1, ()),
+    # nonlinear reductions and fused normalisers of one tensor
+    "reduce_l1": ([n("ReduceL1", ["x"], ["z"], axes=[2], keepdims=1)], 1, ()),
+    "reduce_l2": ([n("ReduceL2", ["x"], ["z"], axes=[2], keepdims=1)], 1, ()),
+    "reduce_sum_square": ([n("ReduceSumSquare", ["x"], ["z"], axes=[2], keepdims=1)], 1, ()),
+    "reduce_log_sum": ([n("Exp", ["x"], ["e"]), n("ReduceLogSum", ["e"], ["z"], axes=[2], keepdims=1)], 1, ()),
+    "reduce_log_sum_exp": ([n("ReduceLogSumExp", ["x"], ["z"], axes=[2], keepdims=1)], 1, ()),
+    "lp_norm_2": ([n("LpNormalization", ["x"], ["z"], axis=-1, p=2)], WIDTH, ()),
+    "lp_norm_1": ([n("LpNormalization", ["x"], ["z"], axis=-1, p=1)], WIDTH, ()),
+    "mean_variance_norm": ([n("MeanVarianceNormalization", ["x"], ["z"], axes=[2])], WIDTH, ()),
+    # piecewise constant and periodic
+    "round_sign": ([n("Mul", ["x", "three"], ["x3"]), n("Round", ["x3"], ["r"]), n("Sign", ["x"], ["s"]),
+                    n("Add", ["r", "s"], ["z"])], WIDTH, (const("three", 3.0),)),
+    "mod_both_active": ([n("Mul", ["x", "three"], ["x3"]), n("Tanh", ["x"], ["t"]), n("Add", ["t", "two"], ["d"]),
+                         n("Mod", ["x3", "d"], ["z"], fmod=1)], WIDTH, (const("three", 3.0), const("two", 2.0))),
+    # a condition computed from the input: rows and references take different branches
+    "where_both_branches": ([n("Greater", ["x", "zero"], ["pos"]), n("Tanh", ["x"], ["t"]),
+                             n("Sigmoid", ["x"], ["s"]), n("Mul", ["s", "three"], ["s3"]),
+                             n("Where", ["pos", "t", "s3"], ["z"])], WIDTH,
+                            (const("zero", 0.0), const("three", 3.0))),
+    "where_constant_branch": ([n("Sin", ["x"], ["s"]), n("Greater", ["s", "zero"], ["pos"]),
+                               n("Where", ["pos", "x", "minus"], ["z"])], WIDTH,
+                              (const("zero", 0.0), const("minus", -1.0))),
+    # indices computed from the input: pooling at the argmax of each row
+    "gather_at_argmax": ([n("ArgMax", ["x"], ["i"], axis=2, keepdims=1), n("Tanh", ["x"], ["t"]),
+                          n("GatherElements", ["t", "i"], ["z"], axis=2)], 1, ()),
+    # fused ops, with masked entries
+    "softmax_masked": ([n("Add", ["x", "mask"], ["xm"]), n("Softmax", ["xm"], ["z"], axis=-1)], WIDTH,
+                       (const("mask", MASK),)),
+    "log_softmax": ([n("LogSoftmax", ["x"], ["z"], axis=-1)], WIDTH, ()),
+    "layer_norm": ([n("LayerNormalization", ["x", "g", "bias"], ["z"], axis=-1, epsilon=1e-3)], WIDTH,
+                   (const("g", rng(3).standard_normal(WIDTH)), const("bias", rng(4).standard_normal(WIDTH)))),
+    "instance_norm": ([n("InstanceNormalization", ["x", "gc", "bc"], ["z"], epsilon=1e-3)], WIDTH,
+                      (const("gc", rng(5).standard_normal(SEQ)), const("bc", rng(6).standard_normal(SEQ)))),
+    "group_norm": ([n("Unsqueeze", ["x", "ax3"], ["x4"]),
+                    n("GroupNormalization", ["x4", "gc", "bc"], ["g4"], num_groups=2, epsilon=1e-3),
+                    n("Squeeze", ["g4", "ax3"], ["z"])], WIDTH,
+                   (ints("ax3", [3]), const("gc", rng(5).standard_normal(SEQ)), const("bc", rng(6).standard_normal(SEQ)))),
+}
+OPSETS = {"group_norm": 21}     # GroupNormalization's per-channel form
+
+
+def gap(model: onnx.ModelProto, x: np.ndarray, base: np.ndarray, target: int) -> np.ndarray:
+    """``f(x) - f(baseline)`` at the target, from the model's own forward pass in onnxruntime."""
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return sess.run(None, {"x": x})[0][:, target] - sess.run(None, {"x": base})[0][:, target]
+
+
+def inputs(seed: int = 0):
+    x = rng(seed).standard_normal((ROWS, SEQ, WIDTH)).astype(np.float32)
+    base = (0.7 * rng(seed + 1).standard_normal((ROWS, SEQ, WIDTH))).astype(np.float32)
+    base[0, 0, 0] = x[0, 0, 0]   # an unmoved entry: the rules' gradient fallback
+    return x, base
+
+
+def summation_scale(attr: np.ndarray) -> float:
+    return max(1.0, float(np.abs(attr).reshape(len(attr), -1).sum(1).max()))
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_summation_to_delta_holds_on_every_op_family(name):
+    body, last, inits = CASES[name]
+    model = op_graph(body, "z", last, opset=OPSETS.get(name, 17), extra_inits=inits)
+    x, base = inputs()
+    attr, delta = onnxplain.Explainer(model, "deeplift").explain(x, target=1, baselines=base,
+                                                                return_convergence_delta=True)
+    assert np.all(np.isfinite(attr)) and np.abs(attr).max() > 0
+    expected = gap(model, x, base, 1)
+    np.testing.assert_allclose(attr.reshape(ROWS, -1).sum(1), expected, rtol=0, atol=2e-5 * summation_scale(attr))
+    np.testing.assert_allclose(delta, 0, atol=2e-5 * summation_scale(attr))
+
+
+def test_rules_fall_back_to_the_gradient_where_nothing_moved():
+    """A baseline equal to the input: DeepLIFT's multipliers are then the gradient (Captum's convention)."""
+    body, last, inits = CASES["where_both_branches"]
+    model = op_graph(body, "z", last, extra_inits=inits)
+    x, _ = inputs()
+    multipliers = onnxplain.Explainer(model, "deeplift").explain(x, target=1, baselines=x, multiply_by_inputs=False)
+    gradient = onnxplain.Explainer(model, "gradient").explain(x, target=1)
+    np.testing.assert_allclose(multipliers, gradient, rtol=1e-5, atol=1e-6)
+
+
+# ---------------------------------------------------------------------- fused ops = their decompositions
+DECOMPOSED = {
+    "softmax": ([n("Add", ["x", "mask"], ["xm"]), n("Softmax", ["xm"], ["z"], axis=-1)],
+                [n("Add", ["x", "mask"], ["xm"]), n("Exp", ["xm"], ["e"]), n("ReduceSum", ["e", "last"], ["s"]),
+                 n("Div", ["e", "s"], ["z"])], (const("mask", MASK), ints("last", [-1])), 17),
+    "log_softmax": ([n("LogSoftmax", ["x"], ["z"], axis=-1)],
+                    [n("Exp", ["x"], ["e"]), n("ReduceSum", ["e", "last"], ["s"]), n("Log", ["s"], ["l"]),
+                     n("Sub", ["x", "l"], ["z"])], (ints("last", [-1]),), 17),
+    "layer_norm_pow_sqrt_div": (
+        [n("LayerNormalization", ["x", "g", "bias"], ["z"], axis=-1, epsilon=1e-3)],
+        [n("ReduceMean", ["x"], ["m"], axes=[-1]), n("Sub", ["x", "m"], ["xc"]), n("Pow", ["xc", "two"], ["sq"]),
+         n("ReduceMean", ["sq"], ["v"], axes=[-1]), n("Add", ["v", "var_eps"], ["ve"]), n("Sqrt", ["ve"], ["sd"]),
+         n("Div", ["xc", "sd"], ["xh"]), n("Mul", ["xh", "g"], ["xg"]), n("Add", ["xg", "bias"], ["z"])],
+        (const("g", rng(3).standard_normal(WIDTH)), const("bias", rng(4).standard_normal(WIDTH)),
+         const("two", 2.0), const("var_eps", 1e-3)), 17),
+    "layer_norm_mul_rsqrt": (
+        [n("LayerNormalization", ["x", "g", "bias"], ["z"], axis=-1, epsilon=1e-3)],
+        [n("ReduceMean", ["x"], ["m"], axes=[-1]), n("Sub", ["x", "m"], ["xc"]), n("Mul", ["xc", "xc"], ["sq"]),
+         n("ReduceMean", ["sq"], ["v"], axes=[-1]), n("Add", ["v", "var_eps"], ["ve"]), n("Sqrt", ["ve"], ["sd"]),
+         n("Reciprocal", ["sd"], ["inv"]), n("Mul", ["xc", "inv"], ["xh"]), n("Mul", ["xh", "g"], ["xg"]),
+         n("Add", ["xg", "bias"], ["z"])],
+        (const("g", rng(3).standard_normal(WIDTH)), const("bias", rng(4).standard_normal(WIDTH)),
+         const("var_eps", 1e-3)), 17),
+    "gelu": ([n("Gelu", ["x"], ["z"])],
+             [n("Div", ["x", "root2"], ["xs"]), n("Erf", ["xs"], ["erf"]), n("Add", ["erf", "one"], ["e1"]),
+              n("Mul", ["x", "e1"], ["xe"]), n("Mul", ["xe", "half"], ["z"])],
+             (const("root2", np.sqrt(2.0)), const("one", 1.0), const("half", 0.5)), 20),
+}
+
+
+@pytest.mark.parametrize("name", DECOMPOSED)
+def test_fused_op_has_the_multipliers_of_its_decomposition(name):
+    fused, decomposed, inits, opset = DECOMPOSED[name]
+    x, base = inputs(seed=7)
+    results = []
+    for body in (fused, decomposed):
+        model = op_graph(body, "z", WIDTH, opset=opset, extra_inits=inits)
+        ex = onnxplain.Explainer(model, "deeplift")
+        multipliers = ex.explain(x, target=[0, 1, 2], baselines=base, multiply_by_inputs=False)
+        attr, delta = ex.explain(x, target=[0, 1, 2], baselines=base, return_convergence_delta=True)
+        np.testing.assert_allclose(delta, 0, atol=2e-5 * summation_scale(attr))
+        results.append(multipliers)
+    np.testing.assert_allclose(results[0], results[1], rtol=1e-5, atol=1e-5 * np.abs(results[1]).max())
+
+
+def test_new_rules_run_in_onnx_reference(tmp_path):
+    """The new rules emit standard ops only: the explanation graph gives the same numbers in onnx.reference."""
+    body = [n("Add", ["x", "mask"], ["xm"]), n("Softmax", ["xm"], ["p"], axis=-1),
+            n("LayerNormalization", ["p", "g", "bias"], ["ln"], axis=-1, epsilon=1e-3),
+            n("Greater", ["x", "zero"], ["pos"]), n("Tanh", ["x"], ["t"]), n("Where", ["pos", "ln", "t"], ["w"]),
+            n("Mul", ["w", "t"], ["z"])]
+    model = op_graph(body, "z", WIDTH, extra_inits=(const("mask", MASK), const("zero", 0.0),
+                                                     *CASES["layer_norm"][2]))
+    graph = onnxplain.convert(model, tmp_path / "deeplift.onnx", method="deeplift")
+    assert all(node.domain in ("", "ai.onnx") for node in graph.graph.node)
+    x, base = inputs(seed=3)
+    tw = np.zeros((ROWS, 3), np.float32)
+    tw[:, 2] = 1
+    feeds = {"x": x, "target_weights": tw, "baselines": base}
+    names = [o.name for o in graph.graph.output]
+    got = ort.InferenceSession(graph.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feeds)
+    ref = ReferenceEvaluator(graph).run(None, feeds)
+    for name, a, b in zip(names, got, ref):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5 * max(1.0, float(np.abs(b).max())), err_msg=name)
+
+
+# ---------------------------------------------------------------------- a textbook DeepLIFT of attention
+class MaskedAttention(nn.Module):
+    """One attention head over padded sequences, mean-pooled into a linear classifier."""
+
+    def __init__(self, dim: int = 6, classes: int = 3):
+        super().__init__()
+        torch.manual_seed(11)
+        self.q, self.k, self.v = nn.Linear(dim, dim), nn.Linear(dim, dim), nn.Linear(dim, dim)
+        self.head = nn.Linear(dim, classes)
+        self.scale = dim ** -0.5
+
+    def forward(self, x, mask):
+        scores = (self.q(x) @ self.k(x).transpose(-2, -1)) * self.scale
+        scores = scores.masked_fill(mask[:, None, :] == 0, float("-inf"))
+        return self.head((torch.softmax(scores, -1) @ self.v(x)).mean(1))
+
+
+def textbook_attention_deeplift(net: MaskedAttention, x, base, mask, target: int):
+    """DeepLIFT written out in float64 NumPy: Shapley rules at the products ``q k^T`` and ``p v`` and at the
+    quotient ``e / sum(e)``, Rescale at ``exp``, plain gradients at the linear maps.  Returns multipliers."""
+    w = {name: (getattr(net, name).weight.detach().double().numpy(), getattr(net, name).bias.detach().double().numpy())
+         for name in ("q", "k", "v", "head")}
+    keep = (mask[:, None, :] != 0)
+
+    def forward(t):
+        q, k, v = (t @ w[name][0].T + w[name][1] for name in ("q", "k", "v"))
+        s = np.where(keep, q @ k.transpose(0, 2, 1) * net.scale, -np.inf)
+        e = np.exp(s)
+        return q, k, v, s, e, e.sum(-1, keepdims=True)
+
+    q, k, v, s, e, total = forward(x.astype(np.float64))
+    qr, kr, vr, sr, er, total_r = forward(base.astype(np.float64))
+    p, pr = e / total, er / total_r
+    d_out = np.broadcast_to(w["head"][0][target] / x.shape[1], x.shape[:2] + (w["head"][0].shape[1],))
+    d_p = d_out @ ((v + vr) / 2).transpose(0, 2, 1)                    # o = p v, Shapley
+    d_v = ((p + pr) / 2).transpose(0, 2, 1) @ d_out
+    d_e = d_p * (1 / total + 1 / total_r) / 2                          # p = e / sum(e), Shapley
+    d_total = -(d_p * (e + er)).sum(-1, keepdims=True) / (2 * total * total_r)
+    d_e = d_e + d_total
+    with np.errstate(invalid="ignore"):
+        ds = d_e * np.where(keep & (np.abs(s - sr) > 1e-10), (e - er) / np.where(keep, s - sr, 1), e)  # Rescale at exp
+    ds = np.where(keep, ds, 0.0) * net.scale
+    d_q = ds @ ((k + kr) / 2)                                          # s = q k^T, Shapley
+    d_k = ds.transpose(0, 2, 1) @ ((q + qr) / 2)
+    return d_q @ w["q"][0] + d_k @ w["k"][0] + d_v @ w["v"][0]
+
+
+def export_attention(net: nn.Module, exporter: str) -> bytes:
+    x = torch.randn(2, 5, 6, generator=torch.Generator().manual_seed(0))
+    mask = torch.ones(2, 5, dtype=torch.int64)
+    mask[1, -2:] = 0
+    axes = {"x": {0: "batch", 1: "seq"}, "mask": {0: "batch", 1: "seq"}}
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        if exporter == "dynamo":
+            batch, seq = torch.export.Dim("batch"), torch.export.Dim("seq", max=64)
+            program = torch.onnx.export(net, (x, mask), dynamo=True, input_names=["x", "mask"], output_names=["y"],
+                                        dynamic_shapes={"x": {0: batch, 1: seq}, "mask": {0: batch, 1: seq}})
+            return program.model_proto.SerializeToString()
+        buf = io.BytesIO()
+        torch.onnx.export(net, (x, mask), buf, dynamo=False, opset_version=17, input_names=["x", "mask"],
+                          output_names=["y"], dynamic_axes=axes)
+        return buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def attention():
+    net = MaskedAttention().eval()
+    return net, {e: export_attention(net, e) for e in EXPORTERS}
+
+
+@pytest.mark.parametrize("exporter", EXPORTERS)
+def test_attention_block_matches_a_textbook_deeplift(attention, exporter):
+    net, exports = attention
+    g = rng(12)
+    x = g.standard_normal((3, 7, 6)).astype(np.float32)          # other batch and sequence sizes than exported
+    base = (0.5 * g.standard_normal((3, 7, 6))).astype(np.float32)
+    mask = np.ones((3, 7), np.int64)
+    mask[1, -3:] = 0
+    mask[2, -1] = 0
+    ex = onnxplain.Explainer(exports[exporter], "deeplift", inputs=["x"])
+    feeds = {"x": x, "mask": mask}
+    multipliers = ex.explain(feeds, target=2, baselines=base, multiply_by_inputs=False)
+    attr, delta = ex.explain(feeds, target=2, baselines=base, return_convergence_delta=True)
+    expected = textbook_attention_deeplift(net, x, base, mask, target=2)
+    np.testing.assert_allclose(multipliers, expected, rtol=1e-5, atol=1e-5 * np.abs(expected).max())
+    reference_attr = expected * (x - base)
+    np.testing.assert_allclose(attr, reference_attr, rtol=1e-5, atol=1e-5 * np.abs(reference_attr).max())
+    with torch.no_grad():
+        m = torch.from_numpy(mask)
+        gap_torch = (net(torch.from_numpy(x), m) - net(torch.from_numpy(base), m))[:, 2].numpy()
+    np.testing.assert_allclose(reference_attr.sum((1, 2)), gap_torch, rtol=1e-5, atol=1e-6)   # the reference conserves
+    np.testing.assert_allclose(delta, 0, atol=1e-5 * summation_scale(attr))
+
+
+class SqueezeExcitation(nn.Module):
+    """A squeeze-excitation gate on a feature map, then a pooled linear classifier."""
+
+    def __init__(self, channels: int = 4, hidden: int = 3, classes: int = 3):
+        super().__init__()
+        torch.manual_seed(13)
+        self.reduce, self.expand = nn.Linear(channels, hidden), nn.Linear(hidden, channels)
+        self.head = nn.Linear(channels, classes)
+
+    def forward(self, x):
+        gate = torch.sigmoid(self.expand(torch.relu(self.reduce(x.mean((2, 3))))))
+        return self.head((x * gate[:, :, None, None]).mean((2, 3)))
+
+
+def textbook_se_deeplift(net: SqueezeExcitation, x, base, target: int):
+    """DeepLIFT written out in float64 NumPy: Shapley rule at the gate's product, Rescale at the sigmoid and
+    the ReLU (the gradient where nothing moved), plain gradients at the linear maps.  Returns multipliers."""
+    (w1, b1), (w2, b2) = ((m.weight.detach().double().numpy(), m.bias.detach().double().numpy())
+                          for m in (net.reduce, net.expand))
+    wh = net.head.weight.detach().double().numpy()
+
+    def forward(t):
+        v = t.mean((2, 3)) @ w1.T + b1
+        u = np.maximum(v, 0) @ w2.T + b2
+        return v, u, 1 / (1 + np.exp(-u))
+
+    def rescale(f, z, z_ref, slope):
+        moved = np.abs(z - z_ref) > 1e-10
+        return np.where(moved, (f(z) - f(z_ref)) / np.where(moved, z - z_ref, 1), slope)
+
+    x, base = x.astype(np.float64), base.astype(np.float64)
+    (v, u, s), (vr, ur, sr) = forward(x), forward(base)
+    area = x.shape[2] * x.shape[3]
+    d_y = np.broadcast_to((wh[target] / area)[None, :, None, None], x.shape)
+    d_x = d_y * ((s + sr) / 2)[:, :, None, None]                        # x * gate, Shapley
+    d_s = (d_y * (x + base) / 2).sum((2, 3))
+    d_u = d_s * rescale(lambda t: 1 / (1 + np.exp(-t)), u, ur, s * (1 - s))
+    d_v = (d_u @ w2) * rescale(lambda t: np.maximum(t, 0), v, vr, (v > 0).astype(np.float64))
+    return d_x + ((d_v @ w1) / area)[:, :, None, None]
+
+
+@pytest.mark.parametrize("exporter", EXPORTERS)
+def test_squeeze_excitation_matches_a_textbook_deeplift(exporter):
+    import vision_models as vm
+    net = SqueezeExcitation().eval()
+    model = vm.EXPORTERS[exporter](net, (4, 5, 7))
+    g = rng(14)
+    x = g.standard_normal((3, 4, 5, 7)).astype(np.float32)
+    base = (0.5 * g.standard_normal((3, 4, 5, 7))).astype(np.float32)
+    ex = onnxplain.Explainer(model, "deeplift")
+    multipliers = ex.explain(x, target=1, baselines=base, multiply_by_inputs=False)
+    attr, delta = ex.explain(x, target=1, baselines=base, return_convergence_delta=True)
+    expected = textbook_se_deeplift(net, x, base, target=1)
+    np.testing.assert_allclose(multipliers, expected, rtol=1e-5, atol=1e-5 * np.abs(expected).max())
+    np.testing.assert_allclose(attr, expected * (x - base), rtol=1e-5, atol=1e-5 * np.abs(attr).max())
+    with torch.no_grad():
+        gap_torch = (net(torch.from_numpy(x)) - net(torch.from_numpy(base)))[:, 1].numpy()
+    np.testing.assert_allclose((expected * (x - base)).sum((1, 2, 3)), gap_torch, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(delta, 0, atol=1e-5 * summation_scale(attr))
+
+
+# ---------------------------------------------------------------------- transformers, both exporters
+def baseline_ids(c, kind: str) -> np.ndarray:
+    """``pad``: every token the pad token (GPT-2 then pools another position: its index is computed from
+    the ids).  ``keep_padding``: real tokens replaced by token 3, padding kept (RoBERTa computes its
+    position ids from the ids: an all-pad baseline moves the position embeddings too, a part of
+    f(x) - f(baseline) that no attribution to the word embeddings can carry)."""
+    ids = c.ids.numpy()
+    return np.full_like(ids, c.pad) if kind == "pad" else np.where(ids == c.pad, ids, 3)
+
+
+TEXT = [("bert", "pad"), ("distilbert", "pad"), ("gpt2", "pad"), ("gpt2", "keep_padding"),
+        ("roberta", "keep_padding")]
+
+
+@pytest.mark.parametrize("kind,baseline", TEXT, ids=[f"{k}-{b}" for k, b in TEXT])
+def test_transformers_conserve_and_both_exporters_agree(kind, baseline):
+    from test_architectures_text import TARGET, case    # the zoo of tiny transformers, exported once per session
+    results = {}
+    for exporter in EXPORTERS:
+        c = case(kind, exporter)
+        base = baseline_ids(c, baseline)
+        attr, delta = c.explainer("deeplift").explain(c.feeds, target=TARGET, baselines=base,
+                                                      return_convergence_delta=True)
+        with torch.no_grad():
+            fx = c.wrapper(c.ids, *c.extra)[:, TARGET].numpy()
+            fb = c.wrapper(torch.from_numpy(base), *c.extra)[:, TARGET].numpy()
+        scale = summation_scale(attr)
+        np.testing.assert_allclose(attr.sum((1, 2)), fx - fb, rtol=0, atol=1e-5 * scale)
+        np.testing.assert_allclose(delta, 0, atol=1e-5 * scale)
+        results[exporter] = attr
+    a, b = results.values()
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4 * np.abs(a).max())
+
+
+# ---------------------------------------------------------------------- Captum's local form
+def mlp():
+    torch.manual_seed(1)
+    return nn.Sequential(nn.Linear(6, 10), nn.ReLU(), nn.Linear(10, 8), nn.Tanh(), nn.Linear(8, 3)).eval()
+
+
+def cnn():
+    torch.manual_seed(2)
+    return nn.Sequential(nn.Conv2d(2, 4, 3, padding=1), nn.ReLU(), nn.AvgPool2d(2), nn.Conv2d(4, 4, 3),
+                         nn.Sigmoid(), nn.Flatten(), nn.Linear(4, 3)).eval()
+
+
+@pytest.mark.parametrize("arch,shape", [("mlp", (4, 6)), ("cnn", (3, 2, 6, 6))])
+def test_local_form_matches_captum_multiply_by_inputs_false(arch, shape):
+    from models import export
+    net = {"mlp": mlp, "cnn": cnn}[arch]()
+    model = export(net, shape[1:])
+    g = torch.Generator().manual_seed(5)
+    x, base, dist = torch.randn(shape, generator=g), torch.randn((1,) + shape[1:], generator=g), \
+        torch.randn((4,) + shape[1:], generator=g)
+    net64 = copy.deepcopy(net).double()
+    ours = onnxplain.Explainer(model, "deeplift").explain(x.numpy(), target=1, baselines=base.numpy(),
+                                                          multiply_by_inputs=False)
+    ref = DeepLift(net64, multiply_by_inputs=False).attribute(x.double(), base.double(), target=1).numpy()
+    np.testing.assert_allclose(ours, ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max())
+    ours = onnxplain.Explainer(model, "deeplift_shap").explain(x.numpy(), target=[0, 1, 2, 0][:shape[0]],
+                                                               baselines=dist.numpy(), multiply_by_inputs=False)
+    ref = DeepLiftShap(net64, multiply_by_inputs=False).attribute(x.double(), dist.double(),
+                                                                  target=[0, 1, 2, 0][:shape[0]]).numpy()
+    np.testing.assert_allclose(ours, ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max())
