@@ -435,6 +435,9 @@ def own_layouts(graph: onnx.ModelProto, spec: Spec, axes: dict) -> onnx.ModelPro
             inner = f"{name}__batch_first"
             for node in g.node:
                 node.output[:] = [inner if o == name else o for o in node.output]
+            # nodes that read the attributions (the delta's sums: the cleaned graph reads the output
+            # itself once the builder's Identity is gone) take them batch first too
+            redirect_reads(g.node, name, inner)
             vi = next(v for v in g.output if v.name == name)
             back.append(onnx.helper.make_node("Transpose", [inner], [name],
                                               perm=from_batch_first_perm(len(vi.type.tensor_type.shape.dim), k)))
