@@ -435,7 +435,10 @@ def clean_graph(model: onnx.ModelProto) -> onnx.ModelProto:
 
     Graph inputs are never folded, those with a default initializer (method parameters) included,
     so every value a client may feed still reaches the graph.  Inputs, outputs, their names and
-    the opset stay as they were; the optimised graph computes the same numbers.
+    the opset stay as they were (checked); the optimised graph computes the same numbers.  Subgraphs
+    (If branches, Loop and Scan bodies: control flow, expanded recurrent layers) are folded and
+    pruned too (the optimizer merges repeats at the top level only), still read outer values by the
+    same names, and are held to the same standard domains.
     """
     import logging
 
@@ -457,9 +460,23 @@ def clean_graph(model: onnx.ModelProto) -> onnx.ModelProto:
         for log, level in zip(quiet, levels):
             log.setLevel(level)
     cleaned.graph.initializer.extend(defaults)
-    foreign = {n.domain for n in cleaned.graph.node} - set(STANDARD_DOMAINS)
+    foreign = {n.domain for n in nodes_everywhere(cleaned.graph)} - set(STANDARD_DOMAINS)
     if foreign or len(cleaned.functions):
         raise RuntimeError(f"the graph optimizer left non-standard ops (domains {sorted(foreign)}, "
                            f"{len(cleaned.functions)} functions); onnxplain's graphs must stay standard")
+    for what in ("input", "output"):
+        before = [vi.name for vi in getattr(model.graph, what)]
+        after = [vi.name for vi in getattr(cleaned.graph, what)]
+        if before != after:
+            raise RuntimeError(f"the graph optimizer changed the graph's {what}s from {before} to {after}; "
+                               f"clients feed and read them by name")
     cleaned.ir_version = model.ir_version
     return cleaned
+
+
+def nodes_everywhere(graph: onnx.GraphProto):
+    """Every node of ``graph`` and of the subgraphs (If branches, Loop and Scan bodies) its nodes hold."""
+    for node in graph.node:
+        yield node
+        for g in subgraphs(node):
+            yield from nodes_everywhere(g)
