@@ -4,7 +4,7 @@
     onnxplain inspect MODEL [--json] [--batch-axis NAME=AXIS]
     onnxplain convert MODEL OUT --method M [--output NAME] [--n-steps N ...] [--batch-axis NAME=AXIS]
     onnxplain explain MODEL INPUT.npy|.npz --method M --target T [--out attr.npy] [--plot attr.png|attr.html]
-    (convert and explain also take [--batch-axis NAME=AXIS ...] [--batch-size B])
+    (convert, explain and profile also take [--batch-axis NAME=AXIS ...] [--batch-size B])
     onnxplain profile MODEL --method M [--batch N] [--data INPUT.npz] [method options]
     onnxplain serve MODEL [MODEL ...] --method M [--name NAME] [--http-port 8000] [--grpc-port 8001]
     onnxplain triton MODEL --method M --name NAME --output REPO [--max-batch-size B] [--gpu]
@@ -413,6 +413,7 @@ def add_profile(sub) -> None:
                             "Without --data the inputs are made up (--batch rows).")
     p.add_argument("model", help="the ONNX model")
     _add_method_args(p, graph_defaults=False)
+    _add_batching_args(p)
     p.add_argument("--data", metavar="INPUT.npy|.npz", help="the rows to explain (default: made-up rows)")
     p.add_argument("--batch", type=int, default=8, help="rows of made-up inputs (default: 8)")
     p.add_argument("--target", nargs="+", metavar="T",
@@ -435,7 +436,7 @@ def run_profile(args) -> int:
     result = profile(args.model, load_inputs(args.data) if args.data else None, args.method,
                      None if target == PREDICTED else target, batch=args.batch, repeats=args.repeats,
                      output=args.output, attribute=args.inputs, layer=args.layer, threads=args.threads,
-                     **_method_params(args, allow_files=True))
+                     noise_tunnel=args.noise_tunnel, **_batching(args), **_method_params(args, allow_files=True))
     print(result.report(args.top))
     if args.json:
         with open(args.json, "w") as f:

@@ -99,7 +99,8 @@ class Profile:
 
 def profile(model, inputs=None, method: str = "saliency", target=None, *, batch: int = 8, repeats: int = 3,
             output: str | None = None, attribute=None, layer: str | None = None, threads: int | None = None,
-            providers=None, **params) -> Profile:
+            providers=None, noise_tunnel: str | None = None, batch_axes: dict | None = None,
+            batch_size: int | None = None, **params) -> Profile:
     """Profile ``method`` on ``model``: timings, floor ratio, op and node times, peak memory.
 
     inputs: an array or a dict by input name; default: made-up rows
@@ -108,6 +109,8 @@ def profile(model, inputs=None, method: str = "saliency", target=None, *, batch:
         output with one value per row).  The target does not change the cost.
     repeats: timed calls after one warm-up; the median is reported.
     attribute: the inputs to attribute (``Explainer``'s ``inputs``).
+    noise_tunnel, batch_axes, batch_size: those of :class:`~onnxplain.Explainer`; inputs (given or made
+        up) are in their own layout, as ``explain`` takes them.
     params: the method's parameters (``n_steps=50``, ``nt_samples=10``...).
     """
     from .api import Explainer
@@ -115,9 +118,12 @@ def profile(model, inputs=None, method: str = "saliency", target=None, *, batch:
 
     if not isinstance(repeats, (int, np.integer)) or repeats < 1:
         raise ValueError(f"repeats must be a positive int, got {repeats!r}")
-    ex = Explainer(model, method, output=output, inputs=attribute, layer=layer, providers=providers, threads=threads)
-    x = made_up_inputs(ex.model, batch) if inputs is None else ex._check_inputs(inputs)
-    if target is None and _row_values(ex.forward({k: v[:1] for k, v in x.items()})[ex.output]) > 1:
+    ex = Explainer(model, method, output=output, inputs=attribute, layer=layer, providers=providers, threads=threads,
+                   noise_tunnel=noise_tunnel, batch_axes=batch_axes, batch_size=batch_size)
+    x = made_up_inputs(ex.model, batch, batch_axes=ex.batch_axes) if inputs is None else inputs
+    feeds = ex._check_inputs(x)                                   # batch first, for the forward floor
+    first = ex._forward_session().run(ex._row_slice(feeds, 0, 1), [ex.output])[ex.output]
+    if target is None and _row_values(first) > 1:
         target = predicted_target(ex.forward(x)[ex.output])
     cost = ex.estimate(x, target, **params)
     call = TimedCall(ex, x, target, params)
@@ -126,15 +132,19 @@ def profile(model, inputs=None, method: str = "saliency", target=None, *, batch:
     timings = [call() for _ in range(repeats)]
     seconds = statistics.median(t[0] for t in timings)
     inside = statistics.median(t[1] for t in timings)
-    floor = forward_floor(ex, x, cost.rows, cost.rows_per_run, repeats)
+    floor = forward_floor(ex, feeds, cost.rows, min(cost.rows_per_run, ex.spec.batch_size or cost.rows_per_run),
+                          repeats)
     op_types, nodes = _op_times(ex, call)
-    return Profile(ex.method.name, len(next(iter(x.values()))), cost.rows, cost.runs, seconds, inside, floor, peak,
+    return Profile(ex.method.name, ex._rows(feeds), cost.rows, cost.runs, seconds, inside, floor, peak,
                    op_types, nodes)
 
 
-def made_up_inputs(model, batch: int, length: int = DEFAULT_LENGTH, seed: int = 0) -> dict[str, np.ndarray]:
-    """``batch`` rows for every input of ``model``: uniform [0, 1) floats, integer inputs 1 (a token id every
-    vocabulary has, a mask that keeps everything), booleans True; symbolic non-batch dimensions ``length``."""
+def made_up_inputs(model, batch: int, length: int = DEFAULT_LENGTH, seed: int = 0,
+                   batch_axes: dict | None = None) -> dict[str, np.ndarray]:
+    """``batch`` rows for every input of a normalised, batch-first ``model``: uniform [0, 1) floats, integer
+    inputs 1 (a token id every vocabulary has, a mask that keeps everything), booleans True; symbolic
+    non-batch dimensions ``length``.  ``batch_axes`` (an Explainer's): an input with axis ``k`` gets its
+    rows on axis ``k`` (its own layout), one with ``None`` is unbatched and made whole."""
     from .api import _graph_inputs
 
     if not isinstance(batch, (int, np.integer)) or batch < 1:
@@ -143,23 +153,27 @@ def made_up_inputs(model, batch: int, length: int = DEFAULT_LENGTH, seed: int = 
     feeds = {}
     for vi in _graph_inputs(model):
         tt = vi.type.tensor_type
-        dims = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else length for d in tt.shape.dim[1:]]
-        shape, dtype = [int(batch)] + dims, np_dtype(tt.elem_type)
+        axis = (batch_axes or {}).get(vi.name, 0)
+        dims = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else length for d in tt.shape.dim]
+        shape, dtype = dims if axis is None else [int(batch)] + dims[1:], np_dtype(tt.elem_type)
         if tt.elem_type in FLOAT_TYPES:
-            feeds[vi.name] = rng.random(shape).astype(dtype)
+            value = rng.random(shape).astype(dtype)
         else:
-            feeds[vi.name] = np.ones(shape, dtype)
+            value = np.ones(shape, dtype)
+        feeds[vi.name] = np.moveaxis(value, 0, axis) if axis else value
     return feeds
 
 
 def forward_floor(ex, inputs: dict, rows: int, rows_per_run: int, repeats: int = 3) -> float:
-    """Median seconds of a plain forward of ``ex``'s model over ``rows`` rows (the inputs' rows repeated),
+    """Median seconds of a plain forward of ``ex``'s model over ``rows`` rows (the inputs' rows repeated;
+    ``inputs`` batch first, as :meth:`Explainer._check_inputs` gives them; unbatched inputs fed whole),
     cut into runs of at most ``rows_per_run`` rows as the explanation's own runs are."""
-    n = len(next(iter(inputs.values())))
+    n = ex._rows(inputs)
     reps = -(-max(1, rows_per_run) // n)
-    big = {k: np.ascontiguousarray(np.concatenate([v] * reps)[:rows_per_run]) for k, v in inputs.items()}
+    big = {k: v if k in ex.spec.unbatched else np.ascontiguousarray(np.concatenate([v] * reps)[:rows_per_run])
+           for k, v in inputs.items()}
     sizes = [rows_per_run] * (rows // max(1, rows_per_run)) + ([rows % rows_per_run] if rows % rows_per_run else [])
-    chunks = [{k: v[:s] for k, v in big.items()} for s in sizes]
+    chunks = [ex._row_slice(big, 0, s) for s in sizes]
     session = ex._forward_session()
     wanted = [ex.output]
 

@@ -82,3 +82,43 @@ def test_profile_command_prints_the_report_and_writes_json(cnn, tmp_path, capsys
     assert numbers["floor_ratio"] == pytest.approx(numbers["seconds"] / numbers["floor_seconds"])
     assert main(["profile", str(path), "--method", "saliency", "--json", str(tmp_path / "p.txt")]) == 2
     assert "--json must end with .json" in capsys.readouterr().err
+
+
+def _features_by_rows_model():
+    """y = x^T W with x of shape (features, N): the batch on axis 1."""
+    from onnx import TensorProto, helper, numpy_helper
+    w = np.random.default_rng(1).standard_normal((5, 3)).astype(np.float32)
+    graph = helper.make_graph([helper.make_node("Transpose", ["x"], ["xt"], perm=[1, 0]),
+                               helper.make_node("MatMul", ["xt", "w"], ["y"])], "rows_last",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [5, "N"])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])],
+                              [numpy_helper.from_array(w, "w")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model
+
+
+def test_profile_makes_up_inputs_in_their_own_layout_and_counts_noise_tunnel_and_batch_size_rows():
+    model = _features_by_rows_model()
+    p = profile(model, None, "saliency", batch=3, repeats=1, batch_axes={"x": 1})
+    assert p.batch == 3 and p.rows == 3                        # one forward row per input row
+    batch_first, axes = onnxplain.api.batch_first_model(model, {"x": 1})
+    assert made_up_inputs(batch_first, 3, batch_axes=axes)["x"].shape == (5, 3)
+    # a noise tunnel of 4 samples runs 4 noisy copies of every row and the clean rows (fed last)
+    nt = profile(model, np.ones((5, 3), np.float32), "saliency", repeats=1, batch_axes={"x": 1},
+                 noise_tunnel="smoothgrad", nt_samples=4, stdevs=0.1)
+    assert nt.batch == 3 and nt.rows == 3 * (4 + 1)
+    # batch_size=2: the model never sees more than 2 rows, so 3 rows take 2 runs
+    capped = profile(model, None, "saliency", batch=3, repeats=1, batch_axes={"x": 1}, batch_size=2)
+    assert (capped.rows, capped.runs) == (3, 2) and capped.floor_seconds > 0
+
+
+def test_profile_command_takes_the_noise_tunnel_and_batching_flags(tmp_path, capsys):
+    path = tmp_path / "rows_last.onnx"
+    path.write_bytes(_features_by_rows_model().SerializeToString())
+    out = tmp_path / "p.json"
+    code = main(["profile", str(path), "--method", "saliency", "--batch", "2", "--repeats", "1", "--batch-axis",
+                 "x=1", "--noise-tunnel", "smoothgrad", "--nt-samples", "3", "--json", str(out)])
+    assert code == 0, capsys.readouterr().err
+    numbers = json.loads(out.read_text())
+    assert numbers["batch"] == 2 and numbers["rows"] == 2 * (3 + 1)      # 3 noisy copies and the clean rows
