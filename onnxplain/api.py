@@ -14,7 +14,7 @@ from .backward import gradient_cuts
 from .converters import digest, normalize
 from .converters.normalize import batch_axes_of, batch_problems, from_batch_first_perm, to_batch_first
 from .errors import ModelError, NoGradientPathError
-from .graph import FLOAT_TYPES, GraphBuilder, np_dtype, redirect_reads
+from .graph import FLOAT_TYPES, GraphBuilder, clean_graph, np_dtype, redirect_reads
 from .methods import Spec, get_method
 from .methods.base import Point
 from .methods.base import TARGET_WEIGHTS
@@ -349,10 +349,10 @@ def _axes_key(batch_axes):
 
 
 def build_graph(model: onnx.ModelProto, method, spec: Spec) -> onnx.ModelProto:
-    """The explanation graph of ``method`` over a normalised ``model``."""
+    """The explanation graph of ``method`` over a normalised ``model``, cleaned (:func:`clean_graph`)."""
     b = GraphBuilder(model)
     method.build(b, spec)
-    graph = b.build(f"onnxplain_{method.name}")
+    graph = clean_graph(b.build(f"onnxplain_{method.name}"))
     onnx.checker.check_model(graph)
     return graph
 
@@ -521,6 +521,9 @@ def own_layouts(graph: onnx.ModelProto, spec: Spec, axes: dict) -> onnx.ModelPro
             inner = f"{name}__batch_first"
             for node in g.node:
                 node.output[:] = [inner if o == name else o for o in node.output]
+            # nodes that read the attributions (the delta's sums: the cleaned graph reads the output
+            # itself once the builder's Identity is gone) take them batch first too
+            redirect_reads(g.node, name, inner)
             vi = next(v for v in g.output if v.name == name)
             back.append(onnx.helper.make_node("Transpose", [inner], [name],
                                               perm=from_batch_first_perm(len(vi.type.tensor_type.shape.dim), k)))

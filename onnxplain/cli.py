@@ -5,7 +5,9 @@
     onnxplain convert MODEL OUT --method M [--output NAME] [--n-steps N ...] [--batch-axis NAME=AXIS]
     onnxplain explain MODEL INPUT.npy|.npz --method M --target T [--out attr.npy] [--plot attr.png|attr.html]
     onnxplain explain MODEL DATA.npy --method M --out ATTR.npy --batch-size N   (streamed, resumable)
-    (convert takes [--batch-axis NAME=AXIS ...] [--batch-size B], explain [--batch-axis ...] [--model-batch-size B])
+    onnxplain profile MODEL --method M [--batch N] [--data INPUT.npz] [method options]
+    (convert, serve and profile take [--batch-axis NAME=AXIS ...] [--batch-size B], explain [--batch-axis ...]
+     [--model-batch-size B]: the most rows the model sees per run)
     onnxplain serve MODEL [MODEL ...] --method M [--name NAME] [--http-port 8000] [--grpc-port 8001]
     onnxplain triton MODEL --method M --name NAME --output REPO [--max-batch-size B] [--gpu]
 
@@ -13,8 +15,9 @@ Each command is one block: ``add_<command>(subparsers)`` declares its arguments
 and sets ``run_<command>``, which calls one library function
 (:func:`onnxplain.demo.run_demo`, :func:`onnxplain.inspect`,
 :func:`onnxplain.convert`, :func:`onnxplain.files.explain_file`, or for a
-streamed ``explain --batch-size N`` :func:`onnxplain.datasets.explain_npy`) and
-prints what it returns.  A new command is two such functions and an entry in
+streamed ``explain --batch-size N`` :func:`onnxplain.datasets.explain_npy`,
+:func:`onnxplain.profile.profile`) and prints what it returns.  A new command is
+two such functions and an entry in
 :data:`COMMANDS`.
 
 Mistakes of the caller (a bad path, method, parameter, shape or target; a model
@@ -443,8 +446,49 @@ def run_triton(args) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------- profile
+def add_profile(sub) -> None:
+    p = command(sub, "profile", help="time an explanation graph: op types, slowest nodes, floor ratio, memory",
+                description="Run MODEL's explanation graph with onnxruntime's profiler and print the time per op "
+                            "type and per node, the call's time against a plain forward over the same expanded "
+                            "batch (the floor ratio), the share of time outside session.run, and peak memory. "
+                            "Without --data the inputs are made up (--batch rows).")
+    p.add_argument("model", help="the ONNX model")
+    _add_method_args(p, graph_defaults=False)
+    _add_batching_args(p)
+    p.add_argument("--data", metavar="INPUT.npy|.npz", help="the rows to explain (default: made-up rows)")
+    p.add_argument("--batch", type=int, default=8, help="rows of made-up inputs (default: 8)")
+    p.add_argument("--target", nargs="+", metavar="T",
+                   help="what to explain, as for 'explain' (default: each row's largest output)")
+    p.add_argument("--repeats", type=int, default=3, help="timed calls after a warm-up; medians (default: 3)")
+    p.add_argument("--top", type=int, default=15, help="slowest nodes to list (default: 15)")
+    p.add_argument("--threads", type=int, help="onnxruntime intra-op threads (default: one per usable core)")
+    p.add_argument("--json", metavar="OUT.json", help="also write the numbers as JSON")
+    p.set_defaults(run=run_profile)
+
+
+def run_profile(args) -> int:
+    from .files import check_output_path, load_inputs
+    from .profile import profile
+    from .targets import PREDICTED, parse_target
+
+    if args.json:
+        check_output_path(args.json, (".json",), what="--json")
+    target = parse_target(args.target) if args.target is not None else None
+    result = profile(args.model, load_inputs(args.data) if args.data else None, args.method,
+                     None if target == PREDICTED else target, batch=args.batch, repeats=args.repeats,
+                     output=args.output, attribute=args.inputs, layer=args.layer, threads=args.threads,
+                     noise_tunnel=args.noise_tunnel, **_batching(args), **_method_params(args, allow_files=True))
+    print(result.report(args.top))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result.to_dict(), f, indent=1)
+        print(f"wrote {args.json}")
+    return 0
+
+
 # ---------------------------------------------------------------------- the commands, in the order --help lists them
-COMMANDS = [add_demo, add_inspect, add_convert, add_explain, add_serve, add_triton]
+COMMANDS = [add_demo, add_inspect, add_convert, add_explain, add_profile, add_serve, add_triton]
 
 
 if __name__ == "__main__":   # pragma: no cover

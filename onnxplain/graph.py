@@ -429,3 +429,59 @@ def _default_opset(model: onnx.ModelProto) -> int:
         if imp.domain in ("", "ai.onnx"):
             return imp.version
     return 0
+
+
+STANDARD_DOMAINS = ("", "ai.onnx", "ai.onnx.ml")
+
+
+def clean_graph(model: onnx.ModelProto) -> onnx.ModelProto:
+    """``model`` with constant shape arithmetic folded, repeated subexpressions merged and dead nodes
+    removed, by onnxscript's optimizer (which keeps the standard domains; checked here).
+
+    Graph inputs are never folded, those with a default initializer (method parameters) included,
+    so every value a client may feed still reaches the graph.  Inputs, outputs, their names and
+    the opset stay as they were (checked); the optimised graph computes the same numbers.  Subgraphs
+    (If branches, Loop and Scan bodies: control flow, expanded recurrent layers) are folded and
+    pruned too (the optimizer merges repeats at the top level only), still read outer values by the
+    same names, and are held to the same standard domains.
+    """
+    import logging
+
+    import onnxscript.optimizer
+
+    inputs = {vi.name for vi in model.graph.input}
+    defaults = [init for init in model.graph.initializer if init.name in inputs]
+    bare = onnx.ModelProto()
+    bare.CopyFrom(model)                 # defaults set aside: the optimizer would read their shapes as fixed
+    del bare.graph.initializer[:]
+    bare.graph.initializer.extend(init for init in model.graph.initializer if init.name not in inputs)
+    quiet = [logging.getLogger(name) for name in ("onnx_ir", "onnxscript")]
+    levels = [log.level for log in quiet]
+    for log in quiet:
+        log.setLevel(logging.ERROR)
+    try:
+        cleaned = onnxscript.optimizer.optimize(bare)
+    finally:
+        for log, level in zip(quiet, levels):
+            log.setLevel(level)
+    cleaned.graph.initializer.extend(defaults)
+    foreign = {n.domain for n in nodes_everywhere(cleaned.graph)} - set(STANDARD_DOMAINS)
+    if foreign or len(cleaned.functions):
+        raise RuntimeError(f"the graph optimizer left non-standard ops (domains {sorted(foreign)}, "
+                           f"{len(cleaned.functions)} functions); onnxplain's graphs must stay standard")
+    for what in ("input", "output"):
+        before = [vi.name for vi in getattr(model.graph, what)]
+        after = [vi.name for vi in getattr(cleaned.graph, what)]
+        if before != after:
+            raise RuntimeError(f"the graph optimizer changed the graph's {what}s from {before} to {after}; "
+                               f"clients feed and read them by name")
+    cleaned.ir_version = model.ir_version
+    return cleaned
+
+
+def nodes_everywhere(graph: onnx.GraphProto):
+    """Every node of ``graph`` and of the subgraphs (If branches, Loop and Scan bodies) its nodes hold."""
+    for node in graph.node:
+        yield node
+        for g in subgraphs(node):
+            yield from nodes_everywhere(g)

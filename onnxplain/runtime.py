@@ -7,6 +7,7 @@ libraries are present); otherwise the CPU, quietly.
 from __future__ import annotations
 
 import functools
+import os
 import re
 import threading
 from collections import OrderedDict
@@ -55,18 +56,53 @@ def select_providers(providers=None) -> list[str]:
     return [CUDA, CPU] if cuda_usable() else [CPU]
 
 
-class Session:
-    """One onnxruntime session over an explanation graph, reused for every call."""
+def usable_cores() -> int:
+    """The CPU cores this process may run on (its affinity mask, which containers and ``taskset`` narrow)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
 
-    def __init__(self, model: onnx.ModelProto, providers=None, threads: int | None = None):
+
+def session_options(threads: int | None = None, profile_prefix: str | None = None) -> ort.SessionOptions:
+    """The options of every onnxplain session, each chosen on purpose.
+
+    - intra-op threads: ``threads``, else one per core this process may use
+      (:func:`usable_cores`; onnxruntime's own default counts every core of the
+      machine, which oversubscribes a container limited to a few of them);
+      inter-op threads 1 with sequential execution: explanation graphs are one
+      chain of large ops, and parallel branches would only compete for the same cores;
+    - graph optimisation level ``ORT_ENABLE_ALL``: Conv+activation fusion and
+      the blocked (NCHWc) layouts are most of a CNN's speed; only the session
+      sees the optimised graph, never a saved one (it holds contrib ops);
+    - memory arena on, memory pattern off: a pattern is planned and kept per
+      input shape, and the chunks of a call have several shapes (the last one
+      is shorter), so patterns would add up past the memory budget; the arena
+      reuses buffers anyway;
+    - ``profile_prefix``: onnxruntime's profiler writes its JSON trace under
+      this prefix (:mod:`onnxplain.profile`); off otherwise.
+    """
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    so.intra_op_num_threads = int(threads) if threads else usable_cores()
+    so.inter_op_num_threads = 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.enable_cpu_mem_arena = True
+    so.enable_mem_pattern = False
+    if profile_prefix:
+        so.enable_profiling = True
+        so.profile_file_prefix = profile_prefix
+    return so
+
+
+class Session:
+    """One onnxruntime session over an explanation graph, reused for every call (options: :func:`session_options`)."""
+
+    def __init__(self, model: onnx.ModelProto, providers=None, threads: int | None = None,
+                 profile_prefix: str | None = None):
         self.providers = select_providers(providers)
-        so = ort.SessionOptions()
-        so.log_severity_level = 3
-        # A memory pattern is planned and kept per input shape; the chunks of a call have several shapes (the
-        # last one is shorter), so the patterns add up past the budget.  The arena reuses buffers anyway.
-        so.enable_mem_pattern = False
-        if threads:
-            so.intra_op_num_threads = threads
+        so = session_options(threads, profile_prefix)
         previous = _quiet_logging()
         try:
             self._sess = ort.InferenceSession(model.SerializeToString(), so, providers=self.providers)
@@ -82,6 +118,10 @@ class Session:
         if self.on_cuda:
             return self._run_bound(feeds, outputs)
         return dict(zip(outputs, self._sess.run(outputs, feeds)))
+
+    def end_profiling(self) -> str:
+        """Stop onnxruntime's profiler (a session built with ``profile_prefix``); the path of its JSON trace."""
+        return self._sess.end_profiling()
 
     def _run_bound(self, feeds, outputs):
         """CUDA: inputs copied once, outputs kept on the device until the run ends."""

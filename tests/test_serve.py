@@ -395,7 +395,7 @@ def test_sigterm_lets_the_request_in_flight_finish_then_stops(server, explainers
     """Runs last: it stops the module's server."""
     proc = server["proc"]
     x, target = cnn_rows(32, seed=7), np.arange(32, dtype=np.int64) % 4
-    steps = 1000     # over a second of work even on a fast, warm server: SIGTERM lands mid-request
+    steps = 1200     # over a second of work even on a fast, warm server: SIGTERM lands mid-request
     done = {}
 
     def run():

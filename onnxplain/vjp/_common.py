@@ -159,8 +159,82 @@ def _spread_grouped(b, g: str, weight: str, win: Window, x: str, spatial, group:
               for x_len, o, s, pb in zip(spatial, win.out, win.strides, win.begin)]
         if any(p < 0 for p in lo + hi):   # negative padding: crop the rows first
             big = 2 ** 62
-            z = b.op("Slice", z, b.ints([max(-p, 0) for p in lo]), b.ints([-p if p < 0 else big for p in hi]), axes)
+            z = b.op("Slice", z, b.ints([max(-p, 0) for p in lo]), b.ints([p if p < 0 else big for p in hi]), axes)
         return b.op("Conv", z, w, pads=[max(p, 0) for p in lo + hi], **conv)
     full = b.op("Conv", z, w, pads=[e - 1 for e in win.span] + [e + s - 2 for e, s in zip(win.span, win.strides)],
                 **conv)
     return _keep_rows(b, full, win, x)
+
+
+# ------------------------------------------------------------- transposed convolution as ordinary convolutions
+def phase_form_fits(win: Window, spatial) -> bool:
+    """Whether :func:`spread_by_phases` can transpose this window: static sizes, and no dilation along an
+    axis with a stride (along such an axis the taps of one phase are not evenly spaced)."""
+    return (all_static(spatial) and win.out is not None
+            and all(s == 1 or d == 1 for s, d in zip(win.strides, win.dilations)))
+
+
+def phase_weight(weight: np.ndarray, strides, group: int) -> np.ndarray:
+    """The weight of :func:`spread_by_phases`, computed once when the graph is built.
+
+    From a Conv weight ``(M, C/G, k...)``: for every phase ``r`` of the strides (``prod(strides)`` of
+    them) the taps ``k = r + s t`` of each axis, zero-padded to ``T = ceil(k / s)`` taps, flipped, with
+    input and output channels swapped: ``(G * P * C/G, M/G, T...)``, output channels ordered
+    (group, phase..., channel) so that a grouped Conv keeps its groups.
+    """
+    M, cg = weight.shape[:2]
+    kernel = weight.shape[2:]
+    n = len(kernel)
+    taps = [-(-k // s) for k, s in zip(kernel, strides)]
+    padded = np.pad(weight, [(0, 0), (0, 0)] + [(0, t * s - k) for t, s, k in zip(taps, strides, kernel)])
+    split = padded.reshape((group, M // group, cg) + tuple(v for t, s in zip(taps, strides) for v in (t, s)))
+    split = np.flip(split, axis=tuple(3 + 2 * i for i in range(n)))              # flip the taps of every axis
+    order = [0] + [4 + 2 * i for i in range(n)] + [2, 1] + [3 + 2 * i for i in range(n)]
+    out = split.transpose(order)                                               # (G, s..., C/G, M/G, T...)
+    return np.ascontiguousarray(out.reshape((group * int(np.prod(strides)) * cg, M // group) + tuple(taps)))
+
+
+def spread_by_phases(b, g: str, weight: np.ndarray, win: Window, spatial, group: int = 1) -> str:
+    """Conv's input cotangent (the transpose of the Conv over ``win``) as one ordinary Conv.
+
+    A stride ``s`` splits every input row ``j = s q + r`` into ``s`` phases; phase ``r`` receives
+    ``sum_t w[r + s t] g[q - t]``, a stride-1 convolution of ``g`` with the phase's taps flipped.  All
+    phases run as the output channels of one Conv (weight: :func:`phase_weight`, a constant), then
+    are interleaved back (DepthToSpace, or Reshape/Transpose/Reshape) and cropped to the input's rows.
+    With stride 1 this is the Conv over the flipped, transposed weight (dilation kept).  Only the
+    rows ``q`` whose phases land inside the input are computed.  Needs :func:`phase_form_fits`.
+    """
+    n = len(win.kernel)
+    C = weight.shape[1] * group
+    taps = [-(-k // s) for k, s in zip(win.kernel, win.strides)]
+    dil = [d if s == 1 else 1 for s, d in zip(win.strides, win.dilations)]
+    lo_q = [pb // s for pb, s in zip(win.begin, win.strides)]
+    hi_q = [-(-(pb + x) // s) for pb, x, s in zip(win.begin, spatial, win.strides)]
+    begin = [d * (t - 1) - q for d, t, q in zip(dil, taps, lo_q)]
+    end = [(h - q) - o - bg + d * (t - 1) for h, q, o, bg, d, t in zip(hi_q, lo_q, win.out, begin, dil, taps)]
+    axes = list(range(2, n + 2))
+    if any(p < 0 for p in begin + end):                                         # negative padding: crop first
+        g = b.op("Slice", g, b.ints([max(-p, 0) for p in begin]), b.ints([p if p < 0 else 2 ** 62 for p in end]),
+                 b.ints(axes))
+    w = b.const(phase_weight(weight, win.strides, group), weight.dtype, hint="w_phases")
+    y = b.op("Conv", g, w, pads=[max(p, 0) for p in begin + end], dilations=dil,
+             group=group if group != 1 else None)
+    y = _interleave_phases(b, y, win.strides, group, C // group, [h - q for h, q in zip(hi_q, lo_q)])
+    start = [pb - s * q for pb, s, q in zip(win.begin, win.strides, lo_q)]
+    if any(start) or any(s * (h - q) != x for s, h, q, x in zip(win.strides, hi_q, lo_q, spatial)):
+        y = b.op("Slice", y, b.ints(start), b.ints([a + x for a, x in zip(start, spatial)]), b.ints(axes))
+    return y
+
+
+def _interleave_phases(b, y: str, strides, group: int, cg: int, rows) -> str:
+    """(N, G * P * C/G, Q...) with channels (group, phase..., channel) -> (N, C, Q_1 s_1, ...): row
+    ``s q + r`` of an axis takes row ``q`` of phase ``r``."""
+    n = len(strides)
+    if all(s == 1 for s in strides):
+        return y
+    if n == 2 and group == 1 and strides[0] == strides[1]:
+        return b.op("DepthToSpace", y, blocksize=int(strides[0]), mode="DCR")
+    y = b.op("Reshape", y, b.ints([-1, group] + list(strides) + [cg] + list(rows)))
+    perm = [0, 1, 2 + n] + [v for i in range(n) for v in (3 + n + i, 2 + i)]   # (N, G, C/G, Q_1, s_1, ...)
+    y = b.op("Transpose", y, perm=perm)
+    return b.op("Reshape", y, b.ints([-1, group * cg] + [s * r for s, r in zip(strides, rows)]))

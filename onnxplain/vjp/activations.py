@@ -22,9 +22,10 @@ def _gate(ctx, cond: str, dy: str) -> list:
 # ---------------------------------------------------------------- piecewise linear
 @register("Relu")
 def vjp_relu(ctx):
-    """y = max(x, 0): dx = dy * [x > 0]."""
-    b, x = ctx.b, ctx.x[0]
-    return _gate(ctx, b.op("Greater", x, b.like(0.0, x)), ctx.dy[0])
+    """y = max(x, 0): dx = dy * [x > 0], read as [y > 0] (the same set): the mask comes from the
+    Relu's output, so the pre-activation is read by nothing else and onnxruntime fuses Conv+Relu."""
+    b, y = ctx.b, ctx.y[0]
+    return _gate(ctx, b.op("Greater", y, b.like(0.0, y)), ctx.dy[0])
 
 
 @register("LeakyRelu")

@@ -3,14 +3,20 @@
 The cotangent of a linear map is its transpose applied to ``dy``: Gemm and
 MatMul multiply by the other operand transposed, Einsum contracts ``dy`` with the other
 operands onto the subscripts of the one it differentiates, Conv spreads ``dy`` back with
-a ConvTranspose of the same weight and ConvTranspose gathers it with a Conv.
+a ConvTranspose of the same weight, or a Conv over that weight flipped and transposed where that runs
+faster (:func:`conv_input_grad_form`), and ConvTranspose gathers it with a Conv.
 Windows (kernel, strides, dilations, resolved pads; :mod:`onnxplain.vjp._common`) are read from the node's
 attributes and the static spatial sizes; the batch dimension is never read.
 """
 from __future__ import annotations
 
 from . import register
-from ._common import Window, all_static, fail, rank_or_fail, shape_tail, spread, window
+from ._common import (Window, all_static, fail, phase_form_fits, rank_or_fail, shape_tail, spread, spread_by_phases,
+                      window)
+from .shape import const_value
+
+#: fewest channels of X for which Conv's input cotangent runs as a Conv (see :func:`conv_input_grad_form`)
+CONV_FORM_MIN_CHANNELS = 32
 
 
 # ------------------------------------------------------------------------------------ helpers
@@ -244,6 +250,29 @@ def _channels(ctx, name: str, what: str) -> int:
 
 
 # --------------------------------------------------------------------------------------- Conv
+def conv_input_grad_form(win: Window, spatial, group: int, weight) -> str:
+    """Which graph computes a Conv's input cotangent: ``"conv"`` (:func:`spread_by_phases`: one Conv over
+    the weight flipped and transposed when the graph is built) or ``"conv_transpose"`` (:func:`spread`).
+
+    The rule comes from ``benchmarks/conv_backward_forms.py`` (onnxruntime 1.31, 2-core AVX2 CPU, 64
+    rows, interleaved medians on a loaded machine): with stride 1 the Conv form ran 1.2-2.5x faster
+    once X has 32 channels or more in three runs of four (onnxruntime runs it as a blocked-layout Conv
+    like the forward's; the fourth run, under heavier load, had two such layers 0.6x), about even at
+    16-24 channels, and 2-4x slower with few (3 to 8: the image's input gradient), where
+    ConvTranspose wins.  With a stride
+    the Conv form needs every stride phase (``prod(strides)`` times the output channels, taps padded
+    with zeros: 16/9 the work for 3x3 stride 2) and an interleave, and ran 2-3x slower in every layer
+    measured, strided 1x1 and 7x7 included; grouped layers already spread through a grouped Conv.  So:
+    the Conv form for an ungrouped stride-1 Conv with a constant weight and at least
+    :data:`CONV_FORM_MIN_CHANNELS` input channels; ConvTranspose otherwise.
+    """
+    channels = None if weight is None else weight.shape[1] * group
+    if (weight is not None and group == 1 and all(s == 1 for s in win.strides) and phase_form_fits(win, spatial)
+            and channels >= CONV_FORM_MIN_CHANNELS):
+        return "conv"
+    return "conv_transpose"
+
+
 @register("Conv")
 def vjp_conv(ctx):
     """Y = conv(X, W) + B: dX = conv_transpose(dY, W) (same window), dW = corr(X, dY), dB = sum dY."""
@@ -255,7 +284,11 @@ def vjp_conv(ctx):
     group = int(ctx.attr("group", 1))
     grads = [None] * len(ctx.x)
     if ctx.needs(0):
-        grads[0] = spread(b, dy, W, win, X, spatial, group, _weight_shape(ctx, W, kernel) if group != 1 else None)
+        weight = const_value(b, W)
+        if conv_input_grad_form(win, spatial, group, weight) == "conv":
+            grads[0] = spread_by_phases(b, dy, weight, win, spatial, group)
+        else:
+            grads[0] = spread(b, dy, W, win, X, spatial, group, _weight_shape(ctx, W, kernel) if group != 1 else None)
     if ctx.needs(1):
         grads[1] = conv_weight_grad(b, X, dy, win, group, _channels(ctx, X, "input"), kernel)
     if len(ctx.x) > 2 and ctx.x[2] and ctx.needs(2):

