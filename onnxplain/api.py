@@ -247,9 +247,9 @@ class Explainer:
             return None      # the model takes two rows: the failure is the explanation graph's own
         except Exception:
             pass
-        return (f"the model fails on a run of several rows but runs on one row: it cannot take batches "
-                f"(control flow on a single-element condition, a state sized for one row...). Build the "
-                f"Explainer with batch_size=1 so that the model never sees more than one row per run")
+        return ("the model fails on a run of several rows but runs on one row: it cannot take batches "
+                "(control flow on a single-element condition, a state sized for one row...). Build the "
+                "Explainer with batch_size=1 so that the model never sees more than one row per run")
 
     def _rows(self, feeds: dict) -> int:
         """The number of rows of the call (the batched inputs' batch size)."""

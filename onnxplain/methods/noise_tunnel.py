@@ -28,7 +28,7 @@ import onnx
 from onnx import helper
 
 from ..graph import FLOAT_TYPES, np_dtype
-from .base import (TARGET_WEIGHTS, Method, RowDraws, Spec, batch_rows, declare_param, flatten_steps, row_shape, rows,
+from .base import (TARGET_WEIGHTS, Method, RowDraws, Spec, batch_rows, declare_param, row_shape, rows,
                    tile_rows)
 from .gradient import Gradient
 

@@ -36,10 +36,8 @@ import numpy as np
 import onnx
 
 from ..vjp import register
-from ..vjp._common import fail
+from ..vjp._common import Reduction, const_value, fail
 from ..vjp.pool import max_pool_indices
-from ..vjp.reduce import _Reduction
-from ..vjp.shape import const_value
 from . import NONLINEAR_UNARY, standard_rule
 
 RESCALE: dict = {}
@@ -232,7 +230,7 @@ def rescale_where(ctx):
     how much each moved (:func:`_share_by_magnitude`); with equal conditions this is the gradient, and
     a branch that does not depend on the input leaves the whole of ``Δy`` to the one that does
     (``Δy / Δa``, the unique conserving answer)."""
-    b, (cond, a, c), y = ctx.b, ctx.x, ctx.y[0]
+    b, cond, y = ctx.b, ctx.x[0], ctx.y[0]
     gradients = _standard(ctx)
     if not differs_from_reference(ctx, cond):
         return gradients
@@ -323,7 +321,7 @@ def cross_extremum(ctx, keep, sum_keep, top_op: str) -> str:
 def _extremum_reduction(from_input: bool):
     def rule(ctx):
         """ReduceMax / ReduceMin: the cross-extremum rule over the reduced axes."""
-        r = _Reduction(ctx, from_input)
+        r = Reduction(ctx, from_input)
         top_op = "Max" if ctx.node.op_type == "ReduceMax" else "Min"
         return [cross_extremum(ctx, r.keep, r.sum_keep, top_op)] + [None] * (len(ctx.x) - 1)
     return rule

@@ -22,9 +22,7 @@ same attributions, and the difference is conserved exactly.
 from __future__ import annotations
 
 from ..vjp import register
-from ..vjp._common import fail
-from ..vjp.norm import _count, _per_channel, _rank
-from ..vjp.reduce import _Reduction
+from ..vjp._common import Reduction, fail, known_rank, normalised_count, per_channel
 from .rescale import RESCALE, _safe_ratio, _small, midpoint
 
 
@@ -96,7 +94,7 @@ def _reduction_rule(op_type: str):
     def deco(fn):
         def make(from_input):
             def rule(ctx):
-                return [fn(ctx, _Reduction(ctx, from_input))] + [None] * (len(ctx.x) - 1)
+                return [fn(ctx, Reduction(ctx, from_input))] + [None] * (len(ctx.x) - 1)
             rule.__doc__ = fn.__doc__
             return rule
         register(op_type, table=RESCALE)(make(False))
@@ -172,10 +170,10 @@ def conserving_normalization(ctx, x: str, dxhat: str, axes, eps: float, d_mean: 
         d_sd = b.sub(d_sd, b.mul(b.cast_like(d_inv, x), inv_product))
     roots = b.add(root, ctx.ref(root))                                                        # Sqrt rescaled
     d_var = _safe_ratio(b, d_sd, roots, _small(ctx, roots))
-    d_xc = b.add(d_xc, b.mul(xc_sum, b.div(d_var, _count(b, x, axes))))                     # mean(xc * xc)
+    d_xc = b.add(d_xc, b.mul(xc_sum, b.div(d_var, normalised_count(b, x, axes))))                     # mean(xc * xc)
     dx = b.sub(d_xc, b.reduce("ReduceMean", d_xc, axes))                                     # x - mean(x)
     if d_mean is not None:
-        dx = b.add(dx, b.div(b.cast_like(d_mean, x), _count(b, x, axes)))
+        dx = b.add(dx, b.div(b.cast_like(d_mean, x), normalised_count(b, x, axes)))
     return dx
 
 
@@ -192,7 +190,7 @@ def rescale_layer_norm(ctx):
     """``Y = xhat * Scale + B`` over axes ``[axis, rank)``: the canonical decomposition's multipliers
     (Mul's Shapley rule at the scale when the scale depends on the input too)."""
     b, x, scale = ctx.b, ctx.x[0], ctx.x[1]
-    rank = _rank(ctx, x)
+    rank = known_rank(ctx, x)
     axis = int(ctx.attr("axis", -1))
     axes = list(range(axis + rank if axis < 0 else axis, rank))
     eps = float(ctx.attr("epsilon", 1e-5))
@@ -223,10 +221,10 @@ def rescale_instance_norm(ctx):
     """``Y = scale_c * xhat + B_c``, normalised per (n, c) over the spatial axes: the canonical decomposition."""
     _inactive_affine(ctx)
     b, x, scale = ctx.b, ctx.x[0], ctx.x[1]
-    rank = _rank(ctx, x)
+    rank = known_rank(ctx, x)
     if rank < 3:
         raise fail(ctx, f"expected an input of rank >= 3 (N, C, D1, ...), got rank {rank}")
-    dxhat = b.mul(ctx.dy[0], _per_channel(b, scale, rank))
+    dxhat = b.mul(ctx.dy[0], per_channel(b, scale, rank))
     return [conserving_normalization(ctx, x, dxhat, list(range(2, rank)), float(ctx.attr("epsilon", 1e-5)))]
 
 
@@ -236,11 +234,11 @@ def rescale_group_norm(ctx):
     layout ``(N, G, C/G * spatial)``."""
     _inactive_affine(ctx)
     b, x, scale = ctx.b, ctx.x[0], ctx.x[1]
-    rank = _rank(ctx, x)
+    rank = known_rank(ctx, x)
     grouped = b.ints([0, int(ctx.attr("num_groups")), -1])
     xg = b.reshape(x, grouped)
     b.set_type(xg, b.elem_type(x), None)
-    dxhat = b.reshape(b.mul(ctx.dy[0], _per_channel(b, scale, rank)), grouped)
+    dxhat = b.reshape(b.mul(ctx.dy[0], per_channel(b, scale, rank)), grouped)
     dx = conserving_normalization(ctx, xg, dxhat, [2], float(ctx.attr("epsilon", 1e-5)))
     return [b.reshape_like(dx, x)]
 

@@ -1,12 +1,14 @@
-"""Helpers that several rule families share: failures that name the node, static-shape checks, and the
-window geometry of Conv and pooling (where each window sits, and the transpose that spreads a cotangent
-back over the windows)."""
+"""Helpers that several rule families share: failures that name the node, static-shape checks, constant
+values and shape vectors, what a reduction or a normalisation needs to know of its axes, and the window
+geometry of Conv and pooling (where each window sits, and the transpose that spreads a cotangent back
+over the windows)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import numpy as np
-from onnx import TensorProto
+import onnx
+from onnx import TensorProto, numpy_helper
 
 from ..errors import UnsupportedOperatorError
 from ..graph import np_dtype
@@ -31,6 +33,109 @@ def fail(ctx, why: str) -> UnsupportedOperatorError:
     node = ctx.node
     return UnsupportedOperatorError([node], f"cannot build the backward pass of {node.op_type} node "
                                             f"{node.name or node.output[0]!r}: {why}")
+
+
+# ---------------------------------------------------------------------------- constants and shapes
+def const_value(b, name: str | None) -> np.ndarray | None:
+    """The value of ``name`` when it is an initializer or a Constant node's output, else None."""
+    if not name or any(vi.name == name for vi in b.graph.input):
+        return None  # an initializer that is also a graph input may be fed another value
+    for init in b.initializers:
+        if init.name == name:
+            return numpy_helper.to_array(init)
+    for node in b.nodes:
+        if node.op_type == "Constant" and node.output[0] == name and node.attribute:
+            value = onnx.helper.get_attribute_value(node.attribute[0])
+            if isinstance(value, onnx.TensorProto):
+                return numpy_helper.to_array(value)
+            return np.asarray(value) if isinstance(value, (int, float, list)) else None
+    return None
+
+
+def static_shape(b, x: str) -> tuple | None:
+    """x's shape when every dimension is a known integer, else None."""
+    s = b.shape(x)
+    return tuple(s) if s is not None and all(isinstance(d, int) for d in s) else None
+
+
+def shape_vec(b, x: str) -> str:
+    """x's shape as an int64 vector: a constant when fully static, a Shape node otherwise."""
+    s = static_shape(b, x)
+    return b.ints(s) if s is not None else b.shape_of(x)
+
+
+def dims_vec(b, x: str, start: int = 0, end: int | None = None) -> str:
+    """x's dims ``start:end`` (Python slice semantics, negative allowed) as an int64 vector."""
+    s = b.shape(x)
+    if s is not None and all(isinstance(d, int) for d in s[start:end]):
+        return b.ints(list(s[start:end]))
+    if end == 0:
+        return b.ints([])
+    return b.op("Shape", x, start=start, end=end)
+
+
+# ---------------------------------------------------------------------------- reductions and normalisation
+class Reduction:
+    """What a reduction rule needs: its axes (a list, a tensor name, or None for the default)."""
+
+    def __init__(self, ctx, axes_from_input: bool):
+        self.ctx, self.b = ctx, ctx.b
+        self.x, self.y = ctx.x[0], ctx.y[0]
+        self.keepdims = ctx.attr("keepdims", 1)
+        self.noop = ctx.attr("noop_with_empty_axes", 0)
+        if axes_from_input:
+            name = ctx.x[1] if len(ctx.x) > 1 and ctx.x[1] else None
+            value = const_value(self.b, name)
+            self.axes = name if value is None else ([int(a) for a in value.reshape(-1)] or None)
+        else:
+            axes = ctx.attr("axes")
+            self.axes = [int(a) for a in axes] if axes else None
+
+    def keep(self, t: str) -> str:
+        """A tensor shaped like y, reshaped so that it broadcasts against x."""
+        if self.keepdims or self.axes is None:  # all axes reduced to a scalar, or nothing reduced
+            return t
+        axes = self.axes if isinstance(self.axes, str) else self.b.ints(self.axes)
+        return self.b.op("Unsqueeze", t, axes)
+
+    def sum_keep(self, t: str) -> str:
+        """ReduceSum of a tensor shaped like x over the same axes, keeping dims."""
+        axes = self.axes if isinstance(self.axes, str) or self.axes is None else self.b.ints(self.axes)
+        return self.b.op("ReduceSum", t, axes, keepdims=1, noop_with_empty_axes=self.noop or None)
+
+    def expand(self, t: str) -> str:
+        return self.b.op("Expand", t, shape_vec(self.b, self.x))
+
+    def count(self) -> str:
+        """Number of elements reduced into each output, as a float scalar."""
+        sx, sy = static_shape(self.b, self.x), static_shape(self.b, self.y)
+        if sx is not None and sy is not None:
+            return self.b.like(float(np.prod(sx)) / float(max(np.prod(sy), 1)), self.x)
+        n = self.b.div(self.b.op("Size", self.x), self.b.op("Size", self.y))
+        return self.b.cast_like(n, self.x)
+
+
+def known_rank(ctx, x: str) -> int:
+    """The rank of ``x``; an error naming the node when it is unknown."""
+    r = ctx.b.rank(x)
+    if r is None:
+        raise fail(ctx, f"the rank of {x!r} is unknown")
+    return r
+
+
+def normalised_count(b, x: str, axes) -> str:
+    """Number of elements normalised together, as a scalar of x's type."""
+    s = b.shape(x)
+    dims = [s[a] for a in axes] if s is not None else [None]
+    if all(isinstance(d, int) for d in dims):
+        return b.like(float(np.prod(dims)), x)
+    size = b.op("ReduceProd", b.op("Gather", b.shape_of(x), b.ints(axes), axis=0), keepdims=0)
+    return b.cast_like(size, x)
+
+
+def per_channel(b, t: str, rank: int) -> str:
+    """(C,) -> (C, 1, ..., 1): broadcasts against (N, C, ...)."""
+    return b.unsqueeze(t, list(range(1, rank - 1))) if rank > 2 else t
 
 
 # ---------------------------------------------------------------------------- window geometry

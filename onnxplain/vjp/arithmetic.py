@@ -4,26 +4,14 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from onnx import TensorProto, numpy_helper
+from onnx import TensorProto
 
 from ..graph import np_dtype
 from . import elementwise, register
+from ._common import const_value
 
 
 # ---------------------------------------------------------------- helpers
-def _constant_value(b, name: str):
-    """The value of ``name`` when it is an initializer or a Constant's output, else None."""
-    for init in b.initializers:
-        if init.name == name:
-            return numpy_helper.to_array(init)
-    for node in b.nodes:
-        if node.op_type == "Constant" and node.output and node.output[0] == name:
-            for a in node.attribute:
-                if a.name == "value":
-                    return numpy_helper.to_array(a.t)
-    return None
-
-
 def _float_dtype(b, ref: str) -> np.dtype:
     """The numpy dtype of float tensor ``ref`` (float32 when unknown)."""
     return np_dtype(b.elem_type(ref) or TensorProto.FLOAT)
@@ -95,7 +83,7 @@ def vjp_pow(ctx):
 def _pow_base_grad(ctx, a: str, c: str, dy: str) -> str:
     """dy * c * a ** (c - 1), simplified when the exponent is a known constant."""
     b = ctx.b
-    value = _constant_value(b, c)
+    value = const_value(b, c)
     if value is not None:
         value = np.asarray(value, dtype=np.float64)
         if value.size == 1 and float(value.reshape(())) == 1.0:

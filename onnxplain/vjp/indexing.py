@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import register
-from ._common import fail
+from ._common import fail, rank_or_fail
 
 
 # ---------------------------------------------------------------------------------------- helpers
@@ -81,9 +81,7 @@ def vjp_scatter_elements(ctx):
     d data = dy, zeroed at idx when written; d updates = dy gathered at idx."""
     b, dy = ctx.b, ctx.dy[0]
     data, idx, updates = ctx.x
-    rank = b.rank(data)
-    if rank is None:
-        raise UnsupportedOperatorError.unknown_rank(data)
+    rank = len(rank_or_fail(b, data))
     axis = int(ctx.attr("axis", 0)) % rank
     reduction = _reduction(ctx)
     if reduction not in ("none", "add"):

@@ -13,7 +13,7 @@ from __future__ import annotations
 from . import register
 from ._common import (Window, all_static, fail, phase_form_fits, rank_or_fail, shape_tail, spread, spread_by_phases,
                       window)
-from .shape import const_value
+from ._common import const_value
 
 #: fewest channels of X for which Conv's input cotangent runs as a Conv (see :func:`conv_input_grad_form`)
 CONV_FORM_MIN_CHANNELS = 32

@@ -11,17 +11,9 @@ with ``g = dy * scale`` and means over the normalised axes.
 """
 from __future__ import annotations
 
-import numpy as np
 
 from . import register
-from ._common import fail
-
-
-def _rank(ctx, x: str) -> int:
-    r = ctx.b.rank(x)
-    if r is None:
-        raise fail(ctx, f"the rank of {x!r} is unknown")
-    return r
+from ._common import fail, known_rank, normalised_count, per_channel
 
 
 def _statistics(b, x: str, axes, eps: float):
@@ -49,7 +41,7 @@ def vjp_batch_norm(ctx):
     if dy is None:   # only the running statistics have cotangents: they are not explained outputs
         return [None] * len(ctx.x)
     eps = float(ctx.attr("epsilon", 1e-5))
-    rank = _rank(ctx, X)
+    rank = known_rank(ctx, X)
     axes = [0] + list(range(2, rank))
 
     def per_channel(t):   # (C,) -> (C, 1, ..., 1), which broadcasts against (N, C, ...)
@@ -88,7 +80,7 @@ def vjp_layer_norm(ctx):
     b = ctx.b
     X, scale = ctx.x[0], ctx.x[1]
     bias = ctx.x[2] if len(ctx.x) > 2 and ctx.x[2] else None
-    rank = _rank(ctx, X)
+    rank = known_rank(ctx, X)
     axis = int(ctx.attr("axis", -1))
     axis = axis + rank if axis < 0 else axis
     axes = list(range(axis, rank))
@@ -104,7 +96,7 @@ def vjp_layer_norm(ctx):
         if dy is not None:
             parts.append(_normalized_grad(b, b.mul(dy, scale), xhat, inv, axes))
         if d_mean is not None or d_inv is not None:
-            n = _count(b, X, axes)
+            n = normalised_count(b, X, axes)
             if d_mean is not None:     # mean = sum(x) / n
                 parts.append(b.op("Expand", b.div(b.cast_like(d_mean, X), n), b.shape_of(X)))
             if d_inv is not None:      # d inv / dx = -inv^3 (x - mean) / n
@@ -119,21 +111,6 @@ def vjp_layer_norm(ctx):
     return grads
 
 
-def _count(b, x: str, axes) -> str:
-    """Number of elements normalised together, as a scalar of x's type."""
-    s = b.shape(x)
-    dims = [s[a] for a in axes] if s is not None else [None]
-    if all(isinstance(d, int) for d in dims):
-        return b.like(float(np.prod(dims)), x)
-    size = b.op("ReduceProd", b.op("Gather", b.shape_of(x), b.ints(axes), axis=0), keepdims=0)
-    return b.cast_like(size, x)
-
-
-def _per_channel(b, t: str, rank: int) -> str:
-    """(C,) -> (C, 1, ..., 1): broadcasts against (N, C, ...)."""
-    return b.unsqueeze(t, list(range(1, rank - 1))) if rank > 2 else t
-
-
 # ---------------------------------------------------------------------- InstanceNormalization
 @register("InstanceNormalization")
 def vjp_instance_norm(ctx):
@@ -141,7 +118,7 @@ def vjp_instance_norm(ctx):
     dX = inv (g - mean g - xhat mean(g xhat)) with g = dY scale_c; dscale = sum dY xhat, dB = sum dY."""
     b, dy = ctx.b, ctx.dy[0]
     X, scale = ctx.x[0], ctx.x[1]
-    rank = _rank(ctx, X)
+    rank = known_rank(ctx, X)
     if rank < 3:
         raise fail(ctx, f"expected an input of rank >= 3 (N, C, D1, ...), got rank {rank}")
     axes = list(range(2, rank))
@@ -149,7 +126,7 @@ def vjp_instance_norm(ctx):
     xhat = b.mul(xc, inv)
     grads = [None] * len(ctx.x)
     if ctx.needs(0):
-        grads[0] = _normalized_grad(b, b.mul(dy, _per_channel(b, scale, rank)), xhat, inv, axes)
+        grads[0] = _normalized_grad(b, b.mul(dy, per_channel(b, scale, rank)), xhat, inv, axes)
     if ctx.needs(1):
         grads[1] = b.reduce_sum(b.mul(dy, xhat), [0] + axes, keepdims=0)
     if len(ctx.x) > 2 and ctx.needs(2):
@@ -166,7 +143,7 @@ def vjp_group_norm(ctx):
     in group layout (N, G, C/G * spatial) dX is LayerNormalization's over the last axis, with g = dY scale_c."""
     b, dy = ctx.b, ctx.dy[0]
     X, scale = ctx.x[0], ctx.x[1]
-    rank = _rank(ctx, X)
+    rank = known_rank(ctx, X)
     grouped = b.ints([0, int(ctx.attr("num_groups")), -1])     # 0 keeps the (dynamic) batch size
     xg = b.reshape(X, grouped)
     b.set_type(xg, b.elem_type(X))
@@ -175,7 +152,7 @@ def vjp_group_norm(ctx):
     axes = [0] + list(range(2, rank))
     grads = [None] * len(ctx.x)
     if ctx.needs(0):
-        g = b.reshape(b.mul(dy, _per_channel(b, scale, rank)), grouped)
+        g = b.reshape(b.mul(dy, per_channel(b, scale, rank)), grouped)
         grads[0] = b.reshape_like(_normalized_grad(b, g, xhat, inv, [2]), X)
     if ctx.needs(1):
         grads[1] = b.reduce_sum(b.mul(dy, b.reshape_like(xhat, X)), axes, keepdims=0)

@@ -9,50 +9,9 @@ of them is registered twice (``since=1`` and ``since=18``).
 """
 from __future__ import annotations
 
-import numpy as np
 
 from . import register
-from .shape import const_value, shape_vec, static_shape
-
-
-class _Reduction:
-    """What a reduction rule needs: its axes (a list, a tensor name, or None for the default)."""
-
-    def __init__(self, ctx, axes_from_input: bool):
-        self.ctx, self.b = ctx, ctx.b
-        self.x, self.y = ctx.x[0], ctx.y[0]
-        self.keepdims = ctx.attr("keepdims", 1)
-        self.noop = ctx.attr("noop_with_empty_axes", 0)
-        if axes_from_input:
-            name = ctx.x[1] if len(ctx.x) > 1 and ctx.x[1] else None
-            value = const_value(self.b, name)
-            self.axes = name if value is None else ([int(a) for a in value.reshape(-1)] or None)
-        else:
-            axes = ctx.attr("axes")
-            self.axes = [int(a) for a in axes] if axes else None
-
-    def keep(self, t: str) -> str:
-        """A tensor shaped like y, reshaped so that it broadcasts against x."""
-        if self.keepdims or self.axes is None:  # all axes reduced to a scalar, or nothing reduced
-            return t
-        axes = self.axes if isinstance(self.axes, str) else self.b.ints(self.axes)
-        return self.b.op("Unsqueeze", t, axes)
-
-    def sum_keep(self, t: str) -> str:
-        """ReduceSum of a tensor shaped like x over the same axes, keeping dims."""
-        axes = self.axes if isinstance(self.axes, str) or self.axes is None else self.b.ints(self.axes)
-        return self.b.op("ReduceSum", t, axes, keepdims=1, noop_with_empty_axes=self.noop or None)
-
-    def expand(self, t: str) -> str:
-        return self.b.op("Expand", t, shape_vec(self.b, self.x))
-
-    def count(self) -> str:
-        """Number of elements reduced into each output, as a float scalar."""
-        sx, sy = static_shape(self.b, self.x), static_shape(self.b, self.y)
-        if sx is not None and sy is not None:
-            return self.b.like(float(np.prod(sx)) / float(max(np.prod(sy), 1)), self.x)
-        n = self.b.div(self.b.op("Size", self.x), self.b.op("Size", self.y))
-        return self.b.cast_like(n, self.x)
+from ._common import Reduction
 
 
 def _reduction(op_type: str, axes_input_since: int = 18):
@@ -61,7 +20,7 @@ def _reduction(op_type: str, axes_input_since: int = 18):
     def deco(fn):
         def make(from_input):
             def rule(ctx):
-                return [fn(_Reduction(ctx, from_input), ctx.dy[0])] + [None] * (len(ctx.x) - 1)
+                return [fn(Reduction(ctx, from_input), ctx.dy[0])] + [None] * (len(ctx.x) - 1)
             rule.__name__ = fn.__name__ + ("_axes_input" if from_input else "_axes_attr")
             rule.__doc__ = fn.__doc__
             return rule

@@ -30,7 +30,7 @@ from onnx import helper
 from ..graph import np_dtype
 from . import register
 from ._common import fail
-from .shape import const_value, dims_vec
+from ._common import const_value, dims_vec
 
 
 def _attr_str(ctx, name: str, default: str) -> str:

@@ -12,6 +12,7 @@ from onnx import numpy_helper
 
 from ..errors import UnsupportedOperatorError
 from . import identity, register, zero
+from ._common import const_value, dims_vec, shape_vec, static_shape  # noqa: F401  (also used here)
 
 I64_MAX = np.iinfo(np.int64).max
 
@@ -27,47 +28,9 @@ zero("Shape", "Size", "Constant", "ConstantOfShape", "Range", "NonZero",
 
 
 # ---------------------------------------------------------------------------------------- helpers
-def const_value(b, name: str | None) -> np.ndarray | None:
-    """The value of ``name`` when it is an initializer or a Constant node's output, else None."""
-    if not name or any(vi.name == name for vi in b.graph.input):
-        return None  # an initializer that is also a graph input may be fed another value
-    for init in b.initializers:
-        if init.name == name:
-            return numpy_helper.to_array(init)
-    for node in b.nodes:
-        if node.op_type == "Constant" and node.output[0] == name and node.attribute:
-            value = onnx.helper.get_attribute_value(node.attribute[0])
-            if isinstance(value, onnx.TensorProto):
-                return numpy_helper.to_array(value)
-            return np.asarray(value) if isinstance(value, (int, float, list)) else None
-    return None
-
-
-def static_shape(b, x: str) -> tuple | None:
-    """x's shape when every dimension is a known integer, else None."""
-    s = b.shape(x)
-    return tuple(s) if s is not None and all(isinstance(d, int) for d in s) else None
-
-
-def shape_vec(b, x: str) -> str:
-    """x's shape as an int64 vector: a constant when fully static, a Shape node otherwise."""
-    s = static_shape(b, x)
-    return b.ints(s) if s is not None else b.shape_of(x)
-
-
 def reshape_to(b, g: str, x: str) -> str:
     """Reshape ``g`` to the shape of ``x`` (zero-size dims kept literally)."""
     return b.reshape_exact(g, shape_vec(b, x))
-
-
-def dims_vec(b, x: str, start: int = 0, end: int | None = None) -> str:
-    """x's dims ``start:end`` (Python slice semantics, negative allowed) as an int64 vector."""
-    s = b.shape(x)
-    if s is not None and all(isinstance(d, int) for d in s[start:end]):
-        return b.ints(list(s[start:end]))
-    if end == 0:
-        return b.ints([])
-    return b.op("Shape", x, start=start, end=end)
 
 
 def dim_vec(b, x: str, axis: int) -> str:
