@@ -91,7 +91,7 @@ class Explainer:
         self.model, self.batch_axes, self.digest = normalized(model, batch_axes, output)
         self.output = _choose_output(self.model, output)
         self.spec = _spec(self.model, self.output, inputs, layer, self.method,
-                          unbatched=_unbatched(self.batch_axes))
+                          unbatched=_unbatched(self.batch_axes), moved=_moved(self.batch_axes))
         self.spec.batch_size = _check_batch_size(batch_size)
         _check_attributed_layouts(self.spec, self.method, self.batch_axes)
         if threads is not None and (not isinstance(threads, (int, np.integer)) or threads < 1):
@@ -390,7 +390,8 @@ def convert(model, path, method: str = "saliency", output: str | None = None, in
     _check_standalone(noise_tunnel is not None, batch_size)
     m = get_method(method, noise_tunnel=noise_tunnel, **{**(defaults or {}), **more_defaults})
     model, axes = batch_first_model(model, batch_axes, output)
-    spec = _spec(model, _choose_output(model, output), inputs, layer, m, unbatched=_unbatched(axes))
+    spec = _spec(model, _choose_output(model, output), inputs, layer, m, unbatched=_unbatched(axes),
+                 moved=_moved(axes))
     spec.batch_size = _check_batch_size(batch_size)
     _check_attributed_layouts(spec, m, axes)
     graph = own_layouts(build_graph(model, m, spec), spec, axes)
@@ -437,6 +438,11 @@ def batch_refusal(problems: dict) -> str:
     listed = "; ".join(f"output {name!r} {why}" for name, why in problems.items())
     return (f"{listed}. onnxplain explains models whose outputs are batch first, one output row per input row "
             f"(batch_axes gives the inputs' batch axes; the outputs' is axis 0)")
+
+
+def _moved(axes: dict) -> list[str]:
+    """Inputs batched on another axis than 0."""
+    return [name for name, axis in axes.items() if axis]
 
 
 def _unbatched(axes: dict) -> list[str]:
@@ -589,7 +595,7 @@ def _choose_output(model, output):
     raise ValueError(f"the model has no floating-point output to explain (outputs: {names}){hint}")
 
 
-def _spec(model, output, inputs, layer=None, method=None, unbatched=()) -> Spec:
+def _spec(model, output, inputs, layer=None, method=None, unbatched=(), moved=()) -> Spec:
     """Which tensors get attributions (points), which inputs take baselines (carriers), which pass through.
 
     By default every batched floating-point input is attributed (for gradient
@@ -621,6 +627,9 @@ def _spec(model, output, inputs, layer=None, method=None, unbatched=()) -> Spec:
     cut = (lambda tensor: None) if method is None or method.forward_only else \
         gradient_cuts(model, output, method.overrides)
     if inputs is None:
+        if as_themselves:   # windows and masks are per row: inputs batched on another axis pass through
+            floats, batched = [x for x in floats if x not in moved], [x for x in batched if x not in moved]
+            tokens = {x: t for x, t in tokens.items() if x not in moved}
         chosen = floats or list(tokens)[:1] or (batched if as_themselves else [])
         if len(chosen) > 1 and any(cut(x) is None for x in chosen):
             chosen = [x for x in chosen if cut(x) is None]    # attribute the inputs a gradient reaches

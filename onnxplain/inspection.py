@@ -25,7 +25,7 @@ def inspect(model, output: str | None = None, batch_axes: dict | None = None) ->
     input that no gradient reaches, or why the model cannot be explained at
     all, e.g. an output that is not batch first).
     """
-    from .api import _choose_output, _graph_inputs, _spec, _unbatched, without_unbatched_outputs
+    from .api import _choose_output, _graph_inputs, _moved, _spec, _unbatched, without_unbatched_outputs
     from .methods import METHODS, get_method
 
     raw = load_model(model)
@@ -57,7 +57,7 @@ def inspect(model, output: str | None = None, batch_axes: dict | None = None) ->
     for name in METHODS:
         method = get_method(name)
         try:
-            spec = _spec(m, out, None, None, method, unbatched=_unbatched(axes))
+            spec = _spec(m, out, None, None, method, unbatched=_unbatched(axes), moved=_moved(axes))
         except ValueError as e:
             methods[name] = _availability(method, None, str(e))
             continue

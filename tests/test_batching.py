@@ -174,7 +174,8 @@ def test_perturbations_pass_the_state_and_the_scalar_to_every_run(recurrent, tor
         params = {"feature_mask": np.arange(STEPS * FEATURES).reshape(1, STEPS, FEATURES) // 2}
         captum = FeatureAblation(torch_recurrent)
         params_ref = {"feature_mask": torch.from_numpy(params["feature_mask"])}
-    got = onnxplain.Explainer(recurrent, method, inputs="x").explain(feeds_of(x, state, sr), target=1, **params)
+    # by default the perturbation methods attribute the batch-first inputs: x, with the state passed through
+    got = onnxplain.Explainer(recurrent, method).explain(feeds_of(x, state, sr), target=1, **params)
     # Captum evaluates one perturbation per run by default, so the state is never expanded along its layers axis
     ref = captum.attribute(x, target=1, additional_forward_args=(state, sr),
                            **(params if method == "occlusion" else params_ref))
@@ -184,6 +185,7 @@ def test_perturbations_pass_the_state_and_the_scalar_to_every_run(recurrent, tor
 def test_perturbation_methods_refuse_inputs_whose_batch_axis_is_not_first(recurrent):
     with pytest.raises(ValueError, match=r"cannot attribute \['state'\], whose batch axis is not 0"):
         onnxplain.Explainer(recurrent, "occlusion", inputs=["x", "state"])
+    assert onnxplain.inspect(recurrent)["methods"]["occlusion"]["available"]    # by default: x alone
 
 
 @pytest.mark.parametrize("dynamo", [False, True], ids=["torchscript", "dynamo"])
