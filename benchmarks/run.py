@@ -20,8 +20,10 @@ Models (PyTorch, seeded weights, exported with ``onnxplain.from_torch``):
 For each case it reports Captum's time over onnxplain's (speed-up), onnxplain's
 time over its *floor* (onnxruntime's plain forward over the same expanded
 batch, cut into the same runs: :func:`onnxplain.profile.forward_floor`), the
-share of onnxplain's time outside ``session.run``, and the resident memory
-onnxplain's first call adds at its peak (onnxruntime's arena included).  The calls of a case are
+share of onnxplain's time outside ``session.run``, the resident memory
+onnxplain's first call adds at its peak (onnxruntime's arena included), and PyTorch's plain forward
+over the floor's rows against the floor (how much faster onnxruntime's forward is: a method can beat
+Captum by about that much times Captum's own floor ratio over onnxplain's).  The calls of a case are
 interleaved (onnxplain, Captum, floor, onnxplain, ...) and each figure is a
 median, so a loaded machine slows all three alike; the load average is
 recorded.  PyTorch gets as many threads as onnxruntime.  Writes
@@ -119,6 +121,7 @@ class Case:
     explainer: object
     inputs: dict
     target: object
+    net: object = None                  # the PyTorch model, called on the inputs' tensors in order
     result: dict = field(default_factory=dict)
 
 
@@ -149,21 +152,21 @@ def build_cases(quick: bool) -> list[Case]:
     cases += [
         Case("cnn", "integrated_gradients", dict(n_steps=steps),
              lambda: IntegratedGradients(net).attribute(xt, target=target, n_steps=steps),
-             explainer(net, xt[:2], "integrated_gradients"), {"x": x}, target),
+             explainer(net, xt[:2], "integrated_gradients"), {"x": x}, target, net),
         Case("cnn", "deeplift", {}, lambda: DeepLift(net).attribute(xt, target=target),
-             explainer(net, xt[:2], "deeplift"), {"x": x}, target),
+             explainer(net, xt[:2], "deeplift"), {"x": x}, target, net),
         Case("cnn", "smoothgrad", dict(nt_samples=10, stdevs=0.1, noise=noise),
              lambda: NoiseTunnel(_saliency(net)).attribute(xt, nt_type="smoothgrad", nt_samples=10, stdevs=0.1,
                                                           target=target),
-             explainer(net, xt[:2], "smoothgrad"), {"x": x}, target),
+             explainer(net, xt[:2], "smoothgrad"), {"x": x}, target, net),
         Case("cnn", "occlusion", dict(sliding_window_shapes=(3, 4, 4), strides=2),
              lambda: Occlusion(net).attribute(xt, (3, 4, 4), strides=2, target=target, perturbations_per_eval=64),
-             explainer(net, xt[:2], "occlusion"), {"x": x}, target),
+             explainer(net, xt[:2], "occlusion"), {"x": x}, target, net),
         Case("cnn", "shapley_sampling", dict(n_samples=25, feature_mask=patches, seed=0),
              lambda: ShapleyValueSampling(net).attribute(xt, target=target, n_samples=25,
                                                          feature_mask=torch.from_numpy(patches),
                                                          perturbations_per_eval=64),
-             explainer(net, xt[:2], "shapley_sampling"), {"x": x}, target),
+             explainer(net, xt[:2], "shapley_sampling"), {"x": x}, target, net),
     ]
 
     # an MLP on 64 features, 64 rows
@@ -174,10 +177,10 @@ def build_cases(quick: bool) -> list[Case]:
     cases += [
         Case("mlp64", "integrated_gradients", dict(n_steps=steps),
              lambda: IntegratedGradients(mlp).attribute(tt, target=1, n_steps=steps),
-             explainer(mlp, tt[:2], "integrated_gradients"), {"x": table}, 1),
+             explainer(mlp, tt[:2], "integrated_gradients"), {"x": table}, 1, mlp),
         Case("mlp64", "shapley_sampling", dict(n_samples=25, seed=0),
              lambda: ShapleyValueSampling(mlp).attribute(tt, target=1, n_samples=25, perturbations_per_eval=64),
-             explainer(mlp, tt[:2], "shapley_sampling"), {"x": table}, 1),
+             explainer(mlp, tt[:2], "shapley_sampling"), {"x": table}, 1, mlp),
     ]
 
     # a 2-layer BERT at its word embeddings
@@ -191,7 +194,7 @@ def build_cases(quick: bool) -> list[Case]:
                       lambda: LayerIntegratedGradients(net_b, embeddings).attribute(
                           ids_t, baselines=torch.zeros_like(ids_t), additional_forward_args=(mask_t,), target=1,
                           n_steps=steps),
-                      ex_b, {"input_ids": ids, "attention_mask": mask}, 1))
+                      ex_b, {"input_ids": ids, "attention_mask": mask}, 1, net_b))
 
     # ResNet-18 on 3x64x64 images
     torch.manual_seed(3)
@@ -207,9 +210,9 @@ def build_cases(quick: bool) -> list[Case]:
     cases += [
         Case("resnet18", "integrated_gradients", dict(n_steps=steps),
              lambda: IntegratedGradients(res).attribute(xrt, target=tr, n_steps=steps),
-             explainer(res, xrt[:2], "integrated_gradients"), {"x": xr}, tr),
+             explainer(res, xrt[:2], "integrated_gradients"), {"x": xr}, tr, res),
         Case("resnet18", "deeplift", {}, lambda: DeepLift(res).attribute(xrt, target=tr),
-             explainer(res, xrt[:2], "deeplift"), {"x": xr}, tr),
+             explainer(res, xrt[:2], "deeplift"), {"x": xr}, tr, res),
     ]
     return cases
 
@@ -236,7 +239,7 @@ def measure(case: Case, repeats: int) -> dict:
         warnings.simplefilter("ignore")
         peak = peak_added(call)                     # the first call: the session's arena is made here
         case.captum()
-        times = {"onnxplain": [], "inside": [], "captum": [], "floor": []}
+        times = {"onnxplain": [], "inside": [], "captum": [], "floor": [], "torch_forward": []}
         for _ in range(repeats):
             wall, inside = call()
             times["onnxplain"].append(wall)
@@ -246,12 +249,31 @@ def measure(case: Case, repeats: int) -> dict:
                 case.captum()
             times["captum"].append(time.perf_counter() - t0)
             times["floor"].append(forward_floor(ex, ex._check_inputs(x), cost.rows, cost.rows_per_run, repeats=1))
+            times["torch_forward"].append(torch_forward(case, cost.rows, cost.rows_per_run))
     med = {k: statistics.median(v) for k, v in times.items()}
     return dict(model=case.model, method=case.method, rows=cost.rows, runs=cost.runs,
                 onnxplain_s=med["onnxplain"], captum_s=med["captum"], floor_s=med["floor"],
+                torch_forward_s=med["torch_forward"], forward_speedup=med["torch_forward"] / med["floor"],
                 speedup=med["captum"] / med["onnxplain"], floor_ratio=med["onnxplain"] / med["floor"],
                 outside_share=max(0.0, med["onnxplain"] - med["inside"]) / med["onnxplain"],
                 peak_mib=float("nan") if peak is None else peak / 2 ** 20)
+
+
+def torch_forward(case: Case, rows: int, rows_per_run: int) -> float:
+    """Seconds of PyTorch's plain forward (no autograd) over the rows of the floor, cut the same way: the
+    speed-up a method can have over Captum is about this over the floor, times Captum's own floor ratio."""
+    import torch
+
+    n = len(next(iter(case.inputs.values())))
+    reps = -(-max(1, rows_per_run) // n)
+    big = [torch.from_numpy(np.ascontiguousarray(np.concatenate([v] * reps)[:rows_per_run]))
+           for v in case.inputs.values()]
+    sizes = [rows_per_run] * (rows // max(1, rows_per_run)) + ([rows % rows_per_run] if rows % rows_per_run else [])
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        for size in sizes:
+            case.net(*[t[:size] for t in big])
+    return time.perf_counter() - t0
 
 
 class _null:
@@ -284,11 +306,12 @@ def markdown(rows: list[dict], info: dict) -> str:
              f"{info['load_average_end']:.1f} at the end (a shared machine: ratios come from interleaved runs).",
              "",
              "| model | method | rows | onnxplain (ms) | Captum / onnxplain | onnxplain / floor | outside session.run "
-             "| peak memory, first call (MiB) |",
-             "|---|---|---:|---:|---:|---:|---:|---:|"]
+             "| peak memory, first call (MiB) | PyTorch forward / floor |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         lines.append(f"| {r['model']} | {r['method']} | {r['rows']} | {r['onnxplain_s'] * 1e3:.1f} | "
-                     f"{r['speedup']:.2f}x | {r['floor_ratio']:.2f} | {r['outside_share']:.1%} | {r['peak_mib']:.0f} |")
+                     f"{r['speedup']:.2f}x | {r['floor_ratio']:.2f} | {r['outside_share']:.1%} | {r['peak_mib']:.0f} | "
+                     f"{r['forward_speedup']:.2f}x |")
     return "\n".join(lines) + "\n"
 
 
@@ -313,7 +336,7 @@ def main(argv=None) -> int:
         rows.append(r)
         print(f"{r['model']:>9} {r['method']:<21} {r['onnxplain_s'] * 1e3:9.1f} ms  Captum/onnxplain "
               f"{r['speedup']:6.2f}x  onnxplain/floor {r['floor_ratio']:5.2f}  outside {r['outside_share']:6.1%}  "
-              f"peak {r['peak_mib']:6.0f} MiB", flush=True)
+              f"peak {r['peak_mib']:6.0f} MiB  PyTorch forward/floor {r['forward_speedup']:5.2f}x", flush=True)
     info["load_average_end"] = os.getloadavg()[0]
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "results.json"), "w") as f:
