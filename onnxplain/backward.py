@@ -19,6 +19,33 @@ from .graph import FLOAT_TYPES, GraphBuilder, node_reads, outer_reads, subgraphs
 from .vjp import RULES, Rule
 
 
+@dataclass(frozen=True)
+class Forward:
+    """The forward nodes of one walk: which node makes each tensor and which read it, and the tensors
+    whose own cotangent is asked for (seeds, attributed tensors, graph outputs).  Rules that read a
+    neighbour (a Relu whose mask its MaxPool applies) look here."""
+
+    producer: dict
+    readers: dict
+    kept: frozenset
+
+    @classmethod
+    def of(cls, nodes, kept) -> "Forward":
+        producer, readers = {}, {}
+        for node in nodes:
+            for o in node.output:
+                if o:
+                    producer[o] = node
+            for name in node_reads(node):
+                readers.setdefault(name, []).append(node)
+        return cls(producer, readers, frozenset(kept))
+
+    def only_reader(self, name: str) -> onnx.NodeProto | None:
+        """The one node that reads ``name``, or None when none or several do."""
+        found = self.readers.get(name, ())
+        return found[0] if len(found) == 1 else None
+
+
 @dataclass
 class VJPContext:
     """What a rule sees of one node: names of its forward values and output cotangents."""
@@ -33,6 +60,7 @@ class VJPContext:
     rules: dict = field(default_factory=dict, repr=False)  # the table in use (standard + a method's overrides)
     #: cotangents of outer-scope tensors that the node's subgraphs read (filled by control-flow rules)
     outer: dict = field(default_factory=dict)
+    forward: Forward | None = field(default=None, repr=False)   # the walk's forward nodes
 
     @property
     def x(self) -> list[str]:
@@ -196,6 +224,7 @@ def reverse_walk(b: GraphBuilder, seeds: dict[str, str], wrt: list[str], rules: 
     for name, seed in seeds.items():
         cot.setdefault(name, []).append(seed)
     frozen = frozenset(active)
+    forward = Forward.of(b.nodes, set(seeds) | set(wrt) | {o.name for o in b.outputs})
     fragile = nan_masked_tensors(topological_order(b.nodes), b)
     safe: dict[str, str] = {}
     for node in reversed(on_path):
@@ -206,7 +235,7 @@ def reverse_walk(b: GraphBuilder, seeds: dict[str, str], wrt: list[str], rules: 
         reads = {t: _nan_as_zero(b, t, safe) for t in list(node.input) + list(node.output) if t in fragile}
         # a NaN-safe copy stands for its tensor: active when it is (modified rules pair active tensors)
         seen = frozen.union(s for t, s in reads.items() if t in frozen) if reads else frozen
-        ctx = VJPContext(b, node, dy, seen, ref, params or {}, reads, rules=rules)
+        ctx = VJPContext(b, node, dy, seen, ref, params or {}, reads, rules=rules, forward=forward)
         grads = rule.fn(ctx)
         if len(grads) > len(node.input):
             raise AssertionError(f"rule for {node.op_type} returned {len(grads)} cotangents for {len(node.input)} inputs")

@@ -72,3 +72,56 @@ def test_a_cnn_gradient_equals_pytorch_with_relu_zeros_tied_in_the_pools():
     xr = x.clone().requires_grad_(True)
     (want,) = torch.autograd.grad(net(xr)[:, 1].sum(), [xr])
     np.testing.assert_allclose(got, want.numpy(), rtol=1e-5, atol=1e-6)
+
+
+class _ReluPool(torch.nn.Module):
+    """Conv -> ReLU -> MaxPool -> Linear; ``also_read``: the ReLU's output is read by a second branch too."""
+
+    def __init__(self, pool: torch.nn.MaxPool2d, size: tuple, also_read: bool = False):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(2, 3, 3, padding=1)
+        with torch.no_grad():                        # small integers: exact convolutions, ties in the windows
+            self.conv.weight.copy_(torch.randint(-1, 2, self.conv.weight.shape).float())
+            self.conv.bias.copy_(torch.randint(-1, 2, self.conv.bias.shape).float())
+        self.pool, self.also_read = pool, also_read
+        pooled = pool(torch.zeros(1, 3, *size)).numel()
+        self.head = torch.nn.Linear(pooled, 4)
+
+    def forward(self, x):
+        r = torch.relu(self.conv(x))
+        out = self.head(self.pool(r).flatten(1))
+        return out + r.mean(dim=(1, 2, 3))[:, None] if self.also_read else out
+
+
+RELU_POOLS = {
+    "k2s2_odd_rows_cut": (torch.nn.MaxPool2d(2), (7, 9), False),
+    "k3s3": (torch.nn.MaxPool2d(3), (10, 11), False),
+    "k2s3_apart_padded": (torch.nn.MaxPool2d(2, stride=3, padding=1), (8, 7), False),
+    "k2s2_ceil_partial": (torch.nn.MaxPool2d(2, ceil_mode=True), (5, 7), False),
+    "relu_read_twice": (torch.nn.MaxPool2d(2), (6, 8), True),
+}
+
+
+@pytest.mark.parametrize("dynamo", [False, True], ids=["torchscript", "dynamo"])
+@pytest.mark.parametrize("name", list(RELU_POOLS))
+def test_relu_mask_applied_at_the_pooled_size_equals_pytorch(name, dynamo):
+    """The MaxPool after a ReLU applies the ReLU's mask to dY (pooled size) when it alone reads the ReLU's
+    output; the gradient must still equal PyTorch's, ties at zero and at positive values included."""
+    import onnxplain
+
+    pool, size, also_read = RELU_POOLS[name]
+    torch.manual_seed(1)
+    net = _ReluPool(pool, size, also_read).eval()
+    x = torch.randint(-2, 3, (5, 2, *size)).float()
+    assert torch.relu(net.conv(x)).eq(0).float().mean() > 0.2
+    onx = onnxplain.from_torch(net, x[:2], dynamo=dynamo)
+    ex = onnxplain.Explainer(onx, "gradient")
+    got = ex.explain(x.numpy(), target=2)
+    xr = x.clone().requires_grad_(True)
+    (want,) = torch.autograd.grad(net(xr)[:, 2].sum(), [xr])
+    np.testing.assert_allclose(got, want.numpy(), rtol=1e-5, atol=1e-5)
+
+    graph = ex.graph.graph
+    pooled = {o for n in graph.node if n.op_type == "MaxPool" for o in n.output[:1]}
+    masks_at_pool = [n for n in graph.node if n.op_type == "Greater" and n.input[0] in pooled]
+    assert bool(masks_at_pool) == (not also_read)

@@ -8,23 +8,25 @@ from __future__ import annotations
 import math
 
 from . import elementwise, register
+from ._common import masked
+from .pool import relu_mask_moved_to_pool
 
 
 def _gate(ctx, cond: str, dy: str) -> list:
-    """dx = dy where ``cond`` holds, 0 elsewhere (for single-input ops).
-
-    Emitted as ``dy * float(cond)``: onnxruntime runs Cast + Mul faster than a Where
-    against a broadcast zero (the hottest op of a ReLU network's backward pass)."""
-    b = ctx.b
-    return [b.mul(dy, b.cast_like(cond, dy))] + [None] * (len(ctx.x) - 1)
+    """dx = dy where ``cond`` holds, 0 elsewhere (for single-input ops; :func:`masked`)."""
+    return [masked(ctx.b, dy, cond)] + [None] * (len(ctx.x) - 1)
 
 
 # ---------------------------------------------------------------- piecewise linear
 @register("Relu")
 def vjp_relu(ctx):
     """y = max(x, 0): dx = dy * [x > 0], read as [y > 0] (the same set): the mask comes from the
-    Relu's output, so the pre-activation is read by nothing else and onnxruntime fuses Conv+Relu."""
+    Relu's output, so the pre-activation is read by nothing else and onnxruntime fuses Conv+Relu.
+    A MaxPool that alone reads y applies the mask itself, at the pooled size
+    (:func:`onnxplain.vjp.pool.relu_mask_at_pool`): dy then passes unchanged."""
     b, y = ctx.b, ctx.y[0]
+    if relu_mask_moved_to_pool(ctx):
+        return [ctx.dy[0]]
     return _gate(ctx, b.op("Greater", y, b.like(0.0, y)), ctx.dy[0])
 
 
