@@ -21,12 +21,13 @@ For each case it reports Captum's time over onnxplain's (speed-up), onnxplain's
 time over its *floor* (onnxruntime's plain forward over the same expanded
 batch, cut into the same runs: :func:`onnxplain.profile.forward_floor`), the
 share of onnxplain's time outside ``session.run``, the resident memory
-onnxplain's first call adds at its peak (onnxruntime's arena included), and PyTorch's plain forward
-over the floor's rows against the floor (how much faster onnxruntime's forward is: a method can beat
-Captum by about that much times Captum's own floor ratio over onnxplain's).  The calls of a case are
-interleaved (onnxplain, Captum, floor, onnxplain, ...) and each figure is a
-median, so a loaded machine slows all three alike; the load average is
-recorded.  PyTorch gets as many threads as onnxruntime.  Writes
+onnxplain's first call adds at its peak (onnxruntime's arena included), and
+PyTorch's plain forward over the floor's rows, cut as Captum's call cuts them,
+against the floor: how much faster onnxruntime's forward is, so that a method can
+beat Captum by about that much times Captum's own floor ratio over onnxplain's.
+The calls of a case are interleaved (onnxplain, Captum, floor, onnxplain, ...)
+and each figure is a median, so a loaded machine slows all of them alike; the
+load average is recorded.  PyTorch gets as many threads as onnxruntime.  Writes
 ``results.json`` and ``results.md`` into ``--out``.
 """
 from __future__ import annotations
@@ -122,6 +123,7 @@ class Case:
     inputs: dict
     target: object
     net: object = None                  # the PyTorch model, called on the inputs' tensors in order
+    captum_rows: int | None = None      # rows per forward pass of Captum's call (None: all at once)
     result: dict = field(default_factory=dict)
 
 
@@ -161,12 +163,12 @@ def build_cases(quick: bool) -> list[Case]:
              explainer(net, xt[:2], "smoothgrad"), {"x": x}, target, net),
         Case("cnn", "occlusion", dict(sliding_window_shapes=(3, 4, 4), strides=2),
              lambda: Occlusion(net).attribute(xt, (3, 4, 4), strides=2, target=target, perturbations_per_eval=64),
-             explainer(net, xt[:2], "occlusion"), {"x": x}, target, net),
+             explainer(net, xt[:2], "occlusion"), {"x": x}, target, net, 64 * n),
         Case("cnn", "shapley_sampling", dict(n_samples=25, feature_mask=patches, seed=0),
              lambda: ShapleyValueSampling(net).attribute(xt, target=target, n_samples=25,
                                                          feature_mask=torch.from_numpy(patches),
                                                          perturbations_per_eval=64),
-             explainer(net, xt[:2], "shapley_sampling"), {"x": x}, target, net),
+             explainer(net, xt[:2], "shapley_sampling"), {"x": x}, target, net, 64 * n),
     ]
 
     # an MLP on 64 features, 64 rows
@@ -180,7 +182,7 @@ def build_cases(quick: bool) -> list[Case]:
              explainer(mlp, tt[:2], "integrated_gradients"), {"x": table}, 1, mlp),
         Case("mlp64", "shapley_sampling", dict(n_samples=25, seed=0),
              lambda: ShapleyValueSampling(mlp).attribute(tt, target=1, n_samples=25, perturbations_per_eval=64),
-             explainer(mlp, tt[:2], "shapley_sampling"), {"x": table}, 1, mlp),
+             explainer(mlp, tt[:2], "shapley_sampling"), {"x": table}, 1, mlp, 64 * len(table)),
     ]
 
     # a 2-layer BERT at its word embeddings
@@ -249,7 +251,7 @@ def measure(case: Case, repeats: int) -> dict:
                 case.captum()
             times["captum"].append(time.perf_counter() - t0)
             times["floor"].append(forward_floor(ex, ex._check_inputs(x), cost.rows, cost.rows_per_run, repeats=1))
-            times["torch_forward"].append(torch_forward(case, cost.rows, cost.rows_per_run))
+            times["torch_forward"].append(torch_forward(case, cost.rows, case.captum_rows or cost.rows))
     med = {k: statistics.median(v) for k, v in times.items()}
     return dict(model=case.model, method=case.method, rows=cost.rows, runs=cost.runs,
                 onnxplain_s=med["onnxplain"], captum_s=med["captum"], floor_s=med["floor"],
@@ -260,8 +262,9 @@ def measure(case: Case, repeats: int) -> dict:
 
 
 def torch_forward(case: Case, rows: int, rows_per_run: int) -> float:
-    """Seconds of PyTorch's plain forward (no autograd) over the rows of the floor, cut the same way: the
-    speed-up a method can have over Captum is about this over the floor, times Captum's own floor ratio."""
+    """Seconds of PyTorch's plain forward (no autograd) over the rows of the floor, cut as Captum's call
+    cuts them: the speed-up a method can have over Captum is about this over the floor, times Captum's
+    own floor ratio."""
     import torch
 
     n = len(next(iter(case.inputs.values())))
