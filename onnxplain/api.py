@@ -26,6 +26,30 @@ _CACHE = LRUCache(max_items=16, max_bytes=2 << 30)
 #: normalised models, by the path (with its size and modification time) or the bytes they were read from
 _MODELS = LRUCache(max_items=8, max_bytes=1 << 30)
 _CACHE_LOCK = threading.Lock()
+#: one lock per explanation graph being built: Explainers of the same graph wait for one build, others do not wait
+_BUILDING: dict = {}
+
+
+def _cached_graph(key, build) -> tuple:
+    """The cached (graph, session) of ``key``, built by ``build()`` once even when several threads ask at
+    the same time; the cache's own lock is never held while a graph is built."""
+    with _CACHE_LOCK:
+        found = _CACHE.get(key)
+        if found is not None:
+            return found
+        building = _BUILDING.setdefault(key, threading.Lock())
+    with building:
+        with _CACHE_LOCK:
+            found = _CACHE.get(key)
+        if found is None:
+            try:
+                found = build()
+                with _CACHE_LOCK:     # the graph, and the session's copy of its weights
+                    _CACHE.put(key, found, 2 * found[0].ByteSize())
+            finally:
+                with _CACHE_LOCK:
+                    _BUILDING.pop(key, None)
+    return found
 
 
 def clear_cache() -> None:
@@ -101,17 +125,15 @@ class Explainer:
         self.memory_budget = _memory_budget(memory_budget, self.providers)
         key = (self.digest, self.method.name, self.output, tuple(self.spec.wrt), tuple(self.spec.carriers),
                tuple(self.spec.unbatched), self.spec.batch_size, tuple(map(str, self.providers)), threads)
-        with _CACHE_LOCK:
-            cached = _CACHE.get(key)
-            if cached is None:
-                graph = build_graph(self.model, self.method, self.spec)
-                cached = (graph, Session(graph, self.providers, threads))
-                _CACHE.put(key, cached, 2 * graph.ByteSize())   # the graph, and the session's copy of its weights
-            self.graph, self.session = cached
+        self.graph, self.session = _cached_graph(key, self._build_graph)
         self.row_cost = RowCost(self.model, self.method.row_cost_factor)
         self._forward = None
         self._forward_lock = threading.Lock()
         self._output_shapes: dict = {}
+
+    def _build_graph(self) -> tuple:
+        graph = build_graph(self.model, self.method, self.spec)
+        return graph, Session(graph, self.providers, self.threads)
 
     @property
     def method_name(self) -> str:

@@ -85,6 +85,47 @@ def test_integrated_gradients_match_a_quadrature_written_here(model_bytes, schem
     np.testing.assert_allclose(delta, completeness, rtol=1e-4, atol=1e-5)
 
 
+def test_a_graph_being_built_blocks_only_the_explainers_of_that_graph(monkeypatch):
+    """Explainers of other graphs are made while one graph is still being built; Explainers of the graph
+    being built wait for that one build and share it."""
+    import threading
+
+    api._CACHE.clear()
+    release, started, builds = threading.Event(), threading.Event(), []
+    real_build = api.build_graph
+
+    def slow_build(model, method, spec):
+        builds.append(method.name)
+        if method.name == "integrated_gradients":
+            started.set()
+            assert release.wait(60), "the build was never released"
+        return real_build(model, method, spec)
+
+    monkeypatch.setattr(api, "build_graph", slow_build)
+    made = {}
+
+    def make(name, method):
+        made[name] = onnxplain.Explainer(mlp_model(), method)
+
+    first = threading.Thread(target=make, args=("ig", "integrated_gradients"))
+    twin = threading.Thread(target=make, args=("ig_twin", "integrated_gradients"))
+    first.start()
+    assert started.wait(60)
+    twin.start()
+    make("saliency", "saliency")          # another graph: made while the first build is held
+    assert "ig" not in made and "ig_twin" not in made
+    release.set()
+    first.join(60)
+    twin.join(60)
+    assert builds.count("integrated_gradients") == 1
+    assert made["ig"].session is made["ig_twin"].session
+    x = RNG.standard_normal((3, 5)).astype(np.float32)
+    grad = ((x @ W1.T + B1 > 0) * W2[1]) @ W1                   # the MLP's gradient, by hand
+    np.testing.assert_allclose(made["saliency"].explain(x, target=1), np.abs(grad), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(made["ig_twin"].explain(x, target=1, baselines=0, n_steps=300).sum(axis=1),
+                               forward(x)[:, 1] - forward(np.zeros_like(x))[:, 1], rtol=1e-2, atol=1e-3)
+
+
 def test_nothing_is_rebuilt_between_calls(model_bytes, monkeypatch):
     builds, sessions = [], []
     real_build, real_session = api.build_graph, api.Session
