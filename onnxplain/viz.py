@@ -511,6 +511,13 @@ def check_picture_path(path, kind: str) -> str:
 MAX_ROWS = 16
 
 
+def rows_first(values, axis: int | None) -> np.ndarray:
+    """An input (or its attributions, which keep its layout) with its batch axis first: ``axis`` is the
+    input's batch axis, ``None`` for an input without one (then it is one row)."""
+    values = np.asarray(values)
+    return values[None] if axis is None else np.moveaxis(values, axis, 0)
+
+
 def plot_explanation(explainer, inputs, attributions, path, *, tokens=None, feature_names=None,
                      max_rows: int = MAX_ROWS, **options):
     """Draw an explainer's attributions of ``inputs`` as the picture its model's input calls for.
@@ -527,6 +534,7 @@ def plot_explanation(explainer, inputs, attributions, path, *, tokens=None, feat
     key = explainer.spec.points[0].key
     a = attributions[key] if isinstance(attributions, dict) else np.asarray(attributions)
     x = inputs[key] if isinstance(inputs, dict) else np.asarray(inputs)
+    x, a = rows_first(x, explainer.batch_axes.get(key, 0)), rows_first(a, explainer.batch_axes.get(key, 0))
     rows = min(len(a), int(max_rows))
     labels = [f"#{r}" for r in range(rows)]
     if kind == "image":

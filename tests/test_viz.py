@@ -280,3 +280,35 @@ def test_the_readme_pictures_example_runs_and_writes_its_files(tmp_path, monkeyp
     for name in ("ig.png", "grid.png", "bars.png"):
         png_size(tmp_path / name)
     assert "great" in (tmp_path / "tokens.html").read_text(encoding="utf-8")
+
+
+def test_a_picture_of_an_input_batched_on_its_last_axis_draws_one_panel_per_row(tmp_path):
+    """Features laid out (features, rows): each panel shows one row's attributions, read from the
+    input's own layout, against the gradient of y = (w . x) (v . x) written by hand."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    import onnxplain
+
+    w = np.array([[0.5, -2.0, 0.1, 1.5, -0.7]], np.float32)
+    v = np.array([[1.0, 0.3, -0.4, 0.2, 0.8]], np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["w", "x"], ["p"]), helper.make_node("MatMul", ["v", "x"], ["q"]),
+         helper.make_node("Mul", ["p", "q"], ["pq"]), helper.make_node("Transpose", ["pq"], ["y"])], "bilinear",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [5, "rows"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["rows", 1])],
+        [numpy_helper.from_array(w, "w"), numpy_helper.from_array(v, "v")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.checker.check_model(model)
+    ex = onnxplain.Explainer(model, "gradient", batch_axes={"x": 1})
+    x = np.random.default_rng(0).standard_normal((5, 3)).astype(np.float32)
+    a = ex.explain(x, target=0)
+    want = (w.T * (v @ x) + v.T * (w @ x))                                   # (5, rows)
+    np.testing.assert_allclose(a, want, rtol=1e-5, atol=1e-6)
+    fig = viz.plot_explanation(ex, x, a, tmp_path / "rows.png", feature_names=list("abcde"), top=2)
+    panels = [ax for ax in fig.axes if ax.get_visible() and ax.patches]
+    assert len(panels) == 3
+    for r, ax in enumerate(panels):
+        top = sorted(range(5), key=lambda k: -abs(want[k, r]))[:2]
+        got = [p.get_width() for p in sorted(ax.patches, key=lambda p: -p.get_y())]
+        np.testing.assert_allclose(got, want[top, r], rtol=1e-5)
