@@ -517,6 +517,10 @@ def _own_layout(value: np.ndarray, axis) -> np.ndarray:
     return np.moveaxis(value, 0, axis) if axis else value
 
 
+def _inverse(perm: list) -> list:
+    return [perm.index(i) for i in range(len(perm))]
+
+
 def own_layouts(graph: onnx.ModelProto, spec: Spec, axes: dict) -> onnx.ModelProto:
     """A copy of the explanation graph of a batch-first model that takes and gives inputs with batch
     axis ``k > 0`` (and their baselines and attributions) in their own layout: Transposes at its boundary."""
@@ -530,20 +534,25 @@ def own_layouts(graph: onnx.ModelProto, spec: Spec, axes: dict) -> onnx.ModelPro
     for x, k in axes.items():
         if not k:
             continue
-        names = [x] + [n for n in (spec.param("baselines", x),) if x in spec.carriers]
+        # the input and its baselines (batch axis k), SmoothGrad's noise (samples first: axis k + 1)
+        lead = {x: 0}
+        if x in spec.carriers:
+            lead.update({spec.param("baselines", x): 0, spec.param("noise", x): 1})
         for vi in g.input:
-            if vi.name not in names:
+            if vi.name not in lead:
                 continue
             inner = f"{vi.name}__batch_first"
             redirect_reads(g.node, vi.name, inner)
+            j = lead[vi.name]
             rank = len(vi.type.tensor_type.shape.dim)
-            perm = [k] + [j for j in range(rank) if j != k]
-            front.append(onnx.helper.make_node("Transpose", [vi.name], [inner], perm=perm))
-            _permute_dims(vi, from_batch_first_perm(rank, k))
+            own = list(range(j)) + [j + p for p in from_batch_first_perm(rank - j, k)]
+            front.append(onnx.helper.make_node("Transpose", [vi.name], [inner], perm=_inverse(own)))
+            _permute_dims(vi, own)
         for init in g.initializer:   # a default stored for a transposed input follows its layout
-            if init.name in names and init.dims:
+            if init.name in lead and len(init.dims) > k + lead[init.name]:
+                j = lead[init.name]
                 init.CopyFrom(onnx.numpy_helper.from_array(
-                    np.moveaxis(onnx.numpy_helper.to_array(init), 0, k), init.name))
+                    np.moveaxis(onnx.numpy_helper.to_array(init), j, j + k), init.name))
         if x in spec.wrt:
             name = spec.attribution_name(x)
             inner = f"{name}__batch_first"

@@ -241,6 +241,36 @@ def test_saved_graph_takes_the_state_in_its_own_layout(recurrent, torch_recurren
     assert_close(got["attributions_x"], expected[0], 1e-4)
 
 
+def test_saved_smoothgrad_graph_takes_the_noise_of_the_state_in_the_state_s_own_layout(recurrent, torch_recurrent,
+                                                                                     tmp_path):
+    """noise_state is (samples, *state's own layout): (S, layers, N, hidden); SmoothGrad against the mean of
+    PyTorch's gradients at the noisy inputs, in onnxruntime and onnx.reference."""
+    x, state, sr = recurrent_inputs(n=2)
+    path = tmp_path / "sg.onnx"
+    onnxplain.convert(recurrent, path, "smoothgrad")
+    rng = np.random.default_rng(5)
+    noise_x = rng.standard_normal((3,) + tuple(x.shape)).astype(np.float32)
+    noise_state = rng.standard_normal((3,) + tuple(state.shape)).astype(np.float32)     # (S, layers, N, hidden)
+    tw = np.zeros((2, CLASSES), np.float32)
+    tw[:, 1] = 1
+    feeds = {**feeds_of(x, state, sr), "target_weights": tw, "noise_x": noise_x, "noise_state": noise_state,
+             "stdevs_x": np.array(0.5, np.float32), "stdevs_state": np.array(0.5, np.float32)}
+    grads_x, grads_state = [], []
+    for zx, zs in zip(torch.from_numpy(noise_x), torch.from_numpy(noise_state)):
+        xn, sn = (x + 0.5 * zx).requires_grad_(), (state + 0.5 * zs).requires_grad_()
+        torch_recurrent(xn, sn, sr)[:, 1].sum().backward()
+        grads_x.append(xn.grad)
+        grads_state.append(sn.grad)
+    want_x, want_state = torch.stack(grads_x).mean(0), torch.stack(grads_state).mean(0)
+    graph = onnx.load(str(path))
+    names = [o.name for o in graph.graph.output]
+    for run in (ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run,
+                ReferenceEvaluator(str(path)).run):
+        got = dict(zip(names, run(None, feeds)))
+        assert_close(got["attributions_state"], want_state, 1e-4)
+        assert_close(got["attributions_x"], want_x, 1e-4)
+
+
 # ---------------------------------------------------------------------- models that run one row at a time
 class Gated(nn.Module):
     """A scale chosen by an ``if`` on a single-element condition: one row at a time only."""
