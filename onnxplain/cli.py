@@ -246,7 +246,7 @@ def add_explain(sub) -> None:
                         "batch; run the same command again after a crash to finish the job (the model's own "
                         "cap per forward pass is --model-batch-size)")
     s.add_argument("--target-file", metavar="FILE.npy", help="with --batch-size: one target per row")
-    s.add_argument("--memory-budget", metavar="BYTES|SHARE", help="what one run may use: 512MiB, 80%%, or bytes")
+    _add_memory_budget(s)
     s.add_argument("--overwrite", action="store_true", help="with --batch-size: replace the results of another run")
     s.add_argument("--no-progress", action="store_true", help="with --batch-size: no progress bar")
     g = e.add_argument_group("pictures (need matplotlib: pip install \"onnxplain[viz]\")")
@@ -334,6 +334,12 @@ def _add_method_args(p, graph_defaults: bool, output_flag: str = "--output", met
                         ("" if graph_defaults else " or @FILE.npy for an array") + " (repeatable)")
 
 
+def _add_memory_budget(p) -> None:
+    p.add_argument("--memory-budget", metavar="BYTES|SHARE",
+                   help="what one run may use: 512MiB, 80%% (of the free memory), or bytes (default: a quarter "
+                        "of the free memory)")
+
+
 def _add_batching_args(p, batch_size_flag: str | None = "--batch-size") -> None:
     p.add_argument("--batch-axis", action="append", default=[], metavar="NAME=AXIS",
                    help="the batch axis of an input, or NAME=none for an unbatched one (repeatable; default: "
@@ -398,7 +404,9 @@ def add_serve(sub) -> None:
     s.add_argument("--grpc-port", type=int, default=8001, help="gRPC port (default: 8001)")
     s.add_argument("--max-request-bytes", type=int, default=64 << 20,
                    help="larger request bodies are refused with 413 (default: 64 MiB)")
-    s.add_argument("--threads", type=int, help="onnxruntime intra-op threads per model (default: onnxruntime's)")
+    s.add_argument("--threads", type=int, help="onnxruntime intra-op threads per model (default: one per usable "
+                                               "core)")
+    _add_memory_budget(s)
     _add_batching_args(s)
     s.set_defaults(run=run_serve)
 
@@ -412,8 +420,8 @@ def run_serve(args) -> int:
     methods = [canonical_name(m) for m in args.method.split(",") if m.strip()]
     serve(args.models, methods, names=args.names, output=args.output, inputs=args.inputs, layer=args.layer,
           host=args.host, http_port=args.http_port, grpc_port=args.grpc_port,
-          max_request_bytes=args.max_request_bytes, threads=args.threads, noise_tunnel=args.noise_tunnel,
-          **_batching(args), **_method_params(args, allow_files=True))
+          max_request_bytes=args.max_request_bytes, threads=args.threads, memory_budget=args.memory_budget,
+          noise_tunnel=args.noise_tunnel, **_batching(args), **_method_params(args, allow_files=True))
     return 0
 
 
@@ -463,6 +471,7 @@ def add_profile(sub) -> None:
     p.add_argument("--repeats", type=int, default=3, help="timed calls after a warm-up; medians (default: 3)")
     p.add_argument("--top", type=int, default=15, help="slowest nodes to list (default: 15)")
     p.add_argument("--threads", type=int, help="onnxruntime intra-op threads (default: one per usable core)")
+    _add_memory_budget(p)
     p.add_argument("--json", metavar="OUT.json", help="also write the numbers as JSON")
     p.set_defaults(run=run_profile)
 
@@ -478,7 +487,8 @@ def run_profile(args) -> int:
     result = profile(args.model, load_inputs(args.data) if args.data else None, args.method,
                      None if target == PREDICTED else target, batch=args.batch, repeats=args.repeats,
                      output=args.output, attribute=args.inputs, layer=args.layer, threads=args.threads,
-                     noise_tunnel=args.noise_tunnel, **_batching(args), **_method_params(args, allow_files=True))
+                     memory_budget=args.memory_budget, noise_tunnel=args.noise_tunnel, **_batching(args),
+                     **_method_params(args, allow_files=True))
     print(result.report(args.top))
     if args.json:
         with open(args.json, "w") as f:

@@ -100,7 +100,7 @@ class Profile:
 def profile(model, inputs=None, method: str = "saliency", target=None, *, batch: int = 8, repeats: int = 3,
             output: str | None = None, attribute=None, layer: str | None = None, threads: int | None = None,
             providers=None, noise_tunnel: str | None = None, batch_axes: dict | None = None,
-            batch_size: int | None = None, **params) -> Profile:
+            batch_size: int | None = None, memory_budget=None, **params) -> Profile:
     """Profile ``method`` on ``model``: timings, floor ratio, op and node times, peak memory.
 
     inputs: an array or a dict by input name; default: made-up rows
@@ -109,8 +109,8 @@ def profile(model, inputs=None, method: str = "saliency", target=None, *, batch:
         output with one value per row).  The target does not change the cost.
     repeats: timed calls after one warm-up; the median is reported.
     attribute: the inputs to attribute (``Explainer``'s ``inputs``).
-    noise_tunnel, batch_axes, batch_size: those of :class:`~onnxplain.Explainer`; inputs (given or made
-        up) are in their own layout, as ``explain`` takes them.
+    noise_tunnel, batch_axes, batch_size, memory_budget: those of :class:`~onnxplain.Explainer`; inputs
+        (given or made up) are in their own layout, as ``explain`` takes them.
     params: the method's parameters (``n_steps=50``, ``nt_samples=10``...).
     """
     from .api import Explainer
@@ -119,7 +119,7 @@ def profile(model, inputs=None, method: str = "saliency", target=None, *, batch:
     if not isinstance(repeats, (int, np.integer)) or repeats < 1:
         raise ValueError(f"repeats must be a positive int, got {repeats!r}")
     ex = Explainer(model, method, output=output, inputs=attribute, layer=layer, providers=providers, threads=threads,
-                   noise_tunnel=noise_tunnel, batch_axes=batch_axes, batch_size=batch_size)
+                   noise_tunnel=noise_tunnel, batch_axes=batch_axes, batch_size=batch_size, memory_budget=memory_budget)
     x = made_up_inputs(ex.model, batch, batch_axes=ex.batch_axes) if inputs is None else inputs
     feeds = ex._check_inputs(x)                                   # batch first, for the forward floor
     first = ex._forward_session().run(ex._row_slice(feeds, 0, 1), [ex.output])[ex.output]

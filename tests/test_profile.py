@@ -122,3 +122,20 @@ def test_profile_command_takes_the_noise_tunnel_and_batching_flags(tmp_path, cap
     assert code == 0, capsys.readouterr().err
     numbers = json.loads(out.read_text())
     assert numbers["batch"] == 2 and numbers["rows"] == 2 * (3 + 1)      # 3 noisy copies and the clean rows
+
+
+def test_profile_command_takes_a_memory_budget_that_cuts_the_call_into_more_runs(cnn, tmp_path):
+    onx, _ = cnn
+    path = tmp_path / "m.onnx"
+    path.write_bytes(onx)
+    counts = {}
+    for budget in (None, "64KiB"):
+        out = tmp_path / f"p{budget}.json"
+        flags = ["--memory-budget", budget] if budget else []
+        assert main(["profile", str(path), "--method", "integrated_gradients", "--n-steps", "20", "--batch", "4",
+                     "--repeats", "1", *flags, "--json", str(out)]) == 0
+        numbers = json.loads(out.read_text())
+        counts[budget] = (numbers["rows"], numbers["runs"])
+    assert counts[None] == (4 * 22, 1)                        # 20 steps, f(x) and f(baseline) per row
+    rows, runs = counts["64KiB"]
+    assert runs > 1 and rows >= 4 * 22               # one row's steps split over runs (each run with its ends)

@@ -382,6 +382,9 @@ def test_cli_mistakes_end_in_one_line(server, paths):
     assert names.returncode == 2 and "1 name(s) given for 2 served" in names.stderr
     extra = run_cli("serve", paths["cnn"], "--method", "saliency", prelude="sys.modules['kserve'] = None; ")
     assert extra.returncode == 2 and 'pip install "onnxplain[serve]"' in extra.stderr
+    budget = run_cli("serve", paths["cnn"], "--method", "saliency", "--memory-budget", "lots",
+                     "--http-port", str(free_port()), "--grpc-port", str(free_port()))
+    assert budget.returncode == 2 and "memory_budget must be a positive number of bytes" in budget.stderr
 
 
 def test_importing_onnxplain_does_not_import_the_server():
