@@ -73,6 +73,12 @@ def time_forms(graphs: dict, feeds: dict, repeats: int, threads: int | None) -> 
     first = next(iter(results.values()))
     for k, r in results.items():
         np.testing.assert_allclose(r, first, rtol=1e-3, atol=1e-3 * float(np.abs(first).max()), err_msg=k)
+    return interleaved_medians(sessions, feeds, repeats)
+
+
+def interleaved_medians(sessions: dict, feeds: dict, repeats: int) -> dict[str, float]:
+    """Median seconds per run of each session, their runs interleaved (A, B, A, B, ...) so that a loaded
+    machine slows them alike."""
     times = {k: [] for k in sessions}
     for _ in range(repeats):
         for k, s in sessions.items():

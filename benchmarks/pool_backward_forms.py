@@ -27,15 +27,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
-import time
 
 import numpy as np
 import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
+from conv_backward_forms import interleaved_medians
 from onnxplain.runtime import session_options
 
 #: (channels, size): the pooled layers of the benchmark CNN (benchmarks/run.py)
@@ -147,13 +146,7 @@ def time_layer(C: int, H: int, rows: int, repeats: int, threads: int | None, rng
                                         providers=["CPUExecutionProvider"]) for f in FORMS}
     for f, s in sessions.items():
         np.testing.assert_array_equal(s.run(["dX"], feeds)[0], expected, err_msg=f"{f} differs from PyTorch")
-    times = {f: [] for f in FORMS}
-    for _ in range(repeats):
-        for f, s in sessions.items():
-            t0 = time.perf_counter()
-            s.run(None, feeds)
-            times[f].append(time.perf_counter() - t0)
-    return {f: statistics.median(v) for f, v in times.items()}
+    return interleaved_medians(sessions, feeds, repeats)
 
 
 def main(argv=None) -> int:
