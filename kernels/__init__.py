@@ -10,9 +10,9 @@ perturbation-major (row ``u * n + j`` is perturbation ``u`` of input row ``j``).
 from ._common import Labels, spread_groups
 from .ablation import fill_ablation, fold_ablation
 from .occlusion import fill_occlusion, fold_occlusion, occlusion_counts, window_starts
-from .shapley import (MAX_EXACT_GROUPS, close_single_group, fill_coalitions, fill_permutation, fold_coalitions,
+from .shapley import (MAX_EXACT_GROUPS, PermutationUnits, close_single_group, fill_coalitions, fill_permutation, fold_coalitions,
                       fold_permutation, permutation_ranks, sample_permutations, shapley_weights)
 
-__all__ = ["Labels", "MAX_EXACT_GROUPS", "close_single_group", "fill_ablation", "fill_coalitions", "fill_occlusion",
+__all__ = ["Labels", "MAX_EXACT_GROUPS", "PermutationUnits", "close_single_group", "fill_ablation", "fill_coalitions", "fill_occlusion",
            "fill_permutation", "fold_ablation", "fold_coalitions", "fold_occlusion", "fold_permutation", "occlusion_counts",
            "permutation_ranks", "sample_permutations", "shapley_weights", "spread_groups", "window_starts"]

@@ -165,11 +165,15 @@ def unsigned_bits(a: np.ndarray) -> np.ndarray:
     return a.view(_BITS[a.dtype.itemsize])
 
 
+#: per element size: the unsigned type of the masks, its all-ones and its zero value
+_MASK_VALUES = {size: (np.dtype(u), u(np.iinfo(u).max), u(0)) for size, u in _BITS.items()}
+
+
 def unit_masks(units: int, d: int, dtype) -> tuple[np.ndarray, object, object]:
     """An uninitialised ``(units, d)`` mask for :func:`select_units` over elements of ``dtype``, with the
     all-ones and zero values of its unsigned type (from the input, from the baseline)."""
-    kind = np.dtype(_BITS[np.dtype(dtype).itemsize])
-    return np.empty((units, d), dtype=kind), kind.type(np.iinfo(kind).max), kind.type(0)
+    kind, ones, zero = _MASK_VALUES[np.dtype(dtype).itemsize]
+    return np.empty((units, d), dtype=kind), ones, zero
 
 
 @ParallelKernel

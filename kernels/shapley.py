@@ -102,12 +102,15 @@ def fill_permutation(x, base, labels, ranks, perm_ids, steps, out=None) -> np.nd
     labels = check_labels(labels, x.shape[0], x.shape[1], ranks.shape[1])
     perm_ids, steps = _units(perm_ids, steps, ranks.shape)
     out = batch_out(out, perm_ids.shape[0] * x.shape[0], x.shape[1], x.dtype)
+    return _fill_checked(x, base, labels, ranks, perm_ids, steps, out)
+
+
+def _fill_checked(x, base, labels, ranks, perm_ids, steps, out):
     if labels.shape[0] == 1:
         masks, ones, zero = unit_masks(perm_ids.shape[0], x.shape[1], x.dtype)
         _permutation_masks(labels, ranks, perm_ids, steps, ones, zero, masks)
-        select_units(x, base, masks, out)
-    else:
-        _fill_permutation.run(out.size, bits(x), bits(base), labels, ranks, perm_ids, steps, bits(out))
+        return select_units(x, base, masks, out)
+    _fill_permutation.run(out.size, bits(x), bits(base), labels, ranks, perm_ids, steps, bits(out))
     return out
 
 
@@ -145,6 +148,60 @@ def fold_permutation(f, f_base, f_prev, perms, perm_ids, steps, phi, f_full=None
         f_full = f_base
     _fold_permutation.run(f.size, f, f_base, f_prev, perms, perm_ids, steps, f_full, close, phi)
     return phi
+
+
+class PermutationUnits:
+    """The units of sampled permutations, checked once for every chunk of a call.
+
+    Unit ``u`` is step ``steps[u]`` of permutation ``perm_ids[u]``, permutation-major.  With
+    ``leave_out_full`` the last step of each permutation (the full coalition, the input itself) is not a
+    unit: its outputs come once per row as ``f_full`` (:func:`fold_permutation`).  :meth:`fill` and
+    :meth:`fold` do what :func:`fill_permutation` and :func:`fold_permutation` do for units ``[u0, u1)``,
+    checking only what changes per chunk (the rows, the outputs), not the permutations again.
+    """
+
+    def __init__(self, perms, leave_out_full: bool = False):
+        self.perms = _ranks(perms, "perms")
+        self.ranks = permutation_ranks(self.perms)
+        if (np.sort(self.perms, axis=1) != np.arange(self.perms.shape[1])).any():
+            raise ValueError("perms must hold one permutation of 0..G-1 per row")
+        samples, groups = self.perms.shape
+        per = groups - 1 if leave_out_full else groups
+        self.leave_out_full = bool(leave_out_full)
+        self.units = samples * per
+        self.perm_ids = np.repeat(np.arange(samples, dtype=np.int64), per)
+        self.steps = np.tile(np.arange(per, dtype=np.int64), samples)
+
+    def fill(self, x, base, labels, u0: int, u1: int, out=None) -> np.ndarray:
+        """The batch of units ``[u0, u1)`` of the rows of ``x`` (n, D), as :func:`fill_permutation`."""
+        x, base, labels = _check_rows(x, base, labels)
+        labels = check_labels(labels, x.shape[0], x.shape[1], self.perms.shape[1])
+        u0, u1 = self._range(u0, u1)
+        out = batch_out(out, (u1 - u0) * x.shape[0], x.shape[1], x.dtype)
+        return _fill_checked(x, base, labels, self.ranks, self.perm_ids[u0:u1], self.steps[u0:u1], out)
+
+    def fold(self, f, f_base, f_prev, phi, u0: int, u1: int, f_full=None) -> np.ndarray:
+        """Fold the outputs ``f`` of units ``[u0, u1)`` into ``phi``, as :func:`fold_permutation`;
+        ``f_full`` is required when the full coalition is left out, refused otherwise."""
+        if self.leave_out_full != (f_full is not None):
+            raise ValueError("f_full (the outputs of the inputs) is needed exactly when the units leave out "
+                             "the full coalition")
+        u0, u1 = self._range(u0, u1)
+        n = f_prev.shape[0] if isinstance(f_prev, np.ndarray) else -1
+        f_base = outputs_1d(f_base, n, "f_base")
+        accumulator(f_prev, (n,), "f_prev")
+        accumulator(phi, (n, self.perms.shape[1]), "phi")
+        f = outputs_1d(f, (u1 - u0) * n)
+        f_full = f_base if f_full is None else outputs_1d(f_full, n, "f_full")
+        _fold_permutation.run(f.size, f, f_base, f_prev, self.perms, self.perm_ids[u0:u1], self.steps[u0:u1],
+                              f_full, self.leave_out_full, phi)
+        return phi
+
+    def _range(self, u0, u1) -> tuple[int, int]:
+        u0, u1 = int(u0), int(u1)
+        if not 0 <= u0 <= u1 <= self.units:
+            raise ValueError(f"units [{u0}, {u1}) must lie in [0, {self.units})")
+        return u0, u1
 
 
 def close_single_group(f_full, f_base, n_samples: int, phi) -> np.ndarray:

@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from onnxplain.kernels import (MAX_EXACT_GROUPS, close_single_group, fill_coalitions, fill_permutation,
-                               fold_coalitions, fold_permutation, permutation_ranks, sample_permutations, spread_groups)
+from onnxplain.kernels import (MAX_EXACT_GROUPS, PermutationUnits, close_single_group, fill_coalitions,
+                               fold_coalitions, sample_permutations, spread_groups)
 
 from .perturbation import Perturbation, Plan, attributed_inputs, broadcast_rows, check_positive_int, group_labels
 
@@ -99,11 +99,9 @@ class _SamplingPlan(_GroupPlan):
 
     def __init__(self, inputs, labels, perms):
         super().__init__(inputs, labels, perms.shape[1])
-        self.perms, self.ranks = perms, permutation_ranks(perms)
-        steps = perms.shape[1] - 1
-        self.units = perms.shape[0] * steps
-        self.perm_ids = np.repeat(np.arange(perms.shape[0], dtype=np.int64), steps)
-        self.steps = np.tile(np.arange(steps, dtype=np.int64), perms.shape[0])
+        self.permutations = PermutationUnits(perms, leave_out_full=True)
+        self.units = self.permutations.units
+        self.n_samples = perms.shape[0]
         self.scale = 1.0 / perms.shape[0]
 
     def begin(self, r0, r1, evaluate):
@@ -113,16 +111,15 @@ class _SamplingPlan(_GroupPlan):
         self.f_full = evaluate({})
         self.f_prev = np.zeros(n, dtype=np.float64)
         if self.n_groups == 1:
-            close_single_group(self.f_full, self.f_base, self.perms.shape[0], self.phi)
+            close_single_group(self.f_full, self.f_base, self.n_samples, self.phi)
+        self.rows = [(a.x[r0:r1], a.base_rows(r0, r1), self.block_labels[a.name], a.name) for a in self.inputs]
 
     def fill(self, u0, u1, batches):
-        for a in self.inputs:
-            fill_permutation(a.x[self.r0:self.r1], a.base_rows(self.r0, self.r1), self.block_labels[a.name],
-                             self.ranks, self.perm_ids[u0:u1], self.steps[u0:u1], out=batches[a.name])
+        for x, base, labels, name in self.rows:
+            self.permutations.fill(x, base, labels, u0, u1, out=batches[name])
 
     def fold(self, u0, u1, f):
-        fold_permutation(f, self.f_base, self.f_prev, self.perms, self.perm_ids[u0:u1], self.steps[u0:u1],
-                         self.phi, f_full=self.f_full)
+        self.permutations.fold(f, self.f_base, self.f_prev, self.phi, u0, u1, f_full=self.f_full)
 
 
 class _ExactPlan(_GroupPlan):
