@@ -104,7 +104,7 @@ def session_options(threads: int | None = None, profile_prefix: str | None = Non
 
 
 #: IO bindings a thread keeps per session, one per shape of the runs (a call's chunks take one or two shapes)
-BINDINGS_PER_THREAD = 8
+BINDINGS_PER_THREAD = 4
 
 
 class Session:
@@ -181,20 +181,23 @@ class Session:
                                  f"{self.output_dtypes[name]} array, got {_describe(array)}")
         binding = self._binding(feeds, tuple(into))
         binding.bind_inputs(feeds)
-        if self.on_cuda:
-            binding.bind_device_outputs(list(into), "cuda")
-            self._sess.run_with_iobinding(binding.io)
-            for array, value in zip(into.values(), binding.io.copy_outputs_to_cpu()):
-                np.copyto(array, value.reshape(array.shape))
-        else:
-            binding.bind_host_outputs(into)
-            self._sess.run_with_iobinding(binding.io)
+        try:
+            if self.on_cuda:
+                binding.bind_device_outputs(list(into), "cuda")
+                self._sess.run_with_iobinding(binding.io)
+                for array, value in zip(into.values(), binding.io.copy_outputs_to_cpu()):
+                    np.copyto(array, value.reshape(array.shape))
+            else:
+                binding.bind_host_outputs(into)
+                self._sess.run_with_iobinding(binding.io)
+        finally:
+            binding.io.clear_binding_inputs()   # a kept binding holds no batch buffer alive
         return dict(into)
 
 
 class _Binding:
-    """An onnxruntime IO binding reused by the runs of one shape: inputs re-bound each run (the CPU binds
-    the caller's memory without a copy), outputs re-bound only when their buffer moves."""
+    """An onnxruntime IO binding reused by the runs of one shape: inputs bound for each run (on the CPU the
+    caller's memory, without a copy), outputs re-bound only when their buffer moves."""
 
     def __init__(self, io):
         self.io = io

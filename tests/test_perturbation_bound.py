@@ -270,8 +270,9 @@ def test_session_writes_outputs_into_the_callers_arrays():
 
 
 def test_on_cuda_a_binding_is_kept_per_chunk_shape(monkeypatch):
-    """CUDA (faked: no GPU here): inputs bound each run, outputs bound on the device once per binding and
-    copied into the caller's arrays once per run; a binding is made per shape, not per run."""
+    """CUDA (faked: no GPU here): inputs bound for each run and let go after it, outputs bound on the device
+    once per binding and copied into the caller's arrays once per run; a binding is made per shape, not per
+    run."""
     made, calls = [], []
 
     class FakeBinding:
@@ -284,6 +285,10 @@ def test_on_cuda_a_binding_is_kept_per_chunk_shape(monkeypatch):
 
         def bind_output(self, name, device="cpu", *rest):
             calls.append(("bind_output", name, device))
+
+        def clear_binding_inputs(self):
+            calls.append(("clear_inputs",))
+            self.inputs = {}
 
         def copy_outputs_to_cpu(self):
             return [self.inputs["x"].sum(1)]
@@ -321,5 +326,5 @@ def test_on_cuda_a_binding_is_kept_per_chunk_shape(monkeypatch):
         np.testing.assert_array_equal(out, x.sum(1))
     sess.run({"x": np.ones((2, 3), np.float32)}, {"y": np.empty(2, np.float32)})
     assert len(made) == 2, "one binding per chunk shape"
-    assert calls == [("bind_output", "y", "cuda"), ("run",), ("run",), ("run",),
-                     ("bind_output", "y", "cuda"), ("run",)]
+    run = [("run",), ("clear_inputs",)]                     # a kept binding holds no batch alive
+    assert calls == [("bind_output", "y", "cuda")] + run * 3 + [("bind_output", "y", "cuda")] + run
