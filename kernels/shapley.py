@@ -150,6 +150,15 @@ def fold_permutation(f, f_base, f_prev, perms, perm_ids, steps, phi, f_full=None
     return phi
 
 
+class CheckedRows:
+    """One block's rows, baselines and label array, checked by :meth:`PermutationUnits.rows`."""
+
+    __slots__ = ("x", "base", "labels")
+
+    def __init__(self, x, base, labels):
+        self.x, self.base, self.labels = x, base, labels
+
+
 class PermutationUnits:
     """The units of sampled permutations, checked once for every chunk of a call.
 
@@ -172,13 +181,20 @@ class PermutationUnits:
         self.perm_ids = np.repeat(np.arange(samples, dtype=np.int64), per)
         self.steps = np.tile(np.arange(per, dtype=np.int64), samples)
 
-    def fill(self, x, base, labels, u0: int, u1: int, out=None) -> np.ndarray:
-        """The batch of units ``[u0, u1)`` of the rows of ``x`` (n, D), as :func:`fill_permutation`."""
+    def rows(self, x, base, labels) -> "CheckedRows":
+        """``x`` (n, D), its baselines and labels (as :func:`fill_permutation` takes them), checked once
+        for the chunks of one block of rows."""
         x, base, labels = _check_rows(x, base, labels)
-        labels = check_labels(labels, x.shape[0], x.shape[1], self.perms.shape[1])
+        return CheckedRows(x, base, check_labels(labels, x.shape[0], x.shape[1], self.perms.shape[1]))
+
+    def fill(self, rows: "CheckedRows", u0: int, u1: int, out=None) -> np.ndarray:
+        """The batch of units ``[u0, u1)`` of a block of ``rows`` (:meth:`rows`), as :func:`fill_permutation`."""
+        if not isinstance(rows, CheckedRows):
+            raise ValueError("rows must come from PermutationUnits.rows(x, base, labels)")
         u0, u1 = self._range(u0, u1)
+        x = rows.x
         out = batch_out(out, (u1 - u0) * x.shape[0], x.shape[1], x.dtype)
-        return _fill_checked(x, base, labels, self.ranks, self.perm_ids[u0:u1], self.steps[u0:u1], out)
+        return _fill_checked(x, rows.base, rows.labels, self.ranks, self.perm_ids[u0:u1], self.steps[u0:u1], out)
 
     def fold(self, f, f_base, f_prev, phi, u0: int, u1: int, f_full=None) -> np.ndarray:
         """Fold the outputs ``f`` of units ``[u0, u1)`` into ``phi``, as :func:`fold_permutation`;

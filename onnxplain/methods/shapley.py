@@ -112,11 +112,12 @@ class _SamplingPlan(_GroupPlan):
         self.f_prev = np.zeros(n, dtype=np.float64)
         if self.n_groups == 1:
             close_single_group(self.f_full, self.f_base, self.n_samples, self.phi)
-        self.rows = [(a.x[r0:r1], a.base_rows(r0, r1), self.block_labels[a.name], a.name) for a in self.inputs]
+        self.rows = {a.name: self.permutations.rows(a.x[r0:r1], a.base_rows(r0, r1), self.block_labels[a.name])
+                     for a in self.inputs}
 
     def fill(self, u0, u1, batches):
-        for x, base, labels, name in self.rows:
-            self.permutations.fill(x, base, labels, u0, u1, out=batches[name])
+        for name, rows in self.rows.items():
+            self.permutations.fill(rows, u0, u1, out=batches[name])
 
     def fold(self, u0, u1, f):
         self.permutations.fold(f, self.f_base, self.f_prev, self.phi, u0, u1, f_full=self.f_full)
