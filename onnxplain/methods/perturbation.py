@@ -13,8 +13,10 @@ chunks (sizes from the memory budget, capped by Captum's
 ``perturbations_per_eval``); for each chunk the plan's Numba kernels write the
 perturbed rows straight into preallocated batches (perturbation-major: row
 ``u * n + j`` is unit ``u`` of input row ``j``, fed with ``target_weights[j]``),
-one session run returns one scalar per row, and the kernels fold those back into
-sums and counts.  No Python loop runs per perturbation, only per chunk.
+one session run writes one scalar per row into a buffer the call owns (an IO
+binding kept per chunk shape), and the kernels fold those back into sums and
+counts.  No Python loop runs per perturbation, only per chunk, and nothing in a
+chunk's Python work grows with the number of features.
 """
 from __future__ import annotations
 
