@@ -8,6 +8,7 @@ perturbation-major: row ``u * n + j`` is perturbation ``u`` of input row ``j``.
 """
 from __future__ import annotations
 
+import types
 from contextlib import contextmanager
 
 import numba
@@ -34,6 +35,31 @@ def threads_for(work: int):
         yield
     finally:
         numba.set_num_threads(have)
+
+
+class ParallelKernel:
+    """A ``prange`` kernel compiled twice: in parallel, and serially for work one thread should do.
+
+    ``kernel.run(work, *args)`` takes the serial compilation below :data:`GRAIN` elements of ``work``
+    (most chunks of a small model): no thread pool is woken and Numba's thread count is not touched,
+    which costs more than a small chunk's fill.  Larger work runs in parallel under :func:`threads_for`.
+    Both compilations are cached on disk (the serial one under its own name).
+    """
+
+    def __init__(self, fn):
+        self.parallel = njit(parallel=True, cache=True)(fn)
+        twin = types.FunctionType(fn.__code__, fn.__globals__, fn.__name__ + "_serial", fn.__defaults__,
+                                  fn.__closure__)
+        twin.__qualname__ = fn.__qualname__ + "_serial"
+        twin.__doc__ = fn.__doc__
+        self.serial = njit(cache=True)(twin)
+        self.__doc__ = fn.__doc__
+
+    def run(self, work: int, *args):
+        if work < 2 * GRAIN:
+            return self.serial(*args)
+        with threads_for(work):
+            return self.parallel(*args)
 
 
 def rows2d(a, name: str, cols: int | None = None) -> np.ndarray:
@@ -133,6 +159,50 @@ def bits(a: np.ndarray) -> np.ndarray:
     return a.view(_BITS[a.dtype.itemsize])
 
 
+def unsigned_bits(a: np.ndarray) -> np.ndarray:
+    """``a`` viewed as the unsigned integers of its element size, floats included (what :func:`select_units`
+    moves: a bitwise select copies every dtype exactly, NaN payloads and signed zeros too)."""
+    return a.view(_BITS[a.dtype.itemsize])
+
+
+#: per element size: the unsigned type of the masks, its all-ones and its zero value
+_MASK_VALUES = {size: (np.dtype(u), u(np.iinfo(u).max), u(0)) for size, u in _BITS.items()}
+
+
+def unit_masks(units: int, d: int, dtype) -> tuple[np.ndarray, object, object]:
+    """An uninitialised ``(units, d)`` mask for :func:`select_units` over elements of ``dtype``, with the
+    all-ones and zero values of its unsigned type (from the input, from the baseline)."""
+    kind, ones, zero = _MASK_VALUES[np.dtype(dtype).itemsize]
+    return np.empty((units, d), dtype=kind), ones, zero
+
+
+@ParallelKernel
+def _select_units(x, base, masks, out):
+    n, d = x.shape
+    b_step = 0 if base.shape[0] == 1 else 1
+    for r in prange(masks.shape[0] * n):
+        u = r // n
+        j = r - u * n
+        m = masks[u]
+        xr = x[j]
+        br = base[j * b_step]
+        orow = out[r]
+        for e in range(d):
+            orow[e] = (xr[e] & m[e]) | (br[e] & ~m[e])
+
+
+def select_units(x: np.ndarray, base: np.ndarray, masks: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """Row ``u * n + j`` of ``out`` is row ``j`` of ``x`` where ``masks[u]`` is all ones and the baseline
+    where it is zero: one mask row per perturbation, shared by every input row (labels shared by the rows).
+
+    The branch-free bitwise select vectorises, where a per-element choice between two floats does not:
+    building a batch costs about a plain copy.  Arguments are checked by the public wrappers: ``x`` (n, D),
+    ``base`` (1 or n, D) and ``out`` (U * n, D) of one dtype, ``masks`` (U, D) from :func:`unit_masks`.
+    """
+    _select_units.run(out.size, unsigned_bits(x), unsigned_bits(base), masks, unsigned_bits(out))
+    return out
+
+
 def outputs_1d(f, rows: int, name: str = "f") -> np.ndarray:
     """One output per batch row, as float32/float64 (float16 outputs are widened)."""
     f = np.asarray(f)
@@ -152,7 +222,7 @@ def accumulator(a, shape: tuple, name: str) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------- spreading
-@njit(parallel=True, cache=True)
+@ParallelKernel
 def _spread(values, labels, scale, out):
     n, d = out.shape
     m_step = 0 if labels.shape[0] == 1 else 1
@@ -173,8 +243,7 @@ def spread_groups(values, labels, scale: float = 1.0, out=None, dtype=np.float64
     out = batch_out(out, n, labels.shape[1], np.dtype(dtype))
     if out.dtype not in _NATIVE:
         raise ValueError(f"out must be float32 or float64, got {out.dtype}")
-    with threads_for(out.size):
-        _spread(values, labels, float(scale), out)
+    _spread.run(out.size, values, labels, float(scale), out)
     return out
 
 

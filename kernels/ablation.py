@@ -10,10 +10,11 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from ._common import accumulator, batch_out, bits, check_input_and_base, check_labels, outputs_1d, threads_for
+from ._common import (ParallelKernel, accumulator, batch_out, bits, check_input_and_base, check_labels,
+                      outputs_1d, select_units, unit_masks)
 
 
-@njit(parallel=True, cache=True)
+@ParallelKernel
 def _fill_ablation(x, base, labels, groups, out):
     n, d = x.shape
     rows = groups.shape[0] * n
@@ -29,7 +30,17 @@ def _fill_ablation(x, base, labels, groups, out):
             out[r, e] = base[b, e] if labels[m, e] == g else x[j, e]
 
 
-@njit(parallel=True, cache=True)
+@njit(cache=True)
+def _ablation_masks(labels, groups, ones, zero, masks):
+    """Labels shared by all rows: the mask of each ablation (zero, the baseline, on the ablated group)."""
+    d = labels.shape[1]
+    for u in range(groups.shape[0]):
+        g = groups[u]
+        for e in range(d):
+            masks[u, e] = zero if labels[0, e] == g else ones
+
+
+@ParallelKernel
 def _fold_ablation(f0, f, groups, diffs):
     n = f0.shape[0]
     for j in prange(n):
@@ -52,8 +63,11 @@ def fill_ablation(x, base, labels, groups, n_groups: int, out=None) -> np.ndarra
     labels = check_labels(labels, n, d, n_groups)
     groups = _groups(groups)
     out = batch_out(out, groups.shape[0] * n, d, x.dtype)
-    with threads_for(out.size):
-        _fill_ablation(bits(x), bits(base), labels, groups, bits(out))
+    if labels.shape[0] == 1:
+        masks, ones, zero = unit_masks(groups.shape[0], d, x.dtype)
+        _ablation_masks(labels, groups, ones, zero, masks)
+        return select_units(x, base, masks, out)
+    _fill_ablation.run(out.size, bits(x), bits(base), labels, groups, bits(out))
     return out
 
 
@@ -71,8 +85,7 @@ def fold_ablation(f0, f, groups, diffs) -> np.ndarray:
     accumulator(diffs, (n, diffs.shape[1]), "diffs")
     if groups.size and groups.max() >= diffs.shape[1]:
         raise ValueError(f"groups must be < {diffs.shape[1]} (the columns of diffs), got {groups.max()}")
-    with threads_for(f.size):
-        _fold_ablation(f0, f, groups, diffs)
+    _fold_ablation.run(f.size, f0, f, groups, diffs)
     return diffs
 
 

@@ -12,8 +12,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from ._common import (accumulator, batch_out, bits, check_rows_like, check_values, outputs_1d, rows2d,
-                      threads_for)
+from ._common import (ParallelKernel, accumulator, batch_out, bits, check_rows_like, check_values, outputs_1d,
+                      rows2d)
 
 
 def window_starts(row_shape, window, strides, name: str = "input") -> np.ndarray:
@@ -75,7 +75,7 @@ def _run_offset(dims, estr, window, starts, u, t):
     return off
 
 
-@njit(parallel=True, cache=True)
+@ParallelKernel
 def _fill_occlusion(x, base, dims, estr, window, starts, active, out):
     n, d = x.shape
     b_step = 0 if base.shape[0] == 1 else 1
@@ -93,7 +93,7 @@ def _fill_occlusion(x, base, dims, estr, window, starts, active, out):
                     out[r, e] = base[b, e]
 
 
-@njit(parallel=True, cache=True)
+@ParallelKernel
 def _fold_occlusion(f0, f, dims, estr, window, starts, active, sums):
     n = f0.shape[0]
     for j in prange(n):
@@ -130,8 +130,7 @@ def fill_occlusion(x, base, row_shape, window, starts, active=None, out=None) ->
     x, base, geo, active = _check(x, base, row_shape, window, starts, active)
     n, d = x.shape
     out = batch_out(out, geo[3].shape[0] * n, d, x.dtype)
-    with threads_for(out.size):
-        _fill_occlusion(bits(x), bits(base), *geo, active, bits(out))
+    _fill_occlusion.run(out.size, bits(x), bits(base), *geo, active, bits(out))
     return out
 
 
@@ -145,8 +144,7 @@ def fold_occlusion(f0, f, row_shape, window, starts, sums, active=None) -> np.nd
     dims, estr, window, starts, active = _geometry_args(row_shape, window, starts, active)
     f = outputs_1d(f, starts.shape[0] * n)
     accumulator(sums, (n, _size(dims)), "sums")
-    with threads_for(f.size * int(np.prod(window))):
-        _fold_occlusion(f0, f, dims, estr, window, starts, active, sums)
+    _fold_occlusion.run(f.size * int(np.prod(window)), f0, f, dims, estr, window, starts, active, sums)
     return sums
 
 

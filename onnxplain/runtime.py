@@ -103,8 +103,16 @@ def session_options(threads: int | None = None, profile_prefix: str | None = Non
     return so
 
 
+#: IO bindings a thread keeps per session, one per shape of the runs (a call's chunks take one or two shapes)
+BINDINGS_PER_THREAD = 4
+
+
 class Session:
-    """One onnxruntime session over an explanation graph, reused for every call (options: :func:`session_options`)."""
+    """One onnxruntime session over an explanation graph, reused for every call (options: :func:`session_options`).
+
+    :meth:`run` returns fresh arrays, or writes into arrays the caller owns (``outputs`` a dict) through an
+    IO binding kept per shape of the run and reused, on the CPU as on CUDA.
+    """
 
     def __init__(self, model: onnx.ModelProto, providers=None, threads: int | None = None,
                  profile_prefix: str | None = None):
@@ -118,29 +126,114 @@ class Session:
         self.on_cuda = CUDA in self._sess.get_providers()
         self.input_names = [i.name for i in self._sess.get_inputs()]
         self.output_names = [o.name for o in self._sess.get_outputs()]
-        self._lock = threading.Lock()
+        self._local = threading.local()   # each thread's bindings: runs of one binding never overlap
 
-    def run(self, feeds: dict[str, np.ndarray], outputs: list[str] | None = None) -> dict[str, np.ndarray]:
+    def run(self, feeds: dict[str, np.ndarray], outputs=None) -> dict[str, np.ndarray]:
+        """One run.  ``outputs``: the names to return (all when None), as new arrays; or a dict of
+        name -> C-contiguous array of the output's exact shape and dtype, written in place (IO binding: no
+        output is allocated or copied on the CPU) and returned."""
+        if isinstance(outputs, dict):
+            return self._run_into(feeds, outputs)
         outputs = list(outputs or self.output_names)
         if self.on_cuda:
             return self._run_bound(feeds, outputs)
         return dict(zip(outputs, self._sess.run(outputs, feeds)))
 
+    @functools.cached_property
+    def output_dtypes(self) -> dict:
+        """The numpy dtype of each output by name (None for an output that is not a tensor)."""
+        return {o.name: _np_dtype(o.type) for o in self._sess.get_outputs()}
+
     def end_profiling(self) -> str:
         """Stop onnxruntime's profiler (a session built with ``profile_prefix``); the path of its JSON trace."""
         return self._sess.end_profiling()
 
+    def _binding(self, feeds: dict, outputs) -> "_Binding":
+        """This thread's binding for runs of this shape (inputs' shapes and dtypes, outputs asked for)."""
+        cache = getattr(self._local, "bindings", None)
+        if cache is None:
+            cache = self._local.bindings = LRUCache(BINDINGS_PER_THREAD, 1 << 62)
+        key = (tuple((k, np.shape(v), np.asarray(v).dtype.str) for k, v in feeds.items()), tuple(outputs))
+        binding = cache.get(key)
+        if binding is None:
+            binding = _Binding(self._sess.io_binding())
+            cache.put(key, binding, 1)
+        return binding
+
     def _run_bound(self, feeds, outputs):
-        """CUDA: inputs copied once, outputs kept on the device until the run ends."""
-        with self._lock:
-            binding = self._sess.io_binding()
-            for name, value in feeds.items():
-                binding.bind_cpu_input(name, np.ascontiguousarray(value))
-            for name in outputs:
-                binding.bind_output(name, "cuda")
-            self._sess.run_with_iobinding(binding)
-            values = binding.copy_outputs_to_cpu()
-        return dict(zip(outputs, values))
+        """CUDA: inputs copied to the device once per run, outputs left there until the run ends and copied
+        back once."""
+        binding = self._binding(feeds, outputs)
+        binding.bind_inputs(feeds)
+        binding.bind_device_outputs(outputs, "cuda")
+        self._sess.run_with_iobinding(binding.io)
+        return dict(zip(outputs, binding.io.copy_outputs_to_cpu()))
+
+    def _run_into(self, feeds, into: dict):
+        """Outputs written into the caller's arrays: bound as they are on the CPU; on CUDA kept on the device
+        until the run ends, then copied into them."""
+        for name, array in into.items():
+            if name not in self.output_dtypes:
+                raise ValueError(f"{name!r} is not an output of this graph; outputs: {self.output_names}")
+            if not isinstance(array, np.ndarray) or not array.flags.c_contiguous \
+                    or array.dtype != self.output_dtypes[name]:
+                raise ValueError(f"output {name!r} must be written into a C-contiguous "
+                                 f"{self.output_dtypes[name]} array, got {_describe(array)}")
+        binding = self._binding(feeds, tuple(into))
+        binding.bind_inputs(feeds)
+        try:
+            if self.on_cuda:
+                binding.bind_device_outputs(list(into), "cuda")
+                self._sess.run_with_iobinding(binding.io)
+                for array, value in zip(into.values(), binding.io.copy_outputs_to_cpu()):
+                    np.copyto(array, value.reshape(array.shape))
+            else:
+                binding.bind_host_outputs(into)
+                self._sess.run_with_iobinding(binding.io)
+        finally:
+            binding.io.clear_binding_inputs()   # a kept binding holds no batch buffer alive
+        return dict(into)
+
+
+class _Binding:
+    """An onnxruntime IO binding reused by the runs of one shape: inputs bound for each run (on the CPU the
+    caller's memory, without a copy), outputs re-bound only when their buffer moves."""
+
+    def __init__(self, io):
+        self.io = io
+        self.outputs = None     # what the outputs are bound to: a device, or the buffers' (address, shape)
+
+    def bind_inputs(self, feeds: dict) -> None:
+        for name, value in feeds.items():
+            self.io.bind_cpu_input(name, np.ascontiguousarray(value))
+
+    def bind_device_outputs(self, names, device: str) -> None:
+        if self.outputs != (device, tuple(names)):
+            for name in names:
+                self.io.bind_output(name, device)
+            self.outputs = (device, tuple(names))
+
+    def bind_host_outputs(self, into: dict) -> None:
+        where = tuple((name, a.ctypes.data, a.shape) for name, a in into.items())
+        if self.outputs != where:     # binding a name again replaces its buffer
+            for name, array in into.items():
+                self.io.bind_output(name, "cpu", 0, array.dtype, list(array.shape), array.ctypes.data)
+            self.outputs = where
+
+
+def _np_dtype(ort_type: str):
+    """The numpy dtype of an onnxruntime type string such as ``tensor(float)`` (None for non-tensors)."""
+    match = re.fullmatch(r"tensor\((\w+)\)", ort_type or "")
+    names = {"float": np.float32, "double": np.float64, "float16": np.float16, "int64": np.int64,
+             "int32": np.int32, "int16": np.int16, "int8": np.int8, "uint8": np.uint8, "uint16": np.uint16,
+             "uint32": np.uint32, "uint64": np.uint64, "bool": np.bool_}
+    return np.dtype(names[match.group(1)]) if match and match.group(1) in names else None
+
+
+def _describe(a) -> str:
+    if isinstance(a, np.ndarray):
+        return f"{a.dtype} {a.shape}{'' if a.flags.c_contiguous else ' (not C-contiguous)'}"
+    return type(a).__name__
 
 
 class LRUCache:

@@ -13,8 +13,10 @@ chunks (sizes from the memory budget, capped by Captum's
 ``perturbations_per_eval``); for each chunk the plan's Numba kernels write the
 perturbed rows straight into preallocated batches (perturbation-major: row
 ``u * n + j`` is unit ``u`` of input row ``j``, fed with ``target_weights[j]``),
-one session run returns one scalar per row, and the kernels fold those back into
-sums and counts.  No Python loop runs per perturbation, only per chunk.
+one session run writes one scalar per row into a buffer the call owns (an IO
+binding kept per chunk shape), and the kernels fold those back into sums and
+counts.  No Python loop runs per perturbation, only per chunk, and nothing in a
+chunk's Python work grows with the number of features.
 """
 from __future__ import annotations
 
@@ -354,8 +356,23 @@ def progress_bar(total_rows: int, progress: bool | None):
     """A tqdm bar over the rows of a call on stderr, shown only once the call has run for
     :data:`PROGRESS_DELAY` seconds; ``progress=None`` shows it only when stderr is a terminal."""
     show = bool(progress) if progress is not None else sys.stderr.isatty()
-    return tqdm(total=total_rows, unit="row", unit_scale=True, delay=PROGRESS_DELAY, disable=not show,
-                leave=False, desc="perturbations")
+    if not show:
+        return _NoBar()     # a disabled tqdm still costs a tenth of a millisecond to make
+    return tqdm(total=total_rows, unit="row", unit_scale=True, delay=PROGRESS_DELAY, leave=False,
+                desc="perturbations")
+
+
+class _NoBar:
+    """The progress bar of a call that shows none."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def update(self, n: int = 1) -> None:
+        pass
 
 
 def drive(ex, feeds: dict, tw: np.ndarray, plan: Plan, cap: int | None, pool: BufferPool | None = None,
@@ -378,10 +395,16 @@ def _counted(run, bar):
 
 
 def _walk(ex, feeds: dict, tw: np.ndarray, plan: Plan, schedule: Schedule, pool: BufferPool, run) -> None:
-    """The runs of ``schedule``: per block, the plan's own evaluations, then fill, ``run``, fold per chunk."""
+    """The runs of ``schedule``: per block, the plan's own evaluations, then fill, ``run``, fold per chunk.
+
+    A block's batches and its output buffer are taken from ``pool`` once, and the feeds of each chunk
+    shape (a full chunk, a shorter last one) are made once as views of them: the session writes each
+    chunk's outputs into that buffer (IO binding), the plan folds them from there, and no chunk
+    allocates or copies anything in Python."""
     spec = ex.spec
     shared = {u: feeds[u] for u in spec.unbatched}   # fed as they are to every run
     per_chunk = schedule.per_chunk
+    out_dtype = ex.session.output_dtypes.get(TARGET_OUTPUT)
     for r0, r1 in schedule.blocks():
         n = r1 - r0
         tw_rows = tw[r0:r1]
@@ -396,18 +419,30 @@ def _walk(ex, feeds: dict, tw: np.ndarray, plan: Plan, schedule: Schedule, pool:
         if plan.units:
             most = per_chunk * n
             batches = {a.name: pool.take((most, a.size), a.dtype) for a in plan.inputs}
+            outputs = pool.take((most,), out_dtype) if out_dtype is not None else None
             tiled = {p: np.tile(v, (per_chunk,) + (1,) * (v.ndim - 1)) for p, v in fixed.items()}
             tiled[TARGET_WEIGHTS] = np.tile(tw_rows, (per_chunk,) + (1,) * (tw.ndim - 1))
-            rows_of = {a.name: a.row for a in plan.inputs}
+            shapes = {}
             for u0, u1 in schedule.chunks():
                 rows = (u1 - u0) * n
-                views = {k: v[:rows] for k, v in batches.items()}
+                chunk = shapes.get(rows)
+                if chunk is None:
+                    chunk = shapes[rows] = _chunk_feeds(plan, batches, tiled, shared, outputs, rows)
+                views, one, wanted = chunk
                 plan.fill(u0, u1, views)
-                one = {k: v.reshape((rows,) + rows_of[k]) for k, v in views.items()}
-                one.update({k: v[:rows] for k, v in tiled.items()}, **shared)
-                plan.fold(u0, u1, run(one, [TARGET_OUTPUT])[TARGET_OUTPUT].reshape(-1))
-            pool.give(batches.values())
+                plan.fold(u0, u1, run(one, wanted)[TARGET_OUTPUT].reshape(-1))
+            pool.give(list(batches.values()) + ([] if outputs is None else [outputs]))
         plan.end()
+
+
+def _chunk_feeds(plan: Plan, batches: dict, tiled: dict, shared: dict, outputs, rows: int) -> tuple:
+    """``(batch views the plan fills, the run's feeds, the outputs asked for)`` of a chunk of ``rows`` rows,
+    all views of the block's buffers; the outputs are written into ``outputs[:rows]`` when given."""
+    views = {k: v[:rows] for k, v in batches.items()}
+    one = {a.name: views[a.name].reshape((rows,) + a.row) for a in plan.inputs}
+    one.update({k: v[:rows] for k, v in tiled.items()}, **shared)
+    wanted = {TARGET_OUTPUT: outputs[:rows]} if outputs is not None else [TARGET_OUTPUT]
+    return views, one, wanted
 
 
 def broadcast_rows(a: Attributed, base: np.ndarray, n: int) -> np.ndarray:

@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from onnxplain.kernels import (MAX_EXACT_GROUPS, fill_coalitions, fill_permutation, fold_coalitions,
-                               fold_permutation, permutation_ranks, sample_permutations, spread_groups)
+from onnxplain.kernels import (MAX_EXACT_GROUPS, PermutationUnits, close_single_group, fill_coalitions,
+                               fold_coalitions, sample_permutations, spread_groups)
 
 from .perturbation import Perturbation, Plan, attributed_inputs, broadcast_rows, check_positive_int, group_labels
 
@@ -91,33 +91,36 @@ class _GroupPlan(Plan):
 
 
 class _SamplingPlan(_GroupPlan):
-    evaluations = 1   # the baselines
+    """Permutation ``s``, step ``k`` (its first ``k + 1`` groups from the input) is unit ``s * (G - 1) + k``
+    for ``k < G - 1``; the baselines and the inputs (the empty and the full coalition) are the block's own
+    two evaluations."""
+
+    evaluations = 2   # the baselines, the inputs
 
     def __init__(self, inputs, labels, perms):
         super().__init__(inputs, labels, perms.shape[1])
-        self.perms, self.ranks = perms, permutation_ranks(perms)
-        self.units = perms.shape[0] * perms.shape[1]
+        self.permutations = PermutationUnits(perms, leave_out_full=True)
+        self.units = self.permutations.units
+        self.n_samples = perms.shape[0]
         self.scale = 1.0 / perms.shape[0]
 
     def begin(self, r0, r1, evaluate):
         super().begin(r0, r1, evaluate)
         n = r1 - r0
         self.f_base = evaluate({a.name: broadcast_rows(a, a.base_rows(r0, r1), n) for a in self.inputs})
+        self.f_full = evaluate({})
         self.f_prev = np.zeros(n, dtype=np.float64)
-
-    def _units(self, u0, u1):
-        u = np.arange(u0, u1, dtype=np.int64)
-        return u // self.n_groups, u % self.n_groups
+        if self.n_groups == 1:
+            close_single_group(self.f_full, self.f_base, self.n_samples, self.phi)
+        self.rows = {a.name: self.permutations.rows(a.x[r0:r1], a.base_rows(r0, r1), self.block_labels[a.name])
+                     for a in self.inputs}
 
     def fill(self, u0, u1, batches):
-        perm_ids, steps = self._units(u0, u1)
-        for a in self.inputs:
-            fill_permutation(a.x[self.r0:self.r1], a.base_rows(self.r0, self.r1), self.block_labels[a.name],
-                             self.ranks, perm_ids, steps, out=batches[a.name])
+        for name, rows in self.rows.items():
+            self.permutations.fill(rows, u0, u1, out=batches[name])
 
     def fold(self, u0, u1, f):
-        perm_ids, steps = self._units(u0, u1)
-        fold_permutation(f, self.f_base, self.f_prev, self.perms, perm_ids, steps, self.phi)
+        self.permutations.fold(f, self.f_base, self.f_prev, self.phi, u0, u1, f_full=self.f_full)
 
 
 class _ExactPlan(_GroupPlan):
