@@ -25,8 +25,11 @@ onnxplain's first call adds at its peak (onnxruntime's arena included), and
 PyTorch's plain forward over the floor's rows, cut as Captum's call cuts them,
 against the floor: how much faster onnxruntime's forward is, so that a method can
 beat Captum by about that much times Captum's own floor ratio over onnxplain's.
-The calls of a case are interleaved (onnxplain, Captum, floor, onnxplain, ...)
-and each figure is a median, so a loaded machine slows all of them alike; the
+The calls of a case are interleaved (onnxplain, floor, Captum, PyTorch's forward,
+onnxplain, ...), each library's timed calls after an untimed one of its own (the
+first call after the other library's runs slowly: caches, memory) and a short
+pause between calls (no library's idle threads still spin in the next call);
+each figure is a median, so a loaded machine slows all of them alike; the
 load average is recorded.  PyTorch gets as many threads as onnxruntime.  Writes
 ``results.json`` and ``results.md`` into ``--out``.
 """
@@ -237,21 +240,33 @@ def measure(case: Case, repeats: int) -> dict:
     x = feeds if len(feeds) > 1 else first
     call = TimedCall(ex, x, case.target, case.params)
     cost = ex.estimate(x, case.target, **case.params)
+
+    def captum() -> float:
+        t0 = time.perf_counter()
+        with torch.no_grad() if case.method in ("occlusion", "shapley_sampling") else _null():
+            case.captum()
+        return time.perf_counter() - t0
+
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         peak = peak_added(call)                     # the first call: the session's arena is made here
         case.captum()
         times = {"onnxplain": [], "inside": [], "captum": [], "floor": [], "torch_forward": []}
         for _ in range(repeats):
+            call()                              # untimed: the first onnxruntime call after PyTorch's runs slow
+            settle()
             wall, inside = call()
             times["onnxplain"].append(wall)
             times["inside"].append(inside)
-            t0 = time.perf_counter()
-            with torch.no_grad() if case.method in ("occlusion", "shapley_sampling") else _null():
-                case.captum()
-            times["captum"].append(time.perf_counter() - t0)
+            settle()
             times["floor"].append(forward_floor(ex, ex._check_inputs(x), cost.rows, cost.rows_per_run, repeats=1))
+            settle()
+            captum()                            # untimed, likewise after onnxruntime's
+            settle()
+            times["captum"].append(captum())
+            settle()
             times["torch_forward"].append(torch_forward(case, cost.rows, case.captum_rows or cost.rows))
+            settle()
     med = {k: statistics.median(v) for k, v in times.items()}
     return dict(model=case.model, method=case.method, rows=cost.rows, runs=cost.runs,
                 onnxplain_s=med["onnxplain"], captum_s=med["captum"], floor_s=med["floor"],
@@ -259,6 +274,13 @@ def measure(case: Case, repeats: int) -> dict:
                 speedup=med["captum"] / med["onnxplain"], floor_ratio=med["onnxplain"] / med["floor"],
                 outside_share=max(0.0, med["onnxplain"] - med["inside"]) / med["onnxplain"],
                 peak_mib=float("nan") if peak is None else peak / 2 ** 20)
+
+
+def settle(seconds: float = 0.05) -> None:
+    """A pause between timed calls: threads one library leaves spinning after its call (PyTorch's OpenMP
+    pool) must not take the cores from the next call, of the other library.  Short: after some 0.1 s
+    idle this machine's cores are slow to come back (a 12 ms call took 31 ms after 0.2 s asleep)."""
+    time.sleep(seconds)
 
 
 def torch_forward(case: Case, rows: int, rows_per_run: int) -> float:

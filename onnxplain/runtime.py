@@ -165,9 +165,12 @@ class Session:
         back once."""
         binding = self._binding(feeds, outputs)
         binding.bind_inputs(feeds)
-        binding.bind_device_outputs(outputs, "cuda")
-        self._sess.run_with_iobinding(binding.io)
-        return dict(zip(outputs, binding.io.copy_outputs_to_cpu()))
+        try:
+            binding.bind_device_outputs(outputs, "cuda")
+            self._sess.run_with_iobinding(binding.io)
+            return dict(zip(outputs, binding.io.copy_outputs_to_cpu()))
+        finally:
+            binding.io.clear_binding_inputs()   # a kept binding holds no batch buffer alive
 
     def _run_into(self, feeds, into: dict):
         """Outputs written into the caller's arrays: bound as they are on the CPU; on CUDA kept on the device

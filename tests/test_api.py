@@ -363,6 +363,10 @@ def test_on_cuda_outputs_are_bound_on_the_device_and_copied_once(monkeypatch):
         def copy_outputs_to_cpu(self):
             return [self.inputs["x"] * 2 for _ in self.outputs]
 
+        def clear_binding_inputs(self):
+            calls.append(("clear_binding_inputs",))
+            self.inputs.clear()
+
     class FakeSession:
         def __init__(self, *a, providers=None, **k):
             self.binding = FakeBinding()
@@ -392,4 +396,5 @@ def test_on_cuda_outputs_are_bound_on_the_device_and_copied_once(monkeypatch):
     assert sess.on_cuda
     out = sess.run({"x": np.ones((2, 5), np.float32)}, ["y"])
     np.testing.assert_array_equal(out["y"], np.full((2, 5), 2, np.float32))
-    assert calls == [("bind_output", "y", "cuda"), ("run_with_iobinding",)]
+    assert calls == [("bind_output", "y", "cuda"), ("run_with_iobinding",), ("clear_binding_inputs",)]
+    assert sess._sess.binding.inputs == {}              # the kept binding holds no batch alive
