@@ -164,13 +164,14 @@ class Session:
         """CUDA: inputs copied to the device once per run, outputs left there until the run ends and copied
         back once."""
         binding = self._binding(feeds, outputs)
-        binding.bind_inputs(feeds)
+        held = binding.bind_inputs(feeds)
         try:
             binding.bind_device_outputs(outputs, "cuda")
             self._sess.run_with_iobinding(binding.io)
             return dict(zip(outputs, binding.io.copy_outputs_to_cpu()))
         finally:
-            binding.io.clear_binding_inputs()   # a kept binding holds no batch buffer alive
+            binding.release()
+            del held
 
     def _run_into(self, feeds, into: dict):
         """Outputs written into the caller's arrays: bound as they are on the CPU; on CUDA kept on the device
@@ -183,7 +184,7 @@ class Session:
                 raise ValueError(f"output {name!r} must be written into a C-contiguous "
                                  f"{self.output_dtypes[name]} array, got {_describe(array)}")
         binding = self._binding(feeds, tuple(into))
-        binding.bind_inputs(feeds)
+        held = binding.bind_inputs(feeds)
         try:
             if self.on_cuda:
                 binding.bind_device_outputs(list(into), "cuda")
@@ -194,27 +195,40 @@ class Session:
                 binding.bind_host_outputs(into)
                 self._sess.run_with_iobinding(binding.io)
         finally:
-            binding.io.clear_binding_inputs()   # a kept binding holds no batch buffer alive
+            binding.release()
+            del held
         return dict(into)
 
 
 class _Binding:
-    """An onnxruntime IO binding reused by the runs of one shape: inputs bound for each run (on the CPU the
-    caller's memory, without a copy), outputs re-bound only when their buffer moves."""
+    """An onnxruntime IO binding reused by the runs of one shape: inputs bound for each run by address
+    (the caller's memory, without a copy), host outputs re-bound only when their buffer moves.  Between
+    runs it holds nothing: no input array (bound by address, not by reference) and no device output."""
 
     def __init__(self, io):
         self.io = io
-        self.outputs = None     # what the outputs are bound to: a device, or the buffers' (address, shape)
+        self.outputs = None     # the host buffers outputs are bound to: (name, address, shape) each
 
-    def bind_inputs(self, feeds: dict) -> None:
+    def bind_inputs(self, feeds: dict) -> list:
+        """Bind each input by its address; returns the arrays bound, which must outlive the run."""
+        held = []
         for name, value in feeds.items():
-            self.io.bind_cpu_input(name, np.ascontiguousarray(value))
+            a = np.require(value, requirements="C")
+            self.io.bind_input(name, "cpu", 0, a.dtype, list(a.shape), a.ctypes.data)
+            held.append(a)
+        return held
 
     def bind_device_outputs(self, names, device: str) -> None:
-        if self.outputs != (device, tuple(names)):
-            for name in names:
-                self.io.bind_output(name, device)
-            self.outputs = (device, tuple(names))
+        """Outputs left on ``device`` by the run (allocated by onnxruntime; :meth:`release` frees them)."""
+        for name in names:
+            self.io.bind_output(name, device)
+        self.outputs = None
+
+    def release(self) -> None:
+        """After a run: inputs unbound; device outputs freed (host buffers stay bound: they are the caller's)."""
+        self.io.clear_binding_inputs()
+        if self.outputs is None:
+            self.io.clear_binding_outputs()
 
     def bind_host_outputs(self, into: dict) -> None:
         where = tuple((name, a.ctypes.data, a.shape) for name, a in into.items())

@@ -44,3 +44,11 @@ def captum_noise(x: torch.Tensor, seed: int, samples: int, stdev: float) -> np.n
     draw = torch.normal(0, torch.tensor(stdev).repeat((x.shape[0] * samples,) + tuple(x.shape[1:])))
     z = (draw / stdev).reshape((x.shape[0], samples) + tuple(x.shape[1:]))
     return z.transpose(0, 1).numpy().copy()
+
+
+def array_at(address: int, dtype, shape) -> np.ndarray:
+    """A copy of the array an IO binding was given by address (what onnxruntime would read there)."""
+    import ctypes
+    dtype = np.dtype(dtype)
+    size = int(np.prod(shape)) * dtype.itemsize
+    return np.frombuffer((ctypes.c_char * size).from_address(address), dtype).reshape(shape).copy()

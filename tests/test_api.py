@@ -353,12 +353,16 @@ def test_on_cuda_outputs_are_bound_on_the_device_and_copied_once(monkeypatch):
         def __init__(self):
             self.inputs, self.outputs = {}, []
 
-        def bind_cpu_input(self, name, value):
-            self.inputs[name] = value
+        def bind_input(self, name, device, device_id, dtype, shape, address):
+            from checks import array_at
+            self.inputs[name] = array_at(address, dtype, shape)
 
         def bind_output(self, name, device):
             calls.append(("bind_output", name, device))
             self.outputs.append(name)
+
+        def clear_binding_outputs(self):
+            calls.append(("clear_binding_outputs",))
 
         def copy_outputs_to_cpu(self):
             return [self.inputs["x"] * 2 for _ in self.outputs]
@@ -396,5 +400,6 @@ def test_on_cuda_outputs_are_bound_on_the_device_and_copied_once(monkeypatch):
     assert sess.on_cuda
     out = sess.run({"x": np.ones((2, 5), np.float32)}, ["y"])
     np.testing.assert_array_equal(out["y"], np.full((2, 5), 2, np.float32))
-    assert calls == [("bind_output", "y", "cuda"), ("run_with_iobinding",), ("clear_binding_inputs",)]
+    assert calls == [("bind_output", "y", "cuda"), ("run_with_iobinding",), ("clear_binding_inputs",),
+                     ("clear_binding_outputs",)]
     assert sess._sess.binding.inputs == {}              # the kept binding holds no batch alive

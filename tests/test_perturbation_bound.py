@@ -16,7 +16,7 @@ from onnx.reference import ReferenceEvaluator
 from torch import nn
 
 import models as zoo
-from checks import assert_close, brute_force_shapley
+from checks import array_at, assert_close, brute_force_shapley
 import onnxplain
 from onnxplain import runtime
 from onnxplain.kernels import fill_ablation, fill_coalitions, fill_permutation, permutation_ranks, sample_permutations
@@ -269,10 +269,29 @@ def test_session_writes_outputs_into_the_callers_arrays():
         sess.run({"x": x3}, {"z": np.empty(2, np.float32)})
 
 
+def test_a_kept_binding_holds_no_input_alive_after_its_run():
+    """The bindings a session keeps per shape bind inputs by address: once a run returns, the caller's
+    input (a batch buffer of a perturbation call) is freed when the caller lets it go."""
+    import gc
+    import weakref
+
+    sess = runtime.Session(relu_sum_model(), providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(1).standard_normal((4, 3)).astype(np.float32)
+    alive = weakref.ref(x)
+    out = np.empty(4, np.float32)
+    sess.run({"x": x}, {"y": out})
+    np.testing.assert_allclose(out, np.maximum(x, 0).sum(1), rtol=1e-6)
+    del x
+    gc.collect()
+    assert alive() is None
+    again = sess.run({"x": np.ones((4, 3), np.float32)}, {"y": out})      # the same binding, new input
+    np.testing.assert_allclose(again["y"], 3.0)
+
+
 def test_on_cuda_a_binding_is_kept_per_chunk_shape(monkeypatch):
-    """CUDA (faked: no GPU here): inputs bound for each run and let go after it, outputs bound on the device
-    once per binding and copied into the caller's arrays once per run; a binding is made per shape, not per
-    run."""
+    """CUDA (faked: no GPU here): inputs bound by address for each run and let go after it, outputs left on
+    the device by each run, copied into the caller's arrays once and freed; a binding is made per shape,
+    not per run."""
     made, calls = [], []
 
     class FakeBinding:
@@ -280,8 +299,8 @@ def test_on_cuda_a_binding_is_kept_per_chunk_shape(monkeypatch):
             self.inputs = {}
             made.append(self)
 
-        def bind_cpu_input(self, name, value):
-            self.inputs[name] = value
+        def bind_input(self, name, device, device_id, dtype, shape, address):
+            self.inputs[name] = array_at(address, dtype, shape)
 
         def bind_output(self, name, device="cpu", *rest):
             calls.append(("bind_output", name, device))
@@ -289,6 +308,9 @@ def test_on_cuda_a_binding_is_kept_per_chunk_shape(monkeypatch):
         def clear_binding_inputs(self):
             calls.append(("clear_inputs",))
             self.inputs = {}
+
+        def clear_binding_outputs(self):
+            calls.append(("clear_outputs",))
 
         def copy_outputs_to_cpu(self):
             return [self.inputs["x"].sum(1)]
@@ -326,5 +348,5 @@ def test_on_cuda_a_binding_is_kept_per_chunk_shape(monkeypatch):
         np.testing.assert_array_equal(out, x.sum(1))
     sess.run({"x": np.ones((2, 3), np.float32)}, {"y": np.empty(2, np.float32)})
     assert len(made) == 2, "one binding per chunk shape"
-    run = [("run",), ("clear_inputs",)]                     # a kept binding holds no batch alive
-    assert calls == [("bind_output", "y", "cuda")] + run * 3 + [("bind_output", "y", "cuda")] + run
+    run = [("bind_output", "y", "cuda"), ("run",), ("clear_inputs",), ("clear_outputs",)]   # nothing held after
+    assert calls == run * 4
