@@ -11,7 +11,7 @@ import numpy as np
 from numba import njit, prange
 
 from ._common import (ParallelKernel, accumulator, batch_out, bits, check_input_and_base, check_labels,
-                      outputs_1d, select_units, unit_masks)
+                      outputs_1d, select_units, selects_units, unit_masks)
 
 
 @ParallelKernel
@@ -63,7 +63,7 @@ def fill_ablation(x, base, labels, groups, n_groups: int, out=None) -> np.ndarra
     labels = check_labels(labels, n, d, n_groups)
     groups = _groups(groups)
     out = batch_out(out, groups.shape[0] * n, d, x.dtype)
-    if labels.shape[0] == 1:
+    if selects_units(labels, x.shape[0]):
         masks, ones, zero = unit_masks(groups.shape[0], d, x.dtype)
         _ablation_masks(labels, groups, ones, zero, masks)
         return select_units(x, base, masks, out)

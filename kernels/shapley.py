@@ -17,7 +17,7 @@ import numpy as np
 from numba import njit, prange
 
 from ._common import (ParallelKernel, accumulator, batch_out, bits, check_input_and_base, check_labels,
-                      outputs_1d, select_units, unit_masks)
+                      outputs_1d, select_units, selects_units, unit_masks)
 
 MAX_EXACT_GROUPS = 16
 
@@ -106,7 +106,7 @@ def fill_permutation(x, base, labels, ranks, perm_ids, steps, out=None) -> np.nd
 
 
 def _fill_checked(x, base, labels, ranks, perm_ids, steps, out):
-    if labels.shape[0] == 1:
+    if selects_units(labels, x.shape[0]):
         masks, ones, zero = unit_masks(perm_ids.shape[0], x.shape[1], x.dtype)
         _permutation_masks(labels, ranks, perm_ids, steps, ones, zero, masks)
         return select_units(x, base, masks, out)
@@ -298,7 +298,7 @@ def fill_coalitions(x, base, labels, codes, out=None) -> np.ndarray:
     labels = check_labels(labels, x.shape[0], x.shape[1], 63)
     codes = _codes(codes)
     out = batch_out(out, codes.shape[0] * x.shape[0], x.shape[1], x.dtype)
-    if labels.shape[0] == 1:
+    if selects_units(labels, x.shape[0]):
         masks, ones, zero = unit_masks(codes.shape[0], x.shape[1], x.dtype)
         _coalition_masks(labels, codes, ones, zero, masks)
         return select_units(x, base, masks, out)

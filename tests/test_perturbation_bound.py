@@ -194,10 +194,12 @@ def test_feature_ablation_over_chunks_equals_captum(torchscript_mlp):
 
 
 # ---------------------------------------------------------------------- the batches, bit for bit
+@pytest.mark.parametrize("n", [2, 5], ids=["element_by_element", "masks"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16, np.int64, np.bool_])
-def test_shared_mask_batches_copy_every_bit(dtype):
-    """The shared-mask fills select bits: NaN payloads, signed zeros and every integer come through exactly."""
-    n, d = 3, 7
+def test_shared_mask_batches_copy_every_bit(dtype, n):
+    """The shared-mask fills (a bitwise select from 4 rows on, element by element below) copy every bit:
+    NaN payloads, signed zeros and every integer come through exactly."""
+    d = 7
     rng = np.random.default_rng(0)
     if dtype == np.bool_:
         x, base = rng.integers(0, 2, (n, d)).astype(bool), np.ones((1, d), bool)
