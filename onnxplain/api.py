@@ -757,7 +757,7 @@ def _check_array(vi, value) -> np.ndarray:
         raise ValueError(f"input {vi.name!r} must be a boolean array, got dtype {arr.dtype}")
     if arr.ndim != len(expected) or any(isinstance(e, int) and e != g for e, g in zip(expected[1:], arr.shape[1:])):
         raise ValueError(f"input {vi.name!r} must have shape {expected} (batch first), got {arr.shape}")
-    return np.ascontiguousarray(arr.astype(want, copy=False))
+    return np.require(arr.astype(want, copy=False), requirements="C")     # a scalar stays 0-d
 
 
 def _moved_to_batch_first(vi, value, axis: int) -> np.ndarray:

@@ -560,3 +560,30 @@ def test_deeplift_rules_that_derive_tensors_work_on_separate_forward_copies():
         gap = (net(torch.from_numpy(x)) - net(torch.from_numpy(base)[None]))[:, 1].numpy()
     np.testing.assert_allclose(attr.sum(1), gap, atol=1e-5)
     assert np.abs(delta).max() < 1e-5
+
+
+def test_a_scalar_input_stays_a_scalar_for_every_method():
+    """A rank-0 index input (which column to read) is fed as a scalar, not as shape (1,): a linear
+    model's attributions with a zero baseline are x * W[:, k] for every method (exact for these)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = (np.arange(12, dtype=np.float32).reshape(4, 3) - 5) / 10
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["h"]), helper.make_node("Gather", ["h", "k"], ["g"], axis=1),
+         helper.make_node("Unsqueeze", ["g", "one"], ["y"])], "pick",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 4]),
+         helper.make_tensor_value_info("k", TensorProto.INT64, [])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 1])],
+        [numpy_helper.from_array(w, "w"), numpy_helper.from_array(np.array([1], np.int64), "one")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 8
+    x = np.random.default_rng(0).random((3, 4)).astype(np.float32)
+    for k in (0, 2):
+        want = x * w[:, k]
+        for method, params in [("feature_ablation", {}), ("shapley_sampling", {"n_samples": 3}),
+                               ("occlusion", {"sliding_window_shapes": (1,)}), ("integrated_gradients", {}),
+                               ("saliency", {})]:
+            ex = onnxplain.Explainer(model, method, inputs=["x"])
+            got = ex.explain({"x": x, "k": np.array(k, np.int64)}, target=0, **params)
+            expected = np.abs(w[:, k]) * np.ones_like(x) if method == "saliency" else want
+            np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-6, err_msg=f"{method}, k={k}")
