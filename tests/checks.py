@@ -52,3 +52,63 @@ def array_at(address: int, dtype, shape) -> np.ndarray:
     dtype = np.dtype(dtype)
     size = int(np.prod(shape)) * dtype.itemsize
     return np.frombuffer((ctypes.c_char * size).from_address(address), dtype).reshape(shape).copy()
+
+
+def fake_cuda_onnxruntime(monkeypatch, produce):
+    """onnxruntime as on a machine with CUDA (there is no GPU here): its sessions have one input ``x`` and one
+    output ``y`` (``produce(x)``, computed when outputs are copied back), and their IO bindings record what
+    they are asked.  Returns the list of calls (bind_output, run, clear_inputs, clear_outputs) and the list
+    of bindings made."""
+    from onnxplain import runtime
+
+    calls, made = [], []
+
+    class Binding:
+        def __init__(self):
+            self.inputs, self.outputs = {}, []
+            made.append(self)
+
+        def bind_input(self, name, device, device_id, dtype, shape, address):
+            self.inputs[name] = array_at(address, dtype, shape)
+
+        def bind_output(self, name, device="cpu", *rest):
+            calls.append(("bind_output", name, device))
+            self.outputs.append(name)
+
+        def clear_binding_inputs(self):
+            calls.append(("clear_inputs",))
+            self.inputs = {}
+
+        def clear_binding_outputs(self):
+            calls.append(("clear_outputs",))
+            self.outputs = []
+
+        def copy_outputs_to_cpu(self):
+            return [produce(self.inputs["x"]) for _ in self.outputs]
+
+    class Session:
+        def __init__(self, *a, providers=None, **k):
+            pass
+
+        def get_providers(self):
+            return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+
+        def get_inputs(self):
+            return [type("I", (), {"name": "x"})()]
+
+        def get_outputs(self):
+            return [type("O", (), {"name": "y", "type": "tensor(float)"})()]
+
+        def io_binding(self):
+            return Binding()
+
+        def run_with_iobinding(self, binding):
+            calls.append(("run",))
+
+        def run(self, *a, **k):
+            raise AssertionError("the CUDA path must not use run()")
+
+    monkeypatch.setattr(runtime.ort, "InferenceSession", Session)
+    monkeypatch.setattr(runtime.ort, "get_available_providers",
+                        lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    return calls, made

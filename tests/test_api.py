@@ -347,59 +347,12 @@ def test_a_zipmap_classifier_gets_told_how_to_convert_it():
 
 def test_on_cuda_outputs_are_bound_on_the_device_and_copied_once(monkeypatch):
     """The CUDA path feeds through IO binding (no GPU here: onnxruntime's session is faked)."""
-    calls = []
+    from checks import fake_cuda_onnxruntime
 
-    class FakeBinding:
-        def __init__(self):
-            self.inputs, self.outputs = {}, []
-
-        def bind_input(self, name, device, device_id, dtype, shape, address):
-            from checks import array_at
-            self.inputs[name] = array_at(address, dtype, shape)
-
-        def bind_output(self, name, device):
-            calls.append(("bind_output", name, device))
-            self.outputs.append(name)
-
-        def clear_binding_outputs(self):
-            calls.append(("clear_binding_outputs",))
-
-        def copy_outputs_to_cpu(self):
-            return [self.inputs["x"] * 2 for _ in self.outputs]
-
-        def clear_binding_inputs(self):
-            calls.append(("clear_binding_inputs",))
-            self.inputs.clear()
-
-    class FakeSession:
-        def __init__(self, *a, providers=None, **k):
-            self.binding = FakeBinding()
-
-        def get_providers(self):
-            return ["CUDAExecutionProvider", "CPUExecutionProvider"]
-
-        def get_inputs(self):
-            return [type("I", (), {"name": "x"})()]
-
-        def get_outputs(self):
-            return [type("O", (), {"name": "y"})()]
-
-        def io_binding(self):
-            return self.binding
-
-        def run_with_iobinding(self, binding):
-            calls.append(("run_with_iobinding",))
-
-        def run(self, *a, **k):
-            raise AssertionError("the CUDA path must not use run()")
-
-    monkeypatch.setattr(runtime.ort, "InferenceSession", FakeSession)
-    monkeypatch.setattr(runtime.ort, "get_available_providers",
-                        lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    calls, made = fake_cuda_onnxruntime(monkeypatch, lambda x: x * 2)
     sess = runtime.Session(mlp_model(), providers=["CUDAExecutionProvider", "CPUExecutionProvider"])
     assert sess.on_cuda
     out = sess.run({"x": np.ones((2, 5), np.float32)}, ["y"])
     np.testing.assert_array_equal(out["y"], np.full((2, 5), 2, np.float32))
-    assert calls == [("bind_output", "y", "cuda"), ("run_with_iobinding",), ("clear_binding_inputs",),
-                     ("clear_binding_outputs",)]
-    assert sess._sess.binding.inputs == {}              # the kept binding holds no batch alive
+    assert calls == [("bind_output", "y", "cuda"), ("run",), ("clear_inputs",), ("clear_outputs",)]
+    assert made[0].inputs == {} and made[0].outputs == []   # the kept binding holds nothing after the run

@@ -16,7 +16,7 @@ from onnx.reference import ReferenceEvaluator
 from torch import nn
 
 import models as zoo
-from checks import array_at, assert_close, brute_force_shapley
+from checks import assert_close, brute_force_shapley, fake_cuda_onnxruntime
 import onnxplain
 from onnxplain import runtime
 from onnxplain.kernels import fill_ablation, fill_coalitions, fill_permutation, permutation_ranks, sample_permutations
@@ -294,54 +294,7 @@ def test_on_cuda_a_binding_is_kept_per_chunk_shape(monkeypatch):
     """CUDA (faked: no GPU here): inputs bound by address for each run and let go after it, outputs left on
     the device by each run, copied into the caller's arrays once and freed; a binding is made per shape,
     not per run."""
-    made, calls = [], []
-
-    class FakeBinding:
-        def __init__(self):
-            self.inputs = {}
-            made.append(self)
-
-        def bind_input(self, name, device, device_id, dtype, shape, address):
-            self.inputs[name] = array_at(address, dtype, shape)
-
-        def bind_output(self, name, device="cpu", *rest):
-            calls.append(("bind_output", name, device))
-
-        def clear_binding_inputs(self):
-            calls.append(("clear_inputs",))
-            self.inputs = {}
-
-        def clear_binding_outputs(self):
-            calls.append(("clear_outputs",))
-
-        def copy_outputs_to_cpu(self):
-            return [self.inputs["x"].sum(1)]
-
-    class FakeSession:
-        def __init__(self, *a, providers=None, **k):
-            pass
-
-        def get_providers(self):
-            return ["CUDAExecutionProvider", "CPUExecutionProvider"]
-
-        def get_inputs(self):
-            return [type("I", (), {"name": "x"})()]
-
-        def get_outputs(self):
-            return [type("O", (), {"name": "y", "type": "tensor(float)"})()]
-
-        def io_binding(self):
-            return FakeBinding()
-
-        def run_with_iobinding(self, binding):
-            calls.append(("run",))
-
-        def run(self, *a, **k):
-            raise AssertionError("the CUDA path must not use run()")
-
-    monkeypatch.setattr(runtime.ort, "InferenceSession", FakeSession)
-    monkeypatch.setattr(runtime.ort, "get_available_providers",
-                        lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    calls, made = fake_cuda_onnxruntime(monkeypatch, lambda x: x.sum(1))
     sess = runtime.Session(relu_sum_model(), providers=["CUDAExecutionProvider", "CPUExecutionProvider"])
     out = np.empty(4, np.float32)
     for k in range(3):
