@@ -145,21 +145,27 @@ def build_cases(quick: bool) -> list[Case]:
         onx = onnxplain.from_torch(net, example, **kw)
         return onnxplain.Explainer(onx, method)
 
+    def images(n, size):
+        """n images 3 x size x size, as numpy and torch, and a class to explain for each."""
+        x = rng.random((n, 3, size, size), dtype=np.float32)
+        return x, torch.from_numpy(x), [int(t) for t in rng.integers(0, 10, n)]
+
+    def ig_and_deeplift(model, net, x, xt, target):
+        return [Case(model, "integrated_gradients", dict(n_steps=steps),
+                     lambda: IntegratedGradients(net).attribute(xt, target=target, n_steps=steps),
+                     explainer(net, xt[:2], "integrated_gradients"), {"x": x}, target, net),
+                Case(model, "deeplift", {}, lambda: DeepLift(net).attribute(xt, target=target),
+                     explainer(net, xt[:2], "deeplift"), {"x": x}, target, net)]
+
     # the CNN of the issue: 16 images 3x32x32
     torch.manual_seed(0)
     net = cnn().eval()
     n = 4 if quick else 16
-    x = rng.random((n, 3, 32, 32), dtype=np.float32)
-    xt = torch.from_numpy(x)
-    target = [int(t) for t in rng.integers(0, 10, n)]
+    x, xt, target = images(n, 32)
     noise = rng.standard_normal((10, n, 3, 32, 32)).astype(np.float32)
     patches = np.repeat(np.repeat(np.arange(16).reshape(4, 4), 8, 0), 8, 1)[None, None]   # 16 patches of 8x8
+    cases += ig_and_deeplift("cnn", net, x, xt, target)
     cases += [
-        Case("cnn", "integrated_gradients", dict(n_steps=steps),
-             lambda: IntegratedGradients(net).attribute(xt, target=target, n_steps=steps),
-             explainer(net, xt[:2], "integrated_gradients"), {"x": x}, target, net),
-        Case("cnn", "deeplift", {}, lambda: DeepLift(net).attribute(xt, target=target),
-             explainer(net, xt[:2], "deeplift"), {"x": x}, target, net),
         Case("cnn", "smoothgrad", dict(nt_samples=10, stdevs=0.1, noise=noise),
              lambda: NoiseTunnel(_saliency(net)).attribute(xt, nt_type="smoothgrad", nt_samples=10, stdevs=0.1,
                                                           target=target),
@@ -208,17 +214,7 @@ def build_cases(quick: bool) -> list[Case]:
         if isinstance(m, torch.nn.BatchNorm2d):      # statistics of a trained net, not the identity
             m.running_mean.uniform_(-0.1, 0.1)
             m.running_var.uniform_(0.5, 1.5)
-    nr = 2 if quick else 4
-    xr = rng.random((nr, 3, 64, 64), dtype=np.float32)
-    xrt = torch.from_numpy(xr)
-    tr = [int(t) for t in rng.integers(0, 10, nr)]
-    cases += [
-        Case("resnet18", "integrated_gradients", dict(n_steps=steps),
-             lambda: IntegratedGradients(res).attribute(xrt, target=tr, n_steps=steps),
-             explainer(res, xrt[:2], "integrated_gradients"), {"x": xr}, tr, res),
-        Case("resnet18", "deeplift", {}, lambda: DeepLift(res).attribute(xrt, target=tr),
-             explainer(res, xrt[:2], "deeplift"), {"x": xr}, tr, res),
-    ]
+    cases += ig_and_deeplift("resnet18", res, *images(2 if quick else 4, 64))
     return cases
 
 
