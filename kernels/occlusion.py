@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from ._common import (ParallelKernel, accumulator, batch_out, bits, check_rows_like, check_values, outputs_1d,
+from .common import (ParallelKernel, accumulator, batch_out, bits, check_rows_like, check_values, outputs_1d,
                       rows2d)
 
 

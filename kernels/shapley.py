@@ -16,7 +16,7 @@ from math import comb
 import numpy as np
 from numba import njit, prange
 
-from ._common import (ParallelKernel, accumulator, batch_out, bits, check_input_and_base, check_labels,
+from .common import (ParallelKernel, accumulator, batch_out, bits, check_input_and_base, check_labels,
                       outputs_1d, select_units, selects_units, unit_masks)
 
 MAX_EXACT_GROUPS = 16

@@ -5,7 +5,10 @@
 >>> a = ex.explain(x, target=3)                                            # numpy in, numpy out
 """
 from .api import Explainer, clear_cache, convert, explain
-from .converters import from_keras, from_sklearn, from_torch, normalize
+from .converters.keras import from_keras
+from .converters.normalize import normalize
+from .converters.sklearn import from_sklearn
+from .converters.torch import from_torch
 from .errors import ModelError, NoGradientPathError, OnnxplainError, UnsupportedOperatorError
 from .inspection import inspect
 from .methods import ALIASES, METHODS

@@ -11,8 +11,7 @@ import onnx
 from onnx import TensorProto
 
 from .backward import gradient_cuts
-from .converters import digest, normalize
-from .converters.normalize import batch_axes_of, batch_problems, from_batch_first_perm, to_batch_first
+from .converters.normalize import batch_axes_of, batch_problems, digest, from_batch_first_perm, normalize, to_batch_first
 from .errors import ModelError, NoGradientPathError
 from .graph import FLOAT_TYPES, GraphBuilder, clean_graph, np_dtype, redirect_reads
 from .methods import Spec, get_method

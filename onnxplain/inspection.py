@@ -6,8 +6,7 @@ import collections
 import onnx
 
 from .backward import missing_rules
-from .converters import load_model, normalize
-from .converters.normalize import batch_axes_of, batch_problems, to_batch_first
+from .converters.normalize import batch_axes_of, batch_problems, load_model, normalize, to_batch_first
 from .errors import UnsupportedOperatorError
 from .graph import FLOAT_TYPES, GraphBuilder
 

@@ -26,7 +26,7 @@ from torch import nn
 
 import onnxplain
 from onnxplain.api import token_embeddings
-from onnxplain.converters import normalize
+from onnxplain.converters.normalize import normalize
 
 transformers = pytest.importorskip("transformers")
 

@@ -87,7 +87,7 @@ def test_batch_axes_are_detected_and_only_the_batch_axis_is_dynamic(recurrent):
 
 def test_detection_follows_the_batch_symbol_whatever_its_name():
     from onnx import TensorProto, helper
-    from onnxplain.converters import normalize
+    from onnxplain.converters.normalize import normalize
     vi = helper.make_tensor_value_info
     graph = helper.make_graph(
         [helper.make_node("MatMul", ["a", "w"], ["aw"]), helper.make_node("ReduceSum", ["s", "axes"], ["s1"],

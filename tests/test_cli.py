@@ -20,7 +20,7 @@ from onnx import TensorProto, helper, numpy_helper
 import onnxplain
 from onnxplain.backward import missing_rules
 from onnxplain.cli import demo_files, main
-from onnxplain.converters import normalize
+from onnxplain.converters.normalize import normalize
 from onnxplain.graph import GraphBuilder
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

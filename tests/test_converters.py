@@ -24,7 +24,9 @@ import torch
 from torch import nn
 
 import onnxplain
-from onnxplain.converters import from_keras, from_sklearn, from_torch
+from onnxplain.converters.keras import from_keras
+from onnxplain.converters.sklearn import from_sklearn
+from onnxplain.converters.torch import from_torch
 from onnxplain.errors import ModelError
 
 RTOL = 1e-4          # of the largest reference value: float32 onnxruntime vs float32 torch / float64 numpy

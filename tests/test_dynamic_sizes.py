@@ -81,7 +81,7 @@ def test_inspect_agrees_when_a_resize_is_refused():
     """A Resize the rule cannot build (tf_crop_and_resize with run-time sizes): inspect says so, with
     the Explainer's own message."""
     from onnx import TensorProto, helper
-    from onnxplain.converters import normalize
+    from onnxplain.converters.normalize import normalize
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 2, "h", "w"])
     nodes = [helper.make_node("Shape", ["x"], ["s"]),
              helper.make_node("Resize", ["x", "roi", "", "s"], ["r"], mode="linear",

@@ -15,7 +15,7 @@ from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
 import onnxplain
-from onnxplain.converters import normalize
+from onnxplain.converters.normalize import normalize
 
 pytestmark = pytest.mark.filterwarnings("ignore")
 

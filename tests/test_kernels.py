@@ -5,10 +5,11 @@ from math import factorial
 import numpy as np
 import pytest
 
-from onnxplain.kernels import (MAX_EXACT_GROUPS, Labels, fill_ablation, fill_coalitions, fill_occlusion,
-                               fill_permutation, fold_ablation, fold_coalitions, fold_occlusion, fold_permutation,
-                               occlusion_counts, permutation_ranks, sample_permutations, shapley_weights,
-                               spread_groups, window_starts)
+from onnxplain.kernels.ablation import fill_ablation, fold_ablation
+from onnxplain.kernels.common import Labels, spread_groups
+from onnxplain.kernels.occlusion import fill_occlusion, fold_occlusion, occlusion_counts, window_starts
+from onnxplain.kernels.shapley import (MAX_EXACT_GROUPS, fill_coalitions, fill_permutation, fold_coalitions, fold_permutation,
+                                       permutation_ranks, sample_permutations, shapley_weights)
 
 RNG = np.random.default_rng(0)
 

@@ -6,7 +6,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import onnxplain
-from onnxplain.converters import MIN_OPSET, normalize
+from onnxplain.converters.normalize import MIN_OPSET, normalize
 
 
 def relu_clip_model(opset: int) -> onnx.ModelProto:

@@ -47,23 +47,23 @@ def names(wheel):
 
 
 def _source_modules() -> set[str]:
-    """Every package __init__.py of the source tree, under the name it must install as."""
+    """Every module of the source tree, under the name it must install as."""
     found = set()
     for top, prefix in (("onnxplain", "onnxplain"), ("converters", "onnxplain/converters"),
                         ("kernels", "onnxplain/kernels")):
         base = os.path.join(ROOT, top)
         for folder, dirs, files in os.walk(base):
             dirs[:] = [d for d in dirs if d not in SKIP]
-            if "__init__.py" in files:
-                rel = os.path.relpath(folder, base).replace(os.sep, "/")
-                found.add(prefix + ("" if rel == "." else "/" + rel) + "/__init__.py")
+            rel = os.path.relpath(folder, base).replace(os.sep, "/")
+            found.update(prefix + ("" if rel == "." else "/" + rel) + "/" + f for f in files if f.endswith(".py"))
     return found
 
 
 def test_converters_and_kernels_install_inside_onnxplain(names):
-    assert "onnxplain/converters/__init__.py" in names
-    assert "onnxplain/converters/normalize.py" in names
-    assert "onnxplain/kernels/__init__.py" in names
+    """Namespace subpackages of onnxplain (no __init__.py: the bare folders must not shadow other distributions)."""
+    for module in ("onnxplain/converters/normalize.py", "onnxplain/converters/torch.py", "onnxplain/kernels/shapley.py",
+                   "onnxplain/kernels/common.py"):
+        assert module in names
     tops = {n.split("/")[0] for n in names}
     assert "converters" not in tops and "kernels" not in tops, sorted(tops)
     assert not any(n.startswith(("converters/", "kernels/")) for n in names)
@@ -76,9 +76,9 @@ def test_the_top_level_is_onnxplain_alone(names):
 
 
 def test_every_source_package_is_in_the_wheel(names):
-    """A subpackage added to the tree but not to pyproject's package list would vanish on install."""
+    """A module or subpackage added to the tree but not to pyproject's package list would vanish on install."""
     missing = sorted(_source_modules() - names)
-    assert not missing, f"packages in the source tree but not in the wheel (add them to pyproject.toml): {missing}"
+    assert not missing, f"modules in the source tree but not in the wheel (add their package to pyproject.toml): {missing}"
     for module in ("onnxplain/cli.py", "onnxplain/__main__.py", "onnxplain/api.py", "onnxplain/backward.py"):
         assert module in names
 
@@ -108,7 +108,8 @@ def test_the_installed_wheel_runs_from_outside_the_repository(wheel, tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     env = {**os.environ, "PYTHONPATH": str(site)}
     code = ("import onnxplain, sys; from onnxplain.cli import demo_files, main; "
-            "assert onnxplain.__file__.startswith(sys.argv[1]), onnxplain.__file__; "
+            "import onnxplain.kernels.shapley as k, onnxplain.converters.normalize as c; "
+            "assert all(m.__file__.startswith(sys.argv[1]) for m in (onnxplain, k, c)), (onnxplain, k, c); "
             "sys.exit(main(['inspect', demo_files()['model']]))")
     run = subprocess.run([sys.executable, "-c", code, str(site)], capture_output=True, text=True, timeout=300,
                          cwd=tmp_path, env=env)

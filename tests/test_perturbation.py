@@ -24,7 +24,7 @@ import models as zoo
 from checks import brute_force_shapley
 import onnxplain
 from onnxplain.errors import UnsupportedOperatorError
-from onnxplain.kernels import MAX_EXACT_GROUPS, sample_permutations
+from onnxplain.kernels.shapley import MAX_EXACT_GROUPS, sample_permutations
 from onnxplain.methods.perturbation import TARGET_OUTPUT, BufferPool
 
 N_ROWS = 3

@@ -19,7 +19,8 @@ import models as zoo
 from checks import assert_close, brute_force_shapley, fake_cuda_onnxruntime
 import onnxplain
 from onnxplain import runtime
-from onnxplain.kernels import fill_ablation, fill_coalitions, fill_permutation, permutation_ranks, sample_permutations
+from onnxplain.kernels.ablation import fill_ablation
+from onnxplain.kernels.shapley import fill_coalitions, fill_permutation, permutation_ranks, sample_permutations
 
 N_ROWS = 5
 D_IN = 7

@@ -22,7 +22,7 @@ from torch import nn
 
 import onnxplain
 from checks import assert_close, brute_force_shapley
-from onnxplain.kernels import sample_permutations
+from onnxplain.kernels.shapley import sample_permutations
 
 PAD_BYTE = 256
 SEQ = 13

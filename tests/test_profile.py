@@ -61,11 +61,11 @@ def test_profile_of_integrated_gradients_counts_its_rows_and_names_the_graph_ops
 def test_made_up_inputs_fill_every_input_with_its_dtype_and_symbolic_lengths():
     model, example = masked_tabular()
     onx = onnxplain.from_torch(model, example, dynamic="auto")
-    feeds = made_up_inputs(onnxplain.converters.normalize(onx), 4, length=5)
+    feeds = made_up_inputs(onnxplain.normalize(onx), 4, length=5)
     assert feeds["x"].shape == (4, 5) and feeds["x"].dtype == np.float32
     assert feeds["mask"].dtype == np.int64 and (feeds["mask"] == 1).all()
     with pytest.raises(ValueError, match="batch must be a positive int"):
-        made_up_inputs(onnxplain.converters.normalize(onx), 0)
+        made_up_inputs(onnxplain.normalize(onx), 0)
 
 
 def test_profile_command_prints_the_report_and_writes_json(cnn, tmp_path, capsys):

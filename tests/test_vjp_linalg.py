@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from onnx import TensorProto, helper
 
-from onnxplain.converters import normalize
+from onnxplain.converters.normalize import normalize
 from onnxplain.errors import UnsupportedOperatorError
 from vjp_harness import Case, check_case, vjp_model
 

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from onnx import TensorProto, helper, numpy_helper
 
-from onnxplain.converters import normalize
+from onnxplain.converters.normalize import normalize
 from onnxplain.vjp.sampling import interpolation_matrix
 from vjp_harness import Case, assert_matches_finite_differences, check_case, run_reference, vjp_model
 

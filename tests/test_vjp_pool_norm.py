@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from onnx import TensorProto, helper
 
-from onnxplain.converters import normalize
+from onnxplain.converters.normalize import normalize
 from vjp_harness import Case, check_case, vjp_model
 
 RNG = np.random.default_rng(11)

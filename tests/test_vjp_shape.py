@@ -333,7 +333,7 @@ def test_pad_negative_crop(pads, axes):
     """Pad with negative pads crops; onnx.reference cannot run such a forward (numpy.pad), so this
     checks onnxruntime in float32 against torch autograd (F.pad crops on negative pads too)."""
     import onnxruntime as ort
-    from onnxplain.converters import normalize
+    from onnxplain.converters.normalize import normalize
     from vjp_harness import vjp_model
 
     opset = 18 if axes else 17

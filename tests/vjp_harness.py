@@ -23,7 +23,7 @@ from onnx.reference.op_run import OpRun
 from onnx.reference.ops._op import OpRunUnaryNum
 
 from onnxplain.backward import backward
-from onnxplain.converters import normalize
+from onnxplain.converters.normalize import normalize
 from onnxplain.graph import GraphBuilder
 
 

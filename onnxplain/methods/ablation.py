@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from onnxplain.kernels import fill_ablation, fold_ablation, spread_groups
+from onnxplain.kernels.ablation import fill_ablation, fold_ablation
+from onnxplain.kernels.common import spread_groups
 
 from .perturbation import Perturbation, Plan, attributed_inputs, group_labels
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from onnxplain.kernels import fill_occlusion, fold_occlusion, occlusion_counts, window_starts
+from onnxplain.kernels.occlusion import fill_occlusion, fold_occlusion, occlusion_counts, window_starts
 
 from .perturbation import Perturbation, Plan, attributed_inputs, per_input
 

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 from tqdm import tqdm
 
-from onnxplain.kernels import Labels
+from onnxplain.kernels.common import Labels
 
 from ..runtime import Cost
 from .base import (TARGET_WEIGHTS, Method, Spec, baseline_feeds, check_n_baselines, declare_target_weights, draw_rows,

@@ -12,15 +12,16 @@ and on a model linear in the inputs it is exact for any ``n_samples``.
 
 ``shapley_values`` is exact: all ``2**G`` coalitions are run once and weighted
 (``|S|! (G - |S| - 1)! / G!``); it refuses more than
-:data:`~onnxplain.kernels.MAX_EXACT_GROUPS` groups.  Captum's ``ShapleyValues``
+:data:`~onnxplain.kernels.shapley.MAX_EXACT_GROUPS` groups.  Captum's ``ShapleyValues``
 computes the same numbers from all ``G!`` permutations.
 """
 from __future__ import annotations
 
 import numpy as np
 
-from onnxplain.kernels import (MAX_EXACT_GROUPS, PermutationUnits, close_single_group, fill_coalitions,
-                               fold_coalitions, sample_permutations, spread_groups)
+from onnxplain.kernels.common import spread_groups
+from onnxplain.kernels.shapley import (MAX_EXACT_GROUPS, PermutationUnits, close_single_group, fill_coalitions,
+                                       fold_coalitions, sample_permutations)
 
 from .perturbation import Perturbation, Plan, attributed_inputs, broadcast_rows, check_positive_int, group_labels
 
