@@ -171,12 +171,19 @@ def test_rules_fall_back_to_the_gradient_where_nothing_moved():
 
 # ---------------------------------------------------------------------- fused ops = their decompositions
 DECOMPOSED = {
+    # the softmax family as stable implementations (and Keras/TF exports) write it: shifted by the row maximum
     "softmax": ([n("Add", ["x", "mask"], ["xm"]), n("Softmax", ["xm"], ["z"], axis=-1)],
-                [n("Add", ["x", "mask"], ["xm"]), n("Exp", ["xm"], ["e"]), n("ReduceSum", ["e", "last"], ["s"]),
+                [n("Add", ["x", "mask"], ["xm"]), n("ReduceMax", ["xm"], ["top"], axes=[-1]),
+                 n("Sub", ["xm", "top"], ["xz"]), n("Exp", ["xz"], ["e"]), n("ReduceSum", ["e", "last"], ["s"]),
                  n("Div", ["e", "s"], ["z"])], (const("mask", MASK), ints("last", [-1])), 17),
     "log_softmax": ([n("LogSoftmax", ["x"], ["z"], axis=-1)],
-                    [n("Exp", ["x"], ["e"]), n("ReduceSum", ["e", "last"], ["s"]), n("Log", ["s"], ["l"]),
-                     n("Sub", ["x", "l"], ["z"])], (ints("last", [-1]),), 17),
+                    [n("ReduceMax", ["x"], ["top"], axes=[-1]), n("Sub", ["x", "top"], ["xz"]),
+                     n("Exp", ["xz"], ["e"]), n("ReduceSum", ["e", "last"], ["s"]), n("Log", ["s"], ["l"]),
+                     n("Sub", ["xz", "l"], ["z"])], (ints("last", [-1]),), 17),
+    "reduce_log_sum_exp": ([n("ReduceLogSumExp", ["x", "last"], ["z"])],
+                           [n("ReduceMax", ["x", "last"], ["top"]), n("Sub", ["x", "top"], ["xz"]),
+                            n("Exp", ["xz"], ["e"]), n("ReduceSum", ["e", "last"], ["s"]), n("Log", ["s"], ["l"]),
+                            n("Add", ["l", "top"], ["z"])], (ints("last", [-1]),), 18),
     "layer_norm_pow_sqrt_div": (
         [n("LayerNormalization", ["x", "g", "bias"], ["z"], axis=-1, epsilon=1e-3)],
         [n("ReduceMean", ["x"], ["m"], axes=[-1]), n("Sub", ["x", "m"], ["xc"]), n("Pow", ["xc", "two"], ["sq"]),
@@ -205,7 +212,7 @@ def test_fused_op_has_the_multipliers_of_its_decomposition(name):
     x, base = inputs(seed=7)
     results = []
     for body in (fused, decomposed):
-        model = op_graph(body, "z", WIDTH, opset=opset, extra_inits=inits)
+        model = op_graph(body, "z", 1 if name == "reduce_log_sum_exp" else WIDTH, opset=opset, extra_inits=inits)
         ex = onnxplain.Explainer(model, "deeplift")
         multipliers = ex.explain(x, target=[0, 1, 2], baselines=base, multiply_by_inputs=False)
         attr, delta = ex.explain(x, target=[0, 1, 2], baselines=base, return_convergence_delta=True)
@@ -254,7 +261,8 @@ class MaskedAttention(nn.Module):
 
 def textbook_attention_deeplift(net: MaskedAttention, x, base, mask, target: int):
     """DeepLIFT written out in float64 NumPy: Shapley rules at the products ``q k^T`` and ``p v`` and at the
-    quotient ``e / sum(e)``, Rescale at ``exp``, plain gradients at the linear maps.  Returns multipliers."""
+    quotient ``e / sum(e)``, Rescale at ``exp``, the softmax shifted by its row maximum (``e = exp(s - max s)``)
+    with the cross-max rule there, plain gradients at the linear maps.  Returns multipliers."""
     w = {name: (getattr(net, name).weight.detach().double().numpy(), getattr(net, name).bias.detach().double().numpy())
          for name in ("q", "k", "v", "head")}
     keep = (mask[:, None, :] != 0)
@@ -262,11 +270,12 @@ def textbook_attention_deeplift(net: MaskedAttention, x, base, mask, target: int
     def forward(t):
         q, k, v = (t @ w[name][0].T + w[name][1] for name in ("q", "k", "v"))
         s = np.where(keep, q @ k.transpose(0, 2, 1) * net.scale, -np.inf)
-        e = np.exp(s)
-        return q, k, v, s, e, e.sum(-1, keepdims=True)
+        top = s.max(-1, keepdims=True)
+        e = np.exp(s - top)
+        return q, k, v, s, top, e, e.sum(-1, keepdims=True)
 
-    q, k, v, s, e, total = forward(x.astype(np.float64))
-    qr, kr, vr, sr, er, total_r = forward(base.astype(np.float64))
+    q, k, v, s, top, e, total = forward(x.astype(np.float64))
+    qr, kr, vr, sr, top_r, er, total_r = forward(base.astype(np.float64))
     p, pr = e / total, er / total_r
     d_out = np.broadcast_to(w["head"][0][target] / x.shape[1], x.shape[:2] + (w["head"][0].shape[1],))
     d_p = d_out @ ((v + vr) / 2).transpose(0, 2, 1)                    # o = p v, Shapley
@@ -274,9 +283,18 @@ def textbook_attention_deeplift(net: MaskedAttention, x, base, mask, target: int
     d_e = d_p * (1 / total + 1 / total_r) / 2                          # p = e / sum(e), Shapley
     d_total = -(d_p * (e + er)).sum(-1, keepdims=True) / (2 * total * total_r)
     d_e = d_e + d_total
+    z, zr = s - top, sr - top_r
+    moved = keep & (np.abs(z - zr) > 1e-10)
     with np.errstate(invalid="ignore"):
-        ds = d_e * np.where(keep & (np.abs(s - sr) > 1e-10), (e - er) / np.where(keep, s - sr, 1), e)  # Rescale at exp
-    ds = np.where(keep, ds, 0.0) * net.scale
+        dz = d_e * np.where(moved, (e - er) / np.where(moved, z - zr, 1), e)     # Rescale at exp
+    dz = np.where(keep, dz, 0.0)
+    # z = s - max(s): the cross-max rule routes -sum(dz) to the maxima of the row and of its reference
+    hit, hit_r = (s == top).astype(float), (sr == top_r).astype(float)
+    high = np.maximum(top, top_r)
+    routed = (high - top_r) * hit / hit.sum(-1, keepdims=True) + (top - high) * hit_r / hit_r.sum(-1, keepdims=True)
+    moved = keep & (np.abs(s - sr) > 1e-10)
+    m_top = np.where(moved, routed / np.where(moved, s - sr, 1), hit / hit.sum(-1, keepdims=True))
+    ds = (dz - dz.sum(-1, keepdims=True) * m_top) * net.scale
     d_q = ds @ ((k + kr) / 2)                                          # s = q k^T, Shapley
     d_k = ds.transpose(0, 2, 1) @ ((q + qr) / 2)
     return d_q @ w["q"][0] + d_k @ w["k"][0] + d_v @ w["v"][0]
@@ -498,3 +516,50 @@ def test_converted_graph_keeps_multiply_by_inputs_as_its_default(tmp_path):
     np.testing.assert_allclose(got, onnxplain.Explainer(model, "deeplift").explain(x, target=1,
                                                                                    multiply_by_inputs=False),
                                rtol=1e-6, atol=1e-7)
+
+
+# ---------------------------------------------------------------------- the softmax family at large logits
+class ConfidentClassifier(nn.Module):
+    """Logits of a few tens to a hundred, as a sharply trained classifier gives, then probabilities."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(5)
+        self.body = nn.Sequential(nn.Linear(7, 16), nn.Tanh(), nn.Linear(16, 5))
+
+    def forward(self, x):
+        logits = 100.0 * self.body(x)
+        return torch.cat([torch.softmax(logits, -1), torch.log_softmax(logits, -1),
+                          torch.logsumexp(logits, -1, keepdim=True)], -1)
+
+
+@pytest.mark.parametrize("exporter", EXPORTERS)
+@pytest.mark.parametrize("method", ["deeplift", "deeplift_shap"])
+def test_softmax_family_stays_finite_and_exact_at_large_logits(exporter, method):
+    """Every exp the rules build is shifted by a row maximum: no inf or NaN in float32 where rows and
+    baselines sit on logits ~100 apart, conservation at rounding level, and the float64 model's numbers."""
+    net = ConfidentClassifier().eval()
+    g = rng(21)
+    x = g.standard_normal((6, 7)).astype(np.float32) * 4
+    base = g.standard_normal((3 if method == "deeplift_shap" else 1, 7)).astype(np.float32) * 4
+    with torch.no_grad():
+        lse = torch.logsumexp(100.0 * net.body(torch.from_numpy(np.concatenate([x, base]))), -1).numpy()
+    # a row's sum of exp(logits) over its baseline's: beyond float32 (exp(88.7)) unless the rules shift
+    assert np.abs(lse[:len(x), None] - lse[None, len(x):]).max() > 90
+    results = {}
+    for dtype, np_dtype, tol in ((torch.float32, np.float32, 2e-5), (torch.float64, np.float64, 1e-10)):
+        net = net.to(dtype)
+        xt, bt = x.astype(np_dtype), base.astype(np_dtype)
+        ex = onnxplain.Explainer(onnxplain.from_torch(net, torch.from_numpy(xt), dynamo=exporter == "dynamo"), method)
+        with torch.no_grad():
+            out = net(torch.from_numpy(np.concatenate([xt, bt]))).numpy()
+        for target in (1, 7, 10):      # a probability, a log-probability, the log-sum-exp
+            attr = ex.explain(xt, target=target, baselines=bt)
+            assert np.all(np.isfinite(attr)), (dtype, target)
+            expected = out[:len(x), target] - out[len(x):, target].mean()
+            scale = max(1.0, float(np.abs(attr).sum(1).max()))
+            np.testing.assert_allclose(attr.sum(1), expected, rtol=0, atol=tol * scale, err_msg=f"{dtype} {target}")
+            results[dtype, target] = attr
+    for target in (1, 7, 10):
+        wide = results[torch.float64, target]
+        np.testing.assert_allclose(results[torch.float32, target], wide, rtol=1e-3, atol=1e-4 * np.abs(wide).max())

@@ -17,8 +17,9 @@ attributions of the whole graph add up to ``f(x) - f(x_ref)`` whatever way an ex
   condition and Gather whose indices depend on the input) route the difference so that it is
   conserved (cross-max, like MaxPool); piecewise-constant ops (Floor, Ceil, Round, Sign) are rescaled;
 * fused ops take the multipliers of one canonical decomposition under the rules above, so the result
-  does not depend on whether an exporter fused them: Softmax = ``exp(x) / sum(exp(x))`` (Div's Shapley
-  rule, Exp rescaled), LogSoftmax = ``x - log(sum(exp(x)))``, LayerNormalization and
+  does not depend on whether an exporter fused them: Softmax = ``exp(z) / sum(exp(z))`` at
+  ``z = x - max(x)`` (the cross-max rule at the maximum, Div's Shapley rule, Exp rescaled: every term finite),
+  LogSoftmax = ``z - log(sum(exp(z)))``, LayerNormalization and
   InstanceNormalization = ``(x - mean) / sqrt(mean((x - mean) * (x - mean)) + eps) * scale + bias``.
   Gelu, HardSwish, Mish... have one input, so the unary rule is already their decomposition's.
 
@@ -299,23 +300,34 @@ def differs_from_reference(ctx, name: str) -> bool:
     return False
 
 
-def cross_extremum(ctx, keep, sum_keep, top_op: str) -> str:
-    """Cross-extremum rule of a reduction to the maximum (``top_op="Max"``) or minimum: ``ext(z, z_ref) - z_ref``
-    goes to the input's extremum positions and ``z - ext(z, z_ref)`` to the reference's, each divided by that
-    position's ``x - x_ref`` (ties split equally); both parts vanish where ``x - x_ref`` does, so the
-    difference is conserved.  ``keep`` makes an output-shaped tensor broadcast against x, ``sum_keep`` sums
-    an x-shaped one over the reduced axes keeping dims."""
-    b, x = ctx.b, ctx.x[0]
-    z, z_ref = keep(ctx.y[0]), keep(ctx.ref(ctx.y[0]))
+def extremum_multipliers(ctx, x: str, z: str, keep, sum_keep, top_op: str) -> tuple[str, str, str]:
+    """The cross-extremum rule's multipliers of ``x`` for its extremum ``z`` over some axes (``top_op="Max"``
+    or ``"Min"``): ``ext(z, z_ref) - z_ref`` goes to the input's extremum positions and ``z - ext(z, z_ref)`` to
+    the reference's, each divided by that position's ``x - x_ref`` (ties split equally); both parts vanish where
+    ``x - x_ref`` does, so ``sum(m * (x - x_ref)) = z - z_ref``.  ``keep`` makes a z-shaped tensor broadcast
+    against x, ``sum_keep`` sums an x-shaped one over the reduced axes keeping dims.
+
+    Returns ``(m, small, share)``: ``m`` (0 where ``small``), the positions where nothing moved, and
+    ``share``, the extremum's gradient (its positions in x, ties split), for the caller's fallback there.
+    Each multiplier lies in [0, 1]."""
+    b = ctx.b
     x_ref = ctx.ref(x)
+    z, z_ref = keep(z), keep(ctx.ref(z))
     top = b.op(top_op, z, z_ref)
     hit, hit_ref = (b.cast_like(b.op("Equal", t, zt), x) for t, zt in ((x, z), (x_ref, z_ref)))
-    to_input = b.div(b.mul(b.sub(top, z_ref), hit), sum_keep(hit))
+    share = b.div(hit, sum_keep(hit))
+    to_input = b.mul(b.sub(top, z_ref), share)
     to_reference = b.div(b.mul(b.sub(z, top), hit_ref), sum_keep(hit_ref))
     delta = b.sub(x, x_ref)
     small = _small(ctx, delta)
-    rescaled = b.mul(keep(ctx.dy[0]), _safe_ratio(b, b.add(to_input, to_reference), delta, small))
-    return b.where(small, _standard(ctx)[0], rescaled)
+    return _safe_ratio(b, b.add(to_input, to_reference), delta, small), small, share
+
+
+def cross_extremum(ctx, keep, sum_keep, top_op: str) -> str:
+    """The cross-extremum rule (:func:`extremum_multipliers`) of a reduction node to the maximum or minimum,
+    with the node's own gradient where nothing moved."""
+    m, small, _ = extremum_multipliers(ctx, ctx.x[0], ctx.y[0], keep, sum_keep, top_op)
+    return ctx.b.where(small, _standard(ctx)[0], ctx.b.mul(keep(ctx.dy[0]), m))
 
 
 def _extremum_reduction(from_input: bool):

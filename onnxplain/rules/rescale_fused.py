@@ -2,17 +2,21 @@
 :mod:`onnxplain.rules.rescale`, so an exporter that fuses a layer and one that writes it out give the
 same attributions, and the difference is conserved exactly.
 
-* ``Softmax(x) = e / sum(e)``, ``e = exp(x)``: Div's Shapley rule (``m_e = (1/s + 1/s_ref) / 2``,
+* ``Softmax(x) = e / sum(e)``, ``e = exp(z)``, ``z = x - max(x)`` (the form every stable softmax computes;
+  ``exp(z) <= 1`` and ``sum(e)`` lies in [1, n] at a row and at its reference, so nothing overflows for any
+  finite input): the cross-max rule at the maximum, Div's Shapley rule (``m_e = (1/s + 1/s_ref) / 2``,
   ``m_s = -(e + e_ref) / (2 s s_ref)``), the sum's plain gradient and Exp's rescale.  Written with the
-  softmax values ``y`` and ``Q = exp(x_ref - lse(x))``, ``P = exp(x - lse(x_ref))`` (no overflow; shifts
-  of x cancel) it is ``dx = (A + B) dy / 2 - A sum(dy (P + y_ref)) / 2`` with
-  ``A = (y - Q) / Δx = (y + Q) tanh(Δx / 2) / Δx`` and ``B = (P - y_ref) / Δx = (P + y_ref) tanh(Δx / 2) / Δx``
-  (the tanh form has no cancellation; its limit ``(y + Q) / 2`` is the gradient's where ``Δx`` is small).
-* ``LogSoftmax(x) = x - log(sum(exp(x)))``: Log rescaled at the sum, ``dx = dy - sum(dy) q A`` with
-  ``q = ℓ / ((1 + e^ℓ) tanh(ℓ / 2))``, ``ℓ = lse(x_ref) - lse(x)`` (``q = 1`` at ``ℓ = 0``).
+  softmax values ``y``, ``Q = exp(z_ref - lse(z))`` and ``P = exp(z - lse(z_ref))`` it is
+  ``dz = A (dy - sum(dy y_ref)) / 2 + B (dy - sum(dy y)) / 2`` with
+  ``A = (y - Q) / Δz = (y + Q) tanh(Δz / 2) / Δz`` and ``B = (P - y_ref) / Δz = (P + y_ref) tanh(Δz / 2) / Δz``
+  (the tanh form has no cancellation; its limit ``(y + Q) / 2`` is the gradient's where ``Δz`` is small),
+  then ``dx = dz - sum(dz) m_max``.
+* ``LogSoftmax(x) = z - log(sum(exp(z)))``: Log rescaled at the sum, ``dz = dy - sum(dy) q A`` with
+  ``q = ℓ / ((1 + e^ℓ) tanh(ℓ / 2))``, ``ℓ = lse(z_ref) - lse(z)`` (``q = 1`` at ``ℓ = 0``), then the
+  cross-max rule; ReduceLogSumExp is ``max(x) + log(sum(exp(z)))`` the same way.
 * ``LpNormalization``: ``x / ||x||_p``, Div's Shapley rule and the norm's decomposition
-  (``sqrt(sum(x * x))`` or ``sum(|x|)``); ReduceL1, ReduceL2, ReduceSumSquare, ReduceLogSum and
-  ReduceLogSumExp take their decompositions' multipliers the same way.
+  (``sqrt(sum(x * x))`` or ``sum(|x|)``); ReduceL1, ReduceL2, ReduceSumSquare and ReduceLogSum take
+  their decompositions' multipliers the same way.
 * ``LayerNormalization``, ``InstanceNormalization``, ``GroupNormalization``, ``MeanVarianceNormalization``:
   ``xhat = xc / sqrt(mean(xc * xc) + eps)``, ``xc = x - mean(x)``, then ``xhat * scale + bias``: the
   squares take Mul's Shapley rule (``xc + xc_ref``), the square root its rescale
@@ -23,16 +27,10 @@ from __future__ import annotations
 
 from ..vjp import register
 from ..vjp._common import Reduction, fail, known_rank, normalised_count, per_channel
-from .rescale import RESCALE, _safe_ratio, _small, midpoint
+from .rescale import RESCALE, _safe_ratio, _small, extremum_multipliers, midpoint
 
 
 # ------------------------------------------------------------------------------------ softmax family
-def _log_sum_exp(b, x: str, axis: int) -> str:
-    """``log(sum(exp(x), axis))`` keeping dims, shifted by the maximum (finite with -inf entries)."""
-    top = b.reduce("ReduceMax", x, [axis])
-    return b.add(top, b.op("Log", b.reduce_sum(b.op("Exp", b.sub(x, top)), [axis])))
-
-
 def _tanh_half_ratio(ctx, delta: str) -> str:
     """``tanh(Δ / 2) / Δ``, its limit 1/2 where ``|Δ| < eps`` or Δ is NaN (``-inf - -inf``)."""
     b = ctx.b
@@ -41,19 +39,43 @@ def _tanh_half_ratio(ctx, delta: str) -> str:
     return b.where(small, b.like(0.5, delta), b.div(b.op("Tanh", b.mul(safe, b.like(0.5, delta))), safe))
 
 
-class _ExpOverSum:
-    """``exp(x)`` over ``sum(exp(x))`` at a row and at its reference, given ``lse = log(sum(exp(x)))``
-    (keeping the reduced axes): the softmax ``y``, and ``A = (y - exp(x_ref - lse)) / Δx``, the Exp
-    multiplier over the row's own sum."""
+class _ShiftedToMaximum:
+    """``z = x - max(x)`` over some axes, the canonical first step of the softmax family: every ``exp(z)`` is
+    at most 1 and every sum of them lies in [1, n], at a row and at its reference alike, so no term of the
+    rules below overflows for any finite input.  The maximum takes the cross-max rule
+    (:func:`~onnxplain.rules.rescale.extremum_multipliers`), the gradient where nothing moved."""
 
-    def __init__(self, ctx, x: str, lse: str):
+    def __init__(self, ctx, x: str, top: str, keep, sum_keep):
         b = ctx.b
-        x_ref = ctx.ref(x)
+        self.b, self.x, self.sum_keep = b, x, sum_keep
+        self.z = b.sub(x, keep(top))
+        m, small, share = extremum_multipliers(ctx, x, top, keep, sum_keep, "Max")
+        self.m_top = b.where(small, share, m)
+
+    def to_input(self, dz: str, d_top: str | None = None) -> str:
+        """The multipliers of x from those of z and, when the maximum is itself used, its cotangent ``d_top``
+        (keeping dims): ``dx = dz + (d_top - sum(dz)) m_top``."""
+        b = self.b
+        through_top = b.neg(self.sum_keep(dz))
+        if d_top is not None:
+            through_top = b.add(through_top, d_top)
+        return b.add(dz, b.mul(through_top, self.m_top))
+
+
+class _ExpOverSum:
+    """``exp(z)`` over ``sum(exp(z))`` at a row and at its reference, ``z = x - max(x)``
+    (:class:`_ShiftedToMaximum`), given ``lse = log(sum(exp(z)))`` keeping the reduced axes: the softmax
+    ``y``, and ``A = (y - exp(z_ref - lse)) / Δz``, the Exp multiplier over the row's own sum."""
+
+    def __init__(self, ctx, z: str, lse: str):
+        b = ctx.b
+        z_ref = ctx.ref(z)
         self.lse, self.lse_ref = lse, ctx.ref(lse)
-        self.y = b.op("Exp", b.sub(x, lse))
+        self.y = b.op("Exp", b.sub(z, lse))
         self.y_ref = ctx.ref(self.y)
-        self.half_tanh = _tanh_half_ratio(ctx, b.sub(x, x_ref))
-        self.a = b.mul(b.add(self.y, b.op("Exp", b.sub(x_ref, lse))), self.half_tanh)
+        self.half_tanh = _tanh_half_ratio(ctx, b.sub(z, z_ref))
+        self.a = b.mul(b.add(self.y, b.op("Exp", b.sub(z_ref, lse))), self.half_tanh)
+        self.b_ = b.mul(b.add(b.op("Exp", b.sub(z, self.lse_ref)), self.y_ref), self.half_tanh)
 
     def log_ratio(self, ctx) -> str:
         """``q = (lse - lse_ref) / (1 - s_ref / s)``: Log's rescale at the sum, times the sum; with
@@ -63,29 +85,35 @@ class _ExpOverSum:
         return b.op("Reciprocal", b.mul(b.add(b.like(1.0, gap), b.op("Exp", gap)), _tanh_half_ratio(ctx, gap)))
 
 
-def _softmax_axis_pair(ctx) -> tuple[int, _ExpOverSum]:
+def _softmax_parts(ctx) -> tuple[int, _ShiftedToMaximum, _ExpOverSum]:
+    b, x = ctx.b, ctx.x[0]
     axis = ctx.attr("axis", -1)
-    return axis, _ExpOverSum(ctx, ctx.x[0], _log_sum_exp(ctx.b, ctx.x[0], axis))
+    shift = _ShiftedToMaximum(ctx, x, b.reduce("ReduceMax", x, [axis]), lambda t: t,
+                              lambda t: b.reduce_sum(t, [axis]))
+    lse = b.op("Log", b.reduce_sum(b.op("Exp", shift.z), [axis]))
+    return axis, shift, _ExpOverSum(ctx, shift.z, lse)
 
 
 @register("Softmax", since=13, table=RESCALE)
 def rescale_softmax(ctx):
-    """``exp(x) / sum(exp(x))`` under Div's Shapley rule and Exp's rescale (see the module docstring)."""
+    """``exp(z) / sum(exp(z))``, ``z = x - max(x)``, under Div's Shapley rule and Exp's rescale (see the module
+    docstring): ``dz = (A (dy - sum(dy y_ref)) + B (dy - sum(dy y))) / 2``, then the cross-max rule."""
     b, dy = ctx.b, ctx.dy[0]
-    axis, s = _softmax_axis_pair(ctx)
-    p = b.op("Exp", b.sub(ctx.x[0], s.lse_ref))          # exp(x) / s_ref
-    bb = b.mul(b.add(p, s.y_ref), s.half_tanh)             # (p - y_ref) / Δx
-    through_sum = b.reduce_sum(b.mul(dy, b.add(p, s.y_ref)), [axis])
-    half = b.like(0.5, dy)
-    return [b.mul(half, b.sub(b.mul(b.add(s.a, bb), dy), b.mul(s.a, through_sum)))]
+    axis, shift, s = _softmax_parts(ctx)
+    at_ref = b.sub(dy, b.reduce_sum(b.mul(dy, s.y_ref), [axis]))
+    at_row = b.sub(dy, b.reduce_sum(b.mul(dy, s.y), [axis]))
+    dz = b.mul(b.like(0.5, dy), b.add(b.mul(s.a, at_ref), b.mul(s.b_, at_row)))
+    return [shift.to_input(dz)]
 
 
 @register("LogSoftmax", since=13, table=RESCALE)
 def rescale_log_softmax(ctx):
-    """``x - log(sum(exp(x)))`` with Log rescaled at the sum: ``dx = dy - sum(dy) q A``."""
+    """``z - log(sum(exp(z)))``, ``z = x - max(x)``, with Log rescaled at the sum: ``dz = dy - sum(dy) q A``,
+    then the cross-max rule."""
     b, dy = ctx.b, ctx.dy[0]
-    axis, s = _softmax_axis_pair(ctx)
-    return [b.sub(dy, b.mul(b.reduce_sum(dy, [axis]), b.mul(s.log_ratio(ctx), s.a)))]
+    axis, shift, s = _softmax_parts(ctx)
+    dz = b.sub(dy, b.mul(b.reduce_sum(dy, [axis]), b.mul(s.log_ratio(ctx), s.a)))
+    return [shift.to_input(dz)]
 
 
 # ------------------------------------------------------------------------------------ reductions
@@ -144,9 +172,13 @@ def rescale_reduce_log_sum(ctx, r):
 
 @_reduction_rule("ReduceLogSumExp")
 def rescale_reduce_log_sum_exp(ctx, r):
-    """``log(sum(exp(x)))``: Log rescaled at the sum and Exp at each term, ``m = q A`` (as LogSoftmax's)."""
-    s = _ExpOverSum(ctx, ctx.x[0], r.keep(ctx.y[0]))
-    return ctx.b.mul(r.keep(ctx.dy[0]), ctx.b.mul(s.log_ratio(ctx), s.a))
+    """``max(x) + log(sum(exp(z)))``, ``z = x - max(x)``: Log rescaled at the sum and Exp at each term,
+    ``dz = dy q A`` (as LogSoftmax's), and the cross-max rule at the maximum, which ``dy`` also reaches."""
+    b, x = ctx.b, ctx.x[0]
+    dy = r.keep(ctx.dy[0])
+    shift = _ShiftedToMaximum(ctx, x, r.reduce_keep("ReduceMax", x), lambda t: t, r.sum_keep)
+    s = _ExpOverSum(ctx, shift.z, b.op("Log", r.sum_keep(b.op("Exp", shift.z))))
+    return shift.to_input(b.mul(dy, b.mul(s.log_ratio(ctx), s.a)), d_top=dy)
 
 
 # ------------------------------------------------------------------------------------ normalisation

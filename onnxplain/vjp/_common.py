@@ -103,6 +103,14 @@ class Reduction:
         axes = self.axes if isinstance(self.axes, str) or self.axes is None else self.b.ints(self.axes)
         return self.b.op("ReduceSum", t, axes, keepdims=1, noop_with_empty_axes=self.noop or None)
 
+    def reduce_keep(self, op_type: str, t: str) -> str:
+        """``op_type`` (ReduceMax, ReduceMean, ...) of a tensor shaped like x over the same axes, keeping dims."""
+        if isinstance(self.axes, str):    # an axes input, opset 18 on
+            return self.b.op(op_type, t, self.axes, keepdims=1, noop_with_empty_axes=self.noop or None)
+        if self.axes is None:
+            return self.b.op(op_type, t, keepdims=1, noop_with_empty_axes=self.noop or None)
+        return self.b.reduce(op_type, t, self.axes)
+
     def expand(self, t: str) -> str:
         return self.b.op("Expand", t, shape_vec(self.b, self.x))
 
