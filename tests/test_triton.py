@@ -149,3 +149,20 @@ def test_the_command_line_writes_the_repository(tmp_path, capsys):
     assert main(["triton", demo_files()["model"], "--method", "ig", "--name", "cnn_ig",
                  "--output", str(tmp_path)]) == 2
     assert "exists already" in capsys.readouterr().err
+
+
+def test_a_missing_repository_is_created_and_a_failed_export_leaves_nothing(tmp_path, capsys):
+    repository = tmp_path / "models" / "explain"
+    assert main(["triton", demo_files()["model"], "--method", "saliency", "--name", "cnn",
+                 "--output", str(repository)]) == 0
+    config, _ = read(repository / "cnn")
+    assert config.name == "cnn"
+    capsys.readouterr()
+    fresh = tmp_path / "other" / "repo"
+    with pytest.raises(Exception, match="no_such_output"):     # fails inside the export, after the folders exist
+        export_triton(demo_files()["model"], fresh, "cnn", "saliency", output="no_such_output")
+    assert sorted(os.listdir(tmp_path)) == ["models"]          # the folders made for it are gone again
+    (tmp_path / "a_file").write_text("")
+    assert main(["triton", demo_files()["model"], "--method", "saliency", "--name", "cnn",
+                 "--output", str(tmp_path / "a_file")]) == 2
+    assert "is a file, not a folder" in capsys.readouterr().err

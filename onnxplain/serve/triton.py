@@ -28,6 +28,7 @@ and would prepend the batch axis to every input it lists.  So:
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
@@ -49,7 +50,8 @@ def export_triton(model, repository, name: str, method: str = "saliency", *,
     ``defaults`` (a dict) and keyword arguments become the graph's default
     method parameters, as in :func:`onnxplain.convert`.  ``gpu``: one instance on each GPU
     (``KIND_GPU``), else one CPU instance.  Refuses to replace an existing
-    ``repository/name``.
+    ``repository/name``; creates ``repository`` (and its parents) when missing, and removes what it
+    created when the export fails.
     """
     from ..api import convert
 
@@ -57,11 +59,12 @@ def export_triton(model, repository, name: str, method: str = "saliency", *,
     if not isinstance(max_batch_size, int) or isinstance(max_batch_size, bool) or max_batch_size < 0:
         raise ValueError(f"max_batch_size must be an int >= 0 (0: Triton does not batch), got {max_batch_size!r}")
     repository = os.fspath(repository)
-    if not os.path.isdir(repository):
-        raise ValueError(f"the model repository {repository!r} is not a folder; create it first")
+    if os.path.exists(repository) and not os.path.isdir(repository):
+        raise ValueError(f"the model repository {repository!r} is a file, not a folder")
     target = os.path.join(repository, name)
     if os.path.exists(target):
         raise ValueError(f"{target!r} exists already; remove it or choose another name")
+    made = _make_folders(repository)
     staging = tempfile.mkdtemp(prefix=f".{name}-", dir=repository)
     try:
         os.mkdir(os.path.join(staging, "1"))
@@ -75,8 +78,25 @@ def export_triton(model, repository, name: str, method: str = "saliency", *,
         os.rename(staging, target)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
+        for folder in made:            # innermost first: only the folders this call created, if still empty
+            with contextlib.suppress(OSError):
+                os.rmdir(folder)
         raise
     return target
+
+
+def _make_folders(path: str) -> list[str]:
+    """Create ``path`` and its missing parents; return the folders created, innermost first."""
+    missing = []
+    while path and not os.path.isdir(path):
+        missing.append(path)
+        parent = os.path.dirname(path.rstrip(os.sep))
+        if parent == path:
+            break
+        path = parent
+    if missing:
+        os.makedirs(missing[0], exist_ok=True)
+    return missing
 
 
 def model_config(graph: onnx.ModelProto, name: str, max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
