@@ -222,7 +222,29 @@ class Explainer:
         feeds = self._check_inputs(inputs)
         params = _params_batch_first(params, self.spec, self.batch_axes)
         n = self._rows(feeds)
+        self._check_output_rows(feeds, n)
         return feeds, self._target_weights(target, target_weights, feeds, n), params
+
+    def _check_output_rows(self, feeds: dict, n: int) -> None:
+        """An explained output whose first axis has a fixed size other than the call's rows is not a batch
+        axis: say why, by running the plain forward on the call's first rows, before anything else runs."""
+        shape = _static_shape(self.model, self.output)
+        if not shape or not isinstance(shape[0], int) or shape[0] == n or (shape[0] == 1 and self.spec.batch_size == 1):
+            return
+        try:
+            got = tuple(self._forward_session().run(self._first_row_repeated(feeds, 2), [self.output])[self.output].shape)
+        except Exception:
+            got = None
+        fixed = f"output {self.output!r} has a first axis of fixed size {shape[0]} (shape {shape}), not the call's {n} rows"
+        if got is None:
+            raise ModelError(f"{fixed}, and the model fails on 2 rows: it runs one row at a time; build the Explainer "
+                             f"with batch_size=1")
+        if not got or got[0] != 2:
+            raise ModelError(f"{fixed}: on 2 rows the model gives shape {got}, so its forward mixes the rows (a mean "
+                             f"or sum over the batch, a reshape that merges rows) and no row has an output of its own. "
+                             f"Build the Explainer with batch_size=1 to explain each row run on its own, or explain an "
+                             f"output computed per row")
+        raise ModelError(f"{fixed}: build the Explainer with batch_size={shape[0]}")
 
     def row_chunks(self, part: dict, n: int, row_bytes: int) -> list[tuple[int, int]]:
         """The ``[start, stop)`` input rows of each run of ``part``: as many rows as fit the memory budget
@@ -255,22 +277,24 @@ class Explainer:
         """The advice to use ``batch_size=1`` when a run failed with several rows and one row runs."""
         if self.spec.batch_size == 1:
             return None
-        def rows(count):
-            return {vi.name: (feeds[vi.name] if vi.name in self.spec.unbatched
-                              else np.concatenate([feeds[vi.name][:1]] * count)) for vi in _graph_inputs(self.model)}
         forward = self._forward_session()
         try:
-            forward.run(rows(1))
+            forward.run(self._first_row_repeated(feeds, 1))
         except Exception:
             return None      # not even one row runs: not a matter of batching
         try:
-            forward.run(rows(2))
+            forward.run(self._first_row_repeated(feeds, 2))
             return None      # the model takes two rows: the failure is the explanation graph's own
         except Exception:
             pass
         return ("the model fails on a run of several rows but runs on one row: it cannot take batches "
                 "(control flow on a single-element condition, a state sized for one row...). Build the "
                 "Explainer with batch_size=1 so that the model never sees more than one row per run")
+
+    def _first_row_repeated(self, feeds: dict, count: int) -> dict:
+        """The model's inputs with the first row of each batched one repeated ``count`` times."""
+        return {vi.name: (feeds[vi.name] if vi.name in self.spec.unbatched
+                          else np.concatenate([feeds[vi.name][:1]] * count)) for vi in _graph_inputs(self.model)}
 
     def _rows(self, feeds: dict) -> int:
         """The number of rows of the call (the batched inputs' batch size)."""

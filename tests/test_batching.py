@@ -12,6 +12,7 @@ from torch import nn
 import onnxplain
 from checks import assert_close
 from models import export, pool_cnn
+from onnxplain.cli import main
 from onnxplain.converters.normalize import batch_axes_of
 from onnxplain.errors import ModelError
 
@@ -447,7 +448,8 @@ class Head(nn.Module):
 
     def forward(self, x):
         y = self.lin(x)
-        return {"sum": lambda: y.sum(0), "mean": lambda: y.mean(), "transpose": lambda: y.t()}[self.reduce]()
+        return {"sum": lambda: y.sum(0), "mean": lambda: y.mean(), "transpose": lambda: y.t(),
+                "mean_keepdim": lambda: y.mean(0, keepdim=True)}[self.reduce]()
 
 
 @pytest.mark.parametrize("dynamo", [False, True], ids=["torchscript", "dynamo"])
@@ -466,6 +468,33 @@ def test_outputs_that_are_not_batch_first_are_refused_when_built(reduce, message
     facts = onnxplain.inspect(model)
     assert not any(m["available"] for m in facts["methods"].values())
     assert all(r"batch first" in m["reason"] for m in facts["methods"].values())
+
+
+@pytest.mark.parametrize("dynamo", [False, True], ids=["torchscript", "dynamo"])
+def test_an_output_of_one_row_for_the_whole_batch_is_refused_before_anything_runs(dynamo, tmp_path, capsys):
+    """A batch mean kept as a (1, C) row: its first axis looks like a batch of one, so the call says what it is."""
+    kwargs = {"dynamic_axes": {"x": {0: "batch"}}} if not dynamo else {}
+    model = onnxplain.from_torch(Head("mean_keepdim"), (torch.randn(2, 4),), input_names=["x"], output_names=["y"],
+                                 dynamo=dynamo, **kwargs)
+    x = np.random.default_rng(0).standard_normal((5, 4)).astype(np.float32)
+    message = r"output 'y' has a first axis of fixed size 1 .* not the call's 5 rows: on 2 rows the model gives shape \(1, 3\)"
+    for method in ("saliency", "deeplift", "occlusion"):
+        ex = onnxplain.Explainer(model, method)
+        ex.session.run = None                   # nothing of the explanation graph may run
+        try:
+            with pytest.raises(ModelError, match=message):
+                ex.explain(x, target=1, **({"sliding_window_shapes": (1,)} if method == "occlusion" else {}))
+        finally:
+            del ex.session.run                  # the session is shared by every Explainer of this graph
+    # each row run on its own is what batch_size=1 explains: the gradient of the row's own output
+    attr = onnxplain.Explainer(model, "saliency", batch_size=1).explain(x, target=1)
+    weight = Head("mean_keepdim").lin.weight.detach().numpy()
+    np.testing.assert_allclose(attr, np.broadcast_to(np.abs(weight[1]), x.shape), rtol=1e-6)
+    path = tmp_path / "mean.onnx"
+    onnx.save(model, path)
+    np.save(tmp_path / "x.npy", x)
+    assert main(["explain", str(path), str(tmp_path / "x.npy"), "--method", "saliency", "--target", "1"]) == 2
+    assert "fixed size 1" in capsys.readouterr().err
 
 
 class TakesWeight(nn.Module):
