@@ -11,7 +11,8 @@ input is its batch axis (``None`` for an unbatched input: a scalar, a flag, a
 weight), only that axis is made dynamic, and :func:`to_batch_first` gives the
 methods a model whose batched inputs all have the batch on axis 0.
 :func:`batch_problems` finds outputs that have no batch axis first (a forward
-that reduces over the rows), which no method can explain row by row.
+that reduces over the rows), which no method can explain row by row, and :func:`rows_mixed` the nodes
+inside the model that make one row's result depend on the others (a normalisation over the batch).
 """
 from __future__ import annotations
 
@@ -244,16 +245,10 @@ def from_batch_first_perm(rank: int, axis: int) -> list[int]:
     return list(range(1, axis + 1)) + [0] + list(range(axis + 1, rank))
 
 
-def batch_problems(m: onnx.ModelProto, axes: dict) -> dict:
-    """Outputs whose first axis is not the batch: output name -> what is wrong with it.
-
-    On a copy of ``m``, the batch axis of every batched input (``axes``, as
-    :func:`batch_axes_of` gives them) becomes the symbol ``batch``; the
-    outputs' own declarations are dropped and their shapes inferred again.  An output is refused when inference says it has no axes
-    (a reduction over everything), carries ``batch`` on another axis than the
-    first, or has a static first axis other than 1 and no ``batch`` axis (an
-    aggregate over rows).  Outputs whose shape inference cannot tell pass.
-    """
+def _batch_probe(m: onnx.ModelProto, axes: dict) -> onnx.ModelProto | None:
+    """A copy of ``m`` whose batched inputs carry the symbol ``batch`` on their batch axis (``axes``, as
+    :func:`batch_axes_of` gives them), with the outputs' own declarations dropped and every shape inferred
+    again; None when inference fails."""
     probe = onnx.ModelProto()
     probe.CopyFrom(m)
     for vi in model_inputs(probe):
@@ -265,8 +260,21 @@ def batch_problems(m: onnx.ModelProto, axes: dict) -> dict:
             vi.type.tensor_type.ClearField("shape")
     del probe.graph.value_info[:]
     try:
-        probe = shape_inference.infer_shapes(probe, strict_mode=False, data_prop=True)
+        return shape_inference.infer_shapes(probe, strict_mode=False, data_prop=True)
     except Exception:
+        return None
+
+
+def batch_problems(m: onnx.ModelProto, axes: dict) -> dict:
+    """Outputs whose first axis is not the batch: output name -> what is wrong with it.
+
+    On :func:`_batch_probe`'s copy of ``m``, an output is refused when inference says it has no axes
+    (a reduction over everything), carries ``batch`` on another axis than the
+    first, or has a static first axis other than 1 and no ``batch`` axis (an
+    aggregate over rows).  Outputs whose shape inference cannot tell pass.
+    """
+    probe = _batch_probe(m, axes)
+    if probe is None:
         return {}
     problems = {}
     for vi in probe.graph.output:
@@ -284,6 +292,92 @@ def batch_problems(m: onnx.ModelProto, axes: dict) -> dict:
                                  f"(a sum or mean over the batch) or reshapes them to a fixed count, so no "
                                  f"row has an output of its own")
     return problems
+
+
+_FLOATS = (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16)
+
+
+def within_rank(axes, rank: int) -> set[int]:
+    """``axes`` made non-negative, those outside ``[-rank, rank)`` dropped (as onnxruntime's
+    MeanVarianceNormalization drops its default axis 3 on a rank-3 input)."""
+    return {a + rank if a < 0 else a for a in axes if -rank <= a < rank}
+
+
+def normalised_axes(node: onnx.NodeProto, rank: int, opset: int) -> set[int]:
+    """The axes along which a shape-keeping op mixes the elements of its first input: normalisations,
+    softmaxes, cumulative sums (an empty set for the others)."""
+    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    op = node.op_type
+    if op == "LayerNormalization":
+        axis = int(attrs.get("axis", -1))
+        return set(range(axis + rank if axis < 0 else axis, rank))
+    if op == "MeanVarianceNormalization":
+        return within_rank(attrs.get("axes", [0, 2, 3]), rank)
+    if op == "BatchNormalization" and attrs.get("training_mode", 0):
+        return {0, *range(2, rank)}
+    if op in ("Softmax", "LogSoftmax", "Hardmax"):
+        axis = int(attrs.get("axis", -1 if opset >= 13 else 1))
+        axis = axis + rank if axis < 0 else axis
+        return {axis} if opset >= 13 else set(range(axis, rank))
+    if op == "LpNormalization":
+        return within_rank([int(attrs.get("axis", -1))], rank)
+    return set()
+
+
+def _value_ancestors(graph: onnx.GraphProto, outputs, not_float: set[str]) -> set[str]:
+    """The tensors the given outputs are computed from through tensors not known to be of a non-float type
+    (themselves included): what reaches them as a value, not only as a condition, an index or a shape."""
+    producer = {o: n for n in graph.node for o in n.output if o}
+    seen, todo = set(), [t for t in outputs if t not in not_float]
+    while todo:
+        t = todo.pop()
+        if t in seen:
+            continue
+        seen.add(t)
+        if t in producer:
+            todo.extend(i for i in producer[t].input if i and i not in not_float)
+    return seen
+
+
+def rows_mixed(m: onnx.ModelProto, axes: dict, outputs) -> dict:
+    """Nodes on the way to ``outputs`` whose result at one row depends on the other rows of the batch:
+    node name (or op type) -> why.
+
+    On :func:`_batch_probe`'s copy of ``m``: a node that normalises (or takes a softmax) over the batch axis of
+    its floating-point input, and a node whose floating-point input has the batch axis while one of its
+    floating-point outputs has a static shape without it (a reduction or selection over the rows, a reshape
+    that merges them), where that output reaches ``outputs`` as a value (not only through a condition, as
+    ``if x.sum() > 0`` does).  Unknown shapes pass.
+    """
+    probe = _batch_probe(m, axes)
+    if probe is None:
+        return {}
+    infos = [vi for vi in (*probe.graph.input, *probe.graph.value_info, *probe.graph.output)
+             if vi.type.HasField("tensor_type") and vi.type.tensor_type.HasField("shape")]
+    shapes = {vi.name: _dims(vi) for vi in infos}
+    floats = {vi.name for vi in infos if vi.type.tensor_type.elem_type in _FLOATS}
+    typed = {vi.name: vi.type.tensor_type.elem_type for vi in infos}
+    typed.update((init.name, init.data_type) for init in probe.graph.initializer)
+    needed = _value_ancestors(probe.graph, outputs, {t for t, et in typed.items() if et not in _FLOATS})
+    opset = _opset(probe)
+    mixed = {}
+    for node in probe.graph.node:
+        x = node.input[0] if node.input else ""
+        dims = shapes.get(x)
+        if not set(node.output) & needed or x not in floats or not dims or BATCH not in dims:
+            continue
+        label = node.name or node.op_type
+        axis = dims.index(BATCH)
+        if axis in normalised_axes(node, len(dims), opset):
+            mixed[label] = f"{node.op_type} normalises over axis {axis} of {x!r}, its batch axis"
+            continue
+        for out in node.output:
+            shape = shapes.get(out)
+            if out in floats and shape is not None and all(isinstance(d, int) for d in shape):
+                mixed[label] = (f"{node.op_type} turns {x!r} (shape {dims}) into {out!r} of static shape {shape}, "
+                                f"without the batch axis")
+                break
+    return mixed
 
 
 def _infer_shapes(m: onnx.ModelProto) -> onnx.ModelProto:

@@ -11,7 +11,8 @@ import onnx
 from onnx import TensorProto
 
 from .backward import gradient_cuts
-from .converters.normalize import batch_axes_of, batch_problems, digest, from_batch_first_perm, normalize, to_batch_first
+from .converters.normalize import (batch_axes_of, batch_problems, digest, from_batch_first_perm, normalize, rows_mixed,
+                                   to_batch_first)
 from .errors import ModelError, NoGradientPathError
 from .graph import FLOAT_TYPES, GraphBuilder, clean_graph, np_dtype, redirect_reads
 from .methods import Spec, get_method
@@ -381,6 +382,29 @@ def normalized(model, batch_axes=None, output: str | None = None) -> tuple[onnx.
     return m, dict(axes), d
 
 
+def _check_rows_independent(model: onnx.ModelProto, spec: Spec) -> None:
+    """Refuse a model in which one row's output depends on the other rows, unless every row runs on its own
+    (``batch_size=1``)."""
+    if spec.batch_size != 1:
+        refusal = mixed_rows_refusal(model, spec.output, spec.unbatched)
+        if refusal:
+            raise ModelError(refusal)
+
+
+def mixed_rows_refusal(model: onnx.ModelProto, output: str, unbatched=()) -> str | None:
+    """Why a (batch-first) model cannot be explained on stacked batches, or None: a node on the way to
+    ``output`` makes one row's result depend on the other rows (a normalisation over the batch), so the
+    integration steps, references and perturbations a method stacks with the rows would change it."""
+    axes = {vi.name: None if vi.name in unbatched else 0 for vi in _graph_inputs(model)}
+    mixed = rows_mixed(model, axes, [output])
+    if not mixed:
+        return None
+    listed = "; ".join(f"node {name!r}: {why}" for name, why in mixed.items())
+    return (f"the model mixes the rows of a batch ({listed}), so one row's output depends on the other rows, and "
+            f"on the integration steps, references or perturbations a method stacks with them. Build the "
+            f"Explainer with batch_size=1 to explain each row run on its own")
+
+
 def _axes_key(batch_axes):
     """``batch_axes`` as part of a cache key; False when it is not a dict (it is then refused, uncached)."""
     if batch_axes is None:
@@ -395,6 +419,7 @@ def _axes_key(batch_axes):
 
 def build_graph(model: onnx.ModelProto, method, spec: Spec) -> onnx.ModelProto:
     """The explanation graph of ``method`` over a normalised ``model``, cleaned (:func:`clean_graph`)."""
+    _check_rows_independent(model, spec)
     b = GraphBuilder(model)
     method.build(b, spec)
     graph = clean_graph(b.build(f"onnxplain_{method.name}"))

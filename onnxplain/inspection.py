@@ -24,7 +24,7 @@ def inspect(model, output: str | None = None, batch_axes: dict | None = None) ->
     input that no gradient reaches, or why the model cannot be explained at
     all, e.g. an output that is not batch first).
     """
-    from .api import _choose_output, _graph_inputs, _moved, _spec, _unbatched, without_unbatched_outputs
+    from .api import _choose_output, _graph_inputs, _moved, _spec, _unbatched, mixed_rows_refusal, without_unbatched_outputs
     from .methods import METHODS, get_method
 
     raw = load_model(model)
@@ -52,6 +52,7 @@ def inspect(model, output: str | None = None, batch_axes: dict | None = None) ->
         return facts
     facts["output"] = out
     m = to_batch_first(m, axes)    # the model the Explainer builds on
+    mixed = mixed_rows_refusal(m, out, _unbatched(axes))
     methods, attributed = {}, []
     for name in METHODS:
         method = get_method(name)
@@ -59,6 +60,9 @@ def inspect(model, output: str | None = None, batch_axes: dict | None = None) ->
             spec = _spec(m, out, None, None, method, unbatched=_unbatched(axes), moved=_moved(axes))
         except ValueError as e:
             methods[name] = _availability(method, None, str(e))
+            continue
+        if mixed:
+            methods[name] = _availability(method, None, mixed)
             continue
         attributed = attributed or list(spec.wrt)
         if method.forward_only:

@@ -471,13 +471,36 @@ def test_outputs_that_are_not_batch_first_are_refused_when_built(reduce, message
 
 
 @pytest.mark.parametrize("dynamo", [False, True], ids=["torchscript", "dynamo"])
-def test_an_output_of_one_row_for_the_whole_batch_is_refused_before_anything_runs(dynamo, tmp_path, capsys):
-    """A batch mean kept as a (1, C) row: its first axis looks like a batch of one, so the call says what it is."""
+def test_an_output_of_one_row_for_the_whole_batch_is_refused_when_built(dynamo):
+    """A batch mean kept as a (1, C) row: its first axis looks like a batch of one; the node that mixes is named."""
     kwargs = {"dynamic_axes": {"x": {0: "batch"}}} if not dynamo else {}
     model = onnxplain.from_torch(Head("mean_keepdim"), (torch.randn(2, 4),), input_names=["x"], output_names=["y"],
                                  dynamo=dynamo, **kwargs)
+    for method in ("saliency", "deeplift", "occlusion"):
+        with pytest.raises(ModelError, match=r"mixes the rows of a batch \(node '[^']+': ReduceMean turns"):
+            onnxplain.Explainer(model, method)
+    # each row run on its own is what batch_size=1 explains: the gradient of the row's own output
     x = np.random.default_rng(0).standard_normal((5, 4)).astype(np.float32)
-    message = r"output 'y' has a first axis of fixed size 1 .* not the call's 5 rows: on 2 rows the model gives shape \(1, 3\)"
+    attr = onnxplain.Explainer(model, "saliency", batch_size=1).explain(x, target=1)
+    weight = Head("mean_keepdim").lin.weight.detach().numpy()
+    np.testing.assert_allclose(attr, np.broadcast_to(np.abs(weight[1]), x.shape), rtol=1e-6)
+
+
+def pinned_to_one_row() -> onnx.ModelProto:
+    """An export pinned to one row: Reshape(tanh(x W), [1, -1]), whose first axis shape inference cannot follow."""
+    w = onnx.numpy_helper.from_array(np.random.default_rng(1).standard_normal((4, 3)).astype(np.float32), "W")
+    shape = onnx.numpy_helper.from_array(np.array([1, -1], np.int64), "S")
+    nodes = [onnx.helper.make_node("MatMul", ["x", "W"], ["h"]), onnx.helper.make_node("Tanh", ["h"], ["t"]),
+             onnx.helper.make_node("Reshape", ["t", "S"], ["y"])]
+    graph = onnx.helper.make_graph(nodes, "g", [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 4])],
+                                   [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 3])], [w, shape])
+    return onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)])
+
+
+def test_an_output_pinned_to_one_row_is_refused_before_the_graph_runs(tmp_path, capsys):
+    model = pinned_to_one_row()
+    x = np.random.default_rng(0).standard_normal((5, 4)).astype(np.float32)
+    message = r"output 'y' has a first axis of fixed size 1 .* not the call's 5 rows: on 2 rows the model gives shape \(1, 6\)"
     for method in ("saliency", "deeplift", "occlusion"):
         ex = onnxplain.Explainer(model, method)
         ex.session.run = None                   # nothing of the explanation graph may run
@@ -486,11 +509,10 @@ def test_an_output_of_one_row_for_the_whole_batch_is_refused_before_anything_run
                 ex.explain(x, target=1, **({"sliding_window_shapes": (1,)} if method == "occlusion" else {}))
         finally:
             del ex.session.run                  # the session is shared by every Explainer of this graph
-    # each row run on its own is what batch_size=1 explains: the gradient of the row's own output
-    attr = onnxplain.Explainer(model, "saliency", batch_size=1).explain(x, target=1)
-    weight = Head("mean_keepdim").lin.weight.detach().numpy()
-    np.testing.assert_allclose(attr, np.broadcast_to(np.abs(weight[1]), x.shape), rtol=1e-6)
-    path = tmp_path / "mean.onnx"
+    attr = onnxplain.Explainer(model, "gradient", batch_size=1).explain(x, target=1)
+    w = onnx.numpy_helper.to_array(model.graph.initializer[0])
+    np.testing.assert_allclose(attr, (1 - np.tanh(x @ w)[:, 1:2] ** 2) * w[:, 1], rtol=1e-5, atol=1e-7)
+    path = tmp_path / "pinned.onnx"
     onnx.save(model, path)
     np.save(tmp_path / "x.npy", x)
     assert main(["explain", str(path), str(tmp_path / "x.npy"), "--method", "saliency", "--target", "1"]) == 2

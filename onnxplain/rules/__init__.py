@@ -74,6 +74,8 @@ class PairedPartner:
         """The nodes that computed ``t`` (after the forward copies), emitted again on the partners of their
         inputs; ``t`` itself when none of its inputs has a partner of its own."""
         node = next((n for n in reversed(self.b.nodes) if t in n.output), None)
+        if node is None and any(init.name == t for init in self.b.initializers):
+            return t          # a constant a rule made: the same in both copies
         if node is None or any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
                                for a in node.attribute):
             raise self._unsupported(t)

@@ -17,7 +17,8 @@ same attributions, and the difference is conserved exactly.
 * ``LpNormalization``: ``x / ||x||_p``, Div's Shapley rule and the norm's decomposition
   (``sqrt(sum(x * x))`` or ``sum(|x|)``); ReduceL1, ReduceL2, ReduceSumSquare and ReduceLogSum take
   their decompositions' multipliers the same way.
-* ``LayerNormalization``, ``InstanceNormalization``, ``GroupNormalization``, ``MeanVarianceNormalization``:
+* ``LayerNormalization``, ``InstanceNormalization``, ``GroupNormalization``, ``MeanVarianceNormalization``,
+  ``BatchNormalization`` in training mode:
   ``xhat = xc / sqrt(mean(xc * xc) + eps)``, ``xc = x - mean(x)``, then ``xhat * scale + bias``: the
   squares take Mul's Shapley rule (``xc + xc_ref``), the square root its rescale
   (``Δsqrt(v) / Δv = 1 / (sd + sd_ref)``), the quotient Div's Shapley rule.  Writing the variance with
@@ -27,7 +28,8 @@ from __future__ import annotations
 
 from ..vjp import register
 from ..vjp._common import Reduction, fail, known_rank, normalised_count, per_channel
-from .rescale import RESCALE, _safe_ratio, _small, extremum_multipliers, midpoint
+from ..vjp.norm import mean_variance_axes
+from .rescale import RESCALE, _safe_ratio, _small, _standard, extremum_multipliers, midpoint
 
 
 # ------------------------------------------------------------------------------------ softmax family
@@ -260,6 +262,23 @@ def rescale_instance_norm(ctx):
     return [conserving_normalization(ctx, x, dxhat, list(range(2, rank)), float(ctx.attr("epsilon", 1e-5)))]
 
 
+@register("BatchNormalization", table=RESCALE)
+def rescale_batch_norm(ctx):
+    """In training mode ``Y = scale_c * xhat + B_c`` normalised per channel over the batch and spatial axes: the
+    canonical decomposition (the model mixes rows, so it is explained with ``batch_size=1``).  At inference the
+    statistics are constants and the map is affine: its gradient conserves."""
+    if not ctx.attr("training_mode", 0):
+        return _standard(ctx)
+    _inactive_affine(ctx)
+    if ctx.dy[0] is None:      # only the running statistics have cotangents: they are not explained outputs
+        return [None] * len(ctx.x)
+    b, x, scale = ctx.b, ctx.x[0], ctx.x[1]
+    rank = known_rank(ctx, x)
+    dxhat = b.mul(ctx.dy[0], per_channel(b, scale, rank))
+    axes = [0, *range(2, rank)]
+    return [conserving_normalization(ctx, x, dxhat, axes, float(ctx.attr("epsilon", 1e-5)))] + [None] * (len(ctx.x) - 1)
+
+
 @register("GroupNormalization", since=21, table=RESCALE)
 def rescale_group_norm(ctx):
     """``Y = scale_c * xhat + bias_c`` over groups of channels: the canonical decomposition in the group
@@ -279,8 +298,7 @@ def rescale_group_norm(ctx):
 def rescale_mean_variance_norm(ctx):
     """``(x - mean) / (sqrt(mean(xc * xc)) + 1e-9)`` over ``axes`` (the op's function body): the canonical
     decomposition without scale and bias."""
-    axes = list(ctx.attr("axes", [0, 2, 3]))
-    return [conserving_normalization(ctx, ctx.x[0], ctx.dy[0], axes, 0.0, outside=1e-9)]
+    return [conserving_normalization(ctx, ctx.x[0], ctx.dy[0], mean_variance_axes(ctx), 0.0, outside=1e-9)]
 
 
 @register("LpNormalization", table=RESCALE)

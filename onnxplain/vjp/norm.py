@@ -12,6 +12,8 @@ with ``g = dy * scale`` and means over the normalised axes.
 from __future__ import annotations
 
 
+from onnxplain.converters.normalize import within_rank
+
 from . import register
 from ._common import fail, known_rank, normalised_count, per_channel
 
@@ -178,12 +180,19 @@ def vjp_lp_norm(ctx):
 
 
 # ------------------------------------------------------------------- MeanVarianceNormalization
+def mean_variance_axes(ctx) -> list[int]:
+    """MeanVarianceNormalization's axes (default ``[0, 2, 3]``) within the input's rank, as onnxruntime takes
+    them (the default's axis 3 is dropped on a rank-3 input)."""
+    rank = known_rank(ctx, ctx.x[0])
+    return sorted(within_rank(ctx.attr("axes", [0, 2, 3]), rank))
+
+
 @register("MeanVarianceNormalization")
 def vjp_mean_variance_norm(ctx):
     """Y = (X - mean) / (std + 1e-9) over ``axes`` (the op's function body): with D = std + 1e-9,
     dX = (dY - mean dY) / D - (X - mean) mean(dY (X - mean)) / (D^2 std)."""
     b, X, dy = ctx.b, ctx.x[0], ctx.dy[0]
-    axes = list(ctx.attr("axes", [0, 2, 3]))
+    axes = mean_variance_axes(ctx)
     xc = b.sub(X, b.reduce("ReduceMean", X, axes))
     std = b.op("Sqrt", b.reduce("ReduceMean", b.mul(xc, xc), axes))
     d = b.add(std, b.like(1e-9, X))
