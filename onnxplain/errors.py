@@ -30,6 +30,10 @@ class ModelError(OnnxplainError, ValueError):
     """The model could not be read, checked or normalised."""
 
 
+class RunError(OnnxplainError, RuntimeError):
+    """onnxruntime failed inside an explanation graph's own nodes (not the model's): the message names the node."""
+
+
 class MissingExtraError(OnnxplainError, ImportError):
     """A feature needs an optional extra that is not installed; the message names the ``pip install``."""
 

@@ -13,6 +13,8 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 FLOAT_TYPES = {TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.FLOAT16, TensorProto.BFLOAT16}
+#: prefix of the names of the nodes an explanation graph adds (the model's own nodes keep theirs)
+NODE_PREFIX = "onnxplain_"
 
 
 def np_dtype(elem_type: int) -> np.dtype:
@@ -122,7 +124,7 @@ class GraphBuilder:
             names = list(outputs)
         ins = ["" if i is None else i for i in inputs]
         attrs = {k: v for k, v in attrs.items() if v is not None}
-        node = helper.make_node(op_type, ins, names, name=self.fresh(f"onnxplain_{op_type}"), domain=domain, **attrs)
+        node = helper.make_node(op_type, ins, names, name=self.fresh(f"{NODE_PREFIX}{op_type}"), domain=domain, **attrs)
         self.nodes.append(node)
         return names[0] if len(names) == 1 and isinstance(outputs, int) and outputs == 1 else names
 

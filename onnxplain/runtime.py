@@ -17,6 +17,9 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
+from .errors import ModelError, OnnxplainError, RunError
+from .graph import NODE_PREFIX
+
 CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"
 DEFAULT_MEMORY_BUDGET = 1 << 30  # bytes of intermediate tensors one run may use, when free memory is unknown
@@ -107,6 +110,34 @@ def session_options(threads: int | None = None, profile_prefix: str | None = Non
 BINDINGS_PER_THREAD = 4
 
 
+_NODE_FAILURE = re.compile(r"running (\S+) node\. Name:'([^']*)' Status Message: (.*)", re.S)
+#: where in onnxruntime's sources a status was raised, and the C++ signature after it: not for users
+_SOURCE_LOCATION = re.compile(r"^\S+\.(?:cc|cpp|h):\d+ (?:[^\[]*?\)(?: \[with [^\]]*\])? )?")
+
+
+def run_failure(error: Exception) -> OnnxplainError | None:
+    """onnxruntime's failure of a run as an error naming the node, its op and what to do, or None for an error
+    that does not come from onnxruntime.  A node of the model (the forward pass, or a copy of it) failing is
+    the inputs' matter (:class:`ModelError`: a server answers 400); a node the explanation graph added is
+    onnxplain's (:class:`RunError`)."""
+    if not type(error).__module__.startswith("onnxruntime."):
+        return None
+    text = " ".join(str(error).split())
+    found = _NODE_FAILURE.search(text)
+    if found is None:
+        return ModelError(f"onnxruntime refused the run: {text.split(' : ', 3)[-1]}")
+    op, name, status = found.groups()
+    status = _SOURCE_LOCATION.sub("", status)
+    if name.startswith(NODE_PREFIX):
+        return RunError(f"the explanation graph failed at its node {name!r} ({op}), which onnxplain added: "
+                        f"{status}. The model's own nodes ran; explain with another method, and report the model "
+                        f"and the call")
+    model_node = name.split("__partner")[0]
+    return ModelError(f"the model's node {model_node!r} ({op}) failed on this call's inputs: {status}. Check the "
+                      f"inputs' shapes and values (token ids within the vocabulary, sizes the model accepts) "
+                      f"against what the model expects")
+
+
 class Session:
     """One onnxruntime session over an explanation graph, reused for every call (options: :func:`session_options`).
 
@@ -131,13 +162,20 @@ class Session:
     def run(self, feeds: dict[str, np.ndarray], outputs=None) -> dict[str, np.ndarray]:
         """One run.  ``outputs``: the names to return (all when None), as new arrays; or a dict of
         name -> C-contiguous array of the output's exact shape and dtype, written in place (IO binding: no
-        output is allocated or copied on the CPU) and returned."""
-        if isinstance(outputs, dict):
-            return self._run_into(feeds, outputs)
-        outputs = list(outputs or self.output_names)
-        if self.on_cuda:
-            return self._run_bound(feeds, outputs)
-        return dict(zip(outputs, self._sess.run(outputs, feeds)))
+        output is allocated or copied on the CPU) and returned.  onnxruntime's failures come out as
+        :func:`run_failure` words them."""
+        try:
+            if isinstance(outputs, dict):
+                return self._run_into(feeds, outputs)
+            outputs = list(outputs or self.output_names)
+            if self.on_cuda:
+                return self._run_bound(feeds, outputs)
+            return dict(zip(outputs, self._sess.run(outputs, feeds)))
+        except Exception as e:
+            failure = run_failure(e)
+            if failure is None:
+                raise
+            raise failure from e
 
     @functools.cached_property
     def output_dtypes(self) -> dict:

@@ -11,6 +11,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 import onnxplain
 from onnxplain import api, runtime
+from onnxplain.errors import ModelError
 from onnxplain.methods.integrated_gradients import quadrature
 
 RNG = np.random.default_rng(0)
@@ -356,3 +357,48 @@ def test_on_cuda_outputs_are_bound_on_the_device_and_copied_once(monkeypatch):
     np.testing.assert_array_equal(out["y"], np.full((2, 5), 2, np.float32))
     assert calls == [("bind_output", "y", "cuda"), ("run",), ("clear_inputs",), ("clear_outputs",)]
     assert made[0].inputs == {} and made[0].outputs == []   # the kept binding holds nothing after the run
+
+
+# ---------------------------------------------------------------------- onnxruntime's failures, worded
+def token_model() -> onnx.ModelProto:
+    """Token ids -> embedding rows (a vocabulary of 10) -> their sum, and a float input gathered by those ids."""
+    table = onnx.numpy_helper.from_array(np.random.default_rng(0).standard_normal((10, 4)).astype(np.float32), "E")
+    one = onnx.numpy_helper.from_array(np.array([1], np.int64), "one")
+    nodes = [onnx.helper.make_node("Gather", ["E", "ids"], ["h"], name="embed"),
+             onnx.helper.make_node("GatherElements", ["x", "ids"], ["picked"], axis=1, name="pick"),
+             onnx.helper.make_node("Unsqueeze", ["picked", "two"], ["p3"]),
+             onnx.helper.make_node("Mul", ["h", "p3"], ["hp"]),
+             onnx.helper.make_node("ReduceSum", ["hp", "one"], ["y"], keepdims=0)]
+    two = onnx.numpy_helper.from_array(np.array([2], np.int64), "two")
+    graph = onnx.helper.make_graph(nodes, "g", [onnx.helper.make_tensor_value_info("ids", TensorProto.INT64, ["N", 5]),
+                                                onnx.helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 10])],
+                                   [onnx.helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])],
+                                   [table, one, two])
+    return onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)])
+
+
+@pytest.mark.parametrize("method", ["saliency", "integrated_gradients", "occlusion"])
+def test_a_model_node_failing_on_the_inputs_is_a_model_error_naming_the_node(method):
+    ids = np.array([[1, 2, 3, 4, 5], [1, 2, 30, 4, 5]], np.int64)        # 30 is outside the vocabulary
+    x = np.ones((2, 10), np.float32)
+    ex = onnxplain.Explainer(token_model(), method, inputs=["x"])
+    params = {"sliding_window_shapes": (1,)} if method == "occlusion" else {}
+    with pytest.raises(ModelError, match=r"the model's node '(embed|pick)' \((Gather|GatherElements)\) failed on this call's inputs: "
+                                         r"[^/]*[Oo]ut of.*Check the inputs"):
+        ex.explain({"ids": ids, "x": x}, target=1, **params)
+    good = ex.explain({"ids": ids % 10, "x": x}, target=1, **params)    # the same Explainer still works
+    assert good.shape == x.shape
+
+
+def test_a_failure_in_a_node_the_explanation_graph_added_is_a_run_error():
+    """onnxruntime's own message form ("running Op node. Name:'...' Status Message: ..."), for both kinds of node."""
+    from onnxplain.errors import RunError
+    from onnxplain.runtime import run_failure
+    Fail = type("Fail", (Exception,), {"__module__": "onnxruntime.capi.onnxruntime_pybind11_state"})
+    message = ("[ONNXRuntimeError] : 1 : FAIL : Non-zero status code returned while running {op} node. "
+               "Name:'{name}' Status Message: broadcast failed")
+    ours = run_failure(Fail(message.format(op="ReduceMean", name="onnxplain_ReduceMean__5")))
+    assert isinstance(ours, RunError) and "node 'onnxplain_ReduceMean__5' (ReduceMean), which onnxplain added" in str(ours)
+    theirs = run_failure(Fail(message.format(op="Conv", name="/conv1/Conv__partner_3")))
+    assert isinstance(theirs, ModelError) and "the model's node '/conv1/Conv' (Conv)" in str(theirs)
+    assert run_failure(ValueError("not onnxruntime's")) is None
