@@ -91,6 +91,13 @@ class VJPContext:
         """The backward pass of the nodes of ``region`` (a child builder: a loop body, a branch, an
         expansion of a fused op), with this walk's rules, modified-rule parameters and, for DeepLIFT,
         a partner map of the region's own tensors (a body's tensors are split at their own axis 0)."""
+        if self.ref is not None and not self.ref.stacked:
+            name = self.node.name or self.node.output[0]
+            raise UnsupportedOperatorError([self.node], f"DeepLIFT's rules inside the {self.node.op_type} node {name!r} "
+                                           f"(a loop body, a branch or a recurrent layer's cell) pair each row with its "
+                                           f"reference in one batch, but with batch_size the inputs and the references "
+                                           f"run through separate copies of the forward pass; explain this model "
+                                           f"without batch_size")
         ref = None if self.ref is None else type(self.ref)(region)
         return reverse_walk(region, seeds, wrt, self.rules, ref, self.params)
 

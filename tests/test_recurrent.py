@@ -211,6 +211,22 @@ def test_deeplift_gated_cells_sum_to_delta(zoo, config, exporter):
     np.testing.assert_allclose(total, gap, atol=1e-5 * scale + 1e-6)
 
 
+@pytest.mark.parametrize("config", ["lstm", "gru_2layer_bidirectional", "rnn_tanh"])
+def test_deeplift_inside_a_recurrent_layer_under_batch_size_says_it_needs_the_stacked_batch(zoo, config):
+    """With batch_size the references run through their own copy of the layer, whose cell body cannot pair a
+    row with its reference: a clear refusal when the Explainer is built; the gradient methods still run."""
+    case = zoo[config, "torchscript"]
+    with pytest.raises(onnxplain.UnsupportedOperatorError,
+                       match=r"DeepLIFT's rules inside the (LSTM|GRU|RNN) node .* without batch_size"):
+        onnxplain.Explainer(case.onnx, "deeplift", batch_size=ROWS)
+    tw = target_weights()
+    capped = onnxplain.Explainer(case.onnx, "integrated_gradients", batch_size=2).explain(case.feeds(), target_weights=tw)
+    whole = onnxplain.Explainer(case.onnx, "integrated_gradients").explain(case.feeds(), target_weights=tw)
+    for name in (whole if isinstance(whole, dict) else {"x": None}):
+        got, expected = (capped[name], whole[name]) if isinstance(whole, dict) else (capped, whole)
+        assert_close(got, expected, rtol=1e-4, what=f"{config}: IG with batch_size=2, {name}")
+
+
 @pytest.mark.parametrize("exporter", EXPORTERS)
 def test_epsilon_lrp_in_relu_rnn_is_gradient_times_input(zoo, exporter):
     """At ReLU the epsilon rule is ``dy * relu(z) / (z + eps sign z)``: the gradient as eps -> 0."""
