@@ -125,6 +125,7 @@ class Explainer:
         self.memory_budget = _memory_budget(memory_budget, self.providers)
         key = (self.digest, self.method.name, self.output, tuple(self.spec.wrt), tuple(self.spec.carriers),
                tuple(self.spec.unbatched), self.spec.batch_size, tuple(map(str, self.providers)), threads)
+        self.cache_key = key
         self.graph, self.session = _cached_graph(key, self._build_graph)
         self.row_cost = RowCost(self.model, self.method.row_cost_factor)
         self._forward = None
@@ -190,6 +191,13 @@ class Explainer:
         result = own[self.spec.wrt[0]] if self.spec.single else own
         return (result, delta) if return_convergence_delta else result
 
+    def audit(self, inputs, target=None, *, target_weights=None, **params):
+        """Where DeepLIFT's relevance leaks on this call: every node's local summation-to-delta residual
+        (:class:`onnxplain.audit.Audit`; ``.report()`` lists the worst nodes).  For ``method="deeplift"``;
+        the audited graph is built once, beside the Explainer's own."""
+        from .audit import audit_call
+        return audit_call(self, inputs, target, target_weights, **params)
+
     def explain_dataset(self, source, out, target=None, *, batch_size: int | None = None, **params):
         """Explain a whole dataset, streamed batch by batch, into ``out`` (a ``.npy`` path or a zarr store).
 
@@ -254,20 +262,21 @@ class Explainer:
         step = min(step, self.method.rows_per_run(part, self.spec.batch_size) or step)
         return [(start, min(n, start + step)) for start in range(0, n, step)]
 
-    def run_rows(self, feeds, tw, part, wanted, row_bytes: int):
-        """Run the graph with parameter feeds ``part`` over all rows, in the chunks of :meth:`row_chunks`."""
+    def run_rows(self, feeds, tw, part, wanted, row_bytes: int, session: Session | None = None):
+        """Run the graph (or ``session``'s) with parameter feeds ``part`` over all rows, in the chunks of
+        :meth:`row_chunks`."""
         chunks = []
         for start, stop in self.row_chunks(part, int(np.shape(tw)[0]), row_bytes):
             run = self._row_slice(feeds, start, stop)
             run[TARGET_WEIGHTS] = tw[start:stop]
             run.update(self.method.rows_split(part, start, stop))
-            chunks.append(self.run_session(run, wanted))
+            chunks.append(self.run_session(run, wanted, session))
         return {k: np.concatenate([c[k] for c in chunks], axis=0) for k in wanted}
 
-    def run_session(self, feeds: dict, wanted) -> dict:
+    def run_session(self, feeds: dict, wanted, session: Session | None = None) -> dict:
         """One run of the explanation graph; a failure that only batches cause says to use ``batch_size``."""
         try:
-            return self.session.run(feeds, wanted)
+            return (session or self.session).run(feeds, wanted)
         except Exception as e:
             hint = self._batching_hint(feeds)
             if hint is None:
@@ -423,6 +432,8 @@ def build_graph(model: onnx.ModelProto, method, spec: Spec) -> onnx.ModelProto:
     b = GraphBuilder(model)
     method.build(b, spec)
     graph = clean_graph(b.build(f"onnxplain_{method.name}"))
+    if b.metadata:
+        onnx.helper.set_model_props(graph, b.metadata)
     onnx.checker.check_model(graph)
     return graph
 

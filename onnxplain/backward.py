@@ -203,24 +203,34 @@ def _uncovered_in_body(graph: onnx.GraphProto, rules: dict, b: GraphBuilder, act
     return _uncovered(on_path, rules, body, inner)
 
 
+@dataclass(frozen=True)
+class Step:
+    """One node's step of a backward pass: the cotangents that reached its outputs (None where none did) and
+    those its rule gave to its active inputs (and to outer tensors its subgraphs read), as tensor names."""
+    node: onnx.NodeProto
+    dy: tuple
+    given: tuple           # ((input name, cotangent name), ...)
+
+
 def backward(b: GraphBuilder, output: str, seed: str, wrt: list[str], overrides: dict | None = None,
-             ref=None, params: dict | None = None) -> dict[str, str]:
+             ref=None, params: dict | None = None, record: list | None = None) -> dict[str, str]:
     """Emit the backward pass of ``output`` seeded with ``seed``.
 
     Returns a map from each name in ``wrt`` to the name of its cotangent.
     ``overrides`` maps op types to modified rules (DeepLIFT, LRP, ...): the
-    standard table is never edited.
+    standard table is never edited.  ``record``: a list that gets a :class:`Step` per node.
     """
-    return reverse_walk(b, {output: seed}, wrt, _table(overrides), ref, params or {})
+    return reverse_walk(b, {output: seed}, wrt, _table(overrides), ref, params or {}, record)
 
 
 def reverse_walk(b: GraphBuilder, seeds: dict[str, str], wrt: list[str], rules: dict, ref=None,
-                 params: dict | None = None) -> dict[str, str]:
+                 params: dict | None = None, record: list | None = None) -> dict[str, str]:
     """The backward pass of the nodes of ``b`` from several seeded tensors to ``wrt``.
 
     ``seeds`` maps tensors to the names of their cotangents.  Returns a map from
     each name in ``wrt`` to its cotangent (zeros where no cotangent reaches it).
     Control-flow rules call it again for their subgraphs (:meth:`VJPContext.walk`).
+    ``record``: a list that gets a :class:`Step` per node walked (the top level's only).
     """
     on_path, active = path_nodes(list(b.nodes), wrt, list(seeds), b)
     missing = _uncovered(on_path, rules, b, active)
@@ -246,16 +256,19 @@ def reverse_walk(b: GraphBuilder, seeds: dict[str, str], wrt: list[str], rules: 
         grads = rule.fn(ctx)
         if len(grads) > len(node.input):
             raise AssertionError(f"rule for {node.op_type} returned {len(grads)} cotangents for {len(node.input)} inputs")
+        given = []
         for i, g in enumerate(grads):
             name = node.input[i] if i < len(node.input) else ""
             if g is None or not name or name not in active:
                 continue
             if rule.broadcast:
                 g = b.unbroadcast(g, name, node.output[0])
+            given.append((name, g))
+        given += [(name, g) for name, g in ctx.outer.items() if name in active]
+        for name, g in given:
             cot.setdefault(name, []).append(g)
-        for name, g in ctx.outer.items():
-            if name in active:
-                cot.setdefault(name, []).append(g)
+        if record is not None:
+            record.append(Step(node, tuple(dy), tuple(given)))
 
     result = {}
     for x in wrt:

@@ -6,6 +6,7 @@
     onnxplain explain MODEL INPUT.npy|.npz --method M --target T [--out attr.npy] [--plot attr.png|attr.html]
     onnxplain explain MODEL DATA.npy --method M --out ATTR.npy --batch-size N   (streamed, resumable)
     onnxplain profile MODEL --method M [--batch N] [--data INPUT.npz] [method options]
+    onnxplain audit MODEL [--data INPUT.npz] [--target T] [--baseline B] [--top 15] [--json OUT.json]
     (convert, serve and profile take [--batch-axis NAME=AXIS ...] [--batch-size B], explain [--batch-axis ...]
      [--model-batch-size B]: the most rows the model sees per run)
     onnxplain serve MODEL [MODEL ...] --method M [--name NAME] [--http-port 8000] [--grpc-port 8001]
@@ -497,8 +498,54 @@ def run_profile(args) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------- audit
+def add_audit(sub) -> None:
+    p = command(sub, "audit", help="where DeepLIFT's relevance leaks: every node's summation-to-delta residual",
+                description="Run MODEL's DeepLIFT graph with the relevance reaching every node and the relevance its "
+                            "rule passes on, and list the nodes by their local residual (their sum is the call's "
+                            "delta). Without --data the inputs are made up (--batch rows).")
+    p.add_argument("model", help="the ONNX model")
+    p.add_argument("--method", "-m", default="deeplift",
+                   help="the method whose rules are audited: deeplift (the default and the only one)")
+    p.add_argument("--output", metavar="NAME", help="the model output to explain (default: the first floating-point one)")
+    p.add_argument("--input", dest="inputs", action="append", metavar="NAME", help="an input to attribute (repeatable)")
+    p.add_argument("--layer", metavar="TENSOR", help="attribute this intermediate tensor instead of the inputs")
+    _add_batching_args(p, batch_size_flag=None)    # the audit pairs rows and references in one batch
+    p.add_argument("--data", metavar="INPUT.npy|.npz", help="the rows to explain (default: made-up rows)")
+    p.add_argument("--batch", type=int, default=4, help="rows of made-up inputs (default: 4)")
+    p.add_argument("--target", nargs="+", metavar="T",
+                   help="what to explain, as for 'explain' (default: each row's largest output)")
+    p.add_argument("--baseline", metavar="VALUE|FILE.npy", help="the baseline (default 0)")
+    p.add_argument("--top", type=int, default=15, help="nodes to list (default: 15)")
+    p.add_argument("--json", metavar="OUT.json", help="also write every node's numbers as JSON")
+    p.set_defaults(run=run_audit)
+
+
+def run_audit(args) -> int:
+    from .audit import audit
+    from .files import check_output_path, load_inputs, parse_value
+    from .methods import canonical_name
+    from .targets import PREDICTED, parse_target
+
+    if canonical_name(args.method) != "deeplift":
+        raise CLIError(f"--method {args.method}: the audit checks DeepLIFT's rules (--method deeplift)")
+    if args.json:
+        check_output_path(args.json, (".json",), what="--json")
+    target = parse_target(args.target) if args.target is not None else None
+    params = {} if args.baseline is None else {"baselines": parse_value(args.baseline, "--baseline", True)}
+    result = audit(args.model, load_inputs(args.data) if args.data else None, None if target == PREDICTED else target,
+                   batch=args.batch, output=args.output, attribute=args.inputs, layer=args.layer,
+                   batch_axes=_batching(args).get("batch_axes"), **params)
+    print(result.report(args.top))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result.to_dict(), f, indent=1)
+        print(f"wrote {args.json}")
+    return 0
+
+
 # ---------------------------------------------------------------------- the commands, in the order --help lists them
-COMMANDS = [add_demo, add_inspect, add_convert, add_explain, add_profile, add_serve, add_triton]
+COMMANDS = [add_demo, add_inspect, add_convert, add_explain, add_profile, add_audit, add_serve, add_triton]
 
 
 if __name__ == "__main__":   # pragma: no cover

@@ -33,6 +33,7 @@ class GraphBuilder:
         self.opset = _default_opset(model)
         self.nodes: list[onnx.NodeProto] = list(self.graph.node)
         self.initializers: list[onnx.TensorProto] = list(self.graph.initializer)
+        self.metadata: dict[str, str] = {}   # the graph's metadata_props (what a method tells its caller)
         self.inputs: list[onnx.ValueInfoProto] = []
         self.outputs: list[onnx.ValueInfoProto] = []
         self._types: dict[str, tuple[int, tuple | None]] = {}

@@ -13,10 +13,13 @@ baselines.  ``delta`` is always the completeness residual of ``(x - b) * multipl
 """
 from __future__ import annotations
 
+import json
+
 import numpy as np
 from onnx import TensorProto
 
 from ..backward import backward
+from ..errors import UnsupportedOperatorError
 from ..rules import PairedPartner, Partner
 from ..rules.rescale import RESCALE
 from .base import (Method, Spec, baseline_feeds, batch_rows, check_n_baselines, declare_baselines, declare_param,
@@ -33,6 +36,8 @@ class DeepLift(Method):
     defaults = {"baselines": None, "eps": DEFAULT_EPS, "multiply_by_inputs": True}
     row_axes = {"baselines": 0}
     overrides = RESCALE
+    #: whether the graph also reports every node's relevance in and out (:func:`emit_audit`)
+    audited = False
 
     def build(self, b, spec: Spec) -> None:
         inside, outputs = open_forward(b, spec)
@@ -59,9 +64,12 @@ class DeepLift(Method):
         seed = b.op("Concat", tw_pairs, b.zeros_like(tw_pairs), axis=0)
         out_rows = outputs[spec.output]
         picked = emit_outputs(b, spec, outputs, b.ints([0]), n)
+        steps = [] if self.audited else None
         grads = backward(b, out_rows, seed, list(fed.values()), overrides=self.overrides,
-                         ref=partner,
-                         params={"eps": eps, "varying": frozenset(inside[c] for c in spec.carriers)})
+                         ref=partner, params={"eps": eps, "varying": frozenset(inside[c] for c in spec.carriers)},
+                         record=steps)
+        if steps is not None:
+            emit_audit(b, steps, partner, half)
 
         totals = []
         for point in spec.points:
@@ -202,3 +210,51 @@ class DeepLiftShap(DeepLift):
 def _per_pair_sum(b, t: str, rank: int) -> str:
     """Sum over every axis but the first two: shape ``(K, N)``."""
     return t if rank == 2 else b.reduce_sum(t, list(range(2, rank)), keepdims=0)
+
+
+# ---------------------------------------------------------------------- the audit of the rules
+#: outputs of an audited graph, (pair rows, nodes): the relevance that reaches each node's outputs
+#: (``sum(dy * (y - y_ref))``) and the relevance its rule passes to its inputs (``sum(m * (x - x_ref))``)
+AUDIT_ARRIVING, AUDIT_LEAVING = "audit_arriving", "audit_leaving"
+#: metadata key of an audited graph: the JSON list of ``[node, op]`` of its columns
+AUDIT_NODES = "onnxplain.audit_nodes"
+
+
+def emit_audit(b, steps, partner, half: str) -> None:
+    """Per node of the backward pass and per (row, reference) pair, the relevance arriving at its outputs and
+    the relevance its rule hands to its inputs: equal for a rule that conserves, so their difference is the
+    node's local summation-to-delta residual.  Summed over nodes the residuals give the call's ``delta``."""
+    if not partner.stacked:
+        raise UnsupportedOperatorError([], "the audit reads every tensor's reference from the stacked batch "
+                                           "[inputs; references]; audit without batch_size")
+    labels, arriving, leaving = [], [], []
+    for step in steps:
+        into = [_pair_relevance(b, d, y, partner, half) for y, d in zip(step.node.output, step.dy) if d]
+        out_of = [_pair_relevance(b, g, x, partner, half) for x, g in step.given]
+        into, out_of = [r for r in into if r], [r for r in out_of if r]
+        if not into:
+            continue
+        labels.append([step.node.name or step.node.output[0], step.node.op_type])
+        arriving.append(b.sum(into))
+        leaving.append(b.sum(out_of) if out_of else b.zeros_like(into[0]))
+    if not labels:
+        raise UnsupportedOperatorError([], "no node of the backward pass carries relevance to audit")
+    for name, columns in ((AUDIT_ARRIVING, arriving), (AUDIT_LEAVING, leaving)):
+        b.op("Concat", *[b.unsqueeze(c, [1]) for c in columns], axis=1, outputs=[name])
+        b.add_output(name, TensorProto.DOUBLE, [None, len(labels)])
+    b.metadata[AUDIT_NODES] = json.dumps(labels)
+
+
+def _pair_relevance(b, cotangent: str, t: str, partner, half: str) -> str | None:
+    """``sum(cotangent * (t - t_ref))`` per (row, reference) pair (``half`` of them), in float64 (None for a
+    tensor without the stacked batch on axis 0); a zero cotangent carries nothing, even where ``t - t_ref`` is NaN (``-inf``
+    masked scores)."""
+    shape = b.shape(t)
+    if shape is not None and (not shape or isinstance(shape[0], int)):
+        return None
+    product = b.mul(cotangent, b.sub(t, partner(t)))
+    carried = b.where(b.op("Equal", cotangent, b.like(0.0, cotangent)), b.like(0.0, product), product)
+    # the input half of the tensor's own axis 0 (which may fold more than the rows, heads say, row-major)
+    first = b.op("Slice", b.op("Cast", carried, to=TensorProto.DOUBLE), b.ints([0]), partner.half(t), b.ints([0]))
+    flat = b.reshape(first, b.op("Concat", half, b.ints([-1]), axis=0))
+    return b.op("ReduceSum", flat, b.ints([1]), keepdims=0)
