@@ -426,12 +426,14 @@ def _axes_key(batch_axes):
         return False
 
 
-def build_graph(model: onnx.ModelProto, method, spec: Spec) -> onnx.ModelProto:
-    """The explanation graph of ``method`` over a normalised ``model``, cleaned (:func:`clean_graph`)."""
+def build_graph(model: onnx.ModelProto, method, spec: Spec, clean: bool = True) -> onnx.ModelProto:
+    """The explanation graph of ``method`` over a normalised ``model``, cleaned (:func:`clean_graph`) unless
+    ``clean`` is False (a diagnostic graph built once, where the optimizer's time would dominate)."""
     _check_rows_independent(model, spec)
     b = GraphBuilder(model)
     method.build(b, spec)
-    graph = clean_graph(b.build(f"onnxplain_{method.name}"))
+    graph = b.build(f"onnxplain_{method.name}")
+    graph = clean_graph(graph) if clean else graph
     if b.metadata:
         onnx.helper.set_model_props(graph, b.metadata)
     onnx.checker.check_model(graph)
