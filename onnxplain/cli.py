@@ -490,6 +490,11 @@ def run_profile(args) -> int:
                      output=args.output, attribute=args.inputs, layer=args.layer, threads=args.threads,
                      memory_budget=args.memory_budget, noise_tunnel=args.noise_tunnel, **_batching(args),
                      **_method_params(args, allow_files=True))
+    return _print_result(result, args)
+
+
+def _print_result(result, args) -> int:
+    """Print a result's report (its ``--top`` rows) and write its numbers to ``--json`` when asked."""
     print(result.report(args.top))
     if args.json:
         with open(args.json, "w") as f:
@@ -536,12 +541,7 @@ def run_audit(args) -> int:
     result = audit(args.model, load_inputs(args.data) if args.data else None, None if target == PREDICTED else target,
                    batch=args.batch, output=args.output, attribute=args.inputs, layer=args.layer,
                    batch_axes=_batching(args).get("batch_axes"), **params)
-    print(result.report(args.top))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(result.to_dict(), f, indent=1)
-        print(f"wrote {args.json}")
-    return 0
+    return _print_result(result, args)
 
 
 # ---------------------------------------------------------------------- the commands, in the order --help lists them
