@@ -172,6 +172,8 @@ def batch_axes_of(m: onnx.ModelProto, given=None) -> dict:
       axis ``k`` (a state shaped ``(layers, batch, hidden)`` has axis 1);
     - when there is a batch symbol, an input whose shape is fully static is
       unbatched (a weight given as an input);
+    - when there is none (a fully static export), the inputs whose axis 0 shape inference carries to axis 0
+      of an output are batched and the others unbatched (a Conv's weight given as an input), when it can tell;
     - every other input has batch axis 0.
     """
     given = dict(given or {})
@@ -188,6 +190,7 @@ def batch_axes_of(m: onnx.ModelProto, given=None) -> dict:
         if axis is not None and axis < 0:
             given[name] = axis + rank
     symbol = _batch_symbol(m, given)
+    reaching = _reaching_output_rows(m, [n for n in inputs if n not in given]) if symbol is None else None
     axes = {}
     for name, vi in inputs.items():
         dims = _dims(vi) if vi.type.HasField("tensor_type") else []
@@ -199,9 +202,40 @@ def batch_axes_of(m: onnx.ModelProto, given=None) -> dict:
             axes[name] = dims.index(symbol)
         elif symbol is not None and all(isinstance(d, int) for d in dims):
             axes[name] = None
+        elif reaching:
+            axes[name] = 0 if name in reaching else None
         else:
             axes[name] = 0
     return axes
+
+
+def _reaching_output_rows(m: onnx.ModelProto, names: list[str]) -> set[str]:
+    """In a model without a batch symbol: the inputs among ``names`` whose axis 0 becomes axis 0 of an
+    output, found by giving each its own symbol there and inferring shapes (a Conv's weight given as an
+    input ends on the output's channel axis, a MatMul's right operand nowhere).  Empty when there are
+    fewer than two such inputs or when no symbol reaches an output (a broadcast merging two of them)."""
+    candidates = [vi for vi in model_inputs(m) if vi.name in names and vi.type.HasField("tensor_type")
+                  and len(vi.type.tensor_type.shape.dim) > 0]
+    if len(candidates) < 2:
+        return set()
+    probe = onnx.ModelProto()
+    probe.CopyFrom(m)
+    symbols = {}
+    for vi in model_inputs(probe):
+        if any(vi.name == c.name for c in candidates):
+            symbols[f"rows_of_{vi.name}"] = vi.name
+            vi.type.tensor_type.shape.dim[0].dim_param = f"rows_of_{vi.name}"
+    for vi in probe.graph.output:
+        if vi.type.HasField("tensor_type"):
+            vi.type.tensor_type.ClearField("shape")
+    del probe.graph.value_info[:]
+    try:
+        probe = shape_inference.infer_shapes(probe, strict_mode=False, data_prop=True)
+    except Exception:
+        return set()
+    firsts = [_dims(vi)[0] for vi in probe.graph.output
+              if vi.type.HasField("tensor_type") and vi.type.tensor_type.HasField("shape") and _dims(vi)]
+    return {symbols[d] for d in firsts if d in symbols}
 
 
 def to_batch_first(m: onnx.ModelProto, axes: dict) -> onnx.ModelProto:

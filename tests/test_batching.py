@@ -638,3 +638,38 @@ def test_a_scalar_input_stays_a_scalar_for_every_method():
             got = ex.explain({"x": x, "k": np.array(k, np.int64)}, target=0, **params)
             expected = np.abs(w[:, k]) * np.ones_like(x) if method == "saliency" else want
             np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-6, err_msg=f"{method}, k={k}")
+
+
+def static_two_input_model(op: str) -> onnx.ModelProto:
+    """A fully static export with two inputs: Conv(X, W), MatMul(A, B) or Add(A, M) (all shapes fixed)."""
+    shapes = {"Conv": ([1, 2, 5, 5], [3, 2, 3, 3], [1, 3, 5, 5]), "MatMul": ([1, 4], [4, 3], [1, 3]),
+              "Add": ([1, 4], [1, 4], [1, 4])}[op]
+    names = ("X", "W") if op == "Conv" else ("A", "B")
+    node = onnx.helper.make_node(op, list(names), ["Y"], **({"pads": [1, 1, 1, 1]} if op == "Conv" else {}))
+    graph = onnx.helper.make_graph(
+        [node], "g", [onnx.helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, s) for n, s in zip(names, shapes)],
+        [onnx.helper.make_tensor_value_info("Y", onnx.TensorProto.FLOAT, shapes[2])])
+    return onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)])
+
+
+@pytest.mark.parametrize("op, expected", [("Conv", {"X": 0, "W": None}), ("MatMul", {"A": 0, "B": None}),
+                                          ("Add", {"A": 0, "B": 0})])
+def test_a_static_export_batches_the_inputs_whose_rows_reach_the_outputs(op, expected):
+    """No batch symbol to go by: an input is batched when shape inference carries its axis 0 to the outputs'
+    (a Conv's or a MatMul's weight given as an input is not; a broadcast of two such inputs keeps both)."""
+    model = static_two_input_model(op)
+    assert onnxplain.inspect(model)["batch_axes"] == expected
+    ex = onnxplain.Explainer(model, "gradient")
+    assert ex.inputs == [n for n, axis in expected.items() if axis == 0]
+    if op == "Add":
+        return
+    g = np.random.default_rng(0)
+    x = g.standard_normal((4, 2, 5, 5) if op == "Conv" else (4, 4)).astype(np.float32)   # 4 rows, exported with 1
+    w = g.standard_normal((3, 2, 3, 3) if op == "Conv" else (4, 3)).astype(np.float32)
+    tw = g.standard_normal((4, 3, 5, 5) if op == "Conv" else (4, 3)).astype(np.float32)
+    first, second = expected
+    attr = ex.explain({first: x, second: w}, target_weights=tw)
+    xt = torch.tensor(x, requires_grad=True)
+    y = torch.nn.functional.conv2d(xt, torch.tensor(w), padding=1) if op == "Conv" else xt @ torch.tensor(w)
+    (y * torch.tensor(tw)).sum().backward()
+    np.testing.assert_allclose(attr, xt.grad.numpy(), rtol=1e-5, atol=1e-5)
