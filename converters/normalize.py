@@ -218,21 +218,10 @@ def _reaching_output_rows(m: onnx.ModelProto, names: list[str]) -> set[str]:
                   and len(vi.type.tensor_type.shape.dim) > 0]
     if len(candidates) < 2:
         return set()
-    probe = onnx.ModelProto()
-    probe.CopyFrom(m)
-    symbols = {}
-    for vi in model_inputs(probe):
-        if any(vi.name == c.name for c in candidates):
-            symbols[f"rows_of_{vi.name}"] = vi.name
-            vi.type.tensor_type.shape.dim[0].dim_param = f"rows_of_{vi.name}"
-    for vi in probe.graph.output:
-        if vi.type.HasField("tensor_type"):
-            vi.type.tensor_type.ClearField("shape")
-    del probe.graph.value_info[:]
-    try:
-        probe = shape_inference.infer_shapes(probe, strict_mode=False, data_prop=True)
-    except Exception:
+    probe = _batch_probe(m, {vi.name: 0 for vi in candidates}, symbol=lambda name: f"rows_of_{name}")
+    if probe is None:
         return set()
+    symbols = {f"rows_of_{vi.name}": vi.name for vi in candidates}
     firsts = [_dims(vi)[0] for vi in probe.graph.output
               if vi.type.HasField("tensor_type") and vi.type.tensor_type.HasField("shape") and _dims(vi)]
     return {symbols[d] for d in firsts if d in symbols}
@@ -279,16 +268,16 @@ def from_batch_first_perm(rank: int, axis: int) -> list[int]:
     return list(range(1, axis + 1)) + [0] + list(range(axis + 1, rank))
 
 
-def _batch_probe(m: onnx.ModelProto, axes: dict) -> onnx.ModelProto | None:
-    """A copy of ``m`` whose batched inputs carry the symbol ``batch`` on their batch axis (``axes``, as
-    :func:`batch_axes_of` gives them), with the outputs' own declarations dropped and every shape inferred
-    again; None when inference fails."""
+def _batch_probe(m: onnx.ModelProto, axes: dict, symbol=lambda name: BATCH) -> onnx.ModelProto | None:
+    """A copy of ``m`` whose batched inputs carry the symbol ``batch`` (or ``symbol(input name)``) on their
+    batch axis (``axes``, as :func:`batch_axes_of` gives them), with the outputs' own declarations dropped and
+    every shape inferred again; None when inference fails."""
     probe = onnx.ModelProto()
     probe.CopyFrom(m)
     for vi in model_inputs(probe):
         axis = axes.get(vi.name)
         if axis is not None and vi.type.HasField("tensor_type"):
-            vi.type.tensor_type.shape.dim[axis].dim_param = BATCH
+            vi.type.tensor_type.shape.dim[axis].dim_param = symbol(vi.name)
     for vi in probe.graph.output:
         if vi.type.HasField("tensor_type"):
             vi.type.tensor_type.ClearField("shape")
