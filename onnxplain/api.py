@@ -114,6 +114,7 @@ class Explainer:
         self.method = get_method(method, noise_tunnel=noise_tunnel)
         self.model, self.batch_axes, self.digest = normalized(model, batch_axes, output)
         self.output = _choose_output(self.model, output)
+        self._output_shape = _static_shape(self.model, self.output)     # read on every call
         self.spec = _spec(self.model, self.output, inputs, layer, self.method,
                           unbatched=_unbatched(self.batch_axes), moved=_moved(self.batch_axes))
         self.spec.batch_size = _check_batch_size(batch_size)
@@ -237,7 +238,7 @@ class Explainer:
     def _check_output_rows(self, feeds: dict, n: int) -> None:
         """An explained output whose first axis has a fixed size other than the call's rows is not a batch
         axis: say why, by running the plain forward on the call's first rows, before anything else runs."""
-        shape = _static_shape(self.model, self.output)
+        shape = self._output_shape
         if not shape or not isinstance(shape[0], int) or shape[0] == n or (shape[0] == 1 and self.spec.batch_size == 1):
             return
         try:
@@ -354,7 +355,7 @@ class Explainer:
         return target_weights(target, out_shape, n, dtype)
 
     def _output_row_shape(self, feeds) -> tuple:
-        shape = _static_shape(self.model, self.output)
+        shape = self._output_shape
         if shape is not None and all(isinstance(d, int) for d in shape[1:]):
             return tuple(shape[1:])
         key = tuple((k, v.shape[1:]) for k, v in feeds.items())   # symbolic dims (a sequence length):
