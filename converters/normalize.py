@@ -115,9 +115,21 @@ def _upgrade(m: onnx.ModelProto, min_opset: int) -> onnx.ModelProto:
         m.opset_import.append(helper.make_opsetid("", min_opset))
         return m
     try:
-        return version_converter.convert_version(m, min_opset)
+        up = version_converter.convert_version(m, min_opset)
     except Exception as e:
         raise ModelError(f"could not upgrade the model from opset {version} to {min_opset}: {e}") from e
+    changed = [vi.name for before, after in ((m.graph.input, up.graph.input), (m.graph.output, up.graph.output))
+               for vi, new in zip(before, after) if _rank(vi) != _rank(new)]
+    if changed:   # e.g. Scan-8's batch axis, which opset 9 dropped: the converter assumes a batch of one
+        raise ModelError(f"upgrading the model from opset {version} to {min_opset} changes the rank of "
+                         f"{', '.join(map(repr, changed))} (ops: {', '.join(sorted({n.op_type for n in m.graph.node}))}); "
+                         f"export the model with opset {min_opset} or newer")
+    return up
+
+
+def _rank(vi) -> int | None:
+    t = vi.type.tensor_type
+    return len(t.shape.dim) if t.HasField("shape") else None
 
 
 def _make_batch_dynamic(m: onnx.ModelProto, axes: dict) -> None:
