@@ -10,7 +10,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto
 
-from .backward import gradient_cuts
+from .backward import gradient_cuts, with_bodies
 from .converters.normalize import (batch_axes_of, batch_problems, digest, from_batch_first_perm, normalize, rows_mixed,
                                    to_batch_first)
 from .errors import ModelError, NoGradientPathError
@@ -431,7 +431,7 @@ def build_graph(model: onnx.ModelProto, method, spec: Spec, clean: bool = True) 
     """The explanation graph of ``method`` over a normalised ``model``, cleaned (:func:`clean_graph`) unless
     ``clean`` is False (a diagnostic graph built once, where the optimizer's time would dominate)."""
     _check_rows_independent(model, spec)
-    b = GraphBuilder(model)
+    b = GraphBuilder(model if method.forward_only else with_bodies(model, method.overrides))
     method.build(b, spec)
     graph = b.build(f"onnxplain_{method.name}")
     graph = clean_graph(graph) if clean else graph

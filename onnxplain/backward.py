@@ -329,6 +329,18 @@ def _take(b: GraphBuilder, cot: dict, name: str, keep: bool) -> str | None:
     return total
 
 
+def has_rule(node: onnx.NodeProto, opset: int, overrides: dict | None = None) -> bool:
+    """Whether ``node`` has a standard rule (or one in ``overrides``) at ``opset``."""
+    return _lookup(_table(overrides), node, opset) is not None
+
+
+def with_bodies(model: onnx.ModelProto, overrides: dict | None = None) -> onnx.ModelProto:
+    """``model`` with every node that has no rule (standard or in ``overrides``) written out as the standard's
+    function body of its op, where it has one (:func:`onnxplain.converters.expand.expand_functions`)."""
+    from .converters.expand import expand_functions
+    return expand_functions(model, lambda node, opset: has_rule(node, opset, overrides))
+
+
 def _lookup(rules: dict, node: onnx.NodeProto, opset: int) -> Rule | None:
     key = node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}.{node.op_type}"
     candidates = rules.get(key)

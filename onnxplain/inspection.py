@@ -5,7 +5,7 @@ import collections
 
 import onnx
 
-from .backward import missing_rules
+from .backward import missing_rules, with_bodies
 from .converters.normalize import batch_axes_of, batch_problems, load_model, normalize, to_batch_first
 from .errors import UnsupportedOperatorError
 from .graph import FLOAT_TYPES, GraphBuilder
@@ -78,7 +78,7 @@ def _build_verdict(model, method, spec, output) -> tuple[list, str]:
     """(nodes without a rule, reason) for a method that builds a backward pass: the rule table's
     verdict, then the graph itself built as the Explainer builds it (a rule may refuse a node it covers,
     e.g. a Resize whose geometry it cannot read)."""
-    b = GraphBuilder(model)
+    b = GraphBuilder(with_bodies(model, method.overrides))
     missing = missing_rules(b.nodes, [p.tensor for p in spec.points], [output], b, method.overrides)
     if missing:
         return missing, ""
