@@ -77,21 +77,21 @@ def test_integrated_gradients_two_sizes_one_explainer(neck, exported):
         assert_close(delta, ref_delta, RTOL, scale=np.abs(ours).sum(axis=(1, 2, 3)).max(), what="delta")
 
 
-def test_inspect_agrees_when_a_resize_is_refused():
-    """A Resize the rule cannot build (tf_crop_and_resize with run-time sizes): inspect says so, with
-    the Explainer's own message."""
+def test_inspect_agrees_when_a_rule_refuses_its_node():
+    """A node whose op has a rule that cannot build it (a 1-D DeformConv): inspect says so, with the
+    Explainer's own message."""
     from onnx import TensorProto, helper
     from onnxplain.converters.normalize import normalize
-    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 2, "h", "w"])
-    nodes = [helper.make_node("Shape", ["x"], ["s"]),
-             helper.make_node("Resize", ["x", "roi", "", "s"], ["r"], mode="linear",
-                              coordinate_transformation_mode="tf_crop_and_resize"),
-             helper.make_node("ReduceMean", ["r"], ["y"], keepdims=0, axes=[2, 3])]
-    roi = helper.make_tensor("roi", TensorProto.FLOAT, [8], [0, 0, 0.1, 0.1, 1, 1, 0.9, 0.9])
-    graph = helper.make_graph(nodes, "crop", [x], [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 2])],
-                              [roi])
-    onx = normalize(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
-    with pytest.raises(onnxplain.UnsupportedOperatorError, match="tf_crop_and_resize") as e:
+    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 2, 7]),
+              helper.make_tensor_value_info("offset", TensorProto.FLOAT, ["N", 2, 6])]
+    nodes = [helper.make_node("DeformConv", ["x", "w", "offset"], ["c"]),
+             helper.make_node("ReduceMean", ["c", "length"], ["y"], keepdims=0)]
+    weight = helper.make_tensor("w", TensorProto.FLOAT, [3, 2, 2], np.linspace(-1, 1, 12).tolist())
+    length = helper.make_tensor("length", TensorProto.INT64, [1], [2])
+    graph = helper.make_graph(nodes, "deform1d", inputs, [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])],
+                              [weight, length])
+    onx = normalize(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19)]))
+    with pytest.raises(onnxplain.UnsupportedOperatorError, match="only 2-D DeformConv") as e:
         onnxplain.Explainer(onx, "saliency")
     verdict = onnxplain.inspect(onx)["methods"]["saliency"]
     assert not verdict["available"] and verdict["reason"] == str(e.value)

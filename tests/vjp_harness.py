@@ -20,7 +20,11 @@ import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
 from onnx.reference.op_run import OpRun
+from onnx.reference.ops import op_grid_sample
 from onnx.reference.ops._op import OpRunUnaryNum
+from onnx.reference.ops.op_deform_conv import DeformConv as _ReferenceDeformConv
+from onnx.reference.ops.op_grid_sample import GridSample as _ReferenceGridSample
+from onnx.reference.ops.op_resize import Resize as _ReferenceResize
 
 from onnxplain.backward import backward
 from onnxplain.converters.normalize import normalize
@@ -140,8 +144,57 @@ class _Gelu(OpRun):
 _Erf.__name__, _Gelu.__name__ = "Erf", "Gelu"
 
 
+# Finite differences in float64 need the forward pass in float64.  onnx.reference computes Resize's cubic
+# coefficients in float32 (cubic_coeff_a is a float32 attribute and numpy keeps its type: ~1e-7 off) and
+# GridSample's (and so DeformConv's) source coordinates in a float32 array (differences over a step of
+# 1e-6 are then noise).  The same kernels with those values in float64:
+class _Resize64(_ReferenceResize):
+    def _run(self, X, roi, scales=None, sizes=None, cubic_coeff_a=None, **attrs):
+        a = float(self.cubic_coeff_a if cubic_coeff_a is None else cubic_coeff_a)
+        return super()._run(X, roi, scales, sizes, cubic_coeff_a=a, **attrs)
+
+
+class _GridSample64(_ReferenceGridSample):
+    def _gs_denormalize_coordinates(self, n, dims, align_corners: bool):
+        return np.array([self._gs_denormalize(v, d, align_corners) for v, d in zip(n, dims)], np.float64)
+
+    def _run(self, X, grid, mode=None, padding_mode=None, align_corners=None):
+        mode = mode or self.mode
+        mode = {"bilinear": "linear", "bicubic": "cubic"}.get(mode, mode)   # GridSample-16's names
+        return super()._run(X, grid, mode=mode, padding_mode=padding_mode, align_corners=align_corners)
+
+
+class _DeformConv64(_ReferenceDeformConv):
+    def _run(self, *args, **attrs):
+        original, op_grid_sample.GridSample = op_grid_sample.GridSample, _GridSample64
+        try:
+            return super()._run(*args, **attrs)
+        finally:
+            op_grid_sample.GridSample = original
+
+
+_Resize64.__name__, _GridSample64.__name__, _DeformConv64.__name__ = "Resize", "GridSample", "DeformConv"
+
+
+class _AffineGrid64(OpRun):
+    """AffineGrid in theta's precision (onnx.reference returns float32): the normalised pixel centres
+    (or corners, with align_corners) in homogeneous form, times theta transposed."""
+
+    def _run(self, theta, size, align_corners=0):
+        spatial = [int(d) for d in size[2:]][::-1]  # x (width) first, as the grid's last axis orders them
+        axes = [np.linspace(-1, 1, d) if align_corners else (np.arange(d) * 2 + 1) / d - 1 for d in spatial]
+        mesh = np.meshgrid(*axes[::-1], indexing="ij")[::-1]
+        base = np.stack([*mesh, np.ones_like(mesh[0])], axis=-1).reshape(-1, len(spatial) + 1)
+        grid = np.einsum("sj,nij->nsi", base.astype(theta.dtype), theta)
+        return (grid.reshape(theta.shape[0], *spatial[::-1], len(spatial)).astype(theta.dtype),)
+
+
+_AffineGrid64.__name__ = "AffineGrid"
+FLOAT64_KERNELS = [_Erf, _Gelu, _Resize64, _GridSample64, _DeformConv64, _AffineGrid64]
+
+
 def run_reference(model, feeds):
-    return ReferenceEvaluator(model, new_ops=[_Erf, _Gelu]).run(None, feeds)
+    return ReferenceEvaluator(model, new_ops=FLOAT64_KERNELS).run(None, feeds)
 
 
 def assert_matches_finite_differences(model, xs: dict, consts: dict, dy, grads: dict, rng, rtol: float = 1e-5,

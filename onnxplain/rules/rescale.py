@@ -10,7 +10,8 @@ attributions of the whole graph add up to ``f(x) - f(x_ref)`` whatever way an ex
 * ops of several tensors that depend on the attributed input (``a * b``, ``a / b``, ``a ** b``,
   Max, Min, Mod, PRelu and Clip with active slopes or bounds) take the Shapley values of their inputs as
   players: for two players ``phi_a = 1/2 [f(a, b_ref) - f(a_ref, b_ref)] + 1/2 [f(a, b) - f(a_ref, b)]``
-  and ``m_a = phi_a / (a - a_ref)``.  For bilinear maps (Mul, MatMul, Gemm, two-operand Einsum) this is
+  and ``m_a = phi_a / (a - a_ref)``.  For bilinear maps (Mul, MatMul, Gemm, two-operand Einsum, Conv and ConvTranspose
+  of an attributed input by an attributed weight) this is
   the plain gradient taken at the midpoints, ``d(AB) = dA (B + B_ref) / 2 + (A + A_ref) / 2 dB``;
   one active operand keeps the plain gradient (the map is linear in it);
 * ops nonlinear in one tensor that reduce or select (ReduceMax/ReduceMin, GlobalMaxPool, Where whose
@@ -172,12 +173,13 @@ def _is_constant_two(ctx, name: str) -> bool:
 
 
 @register("Mul", broadcast=True, table=RESCALE)
-@register("MatMul", "Gemm", "Einsum", table=RESCALE)
+@register("MatMul", "Gemm", "Einsum", "Conv", "ConvTranspose", table=RESCALE)
 def shapley_bilinear(ctx):
     """Bilinear maps: the plain gradient with every active operand replaced by its midpoint
     ``(x + x_ref) / 2`` (each operand's cotangent reads only the others, so ``dA = dY (B + B_ref) / 2``
     and ``dB = (A + A_ref) / 2 dY``); with one active operand this is the plain gradient."""
-    active = [i for i in _players(ctx) if not (ctx.node.op_type == "Gemm" and i == 2)]   # Gemm's C is added
+    added = 2 if ctx.node.op_type in ("Gemm", "Conv", "ConvTranspose") else None   # C, a convolution's bias
+    active = [i for i in _players(ctx) if i != added]
     if len(active) < 2:
         return _standard(ctx)
     if len(active) > 2:
@@ -386,4 +388,4 @@ def _flat(b, t: str) -> str:
     return b.reshape(t, b.ints([-1]))
 
 
-from . import rescale_fused  # noqa: E402,F401  (registers the fused ops' rules in RESCALE)
+from . import rescale_fused, rescale_sampling  # noqa: E402,F401  (register more rules in RESCALE)
