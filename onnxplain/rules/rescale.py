@@ -388,4 +388,4 @@ def _flat(b, t: str) -> str:
     return b.reshape(t, b.ints([-1]))
 
 
-from . import rescale_fused, rescale_sampling  # noqa: E402,F401  (register more rules in RESCALE)
+from . import rescale_fused, rescale_sampling, rescale_spectral  # noqa: E402,F401  (register more rules in RESCALE)

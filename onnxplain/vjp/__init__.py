@@ -61,4 +61,4 @@ def elementwise(op_type: str, derivative: Callable) -> None:
 
 # Importing the families registers their rules.
 from . import arithmetic, activations, indexing, linalg, pool, norm, reduce, sampling, shape  # noqa: E402,F401
-from . import control_flow, recurrent  # noqa: E402,F401
+from . import control_flow, recurrent, spectral  # noqa: E402,F401
