@@ -54,6 +54,11 @@ def positive_const(*shape):
     return W.uniform(0.5, 2.0, shape)
 
 
+def uniform(lo, hi):
+    """Sampler: U(lo, hi), inside the domain of an inverse function."""
+    return lambda rng, shape: rng.uniform(lo, hi, shape)
+
+
 # ------------------------------------------------------------------ arithmetic
 BINARY_SHAPES = [                     # broadcasting both ways, rank-differing, 1 meeting > 1
     ("same", [(3, 4), (3, 4)]),
@@ -120,6 +125,19 @@ ARITH += [
     Case("erf", "Erf", [(3, 4)], torch.erf),
     Case("sin", "Sin", [(3, 4)], torch.sin),
     Case("cos", "Cos", [(3, 4)], torch.cos),
+    # trigonometric and hyperbolic functions and their inverses, inside their domains (Tan away from +-pi/2)
+    Case("tan", "Tan", [(3, 4)], torch.tan, sampler=uniform(-1.3, 1.3)),
+    Case("tan_opset22", "Tan", [(3, 4)], torch.tan, sampler=uniform(-1.3, 1.3), opset=22),
+    Case("sinh", "Sinh", [(3, 4)], torch.sinh),
+    Case("cosh", "Cosh", [(3, 4)], torch.cosh),
+    Case("asin", "Asin", [(3, 4)], torch.asin, sampler=uniform(-0.95, 0.95)),
+    Case("acos", "Acos", [(3, 4)], torch.acos, sampler=uniform(-0.95, 0.95)),
+    Case("acos_opset22", "Acos", [(3, 4)], torch.acos, sampler=uniform(-0.95, 0.95), opset=22),
+    Case("atan", "Atan", [(3, 4)], torch.atan, sampler=avoiding(scale=3.0)),
+    Case("asinh", "Asinh", [(3, 4)], torch.asinh, sampler=avoiding(scale=3.0)),
+    Case("acosh", "Acosh", [(3, 4)], torch.acosh, sampler=uniform(1.05, 4.0)),
+    Case("atanh", "Atanh", [(3, 4)], torch.atanh, sampler=uniform(-0.95, 0.95)),
+    Case("dyn_atanh", "Atanh", [(3, 4)], torch.atanh, sampler=uniform(-0.95, 0.95), dynamic=True),
     # Cast to double: a no-op in the float64 run, float -> double -> float in onnxruntime
     Case("cast_double", "Cast", [(3, 4)], lambda a: a.to(torch.float64), attrs=dict(to=TensorProto.DOUBLE),
          extra_nodes=[helper.make_node("CastLike", ["y0", "in0"], ["y1"])]),
@@ -169,6 +187,28 @@ ACT = [
     Case("clip_attr_bounds", "Clip", [(4, 5), (), ()], torch.clamp, sampler=scalars_then(-0.4, 0.4)),
     Case("clip_attr_max", "Clip", [(4, 5), np.array(-1.0), ()], torch.clamp, sampler=scalars_then(0.3, avoid=(-1.0, 0.3))),
     Case("clip_attr_crossed", "Clip", [(4, 5), (), ()], torch.clamp, sampler=scalars_then(0.4, -0.4)),
+    # Shrink: hard (bias 0), soft (bias = lambd), and the general form; inputs kept away from +-lambd
+    Case("shrink_default", "Shrink", [(4, 5)], F.hardshrink, sampler=avoiding(-0.5, 0.5)),
+    Case("shrink_hard", "Shrink", [(4, 5)], lambda x: F.hardshrink(x, 0.7), attrs=dict(lambd=0.7),
+         sampler=avoiding(-0.7, 0.7)),
+    Case("shrink_soft", "Shrink", [(4, 5)], lambda x: F.softshrink(x, 0.4), attrs=dict(lambd=0.4, bias=0.4),
+         sampler=avoiding(-0.4, 0.4)),
+    Case("shrink_bias_lambd", "Shrink", [(4, 5)],
+         lambda x: torch.where(x > 0.6, x - 1.5, torch.where(x < -0.6, x + 1.5, 0.0 * x)),
+         attrs=dict(lambd=0.6, bias=1.5), sampler=avoiding(-0.6, 0.6, scale=1.5)),
+    # Swish exists from opset 24: x * sigmoid(alpha * x), SiLU at alpha = 1
+    Case("swish", "Swish", [(3, 4)], F.silu, opset=24, sampler=avoiding(scale=3.0)),
+    Case("swish_alpha", "Swish", [(3, 4)], lambda x: x * torch.sigmoid(1.7 * x), attrs=dict(alpha=1.7), opset=24,
+         sampler=avoiding(scale=3.0)),
+    Case("swish_negative_alpha", "Swish", [(3, 4)], lambda x: x * torch.sigmoid(-0.6 * x), attrs=dict(alpha=-0.6),
+         opset=24),
+    # Hardmax: a one-hot of the argmax, piecewise constant: no gradient (finite differences give 0 away from
+    # ties; torch's one_hot(argmax) has no autograd graph, so no torch_fn)
+    Case("hardmax", "Hardmax", [(3, 4)]),
+    Case("hardmax_axis0", "Hardmax", [(3, 4, 2)], attrs=dict(axis=0)),
+    Case("hardmax_then_mul", "Hardmax", [(3, 4), (3, 4)],
+         lambda x, w: F.one_hot(x.argmax(-1), 4).to(x.dtype) * w, attrs=dict(axis=-1), node_inputs=1,
+         extra_nodes=[helper.make_node("Mul", ["y0", "in1"], ["y1"])]),
     # Gelu exists from opset 20
     Case("gelu", "Gelu", [(3, 4)], F.gelu, opset=20),
     Case("gelu_tanh", "Gelu", [(3, 4)], lambda x: F.gelu(x, approximate="tanh"), attrs=dict(approximate="tanh"),
@@ -257,6 +297,16 @@ TORCH_ONLY = [
     (Case("hard_sigmoid_at_bounds", "HardSigmoid", [(3, 4)], F.hardsigmoid, attrs=dict(alpha=1 / 6, beta=0.5)),
      {"in0": KINK}),
     (Case("hard_swish_at_bounds", "HardSwish", [(3, 4)], F.hardswish), {"in0": KINK}),
+    # Shrink at +-lambd: 0, as torch's softshrink and hardshrink
+    (Case("shrink_soft_at_lambd", "Shrink", [(3, 4)], lambda x: F.softshrink(x, 0.5), attrs=dict(lambd=0.5, bias=0.5)),
+     {"in0": KINK}),
+    (Case("shrink_hard_at_lambd", "Shrink", [(3, 4)], lambda x: F.hardshrink(x, 1.0), attrs=dict(lambd=1.0)),
+     {"in0": KINK}),
+    # the inverse functions at the ends of their domains: an infinite slope, as torch
+    (Case("asin_at_ends", "Asin", [(3, 4)], torch.asin), {"in0": np.clip(KINK, -1, 1)}),
+    (Case("acos_at_ends", "Acos", [(3, 4)], torch.acos), {"in0": np.clip(KINK, -1, 1)}),
+    (Case("atanh_at_ends", "Atanh", [(3, 4)], torch.atanh), {"in0": np.clip(KINK, -0.5, 1)}),
+    (Case("acosh_at_one", "Acosh", [(3, 4)], torch.acosh), {"in0": 1 + np.abs(KINK)}),
     (Case("max_ties", "Max", [(3, 4), (3, 4)], torch.maximum), {"in0": KINK, "in1": np.round(KINK)}),
     (Case("min_ties", "Min", [(3, 4), (4,)], torch.minimum), {"in0": KINK, "in1": np.array([-1.0, 0.0, 0.25, 0.0])}),
     # base 0 with exponents 0, 1, 2, 1.5, 3, 2.5: torch's masks (da = 0 where c == 0, dc = 0 where a == 0)
@@ -294,3 +344,130 @@ def test_celu_float32(alpha):
     sess = ort.InferenceSession(vm.SerializeToString(), providers=["CPUExecutionProvider"])
     for got in (run_reference(vm, feeds)[1], sess.run(None, feeds)[1]):
         np.testing.assert_allclose(got, expected.numpy(), rtol=1e-5, atol=1e-6)
+
+
+# ------------------------------------------------------------------ DeepLIFT and epsilon-LRP through the new ops
+# Every op in NONLINEAR_UNARY gets DeepLIFT's Rescale rule: the attributions of a row must sum to
+# f(x) - f(baseline) (summation-to-delta), checked against the model's own forward pass in onnxruntime.
+def _deeplift_graph(body: list, inits=(), opset: int = 17):
+    """x (N, 4, 5) -> body -> z (N, 4, 5) -> z @ W summed over axis 1 -> y (N, 3)."""
+    from onnx import numpy_helper
+    w = numpy_helper.from_array(np.random.default_rng(99).standard_normal((5, 3)).astype(np.float32), "W")
+    nodes = body + [helper.make_node("MatMul", ["z", "W"], ["zw"]),
+                    helper.make_node("ReduceSum", ["zw", "axis1"], ["y"], keepdims=0)]
+    consts = [w, numpy_helper.from_array(np.array([1], np.int64), "axis1"),
+              *(numpy_helper.from_array(np.asarray(v, np.float32), k) for k, v in dict(inits).items())]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4, 5])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])], consts)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = helper.find_min_ir_version_for(list(model.opset_import))
+    return model
+
+
+def _node(op, inputs, outputs, **attrs):
+    return helper.make_node(op, inputs, outputs, **attrs)
+
+
+DEEPLIFT_BODIES = {
+    # the inverse functions fed inside their domains: tanh(x) * 0.9 in (-1, 1), softplus(x) + 1.1 > 1
+    "asin_acos_atanh": ([_node("Tanh", ["x"], ["t"]), _node("Mul", ["t", "c09"], ["u"]), _node("Asin", ["u"], ["a"]),
+                         _node("Acos", ["u"], ["b"]), _node("Atanh", ["u"], ["h"]),
+                         _node("Sum", ["a", "b", "h"], ["z"])],
+                        {"c09": 0.9}, 17),
+    "acosh": ([_node("Softplus", ["x"], ["s"]), _node("Add", ["s", "c11"], ["u"]), _node("Acosh", ["u"], ["z"])],
+              {"c11": 1.1}, 17),
+    "tan": ([_node("Tanh", ["x"], ["t"]), _node("Mul", ["t", "c12"], ["u"]), _node("Tan", ["u"], ["z"])],
+            {"c12": 1.2}, 17),
+    "sinh_cosh_atan_asinh": ([_node("Sinh", ["x"], ["s"]), _node("Atan", ["s"], ["a"]), _node("Cosh", ["x"], ["c"]),
+                              _node("Asinh", ["c"], ["h"]), _node("Mul", ["a", "h"], ["z"])], {}, 17),
+    "shrink": ([_node("Shrink", ["x"], ["z"], lambd=0.5, bias=0.3)], {}, 17),
+    "swish": ([_node("Swish", ["x"], ["s"], alpha=1.5), _node("Shrink", ["s"], ["z"], lambd=0.2, bias=0.2)], {}, 24),
+}
+
+
+def _rows_and_baselines(seed: int = 0):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((3, 4, 5)).astype(np.float32)
+    base = (0.7 * rng.standard_normal((3, 4, 5))).astype(np.float32)
+    base[0, 0, 0] = x[0, 0, 0]   # an unmoved entry: the Rescale rule's gradient fallback
+    return x, base
+
+
+def _gap(model, x, base, target):
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return sess.run(None, {"x": x})[0][:, target] - sess.run(None, {"x": base})[0][:, target]
+
+
+@pytest.mark.parametrize("name", DEEPLIFT_BODIES)
+def test_deeplift_summation_to_delta_through_new_ops(name):
+    import onnxplain
+    body, inits, opset = DEEPLIFT_BODIES[name]
+    model = _deeplift_graph(body, inits, opset)
+    x, base = _rows_and_baselines()
+    attr, delta = onnxplain.Explainer(model, "deeplift").explain(x, target=1, baselines=base,
+                                                                return_convergence_delta=True)
+    assert np.all(np.isfinite(attr)) and np.abs(attr).max() > 0
+    scale = max(1.0, float(np.abs(attr).reshape(len(attr), -1).sum(1).max()))
+    np.testing.assert_allclose(attr.reshape(len(attr), -1).sum(1), _gap(model, x, base, 1), rtol=0, atol=2e-5 * scale)
+    np.testing.assert_allclose(delta, 0, atol=2e-5 * scale)
+
+
+@pytest.mark.parametrize("name", ["tan", "shrink", "swish"])
+def test_deeplift_is_the_gradient_where_nothing_moved(name):
+    """A baseline equal to the input: the Rescale rule of the new ops falls back to their gradient."""
+    import onnxplain
+    body, inits, opset = DEEPLIFT_BODIES[name]
+    model = _deeplift_graph(body, inits, opset)
+    x, _ = _rows_and_baselines(seed=1)
+    multipliers = onnxplain.Explainer(model, "deeplift").explain(x, target=1, baselines=x, multiply_by_inputs=False)
+    gradient = onnxplain.Explainer(model, "gradient").explain(x, target=1)
+    np.testing.assert_allclose(multipliers, gradient, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["tan", "shrink", "swish"])
+def test_epsilon_lrp_conserves_through_new_ops(name):
+    """epsilon-LRP's unary rule ``dz = dy * y / (z + eps * s(z))`` applies to the new ops: through a chain of
+    unary ops and bias-free linear maps the relevance ``x * dz`` of a row sums to its output (up to eps)."""
+    import onnxplain
+    body, inits, opset = DEEPLIFT_BODIES[name]
+    model = _deeplift_graph(body, inits, opset)
+    x, _ = _rows_and_baselines(seed=2)
+    attr = onnxplain.Explainer(model, "epsilon_lrp").explain(x, target=1, epsilon=1e-6)
+    assert attr.shape == x.shape and np.all(np.isfinite(attr)) and np.abs(attr).max() > 0
+    y = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    scale = max(1.0, float(np.abs(attr).reshape(len(attr), -1).sum(1).max()))
+    np.testing.assert_allclose(attr.reshape(len(attr), -1).sum(1), y[:, 1], rtol=0, atol=1e-4 * scale)
+
+
+# Hardmax is piecewise constant (a one-hot of the argmax): the gradient methods get 0 through it, but a row
+# and its reference may have different argmax, so DeepLIFT would silently lose y - y_ref: it refuses.
+def _hardmax_graph(residual: bool):
+    body = [_node("Hardmax", ["x"], ["h"], axis=-1)]
+    body += [_node("Add", ["x", "h"], ["z"])] if residual else [_node("Identity", ["h"], ["z"])]
+    return _deeplift_graph(body)
+
+
+def test_deeplift_refuses_an_attributed_hardmax():
+    import onnxplain
+    from onnxplain.errors import UnsupportedOperatorError
+    x, base = _rows_and_baselines()
+    with pytest.raises(UnsupportedOperatorError, match="Hardmax.*DeepLIFT"):
+        onnxplain.Explainer(_hardmax_graph(residual=True), "deeplift").explain(x, target=1, baselines=base)
+
+
+def test_hardmax_only_path_is_refused_as_no_gradient():
+    import onnxplain
+    x, base = _rows_and_baselines()
+    with pytest.raises(onnxplain.NoGradientPathError, match="Hardmax"):
+        onnxplain.Explainer(_hardmax_graph(residual=False), "gradient").explain(x, target=1)
+    with pytest.raises(onnxplain.NoGradientPathError, match="Hardmax"):
+        onnxplain.Explainer(_hardmax_graph(residual=False), "deeplift").explain(x, target=1, baselines=base)
+
+
+def test_gradient_through_hardmax_is_zero():
+    """x + Hardmax(x): the gradient is that of the residual path alone (the Hardmax path passes none)."""
+    import onnxplain
+    x, _ = _rows_and_baselines()
+    got = onnxplain.Explainer(_hardmax_graph(residual=True), "gradient").explain(x, target=1)
+    w = np.random.default_rng(99).standard_normal((5, 3)).astype(np.float32)
+    np.testing.assert_allclose(got, np.broadcast_to(w[:, 1], x.shape), rtol=1e-6, atol=1e-6)

@@ -14,7 +14,8 @@ import onnx
 #: Unary elementwise nonlinearities: the ops the modified rules replace.
 NONLINEAR_UNARY = ("Relu", "LeakyRelu", "PRelu", "Elu", "Selu", "Celu", "Sigmoid", "Tanh", "Softplus",
                    "Softsign", "HardSigmoid", "HardSwish", "Clip", "Erf", "Gelu", "Exp", "Log", "Sqrt",
-                   "Reciprocal", "Abs", "Sin", "Cos", "ThresholdedRelu", "Mish")
+                   "Reciprocal", "Abs", "Sin", "Cos", "ThresholdedRelu", "Mish", "Tan", "Sinh", "Cosh",
+                   "Asin", "Acos", "Atan", "Asinh", "Acosh", "Atanh", "Shrink", "Swish")
 
 
 class Partner:

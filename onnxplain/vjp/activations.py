@@ -1,4 +1,4 @@
-"""Activations: elementwise nonlinearities, Clip, Gelu, Softmax and LogSoftmax.
+"""Activations: elementwise nonlinearities, Clip, Gelu, Softmax and LogSoftmax, Hardmax (no gradient).
 
 At kinks the rules follow PyTorch's autograd conventions (e.g. Relu'(0) = 0,
 Elu'(0) = alpha, Clip passes the gradient at its bounds).
@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 
 from . import elementwise, register
-from ._common import masked
+from ._common import fail, masked
 from .pool import relu_mask_moved_to_pool
 
 
@@ -54,6 +54,16 @@ def vjp_prelu(ctx):
     dx = b.where(positive, dy, b.mul(dy, slope)) if ctx.needs(0) else None
     dslope = b.where(positive, b.like(0.0, x), b.mul(dy, x)) if ctx.needs(1) else None
     return [dx, dslope]
+
+
+@register("Shrink")
+def vjp_shrink(ctx):
+    """y = x - bias if x > lambd, x + bias if x < -lambd, else 0: dx = dy * [x < -lambd or x > lambd]
+    (0 at x = +-lambd, as torch's hardshrink and softshrink)."""
+    b, x = ctx.b, ctx.x[0]
+    lambd = b.like(ctx.attr("lambd", 0.5), x)
+    outside = b.op("Or", b.op("Less", x, b.neg(lambd)), b.op("Greater", x, lambd))
+    return _gate(ctx, outside, ctx.dy[0])
 
 
 @register("HardSigmoid")
@@ -165,6 +175,16 @@ def _mish_derivative(ctx, x, y):
     return b.add(t, b.mul(b.mul(x, sech2), b.op("Sigmoid", x)))
 
 
+@register("Swish", since=24)
+def vjp_swish(ctx):
+    """y = x * s, s = sigmoid(alpha * x): dx = dy * (s + alpha * x * s * (1 - s)) = dy * (s + alpha * y * (1 - s))."""
+    b, x, y = ctx.b, ctx.x[0], ctx.y[0]
+    alpha = b.like(ctx.attr("alpha", 1.0), x)
+    s = b.op("Sigmoid", b.mul(alpha, x))
+    slope = b.add(s, b.mul(b.mul(alpha, y), b.sub(b.like(1.0, x), s)))
+    return [b.mul(ctx.dy[0], slope)]
+
+
 elementwise("Sigmoid", _sigmoid_derivative)
 elementwise("Tanh", _tanh_derivative)
 elementwise("Softplus", _softplus_derivative)
@@ -198,6 +218,24 @@ def _gelu_tanh_derivative(b, x: str) -> str:
     half_one_plus_t = b.mul(b.like(0.5, x), b.add(b.like(1.0, x), t))
     dinner = b.add(b.like(0.5 * _SQRT_2_OVER_PI, x), b.mul(b.like(1.5 * _SQRT_2_OVER_PI * _GELU_CUBIC, x), x2))
     return b.add(half_one_plus_t, b.mul(b.mul(x, b.sub(b.like(1.0, x), b.mul(t, t))), dinner))
+
+
+# ---------------------------------------------------------------- Hardmax: piecewise constant
+@register("Hardmax", cuts=True)
+def vjp_hardmax(ctx):
+    """y = one_hot(argmax(x, axis)): piecewise constant, so it passes no gradient (dx = 0, as torch's
+    one_hot(argmax) does; like Floor or ArgMax, a path through it carries none).
+
+    DeepLIFT (``ctx.ref`` set) is refused here: a row and its reference may have different argmax, so
+    ``y - y_ref`` is not 0, and a zero multiplier would silently drop that difference from the sum of
+    the attributions (summation-to-delta would fail without a word)."""
+    if ctx.ref is not None:
+        raise fail(ctx, "Hardmax is piecewise constant (a one-hot of the argmax) and passes no gradient, but a "
+                        "row and its reference may have different argmax; DeepLIFT's multipliers would drop "
+                        "that difference and its attributions would not sum to f(x) - f(reference). Use a "
+                        "perturbation method (occlusion, feature_ablation, shapley_sampling, shapley_values), "
+                        "or a gradient method, for models with a Hardmax on the attributed path")
+    return [None] * len(ctx.x)
 
 
 # ---------------------------------------------------------------- Softmax, LogSoftmax (opset >= 13)

@@ -162,12 +162,79 @@ def _cos_derivative(ctx, x, y):
     return ctx.b.neg(ctx.b.op("Sin", x))
 
 
+def _tan_derivative(ctx, x, y):
+    """d tan(x) = 1 + tan(x)^2 = 1 + y^2 (as torch, from the output)."""
+    b = ctx.b
+    return b.add(b.like(1.0, y), b.mul(y, y))
+
+
+def _sinh_derivative(ctx, x, y):
+    """d sinh(x) = cosh(x)."""
+    return ctx.b.op("Cosh", x)
+
+
+def _cosh_derivative(ctx, x, y):
+    """d cosh(x) = sinh(x)."""
+    return ctx.b.op("Sinh", x)
+
+
+def _one_minus_square(b, x: str) -> str:
+    """1 - x^2, as (1 - x) (1 + x): no cancellation near |x| = 1."""
+    one = b.like(1.0, x)
+    return b.mul(b.sub(one, x), b.add(one, x))
+
+
+def _asin_derivative(ctx, x, y):
+    """d asin(x) = 1 / sqrt(1 - x^2) (inf at |x| = 1, NaN outside [-1, 1], as torch)."""
+    b = ctx.b
+    return b.op("Reciprocal", b.op("Sqrt", _one_minus_square(b, x)))
+
+
+def _acos_derivative(ctx, x, y):
+    """d acos(x) = -1 / sqrt(1 - x^2) (-inf at |x| = 1, NaN outside [-1, 1], as torch)."""
+    return ctx.b.neg(_asin_derivative(ctx, x, y))
+
+
+def _atan_derivative(ctx, x, y):
+    """d atan(x) = 1 / (1 + x^2)."""
+    b = ctx.b
+    return b.op("Reciprocal", b.add(b.like(1.0, x), b.mul(x, x)))
+
+
+def _asinh_derivative(ctx, x, y):
+    """d asinh(x) = 1 / sqrt(x^2 + 1)."""
+    b = ctx.b
+    return b.op("Reciprocal", b.op("Sqrt", b.add(b.mul(x, x), b.like(1.0, x))))
+
+
+def _acosh_derivative(ctx, x, y):
+    """d acosh(x) = 1 / sqrt(x^2 - 1), as 1 / sqrt((x - 1) (x + 1)) (inf at x = 1, NaN below, as torch)."""
+    b = ctx.b
+    one = b.like(1.0, x)
+    return b.op("Reciprocal", b.op("Sqrt", b.mul(b.sub(x, one), b.add(x, one))))
+
+
+def _atanh_derivative(ctx, x, y):
+    """d atanh(x) = 1 / (1 - x^2) (inf at |x| = 1, as torch)."""
+    b = ctx.b
+    return b.op("Reciprocal", _one_minus_square(b, x))
+
+
 elementwise("Neg", _neg_derivative)
 elementwise("Abs", _abs_derivative)
 elementwise("Exp", _exp_derivative)
 elementwise("Erf", _erf_derivative)
 elementwise("Sin", _sin_derivative)
 elementwise("Cos", _cos_derivative)
+elementwise("Tan", _tan_derivative)
+elementwise("Sinh", _sinh_derivative)
+elementwise("Cosh", _cosh_derivative)
+elementwise("Asin", _asin_derivative)
+elementwise("Acos", _acos_derivative)
+elementwise("Atan", _atan_derivative)
+elementwise("Asinh", _asinh_derivative)
+elementwise("Acosh", _acosh_derivative)
+elementwise("Atanh", _atanh_derivative)
 
 
 @register("Log")
