@@ -12,7 +12,7 @@ from onnx import numpy_helper
 
 from ..errors import UnsupportedOperatorError
 from . import identity, register, zero
-from ._common import const_value, dims_vec, shape_vec, static_shape  # noqa: F401  (also used here)
+from ._common import const_value, dims_vec, fail, shape_vec, static_shape  # noqa: F401  (also used here)
 
 I64_MAX = np.iinfo(np.int64).max
 
@@ -282,3 +282,84 @@ def vjp_pad(ctx):
     src = b.op("Pad", flat_positions(b, x), pads, *([None, axes] if axes else []), mode=mode)
     grads[0] = scatter_flat(b, x, src, ctx.dy[0], add=True)
     return grads
+
+
+# ---------------------------------------------------------------------------------------- Col2Im
+def col2im_sources(image, block, strides, dilations, pads) -> np.ndarray:
+    """For Col2Im: the flat position, in the zero-padded image, of every column entry (block offset ``k``,
+    block ``l``), shaped (prod(block), L): pixel ``l * strides + k * dilations`` along each axis, ``k`` and
+    ``l`` in row-major order (as Col2Im and torch's fold lay them)."""
+    n = len(image)
+    padded = [i + pads[d] + pads[d + n] for d, i in enumerate(image)]
+    span = [(k - 1) * d + 1 for k, d in zip(block, dilations)]
+    blocks = [(p - e) // s + 1 for p, e, s in zip(padded, span, strides)]
+    k = np.indices(block).reshape(n, -1)          # (n, K)
+    ell = np.indices(blocks).reshape(n, -1)       # (n, L)
+    coords = [ell[d][None, :] * strides[d] + k[d][:, None] * dilations[d] for d in range(n)]
+    return np.ravel_multi_index(coords, padded).astype(np.int64)
+
+
+def _col2im_sources_at_run_time(b, image: str, block: str, strides, dilations, pads) -> str:
+    """:func:`col2im_sources` computed in the graph, from image and block shapes known only at run time: for
+    each axis ``d`` the pixel ``l_d * s_d + k_d * dil_d`` as a tensor with ``k_d`` at dim ``d`` and ``l_d``
+    at dim ``n + d``, times the flat stride of the padded axis; summed (broadcast) and reshaped to (K, L)."""
+    n = len(strides)
+    i64 = lambda v: b.const(v, np.int64)   # noqa: E731
+    size = lambda t, d: b.squeeze(b.op("Gather", t, b.ints([d]), axis=0), [0])   # noqa: E731
+    padded = [b.add(size(image, d), i64(pads[d] + pads[d + n])) for d in range(n)]
+    parts, stride, counts = [], i64(1), []
+    for d in reversed(range(n)):
+        blk = size(block, d)
+        span = b.add(b.mul(b.sub(blk, i64(1)), i64(dilations[d])), i64(1))
+        count = b.add(b.div(b.sub(padded[d], span), i64(strides[d])), i64(1))
+        k = b.reshape(b.op("Range", i64(0), blk, i64(1)), b.ints([1] * d + [-1] + [1] * (2 * n - d - 1)))
+        ell = b.reshape(b.op("Range", i64(0), count, i64(1)), b.ints([1] * (n + d) + [-1] + [1] * (n - d - 1)))
+        pixel = b.add(b.mul(ell, i64(strides[d])), b.mul(k, i64(dilations[d])))
+        parts.append(b.mul(pixel, stride))
+        stride = b.mul(stride, padded[d])
+        counts.append(count)
+    flat = parts[0]
+    for part in parts[1:]:     # Add, not Sum: Sum takes no integers
+        flat = b.add(flat, part)
+    K = b.op("ReduceProd", block, keepdims=1)
+    L = b.reshape(_product(b, counts), b.ints([1]))
+    return b.reshape_exact(flat, b.op("Concat", K, L, axis=0)), b.reshape(stride, b.ints([1]))
+
+
+def _product(b, scalars: list) -> str:
+    out = scalars[0]
+    for t in scalars[1:]:
+        out = b.mul(out, t)
+    return out
+
+
+@register("Col2Im")
+def vjp_col2im(ctx):
+    """y = Col2Im(x): entry (c * K + k, l) of x is added to pixel ``l * strides + k * dilations - pads`` of
+    channel c (K = prod(block_shape)).  Linear, so dx is its adjoint, the im2col of dy: dy zero-padded by the
+    pads, its pixels flattened, then gathered at the source of every column entry (:func:`col2im_sources`,
+    constant indices computed when the graph is built from constant image and block shapes; computed in
+    the graph when those are inputs)."""
+    b, x, dy = ctx.b, ctx.x[0], ctx.dy[0]
+    n = b.rank(dy) - 2 if b.rank(dy) is not None else None
+    if n is None:
+        shape = b.shape(ctx.x[1])
+        n = shape[0] if shape is not None and isinstance(shape[0], int) else None
+    if n is None:
+        raise fail(ctx, "the number of spatial axes is unknown")
+    strides = list(ctx.attr("strides", None) or [1] * n)
+    dilations = list(ctx.attr("dilations", None) or [1] * n)
+    pads = list(ctx.attr("pads", None) or [0] * (2 * n))
+    image, block = const_value(b, ctx.x[1]), const_value(b, ctx.x[2])
+    if image is not None and block is not None:
+        image, block = [int(v) for v in image.reshape(-1)], [int(v) for v in block.reshape(-1)]
+        sources = b.const(col2im_sources(image, block, strides, dilations, pads), np.int64, hint="col2im_sources")
+        pixels = b.ints([int(np.prod([i + pads[d] + pads[d + n] for d, i in enumerate(image)]))])
+    else:
+        sources, pixels = _col2im_sources_at_run_time(b, ctx.x[1], ctx.x[2], strides, dilations, pads)
+    g = dy
+    if any(pads):
+        g = b.op("Pad", g, b.ints([0, 0] + pads[:n] + [0, 0] + pads[n:]))
+    g = b.reshape_exact(g, b.op("Concat", b.op("Shape", dy, end=2), pixels, axis=0))
+    g = b.op("Gather", g, sources, axis=2)     # (N, C, K, L)
+    return [reshape_to(b, g, x), None, None]
