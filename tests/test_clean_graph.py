@@ -6,7 +6,6 @@ and against numpy written here; node counts are read off the graphs.
 from __future__ import annotations
 
 import numpy as np
-import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 from onnx.reference import ReferenceEvaluator

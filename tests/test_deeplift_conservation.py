@@ -126,7 +126,86 @@ CASES = {
                     n("Squeeze", ["g4", "ax3"], ["z"])], WIDTH,
                    (ints("ax3", [3]), const("gc", rng(5).standard_normal(SEQ)), const("bc", rng(6).standard_normal(SEQ)))),
 }
-OPSETS = {"group_norm": 21}     # GroupNormalization's per-channel form
+
+# factors near zero (Tanh at x ~ 0) and exactly zero (Relu where x < -1), for the product rules
+FACTORS = [n("Tanh", ["x"], ["t"]), n("Mul", ["t", "scale"], ["ts"]), n("Add", ["x", "one"], ["x1"]),
+           n("Relu", ["x1"], ["r"]), n("Mul", ["ts", "r"], ["v"])]
+FACTOR_INITS = (const("scale", 1.5), const("one", 1.0))
+# updates for the scatters: the first two entries of each row along the last axis, and constant indices
+# expanded over the batch (as exporters write a batched index)
+SCATTER_UPDATES = [n("Slice", ["x", "zero_i", "two_i", "last"], ["xs"]), n("Shape", ["xs"], ["xs_shape"]),
+                   n("Expand", ["idx", "xs_shape"], ["indices"])]
+# ScatterND index tuples (N, 5, 3): each row's own batch coordinate, then a constant (i, j) pair
+BATCHED_PAIRS = [n("Shape", ["x"], ["sx"]), n("Gather", ["sx", "zero_s"], ["rows_n"], axis=0),
+                 n("Range", ["zero_s", "rows_n", "one_s"], ["row_ids"]), n("Reshape", ["row_ids", "column"], ["rc"]),
+                 n("Expand", ["rc", "pair_shape"], ["rc5"]), n("Mul", ["rc5", "zero_s"], ["none5"]),
+                 n("Add", ["none5", "pairs"], ["p5"]), n("Concat", ["rc5", "p5"], ["tuples"], axis=-1)]
+
+
+def scatter_inits(idx):
+    return (ints("zero_i", [0]), ints("two_i", [2]), ints("last", [2]), ints("idx", idx))
+
+
+DISTINCT = [[[4, 1], [0, 2], [3, 4], [1, 0]]]        # (1, 4, 2): distinct along the axis in every row
+REPEATED = [[[4, 4], [0, 2], [3, 3], [1, 1]]]        # positions written twice
+
+PRODUCT_CASES = {
+    # products over the axes, with entries near zero and exactly zero
+    "reduce_prod_one_axis": (FACTORS + [n("ReduceProd", ["v"], ["z"], axes=[2], keepdims=1)], 1, FACTOR_INITS),
+    "reduce_prod_two_axes": (FACTORS + [n("Reshape", ["v", "split"], ["v4"]),
+                                        n("ReduceProd", ["v4", "axes12"], ["p"], keepdims=0),
+                                        n("Unsqueeze", ["p", "axis1"], ["z"])], WIDTH,
+                             FACTOR_INITS + (ints("split", [0, 2, 2, WIDTH]), ints("axes12", [1, 2]))),
+    "cumprod": (FACTORS + [n("CumProd", ["v", "axis2"], ["z"])], WIDTH, FACTOR_INITS + (ints("axis2", 2),)),
+    "cumprod_exclusive_reverse": (FACTORS + [n("CumProd", ["v", "axis2"], ["z"], exclusive=1, reverse=1)], WIDTH,
+                                  FACTOR_INITS + (ints("axis2", 2),)),
+    # a selection by rank: the row's and the reference's top-2 sets differ
+    "top_k": ([n("TopK", ["x", "k"], ["z", "zi"], axis=-1)], 2, (ints("k", [2]),)),
+    "top_k_smallest": ([n("Sin", ["x"], ["s"]), n("TopK", ["s", "k"], ["z", "zi"], axis=-1, largest=0)], 2,
+                       (ints("k", [2]),)),
+    # a one-hot of the argmax gating an activation
+    "hardmax_gate": ([n("Hardmax", ["x"], ["h"], axis=-1), n("Sigmoid", ["x"], ["s"]), n("Mul", ["h", "s"], ["z"])],
+                     WIDTH, ()),
+    # scatters that reduce: data times the update landing on it, the extremum of both
+    "scatter_elements_mul": (FACTORS + SCATTER_UPDATES + [
+        n("Sigmoid", ["xs"], ["u"]), n("ScatterElements", ["v", "indices", "u"], ["z"], axis=2, reduction="mul")],
+        WIDTH, FACTOR_INITS + scatter_inits(DISTINCT)),
+    "scatter_elements_max": ([n("Tanh", ["x"], ["t"])] + SCATTER_UPDATES + [
+        n("Sin", ["xs"], ["u"]), n("ScatterElements", ["t", "indices", "u"], ["z"], axis=2, reduction="max")],
+        WIDTH, scatter_inits(REPEATED)),
+    "scatter_elements_min": ([n("Tanh", ["x"], ["t"])] + SCATTER_UPDATES + [
+        n("Sin", ["xs"], ["u"]), n("ScatterElements", ["t", "indices", "u"], ["z"], axis=2, reduction="min")],
+        WIDTH, scatter_inits(DISTINCT)),
+    # ScatterND at (row, i, j) tuples, one pair written twice
+    "scatter_nd_max": ([n("Tanh", ["x"], ["t"])] + BATCHED_PAIRS + [
+        n("Slice", ["x", "zero_i", "one_i", "axis1"], ["xs"]), n("Sin", ["xs"], ["s"]),
+        n("Reshape", ["s", "rows_by_pairs"], ["u"]), n("ScatterND", ["t", "tuples", "u"], ["z"], reduction="max")],
+        WIDTH, (ints("zero_i", [0]), ints("one_i", [1]), ints("rows_by_pairs", [0, 5]), ints("zero_s", 0),
+                ints("one_s", 1), ints("column", [-1, 1, 1]), ints("pair_shape", [1, 5, 1]),
+                ints("pairs", [[[0, 1], [2, 3], [3, 0], [2, 3], [1, 4]]]))),
+}
+CASES.update(PRODUCT_CASES)
+
+# fused pooling and normalisation (x read as (N, C=SEQ, WIDTH)), and determinants of 2x2 and 3x3 blocks
+SQUARES = rng(8).standard_normal((WIDTH, 9))
+FUSED_CASES = {
+    "lp_pool_p2": ([n("Sin", ["x"], ["s"]), n("LpPool", ["s"], ["z"], kernel_shape=[2], p=2)], WIDTH - 1, ()),
+    "lp_pool_p3_strided_padded": ([n("LpPool", ["x"], ["z"], kernel_shape=[3], strides=[2], pads=[1, 1], p=3)],
+                                  3, ()),
+    "lrn": ([n("Unsqueeze", ["x", "ax3"], ["x4"]), n("LRN", ["x4"], ["l4"], size=3, alpha=0.9, beta=0.75, bias=1.2),
+             n("Squeeze", ["l4", "ax3"], ["z"])], WIDTH, (ints("ax3", [3]),)),
+    "det_2x2": ([n("Tanh", ["x"], ["t"]), n("Slice", ["t", "zero_i", "four_i", "last"], ["t4"]),
+                 n("Reshape", ["t4", "blocks2"], ["m"]), n("Det", ["m"], ["d"]), n("Unsqueeze", ["d", "last"], ["z"])],
+                1, (ints("zero_i", [0]), ints("four_i", [4]), ints("last", [2]), ints("blocks2", [0, SEQ, 2, 2]))),
+    "det_3x3": ([n("MatMul", ["x", "squares"], ["q"]), n("Reshape", ["q", "blocks3"], ["m"]), n("Det", ["m"], ["d"]),
+                 n("Unsqueeze", ["d", "last"], ["z"])], 1,
+                (const("squares", SQUARES), ints("blocks3", [0, SEQ, 3, 3]), ints("last", [2]))),
+}
+CASES.update(FUSED_CASES)
+OPSETS = {"group_norm": 21,     # GroupNormalization's per-channel form
+          "lp_pool_p3_strided_padded": 18,
+          "reduce_prod_two_axes": 18, "cumprod": 26, "cumprod_exclusive_reverse": 26,
+          **{name: 18 for name in PRODUCT_CASES if name.startswith("scatter")}}
 
 
 def gap(model: onnx.ModelProto, x: np.ndarray, base: np.ndarray, target: int) -> np.ndarray:
@@ -240,6 +319,70 @@ def test_new_rules_run_in_onnx_reference(tmp_path):
     ref = ReferenceEvaluator(graph).run(None, feeds)
     for name, a, b in zip(names, got, ref):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5 * max(1.0, float(np.abs(b).max())), err_msg=name)
+
+
+@pytest.mark.parametrize("name", PRODUCT_CASES)
+def test_product_and_selection_rules_are_the_gradient_where_nothing_moved(name):
+    """A baseline equal to the input: the telescoping products, the selections and the extrema give the
+    gradient (Hardmax's conserving rule gives 0, its gradient)."""
+    body, last, inits = CASES[name]
+    model = op_graph(body, "z", last, opset=OPSETS.get(name, 17), extra_inits=inits)
+    x, _ = inputs()
+    multipliers = onnxplain.Explainer(model, "deeplift").explain(x, target=1, baselines=x, multiply_by_inputs=False)
+    gradient = onnxplain.Explainer(model, "gradient").explain(x, target=1)
+    np.testing.assert_allclose(multipliers, gradient, rtol=1e-5, atol=1e-5 * max(1.0, np.abs(gradient).max()))
+
+
+REFUSED = {
+    # tuples built at run time may repeat: a product of three or more factors at one position
+    "scatter_nd_mul": ([n("Tanh", ["x"], ["t"])] + BATCHED_PAIRS + [
+        n("Slice", ["x", "zero_i", "one_i", "axis1"], ["xs"]), n("Sin", ["xs"], ["s"]),
+        n("Reshape", ["s", "rows_by_pairs"], ["u"]), n("ScatterND", ["t", "tuples", "u"], ["z"], reduction="mul")],
+        CASES["scatter_nd_max"][2], "reduction='mul' needs constant indices without repeats"),
+    # indices computed from the input: a row and its reference reduce different entries together
+    "scatter_max_at_argmax": ([n("Tanh", ["x"], ["t"]), n("ArgMax", ["x"], ["i"], axis=2, keepdims=1),
+                               n("Sin", ["x"], ["s"]), n("Slice", ["s", "zero_i", "one_i", "last"], ["u"]),
+                               n("ScatterElements", ["t", "i", "u"], ["z"], axis=2, reduction="max")],
+                              (ints("zero_i", [0]), ints("one_i", [1]), ints("last", [2])),
+                              "indices computed from the attributed input"),
+    # axes known only at run time
+    "reduce_prod_runtime_axes": ([n("Tanh", ["x"], ["t"]), n("Shape", ["x"], ["sx"]),
+                                  n("Slice", ["sx", "minus_one", "end"], ["last_size"]),
+                                  n("Sub", ["last_size", "three_i"], ["axis_at_run_time"]),
+                                  n("ReduceProd", ["t", "axis_at_run_time"], ["z"], keepdims=1)],
+                                 (ints("minus_one", [-1]), ints("end", [3]), ints("three_i", [3])),
+                                 "the axes are read at run time"),
+}
+
+
+@pytest.mark.parametrize("name", REFUSED)
+def test_deeplift_refuses_products_and_extrema_it_cannot_conserve(name):
+    """An error naming the reason when the explanation graph is built, not attributions that do not sum to
+    f(x) - f(baseline)."""
+    body, inits, why = REFUSED[name]
+    model = op_graph(body, "z", WIDTH if name == "scatter_nd_mul" else 1, opset=18, extra_inits=inits)
+    x, base = inputs()
+    with pytest.raises(onnxplain.UnsupportedOperatorError, match=why):
+        onnxplain.Explainer(model, "deeplift").explain(x, target=1, baselines=base)
+
+
+@pytest.mark.parametrize("name", PRODUCT_CASES)
+def test_product_and_selection_rules_run_in_onnx_reference(name, tmp_path):
+    """The rules of products, TopK, Hardmax and the reducing scatters emit standard ops only: the explanation
+    graph gives the same numbers in onnx.reference as in onnxruntime."""
+    body, last, inits = CASES[name]
+    model = op_graph(body, "z", last, opset=OPSETS.get(name, 17), extra_inits=inits)
+    graph = onnxplain.convert(model, tmp_path / "deeplift.onnx", method="deeplift")
+    assert all(node.domain in ("", "ai.onnx") for node in graph.graph.node)
+    x, base = inputs(seed=3)
+    tw = np.zeros((ROWS, 3), np.float32)
+    tw[:, 2] = 1
+    feeds = {"x": x, "target_weights": tw, "baselines": base}
+    names = [o.name for o in graph.graph.output]
+    got = ort.InferenceSession(graph.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feeds)
+    ref = ReferenceEvaluator(graph).run(None, feeds)
+    for output, a, b in zip(names, got, ref):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5 * max(1.0, float(np.abs(b).max())), err_msg=output)
 
 
 # ---------------------------------------------------------------------- a textbook DeepLIFT of attention

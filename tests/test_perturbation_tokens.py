@@ -11,7 +11,6 @@ bool) against a numpy reference.
 from __future__ import annotations
 
 import numpy as np
-import onnx
 import onnxruntime as ort
 import pytest
 import torch

@@ -244,9 +244,59 @@ for c in DYNAMIC:
     c.dynamic = True
 
 
+# DequantizeLinear: the scale is attributed, the codes and zero points are integers
+CODES = W.integers(-128, 128, (3, 5, 4)).astype(np.int8)
+ZERO_POINTS = W.integers(-3, 4, 5).astype(np.int8)
+
+
+def dequantized(axis=None, block=None, zero_point=None):
+    """(codes - zero_point) * scale, the scale broadcast per tensor, per axis or repeated per block."""
+    def fn(codes, scale, *zp):
+        shifted = codes.double() - (zp[0].double().reshape([-1 if a == axis else 1 for a in range(3)]) if zp else 0)
+        if axis is None:
+            return shifted * scale
+        if block is None:
+            return shifted * scale.reshape([-1 if a == axis else 1 for a in range(3)])
+        return shifted * torch.repeat_interleave(scale, block, dim=axis).narrow(axis, 0, codes.shape[axis])
+    return fn
+
+
+QUANT = [
+    Case("dequantize_per_tensor", "DequantizeLinear", [CODES, ()], dequantized(), opset=21),
+    Case("dequantize_per_axis", "DequantizeLinear", [CODES, (5,), ZERO_POINTS], dequantized(axis=1, zero_point=True),
+         opset=21),
+    Case("dequantize_last_axis", "DequantizeLinear", [CODES, (4,)], dequantized(axis=2), attrs=dict(axis=-1),
+         opset=21),
+    Case("dequantize_blocked_short_last_block", "DequantizeLinear", [CODES, (3, 2, 4)], dequantized(axis=1, block=3),
+         attrs=dict(axis=1, block_size=3), opset=21),
+]
+
+
 @pytest.mark.parametrize("case", ARITH + ACT + DYNAMIC, ids=lambda c: c.name)
 def test_case(case):
     check_case(case)
+
+
+@pytest.mark.parametrize("case", QUANT, ids=lambda c: c.name)
+def test_dequantize_linear_scale_gradient(case):
+    """DequantizeLinear takes float32/float16 scales only (the harness's float64 models are refused), so its
+    rule is checked in float32, in onnxruntime and onnx.reference, against torch autograd; it is linear in
+    the scale, so float32 holds it to rounding."""
+    model, wrt, out = build_case_model(case, TensorProto.FLOAT)
+    vm = vjp_model(model, wrt, out)
+    rng = np.random.default_rng(0)
+    xs = {x: rng.standard_normal(case.inputs[int(x[2:])]).astype(np.float32) for x in wrt}
+    fwd = run_reference(model, xs)[0]
+    dy = rng.standard_normal(np.shape(fwd)).astype(np.float32)
+    targs = [torch.tensor(xs[f"in{i}"], dtype=torch.float64, requires_grad=True) if isinstance(spec, tuple)
+             else torch.tensor(np.asarray(spec)) for i, spec in enumerate(case.inputs)]
+    y = case.torch_fn(*targs)
+    np.testing.assert_allclose(fwd, y.detach().numpy(), rtol=1e-5, atol=1e-4)
+    expected = torch.autograd.grad(y, [t for t in targs if t.requires_grad], torch.tensor(dy, dtype=torch.float64))
+    sess = ort.InferenceSession(vm.SerializeToString(), providers=["CPUExecutionProvider"])
+    for got in (sess.run(None, {**xs, "dy": dy})[1:], run_reference(vm, {**xs, "dy": dy})[1:]):
+        for g, e in zip(got, expected):
+            np.testing.assert_allclose(g, e.numpy(), rtol=1e-5, atol=1e-3)
 
 
 # ------------------------------------------------------------------ at kinks and through rounding casts
@@ -440,28 +490,34 @@ def test_epsilon_lrp_conserves_through_new_ops(name):
 
 
 # Hardmax is piecewise constant (a one-hot of the argmax): the gradient methods get 0 through it, but a row
-# and its reference may have different argmax, so DeepLIFT would silently lose y - y_ref: it refuses.
+# and its reference may have different argmax, so DeepLIFT's rule must carry y - y_ref through it.
 def _hardmax_graph(residual: bool):
     body = [_node("Hardmax", ["x"], ["h"], axis=-1)]
     body += [_node("Add", ["x", "h"], ["z"])] if residual else [_node("Identity", ["h"], ["z"])]
     return _deeplift_graph(body)
 
 
-def test_deeplift_refuses_an_attributed_hardmax():
+@pytest.mark.parametrize("residual", [True, False])
+def test_deeplift_through_hardmax_sums_to_delta(residual):
+    """Rows whose argmax differs from their reference's: the attributions still sum to f(x) - f(reference),
+    from the model's own forward pass, with and without a residual path beside the Hardmax."""
     import onnxplain
-    from onnxplain.errors import UnsupportedOperatorError
     x, base = _rows_and_baselines()
-    with pytest.raises(UnsupportedOperatorError, match="Hardmax.*DeepLIFT"):
-        onnxplain.Explainer(_hardmax_graph(residual=True), "deeplift").explain(x, target=1, baselines=base)
+    model = _hardmax_graph(residual)
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    hardmax = lambda t: np.eye(t.shape[-1])[t.argmax(-1)]  # noqa: E731
+    assert np.any(hardmax(x) != hardmax(base)), "the test needs argmaxes that move"
+    attr = onnxplain.Explainer(model, "deeplift").explain(x, target=1, baselines=base)
+    gap = sess.run(None, {"x": x})[0][:, 1] - sess.run(None, {"x": base})[0][:, 1]
+    assert np.abs(gap).max() > 1e-3
+    np.testing.assert_allclose(attr.reshape(len(x), -1).sum(1), gap, rtol=0, atol=1e-5)
 
 
 def test_hardmax_only_path_is_refused_as_no_gradient():
     import onnxplain
-    x, base = _rows_and_baselines()
+    x, _ = _rows_and_baselines()
     with pytest.raises(onnxplain.NoGradientPathError, match="Hardmax"):
         onnxplain.Explainer(_hardmax_graph(residual=False), "gradient").explain(x, target=1)
-    with pytest.raises(onnxplain.NoGradientPathError, match="Hardmax"):
-        onnxplain.Explainer(_hardmax_graph(residual=False), "deeplift").explain(x, target=1, baselines=base)
 
 
 def test_gradient_through_hardmax_is_zero():

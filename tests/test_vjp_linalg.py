@@ -219,6 +219,10 @@ CONV_T = [
            extra=dict(auto_pad="SAME_LOWER"), torch_pads=[1, 1, 0, 0]),
     _convT("convT2d_output_shape_same_upper", (1, 2, 3, 3), (2, 2, 3, 3), strides=[2, 2],
            extra=dict(output_shape=[6, 5], auto_pad="SAME_UPPER"), torch_pads=[0, 1, 1, 1]),
+    # output_shape past the kernel's reach: the outputs beyond it are zeros (bias only), an odd one at the end
+    Case("convT2d_output_shape_past_reach", "ConvTranspose", [(1, 1, 3, 3), (1, 2, 3, 3), (2,)],
+         lambda x, w, b: F.pad(F.conv_transpose2d(x, w, stride=(3, 2)), (0, 1, 0, 1)) + b[:, None, None],
+         attrs=dict(strides=[3, 2], output_shape=[10, 8])),
 ]
 
 # Grouped ConvTranspose: onnx.reference computes the *forward* wrongly when group > 1 (it slices
@@ -232,7 +236,35 @@ CONV_T_GROUPED = [
     _convT("convT2d_dW_groups", (2, 4, 3, 3), (4, 3, 2, 2), strides=[2, 2], group=2, which="XWB", bias=True),
 ]
 
-ALL = GEMM + MATMUL + CONV + CONV_T
+def singular(rng, shape):
+    """Matrices of rank n - 1 (det 0, the cofactors not all 0): the last row a mix of the others."""
+    a = rng.standard_normal(shape)
+    a[..., -1, :] = a[..., 0, :] - 2 * a[..., 1, :]
+    return a
+
+
+def laplace_det(a):
+    """det by cofactor expansion along the first row: its autograd is the adjugate everywhere, singular
+    matrices included (torch.linalg.det's backward takes another path there)."""
+    n = a.shape[-1]
+    if n == 1:
+        return a[..., 0, 0]
+    total = 0
+    for j in range(n):
+        minor = torch.cat([a[..., 1:, :j], a[..., 1:, j + 1:]], dim=-1)
+        total = total + (-1) ** j * a[..., 0, j] * laplace_det(minor)
+    return total
+
+
+DET = [
+    Case("det_3x3", "Det", [(3, 3)], torch.linalg.det),
+    Case("det_batched_4x4", "Det", [(2, 5, 4, 4)], torch.linalg.det),
+    Case("det_2x2_dynamic", "Det", [(3, 2, 2)], torch.linalg.det, dynamic=True),
+    Case("det_1x1", "Det", [(4, 1, 1)], torch.linalg.det),
+    Case("det_singular", "Det", [(2, 3, 3)], laplace_det, sampler=singular),
+]
+
+ALL = GEMM + MATMUL + CONV + CONV_T + DET
 
 
 @pytest.mark.parametrize("case", ALL, ids=lambda c: c.name)

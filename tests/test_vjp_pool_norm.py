@@ -232,12 +232,98 @@ LAYERNORM = [
     _ln("ln_dyn", (3, 4, 6), dynamic=True),
 ]
 
-ALL = MAXPOOL + AVGPOOL + GLOBAL + BATCHNORM + LAYERNORM
+def unpooled(shape):
+    """MaxUnpool written out: zeros of ``shape`` with x's elements written at the flat indices in order, a
+    later write replacing an earlier one."""
+    def fn(x, indices, *_):
+        flat, src = torch.zeros(int(np.prod(shape)), dtype=x.dtype), x.reshape(-1)
+        for k, i in enumerate(indices.reshape(-1).tolist()):
+            flat = torch.cat([flat[:i], src[k:k + 1], flat[i + 1:]])
+        return flat.reshape(shape)
+    return fn
+
+
+UNPOOL_AT = np.array([[[[0, 3], [9, 14]], [[17, 18], [28, 31]]]], np.int64)          # one per 2x2 window
+UNPOOL_TWICE = np.array([[[[5, 5], [9, 14]], [[17, 18], [18, 31]]]], np.int64)       # overlapping picks
+UNPOOL_FIRST_ROW = np.array([[[[0, 1], [2, 3]], [[3, 2], [1, 0]]]], np.int64)
+MAXUNPOOL = [
+    Case("max_unpool", "MaxUnpool", [(1, 2, 2, 2), UNPOOL_AT], unpooled((1, 2, 4, 4)),
+         attrs=dict(kernel_shape=[2, 2], strides=[2, 2])),
+    Case("max_unpool_repeated_index", "MaxUnpool", [(1, 2, 2, 2), UNPOOL_TWICE], unpooled((1, 2, 4, 4)),
+         attrs=dict(kernel_shape=[2, 2], strides=[2, 2])),
+    # indices on the first row and channel: the same elements whether read flat over the padded output_shape
+    # (onnxruntime) or over the unpadded shape (onnx.reference)
+    Case("max_unpool_output_shape", "MaxUnpool", [(1, 2, 2, 2), UNPOOL_FIRST_ROW, np.array([1, 2, 5, 5], np.int64)],
+         unpooled((1, 2, 5, 5)), attrs=dict(kernel_shape=[2, 2], strides=[2, 2])),
+]
+
+def lp_pool(p, kernel, stride, pad=0, dilation=1):
+    """(sum over the window of |x|^p)^(1/p), written with unfold (zeros in the padding)."""
+    def fn(x):
+        n, c = x.shape[:2]
+        cols = F.unfold(x.abs() ** p, kernel, dilation=dilation, padding=pad, stride=stride)  # (n, c*k, L)
+        out = [(s + 2 * pad - dilation * (k - 1) - 1) // stride + 1 for s, k in zip(x.shape[2:], kernel)]
+        return cols.reshape(n, c, -1, cols.shape[-1]).sum(2).reshape(n, c, *out) ** (1 / p)
+    return fn
+
+
+LPPOOL = [
+    Case("lp_pool_p2", "LpPool", [(2, 3, 7, 6)], lambda x: F.lp_pool2d(x, 2, 3, stride=2),
+         attrs=dict(kernel_shape=[3, 3], strides=[2, 2])),
+    Case("lp_pool_p3_pads_dilations", "LpPool", [(1, 2, 6, 7)], lp_pool(3, (2, 3), 1, pad=1, dilation=2),
+         attrs=dict(kernel_shape=[2, 3], pads=[1, 1, 1, 1], dilations=[2, 2], p=3), opset=18),
+    Case("lp_pool_p1", "LpPool", [(2, 2, 5, 5)], lp_pool(1, (2, 2), 2),
+         attrs=dict(kernel_shape=[2, 2], strides=[2, 2], p=1), away_from=0.0),
+    Case("lp_pool_dynamic", "LpPool", [(3, 2, 6, 6)], lambda x: F.lp_pool2d(x, 2, 2),
+         attrs=dict(kernel_shape=[2, 2], strides=[2, 2]), dynamic=True),
+]
+
+def lrn(size, alpha=1e-4, beta=0.75, bias=1.0):
+    """ONNX's LRN written out: the window over channels c - floor((size-1)/2) .. c + ceil((size-1)/2)."""
+    def fn(x):
+        lo, hi = (size - 1) // 2, size - 1 - (size - 1) // 2
+        sq = F.pad((x * x).transpose(1, -1), (lo, hi)).transpose(1, -1)
+        s = sum(sq.narrow(1, k, x.shape[1]) for k in range(size))
+        return x / (bias + alpha / size * s) ** beta
+    return fn
+
+
+LRN = [
+    Case("lrn_odd_against_torch", "LRN", [(2, 5, 3, 4)],
+         lambda x: F.local_response_norm(x, 3, alpha=0.5, beta=0.75, k=2.0),
+         attrs=dict(size=3, alpha=0.5, beta=0.75, bias=2.0)),
+    Case("lrn_size5", "LRN", [(2, 6, 5, 2)], lrn(5, alpha=0.8, beta=0.6, bias=1.5),     # onnxruntime: odd sizes only
+         attrs=dict(size=5, alpha=0.8, beta=0.6, bias=1.5)),
+    Case("lrn_window_wider_than_channels", "LRN", [(1, 3, 2, 2)], lrn(5, alpha=1.0), attrs=dict(size=5, alpha=1.0)),
+    Case("lrn_dynamic", "LRN", [(3, 4, 2, 3)], lrn(3, alpha=0.3), attrs=dict(size=3, alpha=0.3), dynamic=True),
+]
+
+ALL = MAXPOOL + AVGPOOL + GLOBAL + BATCHNORM + LAYERNORM + MAXUNPOOL + LPPOOL
 
 
 @pytest.mark.parametrize("case", ALL, ids=lambda c: c.name)
 def test_case(case):
     check_case(case)
+
+
+@pytest.mark.parametrize("case", LRN, ids=lambda c: c.name)
+def test_lrn_against_torch_in_onnxruntime(case):
+    """LRN's rule in float32 in onnxruntime against torch autograd in float64 (onnx.reference's LRN takes window
+    sums for as many channels as the batch has rows, and 0 for the others, so finite differences through it
+    do not apply)."""
+    from vjp_harness import build_case_model
+    model, wrt, out = build_case_model(case, TensorProto.FLOAT)
+    vm = vjp_model(model, wrt, out)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal(case.inputs[0]).astype(np.float32)
+    t = torch.tensor(x, dtype=torch.float64, requires_grad=True)
+    y = case.torch_fn(t)
+    dy = rng.standard_normal(y.shape).astype(np.float32)
+    (expected,) = torch.autograd.grad(y, [t], torch.tensor(dy, dtype=torch.float64))
+    got_y, got = ort.InferenceSession(vm.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+        None, {"in0": x, "dy": dy})
+    np.testing.assert_allclose(got_y, y.detach().numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(got, expected.numpy(), rtol=1e-4, atol=1e-5)
 
 
 def test_maxpool_node_gets_indices_output():

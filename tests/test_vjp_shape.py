@@ -320,7 +320,42 @@ UNKNOWN_RANK = [
           unranked("ReduceL2", axes=[0], keepdims=0)),
 ]
 
-ALL = RESHAPE + JOIN + INDEXING + PADDING + REDUCE + STOPS + RUNTIME_INTS + UNKNOWN_RANK
+# ------------------------------------------------------------------------------ elements moved or selected
+def depth_to_space_crd(x, k):
+    n, c, h, w = x.shape
+    return F.pixel_shuffle(x, k)    # CRD: channels (c, k, k)
+
+
+def depth_to_space_dcr(x, k):
+    n, c, h, w = x.shape
+    return x.reshape(n, k, k, c // (k * k), h, w).permute(0, 3, 4, 1, 5, 2).reshape(n, c // (k * k), h * k, w * k)
+
+
+def space_to_depth(x, k):
+    n, c, h, w = x.shape
+    return x.reshape(n, c, h // k, k, w // k, k).permute(0, 3, 5, 1, 2, 4).reshape(n, c * k * k, h // k, w // k)
+
+
+KEEP = np.array([True, False, True, True, False])
+MOVES = [
+    Case("depth_to_space_dcr", "DepthToSpace", [(2, 8, 3, 5)], lambda x: depth_to_space_dcr(x, 2),
+         attrs=dict(blocksize=2)),
+    Case("depth_to_space_crd", "DepthToSpace", [(2, 18, 2, 3)], lambda x: depth_to_space_crd(x, 3),
+         attrs=dict(blocksize=3, mode="CRD")),
+    Case("depth_to_space_dynamic", "DepthToSpace", [(3, 4, 3, 2)], lambda x: depth_to_space_dcr(x, 2),
+         attrs=dict(blocksize=2), dynamic=True),
+    Case("space_to_depth", "SpaceToDepth", [(2, 3, 4, 6)], lambda x: space_to_depth(x, 2), attrs=dict(blocksize=2)),
+    Case("compress_axis", "Compress", [(3, 5, 2), KEEP], lambda x, c: x[:, c], attrs=dict(axis=1)),
+    Case("compress_flat_short_condition", "Compress", [(2, 3), KEEP[:4]], lambda x, c: x.reshape(-1)[:4][c]),
+    Case("compress_dynamic", "Compress", [(4, 3), KEEP[:3]], lambda x, c: x[:, c], attrs=dict(axis=-1),
+         dynamic=True),
+    Case("one_hot_values", "OneHot", [ints(1, -1, 0, 3), np.array(4, np.int64), (2,)],
+         lambda i, d, v: torch.where(F.one_hot(i % 4, 4).bool(), v[1], v[0])),
+    Case("one_hot_axis0", "OneHot", [ints(2, 0), np.array(3.0, np.float32), (2,)],
+         lambda i, d, v: torch.where(F.one_hot(i, 3).bool().T, v[1], v[0]), attrs=dict(axis=0)),
+]
+
+ALL = RESHAPE + JOIN + INDEXING + PADDING + REDUCE + STOPS + RUNTIME_INTS + UNKNOWN_RANK + MOVES
 
 
 @pytest.mark.parametrize("case", ALL, ids=lambda c: c.name)

@@ -17,6 +17,9 @@ attributions of the whole graph add up to ``f(x) - f(x_ref)`` whatever way an ex
 * ops nonlinear in one tensor that reduce or select (ReduceMax/ReduceMin, GlobalMaxPool, Where whose
   condition and Gather whose indices depend on the input) route the difference so that it is
   conserved (cross-max, like MaxPool); piecewise-constant ops (Floor, Ceil, Round, Sign) are rescaled;
+* products (ReduceProd, CumProd, ScatterND / ScatterElements with reduction mul) take the symmetric telescoping
+  rule, TopK the selection rule, the max / min scatters the cross-extremum rule and Hardmax a conserving spread
+  of ``Δy`` (:mod:`onnxplain.rules.rescale_products`);
 * fused ops take the multipliers of one canonical decomposition under the rules above, so the result
   does not depend on whether an exporter fused them: Softmax = ``exp(z) / sum(exp(z))`` at
   ``z = x - max(x)`` (the cross-max rule at the maximum, Div's Shapley rule, Exp rescaled: every term finite),
@@ -388,4 +391,4 @@ def _flat(b, t: str) -> str:
     return b.reshape(t, b.ints([-1]))
 
 
-from . import rescale_fused, rescale_sampling, rescale_spectral  # noqa: E402,F401  (register more rules in RESCALE)
+from . import rescale_fused, rescale_products, rescale_sampling, rescale_spectral  # noqa: E402,F401  (register more rules in RESCALE)

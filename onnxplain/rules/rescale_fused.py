@@ -26,10 +26,14 @@ same attributions, and the difference is conserved exactly.
 """
 from __future__ import annotations
 
+import numpy as np
+
 from ..vjp import register
 from ..vjp._common import Reduction, fail, known_rank, normalised_count, per_channel
-from ..vjp.norm import mean_variance_axes
-from .rescale import RESCALE, _safe_ratio, _small, _standard, extremum_multipliers, midpoint
+from ..vjp.linalg import minor_indices
+from ..vjp.norm import channel_window_sum, lrn_parts, mean_variance_axes
+from ..vjp.pool import lp_pool_inner, lp_pool_outer, pool_window, window_sum_transpose
+from .rescale import RESCALE, _attributes, _safe_ratio, _small, _standard, extremum_multipliers, midpoint
 
 
 # ------------------------------------------------------------------------------------ softmax family
@@ -323,3 +327,81 @@ def rescale_lp_norm(ctx):
         ratio = _safe_ratio(b, b.sub(b.op("Abs", x), b.op("Abs", x_ref)), delta, small)
         through_norm = b.where(small, b.op("Sign", x), ratio)
     return [b.add(direct, b.mul(d_norm, through_norm))]
+
+
+# ------------------------------------------------------------------------------------ pooling and LRN
+def _rescaled_or(ctx, change: str, delta: str, gradient: str) -> str:
+    """``change / delta`` (a unary op's Rescale multiplier), ``gradient`` where ``|delta| < eps``."""
+    small = _small(ctx, delta)
+    return ctx.b.where(small, gradient, _safe_ratio(ctx.b, change, delta, small))
+
+
+@register("LpPool", table=RESCALE)
+def rescale_lp_pool(ctx):
+    """``(window sum of u)^(1/p)``, ``u = |x|^p``: the root and the power rescaled (each a unary op), the
+    window sum linear: ``m = W^T(dy Δy / ΔS) Δu / Δx``, the sum ``S`` taken by the node's own geometry
+    (an LpPool with p = 1 of u)."""
+    b, x, y, dy = ctx.b, ctx.x[0], ctx.y[0], ctx.dy[0]
+    p = int(ctx.attr("p", 2))
+    win, spatial, _ = pool_window(ctx)
+    x_ref = ctx.ref(x)
+    u = b.op("Pow", b.op("Abs", x), b.like(float(p), x))
+    u_ref = b.op("Pow", b.op("Abs", x_ref), b.like(float(p), x))
+    sums = b.op("LpPool", u, **{**_attributes(ctx.node), "p": 1})
+    at_root = _rescaled_or(ctx, b.sub(y, ctx.ref(y)), b.sub(sums, ctx.ref(sums)),
+                           b.mul(lp_pool_outer(b, y, p), b.like(1.0 / p, y)))
+    at_power = _rescaled_or(ctx, b.sub(u, u_ref), b.sub(x, x_ref), b.mul(lp_pool_inner(b, x, p), b.like(float(p), x)))
+    return [b.mul(window_sum_transpose(b, b.mul(dy, at_root), win, x, spatial), at_power)]
+
+
+@register("LRN", table=RESCALE)
+def rescale_lrn(ctx):
+    """``x * g``, ``g = d^-beta``, ``d = bias + alpha / size * W(x * x)``: the product by Mul's Shapley rule
+    (``m = dy (g + g_ref) / 2``, ``dg = dy (x + x_ref) / 2``), the power rescaled at d, the window sum W
+    linear and the square by Mul's rule (``x + x_ref``)."""
+    b, x, dy = ctx.b, ctx.x[0], ctx.dy[0]
+    beta = b.like(float(ctx.attr("beta", 0.75)), x)
+    size, rate, d = lrn_parts(ctx)
+    g = b.op("Pow", d, b.neg(beta))
+    g_ref, d_ref, x_ref = ctx.ref(g), ctx.ref(d), ctx.ref(x)
+    half = b.like(0.5, x)
+    direct = b.mul(dy, b.mul(b.add(g, g_ref), half))
+    d_g = b.mul(dy, b.mul(b.add(x, x_ref), half))
+    at_power = _rescaled_or(ctx, b.sub(g, g_ref), b.sub(d, d_ref), b.neg(b.div(b.mul(beta, g), d)))
+    back = channel_window_sum(b, b.mul(b.mul(d_g, at_power), rate), size, transpose=True)
+    return [b.add(direct, b.mul(back, b.add(x, x_ref)))]
+
+
+# ------------------------------------------------------------------------------------ determinant
+def _row_cofactors(b, above: str, below: str, i: int, n: int, rank: int, like: str) -> str:
+    """The cofactors of row i of the matrix whose other rows are ``above`` (rows 0..i-1) and ``below``
+    (rows i+1..n-1): ``(-1)^(i+j) det(minor_ij)`` for every j, shaped (..., 1, n)."""
+    parts = [t for t in (above, below) if t is not None]
+    others = parts[0] if len(parts) == 1 else b.op("Concat", *parts, axis=rank - 2)       # (..., n-1, n)
+    columns = b.const(minor_indices(n), np.int64, hint="minor_indices")
+    minors = b.op("Gather", others, columns, axis=rank - 1)                                 # (..., n-1, n, n-1)
+    minors = b.op("Transpose", minors, perm=list(range(rank - 2)) + [rank - 1, rank - 2, rank])
+    signs = b.cast_like(b.const((-1.0) ** (i + np.arange(n)), np.float32), like)
+    return b.unsqueeze(b.mul(b.op("Det", minors), signs), [-2])
+
+
+@register("Det", table=RESCALE)
+def rescale_det(ctx):
+    """det is linear in each row, so ``det(A) - det(R)`` telescopes over the rows: with rows before i from R
+    and after i from A, ``sum_i cof_i(R_<i, A_>i) . (A_i - R_i)``; averaged with the reverse order (rows
+    before i from A, after from R) the multipliers are ``m_i = dy (cof_i(R_<i, A_>i) + cof_i(A_<i, R_>i)) / 2``
+    (for a 2 x 2 matrix, Mul's Shapley rule on ``ad - bc``).  Exact, and finite for singular matrices."""
+    b, a, dy = ctx.b, ctx.x[0], ctx.dy[0]
+    shape = b.shape(a)
+    if shape is None or not isinstance(shape[-1], int):
+        raise fail(ctx, f"the matrix size must be static, got shape {shape}")
+    n, rank = shape[-1], len(shape)
+    if n == 1:
+        return _standard(ctx)
+    r = ctx.ref(a)
+    rows = lambda t, lo, hi: None if lo >= hi else b.op("Slice", t, b.ints([lo]), b.ints([hi]), b.ints([rank - 2]))  # noqa: E731
+    forward = [_row_cofactors(b, rows(r, 0, i), rows(a, i + 1, n), i, n, rank, a) for i in range(n)]
+    backward = [_row_cofactors(b, rows(a, 0, i), rows(r, i + 1, n), i, n, rank, a) for i in range(n)]
+    mean = b.mul(b.add(b.op("Concat", *forward, axis=rank - 2), b.op("Concat", *backward, axis=rank - 2)),
+                 b.like(0.5, a))
+    return [b.mul(b.unsqueeze(b.unsqueeze(dy, [-1]), [-1]), mean)]

@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 
 from . import elementwise, register
-from ._common import fail, masked
+from ._common import masked
 from .pool import relu_mask_moved_to_pool
 
 
@@ -224,17 +224,9 @@ def _gelu_tanh_derivative(b, x: str) -> str:
 @register("Hardmax", cuts=True)
 def vjp_hardmax(ctx):
     """y = one_hot(argmax(x, axis)): piecewise constant, so it passes no gradient (dx = 0, as torch's
-    one_hot(argmax) does; like Floor or ArgMax, a path through it carries none).
-
-    DeepLIFT (``ctx.ref`` set) is refused here: a row and its reference may have different argmax, so
-    ``y - y_ref`` is not 0, and a zero multiplier would silently drop that difference from the sum of
-    the attributions (summation-to-delta would fail without a word)."""
-    if ctx.ref is not None:
-        raise fail(ctx, "Hardmax is piecewise constant (a one-hot of the argmax) and passes no gradient, but a "
-                        "row and its reference may have different argmax; DeepLIFT's multipliers would drop "
-                        "that difference and its attributions would not sum to f(x) - f(reference). Use a "
-                        "perturbation method (occlusion, feature_ablation, shapley_sampling, shapley_values), "
-                        "or a gradient method, for models with a Hardmax on the attributed path")
+    one_hot(argmax) does; like Floor or ArgMax, a path through it carries none).  A row and its reference
+    may have different argmax, so DeepLIFT has a rule of its own that carries ``y - y_ref``
+    (:mod:`onnxplain.rules.rescale_products`)."""
     return [None] * len(ctx.x)
 
 

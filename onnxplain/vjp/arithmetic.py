@@ -4,11 +4,12 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import onnx
 from onnx import TensorProto
 
 from ..graph import np_dtype
 from . import elementwise, register
-from ._common import const_value
+from ._common import const_value, known_rank
 
 
 # ---------------------------------------------------------------- helpers
@@ -128,6 +129,43 @@ def vjp_where(ctx):
 def vjp_cast(ctx):
     """y = cast(x): dx = dy cast back to x's type."""
     return [ctx.b.cast_like(ctx.dy[0], ctx.x[0])] + [None] * (len(ctx.x) - 1)
+
+
+# ---------------------------------------------------------------- DequantizeLinear
+@register("DequantizeLinear")
+def vjp_dequantize_linear(ctx):
+    """y = (x - zero_point) * scale, scale per tensor, per ``axis`` or per block of ``block_size`` along it:
+    d scale = dy * (x - zero_point) summed over the elements each scale multiplies (the node itself computes
+    ``x - zero_point``, with a scale of ones).  x and zero_point are integers (or float8 codes): no cotangent."""
+    b, x, scale = ctx.b, ctx.x[0], ctx.x[1]
+    grads = [None] * len(ctx.x)
+    if not ctx.needs(1):
+        return grads
+    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in ctx.node.attribute}
+    ones = b.add(b.zeros_like(scale), b.like(1.0, scale))
+    g = b.mul(ctx.dy[0], b.op("DequantizeLinear", x, ones, *ctx.x[2:], **attrs))
+    rank, scale_rank = known_rank(ctx, x), known_rank(ctx, scale)
+    axis, block = int(attrs.get("axis", 1)) % max(rank, 1), int(attrs.get("block_size", 0))
+    if scale_rank == 0 or b.shape(scale) == [1]:      # one scale for the whole tensor
+        grads[1] = b.reshape_exact(b.op("ReduceSum", g, keepdims=0), b.shape_of(scale))
+    elif block == 0:
+        grads[1] = b.reduce_sum(g, [a for a in range(rank) if a != axis], keepdims=0)
+    else:
+        grads[1] = _sum_over_blocks(b, g, axis, block, rank)
+    return grads
+
+
+def _sum_over_blocks(b, g: str, axis: int, block: int, rank: int) -> str:
+    """``g`` summed over consecutive blocks of ``block`` entries along ``axis`` (the last block may be short:
+    ``g`` is zero-padded to whole blocks first)."""
+    size = b.op("Shape", g, start=axis, end=axis + 1)
+    blocks = b.div(b.add(size, b.ints([block - 1])), b.ints([block]))
+    pads = b.op("Concat", b.ints([0] * rank), b.ints([0] * axis), b.sub(b.mul(blocks, b.ints([block])), size),
+                b.ints([0] * (rank - axis - 1)), axis=0)
+    padded = b.op("Pad", g, pads)
+    shape = b.op("Concat", b.op("Shape", g, end=axis), blocks, b.ints([block]), b.op("Shape", g, start=axis + 1),
+                 axis=0)
+    return b.reduce_sum(b.reshape_exact(padded, shape), [axis + 1], keepdims=0)
 
 
 # ---------------------------------------------------------------- unary maths

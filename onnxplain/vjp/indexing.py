@@ -282,3 +282,17 @@ def vjp_mod(ctx):
         quotient = b.op("Round", b.div(b.sub(a, ctx.y[0]), c))   # the integer trunc(a / c), exactly
         grads[1] = b.neg(b.mul(dy, quotient))
     return grads
+
+
+@register("OneHot")
+def vjp_one_hot(ctx):
+    """y = values[1] where the index hits, values[0] elsewhere: d values = [sum(dy * (1 - hot)), sum(dy * hot)],
+    ``hot`` the node's own one-hot of 0 and 1 (so negative indices and the axis are the runtime's)."""
+    b, values, dy = ctx.b, ctx.x[2], ctx.dy[0]
+    if not ctx.needs(2):
+        return [None, None, None]
+    off_on = b.cast_like(b.const([0.0, 1.0], np.float32), values)
+    hot = b.op("OneHot", ctx.x[0], ctx.x[1], off_on, axis=ctx.attr("axis", -1))
+    on = b.op("ReduceSum", b.mul(dy, hot), keepdims=0)
+    everything = b.op("ReduceSum", dy, keepdims=0)
+    return [None, None, b.op("Concat", b.unsqueeze(b.sub(everything, on), [0]), b.unsqueeze(on, [0]), axis=0)]

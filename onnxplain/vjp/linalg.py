@@ -1,4 +1,4 @@
-"""Linear maps: Gemm, MatMul, Einsum, Conv and ConvTranspose.
+"""Linear maps: Gemm, MatMul, Einsum, Conv and ConvTranspose; and Det (multilinear in the rows).
 
 The cotangent of a linear map is its transpose applied to ``dy``: Gemm and
 MatMul multiply by the other operand transposed, Einsum contracts ``dy`` with the other
@@ -9,6 +9,10 @@ Windows (kernel, strides, dilations, resolved pads; :mod:`onnxplain.vjp._common`
 attributes and the static spatial sizes; the batch dimension is never read.
 """
 from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
 
 from . import register
 from ._common import (Window, all_static, fail, phase_form_fits, rank_or_fail, shape_tail, spread, spread_by_phases,
@@ -172,25 +176,44 @@ def _ellipsis_dims(shapes, terms, n_ell, width: int, p: int) -> set:
 @register("Einsum")
 def vjp_einsum(ctx):
     """y = einsum(x_1, ..., x_n): dx_i = einsum(dy, x_j (j != i)) onto x_i's subscripts,
-    broadcast along the subscripts that only x_i has (it was summed over them alone)."""
+    broadcast along the subscripts that only x_i has (it was summed over them alone); a subscript that
+    x_i repeats (a diagonal, ``ii->i``) is taken once, and the result written back on the diagonal."""
     b, dy = ctx.b, ctx.dy[0]
     terms, out = _einsum_terms(ctx)
     grads = [None] * len(ctx.x)
     for i, target in enumerate(terms):
         if not ctx.needs(i):
             continue
-        if len(set(target)) != len(target):
-            raise fail(ctx, f"repeated subscripts (a diagonal) in term {target!r} are not supported")
+        unique = "".join(dict.fromkeys(target))
         others = [(t, x) for j, (t, x) in enumerate(zip(terms, ctx.x)) if j != i]
         seen = set(out).union(*[set(t) for t, _ in others])
-        keep = "".join(c for c in target if c in seen)
+        keep = "".join(c for c in unique if c in seen)
         equation = ",".join([out] + [t for t, _ in others]) + "->" + keep
         g = b.op("Einsum", dy, *[x for _, x in others], equation=equation)
-        alone = [k for k, c in enumerate(target) if c not in seen]
+        alone = [k for k, c in enumerate(unique) if c not in seen]
         if alone:
-            g = b.op("Expand", b.unsqueeze(g, alone), b.shape_of(ctx.x[i]))
-        grads[i] = g
+            sizes = b.op("Gather", b.shape_of(ctx.x[i]), b.ints([target.index(c) for c in unique]), axis=0)
+            g = b.op("Expand", b.unsqueeze(g, alone), sizes)
+        grads[i] = g if unique == target else _onto_diagonals(b, g, unique, target, ctx.x[i],
+                                                              set("".join(terms) + out))
     return grads
+
+
+def _onto_diagonals(b, g: str, unique: str, target: str, x: str, used: set) -> str:
+    """``g`` (subscripts ``unique``) written onto the diagonals of ``target``, which repeats some of them:
+    each repeat gets a subscript of its own (not in ``used``) and an identity matrix ties it to the first
+    occurrence."""
+    spare = (c for c in "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz" if c not in used)
+    spelt, eyes, eye_terms = [], [], []
+    for k, c in enumerate(target):
+        if c not in target[:k]:
+            spelt.append(c)
+            continue
+        spelt.append(next(spare))
+        n = b.op("Gather", b.shape_of(x), b.ints([k]), axis=0)
+        eyes.append(b.cast_like(b.op("EyeLike", b.op("ConstantOfShape", b.op("Concat", n, n, axis=0))), x))
+        eye_terms.append(c + spelt[-1])
+    return b.op("Einsum", g, *eyes, equation=",".join([unique] + eye_terms) + "->" + "".join(spelt))
 
 
 def conv_weight_grad(b, x: str, g: str, win: Window, group: int, channels: int, kernel) -> str:
@@ -311,13 +334,11 @@ def _conv_transpose_window(ctx, in_spatial, kernel) -> Window:
         if not all_static(in_spatial):
             raise fail(ctx, "output_shape/auto_pad need static spatial sizes")
         target = list(out_shape)[-n:] if out_shape else [x * s for x, s in zip(in_spatial, strides)]
+        # the pads the runtime resolves: negative where output_shape reaches past the kernel's last tap (those
+        # outputs hold only the bias; onnxruntime and onnx.reference put an odd one at the end)
         total = [s * (x - 1) + p + e - t for s, x, p, e, t in zip(strides, in_spatial, outpad, span, target)]
-        if any(t < 0 for t in total):
-            raise fail(ctx, "output_shape larger than the transposed convolution's reach is not supported")
-        if auto_pad == "SAME_UPPER":
-            begin = [t // 2 for t in total]
-        else:
-            begin = [t - t // 2 for t in total]
+        half = [t // 2 for t in total]
+        begin = half if auto_pad == "SAME_UPPER" else [t - h for t, h in zip(total, half)]
         end = [t - bg for t, bg in zip(total, begin)]
     elif auto_pad == "VALID":
         begin, end = [0] * n, [0] * n
@@ -326,6 +347,19 @@ def _conv_transpose_window(ctx, in_spatial, kernel) -> Window:
         begin, end = pads[:n], pads[n:]
     out = tuple(in_spatial) if all_static(in_spatial) else None
     return Window(tuple(kernel), strides, dilations, tuple(begin), tuple(end), out)
+
+
+def _within_reach(b, dy: str, win: Window, rank: int) -> tuple[str, Window]:
+    """A negative pad of a ConvTranspose window is output beyond the kernel's reach (bias only): the cotangent
+    there reaches neither X nor W, so dY is cropped by it and the window's pad becomes 0."""
+    n = len(win.kernel)
+    if min(win.begin + win.end, default=0) >= 0:
+        return dy, win
+    axes = [a for a in range(n) if win.begin[a] < 0 or win.end[a] < 0]
+    starts = [max(0, -win.begin[a]) for a in axes]
+    ends = [min(-1, win.end[a]) if win.end[a] < 0 else np.iinfo(np.int64).max for a in axes]
+    cropped = b.op("Slice", dy, b.ints(starts), b.ints(ends), b.ints([2 + a for a in axes]))
+    return cropped, replace(win, begin=tuple(max(0, v) for v in win.begin), end=tuple(max(0, v) for v in win.end))
 
 
 @register("ConvTranspose")
@@ -338,11 +372,40 @@ def vjp_conv_transpose(ctx):
     win = _conv_transpose_window(ctx, spatial, kernel)
     group = int(ctx.attr("group", 1))
     grads = [None] * len(ctx.x)
+    reached, win = _within_reach(b, dy, win, rank)
     if ctx.needs(0):
-        grads[0] = b.op("Conv", dy, W, strides=list(win.strides), dilations=list(win.dilations),
+        grads[0] = b.op("Conv", reached, W, strides=list(win.strides), dilations=list(win.dilations),
                         pads=list(win.begin) + list(win.end), group=group if group != 1 else None)
     if ctx.needs(1):
-        grads[1] = conv_weight_grad(b, dy, X, win, group, _channels(ctx, ctx.y[0], "output"), kernel)
+        grads[1] = conv_weight_grad(b, reached, X, win, group, _channels(ctx, ctx.y[0], "output"), kernel)
     if len(ctx.x) > 2 and ctx.x[2] and ctx.needs(2):
         grads[2] = _bias_grad(b, dy, rank)
     return grads
+
+
+# ------------------------------------------------------------------------------------ Det
+def minor_indices(n: int):
+    """For every row (or column) i of an n x n matrix, the other n - 1 indices, shaped (n, n - 1)."""
+    return np.array([[j for j in range(n) if j != i] for i in range(n)], np.int64)
+
+
+@register("Det")
+def vjp_det(ctx):
+    """y = det(A) over the last two axes: dA = dy * cofactor(A), cofactor_ij = (-1)^(i+j) det(minor_ij), the
+    minors gathered with constant indices and their determinants taken by Det itself: exact for singular A
+    too (no inverse, which ONNX does not have).  Needs n static."""
+    b, a, dy = ctx.b, ctx.x[0], ctx.dy[0]
+    shape = b.shape(a)
+    if shape is None or not isinstance(shape[-1], int):
+        raise fail(ctx, f"the matrix size must be static, got shape {shape}")
+    n, rank = shape[-1], len(shape)
+    if n == 1:
+        return [b.unsqueeze(b.unsqueeze(dy, [-1]), [-1])]
+    others = b.const(minor_indices(n), np.int64, hint="minor_indices")
+    rows = b.op("Gather", a, others, axis=rank - 2)                # (..., n, n-1, n): [i, r, c]
+    minors = b.op("Gather", rows, others, axis=rank)               # (..., n, n-1, n, n-1): [i, r, j, c]
+    lead = list(range(rank - 2))
+    minors = b.op("Transpose", minors, perm=lead + [rank - 2, rank, rank - 1, rank + 1])   # [i, j, r, c]
+    signs = (-1.0) ** np.add.outer(np.arange(n), np.arange(n))
+    cofactors = b.mul(b.op("Det", minors), b.cast_like(b.const(signs, np.float32), a))
+    return [b.mul(b.unsqueeze(b.unsqueeze(dy, [-1]), [-1]), cofactors)]

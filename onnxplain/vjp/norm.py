@@ -1,5 +1,5 @@
 """Normalisation: BatchNormalization (inference and training mode), LayerNormalization,
-InstanceNormalization, GroupNormalization (opset 21 form), LpNormalization and
+InstanceNormalization, GroupNormalization (opset 21 form), LpNormalization, LRN and
 MeanVarianceNormalization.
 
 All but LpNormalization normalise ``xhat = (x - mean) / sqrt(var + eps)`` (MeanVarianceNormalization:
@@ -11,6 +11,7 @@ with ``g = dy * scale`` and means over the normalised axes.
 """
 from __future__ import annotations
 
+import numpy as np
 
 from onnxplain.converters.normalize import within_rank
 
@@ -167,7 +168,8 @@ def vjp_group_norm(ctx):
 @register("LpNormalization")
 def vjp_lp_norm(ctx):
     """Y = X / ||X||_p along ``axis``: p=2: dX = (dY - Y sum(dY Y)) / ||X||_2;
-    p=1: dX = (dY - sign(X) sum(dY Y)) / ||X||_1."""
+    p=1: dX = (dY - sign(X) sum(dY Y)) / ||X||_1.  Where the norm is 0 the runtime writes Y = 0 and X has
+    no direction: dX = 0 there (finite, instead of dY / 0)."""
     b, X, Y, dy = ctx.b, ctx.x[0], ctx.y[0], ctx.dy[0]
     axis = int(ctx.attr("axis", -1))
     p = int(ctx.attr("p", 2))
@@ -176,7 +178,9 @@ def vjp_lp_norm(ctx):
     norm = b.reduce("ReduceL2" if p == 2 else "ReduceL1", X, [axis])
     proj = b.reduce_sum(b.mul(dy, Y), [axis])
     direction = Y if p == 2 else b.op("Sign", X)
-    return [b.div(b.sub(dy, b.mul(direction, proj)), norm)]
+    zero = b.op("Equal", norm, b.like(0.0, norm))
+    safe = b.where(zero, b.like(1.0, norm), norm)
+    return [b.where(zero, b.like(0.0, dy), b.div(b.sub(dy, b.mul(direction, proj)), safe))]
 
 
 # ------------------------------------------------------------------- MeanVarianceNormalization
@@ -199,3 +203,38 @@ def vjp_mean_variance_norm(ctx):
     centred = b.div(b.sub(dy, b.reduce("ReduceMean", dy, axes)), d)
     spread = b.div(b.mul(xc, b.reduce("ReduceMean", b.mul(dy, xc), axes)), b.mul(b.mul(d, d), std))
     return [b.sub(centred, spread)]
+
+
+# ----------------------------------------------------------------------------- LRN
+def channel_window_sum(b, t: str, size: int, transpose: bool = False) -> str:
+    """For LRN: the sum of ``t`` over channels ``c - floor((size - 1) / 2)`` .. ``c + ceil((size - 1) / 2)``
+    (cut at the edges), as a Conv of ones over channels; ``transpose``: the adjoint sum (the window
+    mirrored), which sends a channel's value back to the channels its window read."""
+    lo, hi = (size - 1) // 2, size - 1 - (size - 1) // 2
+    if transpose:
+        lo, hi = hi, lo
+    columns = b.op("Reshape", t, b.op("Concat", b.op("Shape", t, end=1), b.ints([1]), b.op("Shape", t, start=1, end=2),
+                                      b.ints([-1]), axis=0))                                    # (N, 1, C, rest)
+    ones = b.cast_like(b.const(np.ones((1, 1, size, 1)), np.float32, hint="lrn_window"), t)
+    summed = b.op("Conv", columns, ones, pads=[lo, 0, hi, 0])
+    return b.reshape_exact(summed, b.shape_of(t))
+
+
+def lrn_parts(ctx):
+    """LRN's ``alpha / size`` and ``d = bias + alpha / size * S`` (S: the channel-window sum of x^2)."""
+    b, x = ctx.b, ctx.x[0]
+    size = int(ctx.attr("size"))
+    rate = b.like(float(ctx.attr("alpha", 1e-4)) / size, x)
+    return size, rate, b.add(b.like(float(ctx.attr("bias", 1.0)), x), b.mul(rate, channel_window_sum(b, b.mul(x, x), size)))
+
+
+@register("LRN")
+def vjp_lrn(ctx):
+    """y = x d^-beta, d = bias + alpha / size * S, S = the channel-window sum of x^2:
+    dx = dy d^-beta - 2 beta alpha / size * x * W^T(dy x d^(-beta-1)), W^T the window's adjoint sum."""
+    b, x, dy = ctx.b, ctx.x[0], ctx.dy[0]
+    beta = b.like(float(ctx.attr("beta", 0.75)), x)
+    size, rate, d = lrn_parts(ctx)
+    scale = b.op("Pow", d, b.neg(beta))
+    back = channel_window_sum(b, b.div(b.mul(b.mul(dy, x), scale), d), size, transpose=True)
+    return [b.sub(b.mul(dy, scale), b.mul(b.mul(b.mul(b.like(2.0, x), beta), rate), b.mul(x, back)))]

@@ -9,13 +9,14 @@ Conv (:func:`onnxplain.vjp._common.window`).
 from __future__ import annotations
 
 import numpy as np
-from onnx import TensorProto, helper
+from onnx import TensorProto, helper, numpy_helper
 
 from dataclasses import replace
 
 from ..graph import np_dtype
 from . import RULES, register
 from ._common import all_static, fail, masked, shape_tail, spread, window
+from .shape import flat_positions
 
 
 def _spatial(ctx):
@@ -160,13 +161,8 @@ def _unit_stride_indices(ctx, spatial) -> str:
 def vjp_average_pool(ctx):
     """dX = conv_transpose(dY / count, ones) per channel; count = taps averaged by each window."""
     b, X, dy = ctx.b, ctx.x[0], ctx.dy[0]
-    spatial = _spatial(ctx)
-    kernel = tuple(ctx.attr("kernel_shape"))
-    auto_pad = ctx.attr("auto_pad", b"NOTSET")
-    auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else auto_pad
-    ceil_mode = bool(ctx.attr("ceil_mode", 0)) and auto_pad == "NOTSET"   # VALID/SAME sizes are floor sizes
+    win, spatial, ceil_mode = pool_window(ctx)
     include_pad = bool(ctx.attr("count_include_pad", 0))
-    win = window(ctx, spatial, kernel, ceil_mode)
     dtype = _dtype(b, X)
     if win.out is not None:
         count = _window_counts(spatial, win, include_pad)
@@ -176,10 +172,54 @@ def vjp_average_pool(ctx):
         raise fail(ctx, "ceil_mode needs static spatial sizes")
     else:
         scale = _dynamic_inv_count(b, X, win, include_pad, dtype)
-    g = b.mul(dy, scale)
-    g = b.op("Reshape", g, b.ints([-1, 1] + list(win.out)) if win.out is not None else shape_tail(b, dy, [-1, 1]))
-    ones = b.const(np.ones((1, 1) + kernel), dtype, hint="ones_kernel")
-    return [b.reshape_like(spread(b, g, ones, win, X, spatial), X)]
+    return [window_sum_transpose(b, b.mul(dy, scale), win, X, spatial)]
+
+
+def pool_window(ctx):
+    """(window, spatial sizes, ceil mode) of an AveragePool or LpPool node: its kernel, strides, dilations,
+    pads, auto_pad and ceil_mode resolved."""
+    spatial = _spatial(ctx)
+    auto_pad = ctx.attr("auto_pad", b"NOTSET")
+    auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else auto_pad
+    ceil_mode = bool(ctx.attr("ceil_mode", 0)) and auto_pad == "NOTSET"   # VALID/SAME sizes are floor sizes
+    return window(ctx, spatial, tuple(ctx.attr("kernel_shape")), ceil_mode), spatial, ceil_mode
+
+
+def window_sum_transpose(b, g: str, win, X: str, spatial) -> str:
+    """The transpose of summing each window of X (per channel): every output's ``g`` added back onto the taps
+    of its window (a ConvTranspose of ones), shaped like X."""
+    g = b.op("Reshape", g, b.ints([-1, 1] + list(win.out)) if win.out is not None else shape_tail(b, g, [-1, 1]))
+    ones = b.const(np.ones((1, 1) + tuple(win.kernel)), _dtype(b, X), hint="ones_kernel")
+    return b.reshape_like(spread(b, g, ones, win, X, spatial), X)
+
+
+@register("LpPool")
+def vjp_lp_pool(ctx):
+    """y = (sum over the window of |x|^p)^(1/p): dx = (window-sum transpose of dy * y^(1-p)) * |x|^(p-1) sign(x);
+    0 from a window whose entries are all 0 (y = 0, where the p-norm has no derivative)."""
+    b, X, y, dy = ctx.b, ctx.x[0], ctx.y[0], ctx.dy[0]
+    win, spatial, ceil_mode = pool_window(ctx)
+    if ceil_mode and win.out is None:
+        raise fail(ctx, "ceil_mode needs static spatial sizes")
+    return [b.mul(window_sum_transpose(b, b.mul(dy, lp_pool_outer(b, y, ctx.attr("p", 2))), win, X, spatial),
+                  lp_pool_inner(b, X, ctx.attr("p", 2)))]
+
+
+def lp_pool_outer(b, y: str, p: int) -> str:
+    """d y / d S for y = S^(1/p), times p: ``y^(1-p)``, 0 where y = 0."""
+    if p == 1:
+        return b.add(b.zeros_like(y), b.like(1.0, y))
+    zero = b.op("Equal", y, b.like(0.0, y))
+    return b.where(zero, b.like(0.0, y), b.op("Pow", b.where(zero, b.like(1.0, y), y), b.like(1.0 - p, y)))
+
+
+def lp_pool_inner(b, x: str, p: int) -> str:
+    """d |x|^p / d x, over p: ``|x|^(p-1) sign(x)``."""
+    if p == 1:
+        return b.op("Sign", x)
+    if p == 2:
+        return x
+    return b.mul(b.op("Pow", b.op("Abs", x), b.like(p - 1.0, x)), b.op("Sign", x))
 
 
 def _window_counts(spatial, win, include_pad: bool) -> np.ndarray:
@@ -235,3 +275,24 @@ def vjp_global_max_pool(ctx):
     mask = b.op("Equal", pos, arg)                                     # (N, C, H*W)
     g = b.where(mask, b.op("Reshape", dy, b.ints([0, 0, 1])), b.like(0.0, X))
     return [b.reshape_like(g, X)]
+
+
+# ------------------------------------------------------------------------------------ MaxUnpool
+@register("MaxUnpool")
+def vjp_max_unpool(ctx):
+    """Y = zeros with X written at the flat Indices (over N*C*H*W of Y, as MaxPool gives them):
+    dX = dY read back at those indices, for the element of X written last where indices repeat (a MaxPool
+    with overlapping windows picks one element twice); an element another overwrote gets 0.  Which one
+    is kept is read by writing X's own flat positions the same way (the runtime writes in order).  With
+    ``output_shape``, onnxruntime reads the indices flat over that shape (onnx.reference over the unpadded
+    one): the rule reads them over dY's shape, as the runtime that runs it."""
+    b, dy = ctx.b, ctx.dy[0]
+    flat = b.ints([-1])
+    indices = b.reshape(ctx.x[1], flat)
+    order = b.reshape(flat_positions(b, ctx.x[0]), flat)
+    unwritten = b.op("ConstantOfShape", b.reshape(b.op("Size", dy), b.ints([1])),
+                     value=numpy_helper.from_array(np.array([-1], np.int64)))
+    kept = b.op("Gather", b.op("ScatterElements", unwritten, indices, order, axis=0), indices, axis=0)
+    picked = b.op("Gather", b.reshape(dy, flat), indices, axis=0)
+    picked = b.where(b.op("Equal", kept, order), picked, b.like(0.0, dy))
+    return [b.reshape_exact(picked, b.shape_of(ctx.x[0])), None] + [None] * (len(ctx.x) - 2)

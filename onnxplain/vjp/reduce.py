@@ -19,7 +19,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from ..graph import np_dtype
 from . import register
-from ._common import Reduction, const_value, dims_vec, fail, known_rank
+from ._common import Reduction, const_value, dims_vec, known_rank
 
 
 def _reduction(op_type: str, axes_input_since: int = 18):
@@ -190,11 +190,31 @@ def prefix_recurrence(b, a: str, c: str, axis, n, like: str) -> str:
     return _doubling(b, [a, c], step, n, like)[1]
 
 
+def exclusive_prefix_products(b, t: str, axis, n, like: str) -> str:
+    """``prod_{l < j} t_l`` along ``axis`` (1 at the first entry)."""
+    return shift(b, prefix_products(b, t, axis, n, like), 1, axis, 1.0, like)
+
+
+def exclusive_suffix_products(b, t: str, axis, n, like: str) -> str:
+    """``prod_{l > j} t_l`` along ``axis`` (1 at the last entry)."""
+    return flip(b, exclusive_prefix_products(b, flip(b, t, axis), axis, n, like), axis)
+
+
 def others_along(b, t: str, axis, n, like: str) -> str:
     """``prod_{l != j} t_l`` along ``axis``: the exclusive prefix product times the exclusive suffix product."""
-    before = shift(b, prefix_products(b, t, axis, n, like), 1, axis, 1.0, like)
-    after = flip(b, shift(b, prefix_products(b, flip(b, t, axis), axis, n, like), 1, axis, 1.0, like), axis)
-    return b.mul(before, after)
+    return b.mul(exclusive_prefix_products(b, t, axis, n, like), exclusive_suffix_products(b, t, axis, n, like))
+
+
+def _lexicographic(b, x: str, axes: list[int], extents: list, along, like: str | None) -> str:
+    """``prod_k along(ReduceProd(x, a_{k+1}...), a_k)``: ``along`` (a product along one axis) applied axis by
+    axis to the products over the later axes, for entries grouped over ``axes`` in lexicographic order."""
+    result = None
+    for k, axis in enumerate(axes):
+        rest = axes[k + 1:]
+        t = b.reduce("ReduceProd", x, rest) if rest else x
+        part = along(b, t, axis, extents[k], like or x)
+        result = part if result is None else b.mul(result, part)
+    return result
 
 
 def product_of_others(b, x: str, axes: list[int], extents: list, like: str | None = None) -> str:
@@ -202,13 +222,20 @@ def product_of_others(b, x: str, axes: list[int], extents: list, like: str | Non
     without division.  The others of entry ``j`` split by the first axis ``a_k`` where they differ from ``j``:
     those are the others along ``a_k`` of the products over ``a_{k+1}...``, so the result is
     ``prod_k others_along(ReduceProd(x, a_{k+1}...), a_k)``."""
-    result = None
-    for k, axis in enumerate(axes):
-        rest = axes[k + 1:]
-        t = b.reduce("ReduceProd", x, rest) if rest else x
-        part = others_along(b, t, axis, extents[k], like or x)
-        result = part if result is None else b.mul(result, part)
-    return result
+    return _lexicographic(b, x, axes, extents, others_along, like)
+
+
+def products_before(b, x: str, axes: list[int], extents: list, like: str | None = None) -> str:
+    """For every entry ``j`` of ``x``, the product of the entries of its group over ``axes`` that come before it
+    in lexicographic order (equal on ``a_1...a_{k-1}``, smaller on ``a_k``, anything on the later axes):
+    ``prod_k exclusive_prefix(ReduceProd(x, a_{k+1}...), a_k)``, without division."""
+    return _lexicographic(b, x, axes, extents, exclusive_prefix_products, like)
+
+
+def products_after(b, x: str, axes: list[int], extents: list, like: str | None = None) -> str:
+    """The product of the entries of ``j``'s group that come after it in lexicographic order
+    (:func:`products_before` with suffix products); ``before * after`` is :func:`product_of_others`."""
+    return _lexicographic(b, x, axes, extents, exclusive_suffix_products, like)
 
 
 def reduce_prod_axes(r) -> list[int] | None:
@@ -261,25 +288,34 @@ def cumprod_axis(ctx):
     return b.op("Mod", axis, b.ints([rank]))
 
 
+def cumprod_before(b, x: str, axis, reverse: bool) -> str:
+    """``E_j = prod_{l < j} x_l`` in the direction of the product (the axis flipped when ``reverse``): an
+    exclusive CumProd, shaped and ordered like ``x``.  ``axis``: an int, or a run-time int64 [1] vector."""
+    scalar_axis = b.const(axis, np.int64) if isinstance(axis, int) else b.squeeze(axis, [0])
+    return b.op("CumProd", x, scalar_axis, exclusive=1, reverse=1 if reverse else None)
+
+
+def cumprod_after(b, x: str, dy: str, axis, exclusive: bool, reverse: bool, n) -> str:
+    """``R_j = sum_{i >= j} dy_i prod_{j < l <= i} x_l`` in the direction of the product (``i > j`` when
+    exclusive), shaped and ordered like ``x``: the reverse recurrence ``R_j = c_j + x_{j+1} R_{j+1}`` with
+    ``c = dy`` (``c_j = dy_{j+1}`` when exclusive), run as a prefix recurrence over the flipped axis."""
+    back_x, back_dy = (x, dy) if reverse else (flip(b, x, axis), flip(b, dy, axis))
+    a = shift(b, back_x, 1, axis, 0.0, x)                      # a_j = x_{j+1} in the forward order
+    c = shift(b, back_dy, 1, axis, 0.0, x) if exclusive else back_dy
+    after = prefix_recurrence(b, a, c, axis, n, x)
+    return after if reverse else flip(b, after, axis)
+
+
 def cumprod_vjp(b, x: str, dy: str, axis, exclusive: bool, reverse: bool, n) -> str:
     """The cotangent of ``y = CumProd(x)`` along ``axis``, without division.
 
     Along the direction of the product (the axis flipped when ``reverse``),
     ``y_i = prod_{l <= i} x_l`` (``l < i`` when exclusive), so
-    ``dx_j = E_j R_j`` with ``E_j = prod_{l < j} x_l`` (an exclusive CumProd) and
-    ``R_j = sum_{i >= j} dy_i prod_{j < l <= i} x_l``, the reverse recurrence
-    ``R_j = c_j + x_{j+1} R_{j+1}`` with ``c = dy`` (``c_j = dy_{j+1}`` when exclusive),
-    run as a prefix recurrence over the flipped axis.  ``axis``: an int, or a run-time int64 [1] vector.
+    ``dx_j = E_j R_j`` with ``E_j = prod_{l < j} x_l`` (:func:`cumprod_before`) and
+    ``R_j = sum_{i >= j} dy_i prod_{j < l <= i} x_l`` (:func:`cumprod_after`).
+    ``axis``: an int, or a run-time int64 [1] vector.
     """
-    forward_x, forward_dy = (flip(b, x, axis), flip(b, dy, axis)) if reverse else (x, dy)
-    scalar_axis = b.const(axis, np.int64) if isinstance(axis, int) else b.squeeze(axis, [0])
-    before = b.op("CumProd", forward_x, scalar_axis, exclusive=1)
-    back_x, back_dy = (x, dy) if reverse else (flip(b, x, axis), flip(b, dy, axis))
-    a = shift(b, back_x, 1, axis, 0.0, x)                      # a_j = x_{j+1} in the forward order
-    c = shift(b, back_dy, 1, axis, 0.0, x) if exclusive else back_dy
-    after = flip(b, prefix_recurrence(b, a, c, axis, n, x), axis)
-    g = b.mul(before, after)
-    return flip(b, g, axis) if reverse else g
+    return b.mul(cumprod_before(b, x, axis, reverse), cumprod_after(b, x, dy, axis, exclusive, reverse, n))
 
 
 @register("CumProd")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-from onnx import numpy_helper
+from onnx import TensorProto, helper, numpy_helper
 
 from ..errors import UnsupportedOperatorError
 from . import identity, register, zero
@@ -363,3 +363,33 @@ def vjp_col2im(ctx):
     g = b.reshape_exact(g, b.op("Concat", b.op("Shape", dy, end=2), pixels, axis=0))
     g = b.op("Gather", g, sources, axis=2)     # (N, C, K, L)
     return [reshape_to(b, g, x), None, None]
+
+
+# ---------------------------------------------------------------------------------------- data movement
+def _moved_positions(b, node, x: str, rest: list) -> str:
+    """The node run on the flat positions of ``x`` in place of ``x`` (its other inputs ``rest`` as they are):
+    each output element's source position.  Positions travel as float64 (exact below 2**53), since the
+    runtime's DepthToSpace and SpaceToDepth take no integers."""
+    positions = b.op("Cast", flat_positions(b, x), to=TensorProto.DOUBLE)
+    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    moved = b.op(node.op_type, positions, *rest, **attrs)
+    return b.op("Cast", moved, to=TensorProto.INT64)
+
+
+@register("DepthToSpace", "SpaceToDepth", "Compress")
+def vjp_moves_data(ctx):
+    """Ops that move or select elements without computing with them (DepthToSpace and SpaceToDepth in either
+    mode, Compress along an axis or flattened): dx = dy added back at each output element's source, found by
+    running the node on x's flat positions (every mode and attribute is then the node's own)."""
+    b, x = ctx.b, ctx.x[0]
+    sources = _moved_positions(b, ctx.node, x, list(ctx.x[1:]))
+    return [scatter_flat(b, x, sources, ctx.dy[0], add=True)] + [None] * (len(ctx.x) - 1)
+
+
+@register("OptionalGetElement")
+def vjp_optional_get_element(ctx):
+    """OptionalGetElement of a plain tensor (opset 18) is the identity; of an optional, no cotangent can be
+    handed to the optional (onnxplain attributes tensors only)."""
+    if ctx.b.elem_type(ctx.x[0]) is None:
+        raise fail(ctx, "its input is an optional, not a tensor: only tensor inputs are attributed")
+    return [ctx.dy[0]]
