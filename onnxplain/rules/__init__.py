@@ -18,6 +18,21 @@ NONLINEAR_UNARY = ("Relu", "LeakyRelu", "PRelu", "Elu", "Selu", "Celu", "Sigmoid
                    "Asin", "Acos", "Atan", "Asinh", "Acosh", "Atanh", "Shrink", "Swish")
 
 
+#: Ops affine in their float inputs jointly, or that move, copy or select elements at places that do not depend
+#: on the input: the plain gradient conserves the difference exactly (``Δy = J Δx``), so DeepLIFT and the other
+#: modified rules need no rule of their own.  Every op with a backward rule is here, in a modified rule table
+#: (``rules.rescale.RESCALE``), in COMPOUND, or has no gradient at all (a test holds every rule to that, and each
+#: op listed here to being affine in the ONNX node tests).
+LINEAR = ("Add", "Sub", "Neg", "Sum", "Mean", "Identity", "Dropout", "Cast", "CastLike", "Reshape", "Flatten",
+          "Squeeze", "Unsqueeze", "Transpose", "Concat", "Split", "Slice", "Expand", "Tile", "Pad", "ReverseSequence",
+          "CumSum", "Trilu", "ReduceSum", "ReduceMean", "AveragePool", "GlobalAveragePool", "DFT", "AffineGrid",
+          "Col2Im", "Compress", "DepthToSpace", "SpaceToDepth", "MaxUnpool", "TensorScatter", "OneHot",
+          "OptionalGetElement", "DequantizeLinear", "ai.onnx.ml.Scaler")
+
+#: Ops that hold a graph or a cell of other ops: the modified rules apply to the ops inside.
+COMPOUND = ("If", "Loop", "Scan", "LSTM", "GRU", "RNN")
+
+
 class Partner:
     """``partner(t)``: the second half of ``t``'s rows stacked on the first half (cached per tensor).
 
