@@ -9,7 +9,8 @@ standard defines it, and the result does not depend on whether an exporter fused
 
 :func:`expand_functions` rewrites the main graph once, before the explanation graph is built; a node
 that has a rule, or whose body cannot be written out (no body, a body over another opset, a body with
-subgraphs), is left as it is.
+subgraphs), is left as it is.  An If of the main graph whose condition follows from constants and static
+shapes (a body's, or one an exporter wrote to check a rank) is replaced by the branch it takes.
 """
 from __future__ import annotations
 
@@ -38,11 +39,14 @@ def expand_functions(model: onnx.ModelProto, keep: Callable[[onnx.NodeProto, int
             if body is None:
                 nodes.append(node)
                 continue
-            inlined = _inlined(node, body, f"{node.name or node.op_type}_{depth}_{index}", taken, opset)
-            nodes.extend(_taken_branches(inlined, types, out.graph.initializer))
+            nodes.extend(_inlined(node, body, f"{node.name or node.op_type}_{depth}_{index}", taken, opset))
             changed = True
+        folded = _taken_branches(nodes, types, out.graph.initializer) if _count(nodes, "If") else nodes
+        changed = changed or _count(folded, "If") < _count(nodes, "If")
+        changed = _integer_constants_into_bodies(folded, out.graph.initializer, taken) or changed
         if not changed:
             return out
+        nodes = folded
         if out is model:
             out = onnx.ModelProto()
             out.CopyFrom(model)
@@ -50,6 +54,76 @@ def expand_functions(model: onnx.ModelProto, keep: Callable[[onnx.NodeProto, int
         out.graph.node.extend(nodes)
         out = shape_inference.infer_shapes(out, check_type=True, strict_mode=False, data_prop=True)
     return out
+
+
+#: Integer constants of the outer graph up to this size are copied into the bodies that read them.
+MAX_COPIED = 64
+
+
+def _integer_constants_into_bodies(nodes: list, initializers, taken: set) -> bool:
+    """Give every loop body and branch of ``nodes`` its own copy of the small integer constants it reads from
+    the outer graph (axes, shapes, indices), as a Constant node inside the body: shape inference does not
+    read outer values, so an Unsqueeze or Reshape inside a Scan would lose its rank.  Integers carry no
+    cotangent, so the backward pass is unchanged.  Returns whether a body changed."""
+    values = {i.name: i for i in initializers}
+    for node in nodes:
+        if node.op_type == "Constant":
+            value = next((a.t for a in node.attribute if a.name == "value"), None)
+            if value is not None and node.output:
+                values[node.output[0]] = value
+    small = {name: t for name, t in values.items()
+             if t.data_type in (onnx.TensorProto.INT64, onnx.TensorProto.INT32) and _size(t) <= MAX_COPIED}
+    changed = False
+    for index, node in enumerate(nodes):
+        if any(attr.type == onnx.AttributeProto.GRAPH and _outer_reads(attr.g, small) for attr in node.attribute):
+            copy = onnx.NodeProto()
+            copy.CopyFrom(node)       # the caller's model is not edited
+            for attr in copy.attribute:
+                if attr.type == onnx.AttributeProto.GRAPH:
+                    _copy_into(attr.g, small, taken)
+            nodes[index] = copy
+            changed = True
+    return changed
+
+
+def _outer_reads(graph: onnx.GraphProto, names: dict) -> list:
+    """The tensors of ``names`` that ``graph``'s nodes read from the outer graph."""
+    defined = {i.name for i in graph.input} | {i.name for i in graph.initializer} | \
+              {o for n in graph.node for o in n.output}
+    return [i for n in graph.node for i in n.input if i in names and i not in defined]
+
+
+def _copy_into(graph: onnx.GraphProto, small: dict, taken: set) -> None:
+    read = _outer_reads(graph, small)
+    if not read:
+        return
+    local = {}
+    for name in dict.fromkeys(read):
+        fresh = f"{name}_in_{graph.name or 'body'}"
+        while fresh in taken:
+            fresh += "_"
+        taken.add(fresh)
+        local[name] = fresh
+    for n in graph.node:
+        for k, i in enumerate(n.input):
+            if i in local:
+                n.input[k] = local[i]
+    copies = [helper.make_node("Constant", [], [fresh], value=small[name], name=f"{fresh}_copy")
+              for name, fresh in local.items()]
+    nodes = copies + list(graph.node)
+    del graph.node[:]
+    graph.node.extend(nodes)
+
+
+def _size(t: onnx.TensorProto) -> int:
+    size = 1
+    for d in t.dims:
+        size *= d
+    return size
+
+
+def _count(nodes: list, op_type: str) -> int:
+    return sum(n.op_type == op_type for n in nodes)
 
 
 #: Ops evaluated at build time when all their inputs are known (to decide a body's If on static shapes).

@@ -78,15 +78,21 @@ def _reference_run(model, feeds, output):
 
 
 def _in_float64(model: onnx.ModelProto) -> onnx.ModelProto:
-    """The model with its casts to float32 made casts to float64 (for differences in float64)."""
+    """The model with its casts to float32 made casts to float64, in loop bodies and branches too (for
+    differences in float64)."""
     m = onnx.ModelProto()
     m.CopyFrom(model)
-    for node in m.graph.node:
-        if node.op_type == "Cast":
-            for a in node.attribute:
-                if a.name == "to" and a.i == TensorProto.FLOAT:
-                    a.i = TensorProto.DOUBLE
+    _casts_to_float64(m.graph)
     return m
+
+
+def _casts_to_float64(graph: onnx.GraphProto) -> None:
+    for node in graph.node:
+        for a in node.attribute:
+            if node.op_type == "Cast" and a.name == "to" and a.i == TensorProto.FLOAT:
+                a.i = TensorProto.DOUBLE
+            elif a.type == onnx.AttributeProto.GRAPH:
+                _casts_to_float64(a.g)
 
 
 def _finite_difference(model, feeds, wrt, dirs, dy, output, ort_forward):

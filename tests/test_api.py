@@ -250,13 +250,14 @@ def test_bad_models_and_outputs(tmp_path, model_bytes):
 
 
 def test_missing_rule_names_op_and_node_and_points_to_perturbation_methods():
-    g = helper.make_graph([helper.make_node("Det", ["x"], ["d"], name="the_det"),
-                           helper.make_node("Unsqueeze", ["d", "ax"], ["y"])], "det",
+    """An op of another domain (a runtime's custom op) has no rule and no standard body."""
+    g = helper.make_graph([helper.make_node("Gate", ["x"], ["g"], name="the_gate", domain="com.example"),
+                           helper.make_node("ReduceSum", ["g", "ax"], ["y"], keepdims=0)], "custom",
                           [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 2, 2])],
-                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 1])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 2])],
                           [numpy_helper.from_array(np.array([1], np.int64), "ax")])
-    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
-    with pytest.raises(onnxplain.UnsupportedOperatorError, match=r"Det \(node 'the_det'\).*occlusion"):
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.example", 1)])
+    with pytest.raises(onnxplain.UnsupportedOperatorError, match=r"Gate \(node 'the_gate'\).*occlusion"):
         onnxplain.Explainer(m, "saliency")
 
 

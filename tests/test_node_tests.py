@@ -24,12 +24,9 @@ from onnxplain.vjp import RULES
 
 #: Node tests refused with a reason (glob over test names -> why).
 REFUSED = {
-    "test_affine_grid_*_expanded": "AffineGrid's function body picks the rank of theta in an If on the size of "
-                                   "its size input: shape inference leaves the rank unknown (AffineGrid itself "
-                                   "has a rule and its own node tests pass)",
-    "test_linear_attention_*_expanded": "LinearAttention's function body scans over tensors whose rank shape "
-                                        "inference does not follow into the Scan body (onnxruntime cannot run "
-                                        "the LinearAttention node itself)",
+    "test_affine_grid_2d*_expanded": "AffineGrid's 2-D function body squeezes, without axes, a tensor whose "
+                                      "first dimension shape inference leaves symbolic, so its rank is unknown "
+                                      "(AffineGrid itself has a rule and its own node tests pass)",
 }
 
 #: Reasons a node test is not judged (prefixes of the oracle's skip details).
