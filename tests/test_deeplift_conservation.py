@@ -300,14 +300,9 @@ def test_fused_op_has_the_multipliers_of_its_decomposition(name):
     np.testing.assert_allclose(results[0], results[1], rtol=1e-5, atol=1e-5 * np.abs(results[1]).max())
 
 
-def test_new_rules_run_in_onnx_reference(tmp_path):
-    """The new rules emit standard ops only: the explanation graph gives the same numbers in onnx.reference."""
-    body = [n("Add", ["x", "mask"], ["xm"]), n("Softmax", ["xm"], ["p"], axis=-1),
-            n("LayerNormalization", ["p", "g", "bias"], ["ln"], axis=-1, epsilon=1e-3),
-            n("Greater", ["x", "zero"], ["pos"]), n("Tanh", ["x"], ["t"]), n("Where", ["pos", "ln", "t"], ["w"]),
-            n("Mul", ["w", "t"], ["z"])]
-    model = op_graph(body, "z", WIDTH, extra_inits=(const("mask", MASK), const("zero", 0.0),
-                                                     *CASES["layer_norm"][2]))
+def assert_runs_alike_in_reference(model: onnx.ModelProto, tmp_path) -> None:
+    """The saved DeepLIFT graph of ``model`` has standard ops only and gives the same numbers in onnx.reference
+    as in onnxruntime."""
     graph = onnxplain.convert(model, tmp_path / "deeplift.onnx", method="deeplift")
     assert all(node.domain in ("", "ai.onnx") for node in graph.graph.node)
     x, base = inputs(seed=3)
@@ -319,6 +314,17 @@ def test_new_rules_run_in_onnx_reference(tmp_path):
     ref = ReferenceEvaluator(graph).run(None, feeds)
     for name, a, b in zip(names, got, ref):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5 * max(1.0, float(np.abs(b).max())), err_msg=name)
+
+
+def test_new_rules_run_in_onnx_reference(tmp_path):
+    """The new rules emit standard ops only: the explanation graph gives the same numbers in onnx.reference."""
+    body = [n("Add", ["x", "mask"], ["xm"]), n("Softmax", ["xm"], ["p"], axis=-1),
+            n("LayerNormalization", ["p", "g", "bias"], ["ln"], axis=-1, epsilon=1e-3),
+            n("Greater", ["x", "zero"], ["pos"]), n("Tanh", ["x"], ["t"]), n("Where", ["pos", "ln", "t"], ["w"]),
+            n("Mul", ["w", "t"], ["z"])]
+    model = op_graph(body, "z", WIDTH, extra_inits=(const("mask", MASK), const("zero", 0.0),
+                                                     *CASES["layer_norm"][2]))
+    assert_runs_alike_in_reference(model, tmp_path)
 
 
 @pytest.mark.parametrize("name", PRODUCT_CASES)
@@ -372,17 +378,7 @@ def test_product_and_selection_rules_run_in_onnx_reference(name, tmp_path):
     graph gives the same numbers in onnx.reference as in onnxruntime."""
     body, last, inits = CASES[name]
     model = op_graph(body, "z", last, opset=OPSETS.get(name, 17), extra_inits=inits)
-    graph = onnxplain.convert(model, tmp_path / "deeplift.onnx", method="deeplift")
-    assert all(node.domain in ("", "ai.onnx") for node in graph.graph.node)
-    x, base = inputs(seed=3)
-    tw = np.zeros((ROWS, 3), np.float32)
-    tw[:, 2] = 1
-    feeds = {"x": x, "target_weights": tw, "baselines": base}
-    names = [o.name for o in graph.graph.output]
-    got = ort.InferenceSession(graph.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feeds)
-    ref = ReferenceEvaluator(graph).run(None, feeds)
-    for output, a, b in zip(names, got, ref):
-        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5 * max(1.0, float(np.abs(b).max())), err_msg=output)
+    assert_runs_alike_in_reference(model, tmp_path)
 
 
 # ---------------------------------------------------------------------- a textbook DeepLIFT of attention

@@ -288,9 +288,14 @@ def _rows(b, t: str, start: str | None, stop: str | None) -> str:
     return b.op("Slice", t, start if start is not None else b.ints([0]), end, b.ints([0]))
 
 
+#: Ops whose output is the shape of their input, not its values: the same for a row and its reference.
+SHAPE_ONLY = ("Shape", "Size")
+
+
 def differs_from_reference(ctx, name: str) -> bool:
     """Whether ``name`` (of any type: a boolean condition, integer indices) may differ between a row and its
-    reference: it is computed from an attributed tensor or from an input that takes baselines."""
+    reference: it is computed from an attributed tensor or from an input that takes baselines, other than
+    through its shape (``Expand(constant, Shape(x))`` does not vary)."""
     varying = set(ctx.active) | set(ctx.params.get("varying", ()))
     producer = {o: n for n in ctx.b.nodes for o in n.output if o}
     seen, todo = set(), [name]
@@ -298,7 +303,7 @@ def differs_from_reference(ctx, name: str) -> bool:
         t = todo.pop()
         if t in varying:
             return True
-        if t in seen or t not in producer:
+        if t in seen or t not in producer or producer[t].op_type in SHAPE_ONLY:
             continue
         seen.add(t)
         todo.extend(i for i in producer[t].input if i)

@@ -30,7 +30,7 @@ import numpy as np
 
 from ..vjp import register
 from ..vjp._common import Reduction, fail, known_rank, normalised_count, per_channel
-from ..vjp.linalg import minor_indices
+from ..vjp.linalg import matrix_size, minor_indices
 from ..vjp.norm import channel_window_sum, lrn_parts, mean_variance_axes
 from ..vjp.pool import lp_pool_inner, lp_pool_outer, pool_window, window_sum_transpose
 from .rescale import RESCALE, _attributes, _safe_ratio, _small, _standard, extremum_multipliers, midpoint
@@ -392,10 +392,7 @@ def rescale_det(ctx):
     before i from A, after from R) the multipliers are ``m_i = dy (cof_i(R_<i, A_>i) + cof_i(A_<i, R_>i)) / 2``
     (for a 2 x 2 matrix, Mul's Shapley rule on ``ad - bc``).  Exact, and finite for singular matrices."""
     b, a, dy = ctx.b, ctx.x[0], ctx.dy[0]
-    shape = b.shape(a)
-    if shape is None or not isinstance(shape[-1], int):
-        raise fail(ctx, f"the matrix size must be static, got shape {shape}")
-    n, rank = shape[-1], len(shape)
+    n, rank = matrix_size(ctx)
     if n == 1:
         return _standard(ctx)
     r = ctx.ref(a)

@@ -155,33 +155,12 @@ def rescale_scatter(ctx):
         return _standard(ctx)
     if not (ctx.needs(0) or ctx.needs(2)):
         return [None] * len(ctx.x)
-    if _indices_vary(ctx, ctx.x[1]):
+    if differs_from_reference(ctx, ctx.x[1]):
         raise fail(ctx, f"DeepLIFT has no conserving rule for reduction={reduction!r} with indices computed from "
                         f"the attributed input (a row and its reference would reduce different entries together)")
     if reduction == "mul":
         return midpoint_scatter_mul(ctx)
     return cross_extremum_scatter(ctx, "Max" if reduction == "max" else "Min")
-
-
-#: Ops whose output is the shape of their input, not its values: the same for a row and its reference.
-SHAPE_ONLY = ("Shape", "Size")
-
-
-def _indices_vary(ctx, name: str) -> bool:
-    """:func:`~onnxplain.rules.rescale.differs_from_reference` for index tensors, except that the shape of a
-    tensor is the same for a row and its reference (``Expand(constant, Shape(x))`` does not vary)."""
-    varying = set(ctx.active) | set(ctx.params.get("varying", ()))
-    producer = {o: n for n in ctx.b.nodes for o in n.output if o}
-    seen, todo = set(), [name]
-    while todo:
-        t = todo.pop()
-        if t in varying:
-            return True
-        if t in seen or t not in producer or producer[t].op_type in SHAPE_ONLY:
-            continue
-        seen.add(t)
-        todo.extend(i for i in producer[t].input if i)
-    return False
 
 
 def _targets_distinct(ctx, s: ScatterLayout) -> bool:

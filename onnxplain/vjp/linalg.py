@@ -389,16 +389,22 @@ def minor_indices(n: int):
     return np.array([[j for j in range(n) if j != i] for i in range(n)], np.int64)
 
 
+def matrix_size(ctx) -> tuple[int, int]:
+    """(n, rank) of Det's input ``(..., n, n)``; n must be static (the minors are gathered with constant
+    indices)."""
+    shape = ctx.b.shape(ctx.x[0])
+    if shape is None or not isinstance(shape[-1], int):
+        raise fail(ctx, f"the matrix size must be static, got shape {shape}")
+    return shape[-1], len(shape)
+
+
 @register("Det")
 def vjp_det(ctx):
     """y = det(A) over the last two axes: dA = dy * cofactor(A), cofactor_ij = (-1)^(i+j) det(minor_ij), the
     minors gathered with constant indices and their determinants taken by Det itself: exact for singular A
     too (no inverse, which ONNX does not have).  Needs n static."""
     b, a, dy = ctx.b, ctx.x[0], ctx.dy[0]
-    shape = b.shape(a)
-    if shape is None or not isinstance(shape[-1], int):
-        raise fail(ctx, f"the matrix size must be static, got shape {shape}")
-    n, rank = shape[-1], len(shape)
+    n, rank = matrix_size(ctx)
     if n == 1:
         return [b.unsqueeze(b.unsqueeze(dy, [-1]), [-1])]
     others = b.const(minor_indices(n), np.int64, hint="minor_indices")
