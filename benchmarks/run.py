@@ -255,7 +255,7 @@ def measure(case: Case, repeats: int) -> dict:
             times["onnxplain"].append(wall)
             times["inside"].append(inside)
             settle()
-            times["floor"].append(forward_floor(ex, ex._check_inputs(x), cost.rows, cost.rows_per_run, repeats=1))
+            times["floor"].append(forward_floor(ex, ex.check_inputs(x), cost.rows, cost.rows_per_run, repeats=1))
             settle()
             captum()                            # untimed, likewise after onnxruntime's
             settle()

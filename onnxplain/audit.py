@@ -16,6 +16,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .cache import cached_graph
+from .methods.deeplift import AUDIT_ARRIVING, AUDIT_LEAVING, AUDIT_NODES, DeepLift
+from .prepare import build_graph
+from .runtime import Session
+
 #: below this relative residual a node conserves to float32 rounding
 CONSERVING = 1e-5
 
@@ -72,9 +77,6 @@ class Audit:
 
 def audit_call(ex, inputs, target=None, target_weights=None, **params) -> Audit:
     """:meth:`onnxplain.Explainer.audit`: run ``ex``'s DeepLIFT graph with the audit outputs on one call."""
-    from .api import Session, _cached_graph, build_graph
-    from .methods.deeplift import AUDIT_ARRIVING, AUDIT_LEAVING, AUDIT_NODES, DeepLift
-
     if type(ex.method) is not DeepLift:
         raise ValueError(f"the audit checks DeepLIFT's rules: build the Explainer with method='deeplift' "
                          f"(this one runs {ex.method.name!r})")
@@ -87,30 +89,11 @@ def audit_call(ex, inputs, target=None, target_weights=None, **params) -> Audit:
     def build():
         graph = build_graph(ex.model, method, ex.spec, clean=False)   # the optimizer is slow on its extra nodes
         return graph, Session(graph, ex.providers, ex.threads)
-    graph, session = _cached_graph(ex.cache_key + ("audit",), build)
+    graph, session = cached_graph(ex.cache_key + ("audit",), build)
     labels = json.loads({p.key: p.value for p in graph.metadata_props}[AUDIT_NODES])
-    feeds, tw, params = ex._call(inputs, target, target_weights, params)
+    feeds, tw, params = ex.checked_call(inputs, target, target_weights, params)
     [part] = method.parts(params, ex.spec, feeds, ex.row_cost(feeds), ex.memory_budget)
-    out = ex.run_rows(feeds, tw, part, [AUDIT_ARRIVING, AUDIT_LEAVING, "delta"], ex.row_cost(feeds), session)
+    out = ex.runner.with_session(session).run_rows(feeds, tw, part, [AUDIT_ARRIVING, AUDIT_LEAVING, "delta"],
+                                                   ex.row_cost(feeds))
     return Audit([n for n, _ in labels], [op for _, op in labels], out[AUDIT_ARRIVING], out[AUDIT_LEAVING],
                  out["delta"])
-
-
-def audit(model, inputs=None, target=None, *, target_weights=None, batch: int = 4, output: str | None = None,
-          attribute=None, layer: str | None = None, batch_axes: dict | None = None, providers=None,
-          **params) -> Audit:
-    """Audit DeepLIFT on ``model`` (``onnxplain audit``): ``inputs`` an array or a dict by input name, default
-    ``batch`` made-up rows (:func:`onnxplain.profile.made_up_inputs`); ``target`` default: each row's largest
-    output; ``params``: DeepLIFT's (``baselines``, ``eps``)."""
-    from .api import Explainer
-    from .profile import made_up_inputs
-    from .targets import predicted_target
-
-    ex = Explainer(model, "deeplift", output=output, inputs=attribute, layer=layer, batch_axes=batch_axes,
-                   providers=providers)
-    x = made_up_inputs(ex.model, batch, batch_axes=ex.batch_axes) if inputs is None else inputs
-    if target is None and target_weights is None:
-        out = ex.forward(x)[ex.output]
-        if out.size // max(len(out), 1) > 1:
-            target = predicted_target(out)
-    return ex.audit(x, target, target_weights=target_weights, **params)

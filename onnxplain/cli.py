@@ -527,7 +527,7 @@ def add_audit(sub) -> None:
 
 
 def run_audit(args) -> int:
-    from .audit import audit
+    from .api import audit
     from .files import check_output_path, load_inputs, parse_value
     from .methods import canonical_name
     from .targets import PREDICTED, parse_target

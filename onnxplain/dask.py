@@ -226,7 +226,7 @@ def _dask_inputs(ex, x) -> dict:
     first = next(iter(rows.values()))
     if any(c != first for c in rows.values()):
         arrays = {k: v.rechunk({0: first}) for k, v in arrays.items()}
-    ex._check_inputs({k: np.asarray(v[:1]) for k, v in arrays.items()})   # names, dtypes, row shapes
+    ex.check_inputs({k: np.asarray(v[:1]) for k, v in arrays.items()})   # names, dtypes, row shapes
     return arrays
 
 

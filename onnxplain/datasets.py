@@ -312,7 +312,7 @@ def _reader(ex, source):
                          f"of them by input name, an iterable of batches or a dask array; got "
                          f"{type(source).__name__}")
     reader = _ArraySource(arrays)
-    ex._check_inputs(reader.first_batch())   # names, dtypes and row shapes, before anything is written
+    ex.check_inputs(reader.first_batch())   # names, dtypes and row shapes, before anything is written
     return reader
 
 

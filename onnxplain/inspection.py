@@ -6,9 +6,12 @@ import collections
 import onnx
 
 from .backward import missing_rules, with_bodies
-from .converters.normalize import batch_axes_of, batch_problems, load_model, normalize, to_batch_first
+from .converters.normalize import load_model, to_batch_first
 from .errors import UnsupportedOperatorError
 from .graph import FLOAT_TYPES, GraphBuilder
+from .methods import METHODS, get_method
+from .prepare import (choose_output, graph_inputs, make_spec, mixed_rows_refusal, moved_inputs, normalized_with_batch_axes,
+                      unbatched_inputs, without_unbatched_outputs)
 
 
 def inspect(model, output: str | None = None, batch_axes: dict | None = None) -> dict:
@@ -24,18 +27,13 @@ def inspect(model, output: str | None = None, batch_axes: dict | None = None) ->
     input that no gradient reaches, or why the model cannot be explained at
     all, e.g. an output that is not batch first).
     """
-    from .api import _choose_output, _graph_inputs, _moved, _spec, _unbatched, mixed_rows_refusal, without_unbatched_outputs
-    from .methods import METHODS, get_method
-
     raw = load_model(model)
-    m = normalize(raw, batch_axes=batch_axes)
-    axes = batch_axes_of(m, batch_axes)
-    problems = batch_problems(m, axes)
+    m, axes, problems = normalized_with_batch_axes(raw, batch_axes)
     facts = {
         "ir_version": raw.ir_version,
         "producer": " ".join(x for x in (raw.producer_name, raw.producer_version) if x),
         "opsets": {(imp.domain or "ai.onnx"): imp.version for imp in raw.opset_import},
-        "inputs": [value_facts(vi) for vi in _graph_inputs(m)],
+        "inputs": [value_facts(vi) for vi in graph_inputs(m)],
         "outputs": [value_facts(vi) for vi in m.graph.output],
         "nodes": len(raw.graph.node),
         "ops": dict(collections.Counter(op_name(n) for n in raw.graph.node).most_common()),
@@ -45,19 +43,19 @@ def inspect(model, output: str | None = None, batch_axes: dict | None = None) ->
     }
     try:
         m = without_unbatched_outputs(m, problems, output)
-        out = _choose_output(m, output)
+        out = choose_output(m, output)
     except ValueError as e:
         facts.update(output=None, attributed=[],
                      methods={name: _availability(get_method(name), None, str(e)) for name in METHODS})
         return facts
     facts["output"] = out
     m = to_batch_first(m, axes)    # the model the Explainer builds on
-    mixed = mixed_rows_refusal(m, out, _unbatched(axes))
+    mixed = mixed_rows_refusal(m, out, unbatched_inputs(axes))
     methods, attributed = {}, []
     for name in METHODS:
         method = get_method(name)
         try:
-            spec = _spec(m, out, None, None, method, unbatched=_unbatched(axes), moved=_moved(axes))
+            spec = make_spec(m, out, None, None, method, unbatched=unbatched_inputs(axes), moved=moved_inputs(axes))
         except ValueError as e:
             methods[name] = _availability(method, None, str(e))
             continue

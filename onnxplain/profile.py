@@ -29,11 +29,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .graph import FLOAT_TYPES, np_dtype
+from .api import Explainer
+from .prepare import made_up_inputs
 from .runtime import Session
+from .targets import predicted_target
 
 #: size given to a symbolic non-batch dimension (a sequence length) when inputs are made up
-DEFAULT_LENGTH = 16
 
 
 @dataclass(frozen=True)
@@ -113,16 +114,13 @@ def profile(model, inputs=None, method: str = "saliency", target=None, *, batch:
         (given or made up) are in their own layout, as ``explain`` takes them.
     params: the method's parameters (``n_steps=50``, ``nt_samples=10``...).
     """
-    from .api import Explainer
-    from .targets import predicted_target
-
     if not isinstance(repeats, (int, np.integer)) or repeats < 1:
         raise ValueError(f"repeats must be a positive int, got {repeats!r}")
     ex = Explainer(model, method, output=output, inputs=attribute, layer=layer, providers=providers, threads=threads,
                    noise_tunnel=noise_tunnel, batch_axes=batch_axes, batch_size=batch_size, memory_budget=memory_budget)
     x = made_up_inputs(ex.model, batch, batch_axes=ex.batch_axes) if inputs is None else inputs
-    feeds = ex._check_inputs(x)                                   # batch first, for the forward floor
-    first = ex._forward_session().run(ex._row_slice(feeds, 0, 1), [ex.output])[ex.output]
+    feeds = ex.check_inputs(x)                                   # batch first, for the forward floor
+    first = ex.forward_session().run(ex.runner.row_slice(feeds, 0, 1), [ex.output])[ex.output]
     if target is None and _row_values(first) > 1:
         target = predicted_target(ex.forward(x)[ex.output])
     cost = ex.estimate(x, target, **params)
@@ -135,46 +133,21 @@ def profile(model, inputs=None, method: str = "saliency", target=None, *, batch:
     floor = forward_floor(ex, feeds, cost.rows, min(cost.rows_per_run, ex.spec.batch_size or cost.rows_per_run),
                           repeats)
     op_types, nodes = _op_times(ex, call)
-    return Profile(ex.method.name, ex._rows(feeds), cost.rows, cost.runs, seconds, inside, floor, peak,
+    return Profile(ex.method.name, ex.rows(feeds), cost.rows, cost.runs, seconds, inside, floor, peak,
                    op_types, nodes)
-
-
-def made_up_inputs(model, batch: int, length: int = DEFAULT_LENGTH, seed: int = 0,
-                   batch_axes: dict | None = None) -> dict[str, np.ndarray]:
-    """``batch`` rows for every input of a normalised, batch-first ``model``: uniform [0, 1) floats, integer
-    inputs 1 (a token id every vocabulary has, a mask that keeps everything), booleans True; symbolic
-    non-batch dimensions ``length``.  ``batch_axes`` (an Explainer's): an input with axis ``k`` gets its
-    rows on axis ``k`` (its own layout), one with ``None`` is unbatched and made whole."""
-    from .api import _graph_inputs
-
-    if not isinstance(batch, (int, np.integer)) or batch < 1:
-        raise ValueError(f"batch must be a positive int, got {batch!r}")
-    rng = np.random.default_rng(seed)
-    feeds = {}
-    for vi in _graph_inputs(model):
-        tt = vi.type.tensor_type
-        axis = (batch_axes or {}).get(vi.name, 0)
-        dims = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else length for d in tt.shape.dim]
-        shape, dtype = dims if axis is None else [int(batch)] + dims[1:], np_dtype(tt.elem_type)
-        if tt.elem_type in FLOAT_TYPES:
-            value = rng.random(shape).astype(dtype)
-        else:
-            value = np.ones(shape, dtype)
-        feeds[vi.name] = np.moveaxis(value, 0, axis) if axis else value
-    return feeds
 
 
 def forward_floor(ex, inputs: dict, rows: int, rows_per_run: int, repeats: int = 3) -> float:
     """Median seconds of a plain forward of ``ex``'s model over ``rows`` rows (the inputs' rows repeated;
     ``inputs`` batch first, as :meth:`Explainer._check_inputs` gives them; unbatched inputs fed whole),
     cut into runs of at most ``rows_per_run`` rows as the explanation's own runs are."""
-    n = ex._rows(inputs)
+    n = ex.rows(inputs)
     reps = -(-max(1, rows_per_run) // n)
     big = {k: v if k in ex.spec.unbatched else np.ascontiguousarray(np.concatenate([v] * reps)[:rows_per_run])
            for k, v in inputs.items()}
     sizes = [rows_per_run] * (rows // max(1, rows_per_run)) + ([rows % rows_per_run] if rows % rows_per_run else [])
-    chunks = [ex._row_slice(big, 0, s) for s in sizes]
-    session = ex._forward_session()
+    chunks = [ex.runner.row_slice(big, 0, s) for s in sizes]
+    session = ex.forward_session()
     wanted = [ex.output]
 
     def once() -> float:
@@ -198,7 +171,7 @@ class TimedCall:
         inner = session or ex.session
         spent = [0.0]
 
-        class Timed:   # the explainer's session, its runs timed
+        class Timed:   # the session, its runs timed
             def __getattr__(self, name):
                 return getattr(inner, name)
 
@@ -209,14 +182,14 @@ class TimedCall:
                 finally:
                     spent[0] += time.perf_counter() - t0
 
-        shared = ex.session
-        ex.session = Timed()
+        shared = ex.runner
+        ex.runner = shared.with_session(Timed())
         try:
             t0 = time.perf_counter()
             ex.explain(self.x, self.target, **self.params)
             return time.perf_counter() - t0, spent[0]
         finally:
-            ex.session = shared
+            ex.runner = shared
 
 
 def peak_added(call) -> int | None:

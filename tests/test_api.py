@@ -10,7 +10,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import onnxplain
-from onnxplain import api, runtime
+from onnxplain import api, cache, runtime
 from onnxplain.errors import ModelError
 from onnxplain.methods.integrated_gradients import quadrature
 
@@ -91,7 +91,7 @@ def test_a_graph_being_built_blocks_only_the_explainers_of_that_graph(monkeypatc
     being built wait for that one build and share it."""
     import threading
 
-    api._CACHE.clear()
+    cache.GRAPHS.clear()
     release, started, builds = threading.Event(), threading.Event(), []
     real_build = api.build_graph
 
@@ -132,7 +132,7 @@ def test_nothing_is_rebuilt_between_calls(model_bytes, monkeypatch):
     real_build, real_session = api.build_graph, api.Session
     monkeypatch.setattr(api, "build_graph", lambda *a, **k: builds.append(1) or real_build(*a, **k))
     monkeypatch.setattr(api, "Session", lambda *a, **k: sessions.append(1) or real_session(*a, **k))
-    api._CACHE.clear()
+    cache.GRAPHS.clear()
     ex = onnxplain.Explainer(model_bytes, "integrated_gradients")
     runs = []
     real_run = ex.session.run

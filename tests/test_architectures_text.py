@@ -25,7 +25,7 @@ from onnx import numpy_helper
 from torch import nn
 
 import onnxplain
-from onnxplain.api import token_embeddings
+from onnxplain.prepare import token_embeddings
 from onnxplain.converters.normalize import normalize
 
 transformers = pytest.importorskip("transformers")

@@ -17,7 +17,8 @@ import pytest
 import zarr
 
 import onnxplain
-from onnxplain import api, runtime
+from onnxplain import prepare, runtime
+from onnxplain import cache as caches
 from onnxplain.cli import main as cli_main
 from test_api import forward, grad, ig_reference, mlp_model
 
@@ -276,18 +277,18 @@ def test_the_cache_is_bounded_and_cleared(monkeypatch):
     assert len(cache) == 1 and "big" in cache, "an entry larger than the bound alone is kept"
 
     onnxplain.clear_cache()
-    assert len(api._CACHE) == 0 and len(api._MODELS) == 0
-    monkeypatch.setattr(api, "_CACHE", runtime.LRUCache(max_items=2, max_bytes=1 << 30))
+    assert len(caches.GRAPHS) == 0 and len(caches.MODELS) == 0
+    monkeypatch.setattr(caches, "GRAPHS", runtime.LRUCache(max_items=2, max_bytes=1 << 30))
     for method in ["saliency", "gradient", "deeplift"]:
         onnxplain.Explainer(mlp_model(), method)
-    assert len(api._CACHE) == 2
+    assert len(caches.GRAPHS) == 2
 
 
 def test_one_shot_explain_normalises_a_model_once(model_path, monkeypatch):
     onnxplain.clear_cache()
     calls = []
-    real = api.normalize
-    monkeypatch.setattr(api, "normalize", lambda m, **kw: calls.append(1) or real(m, **kw))
+    real = prepare.normalize
+    monkeypatch.setattr(prepare, "normalize", lambda m, **kw: calls.append(1) or real(m, **kw))
     for _ in range(3):
         a = onnxplain.explain(model_path, X[:4], "saliency", target=1)
     assert len(calls) == 1

@@ -212,7 +212,7 @@ def test_an_output_with_a_symbolic_dim_is_measured_once_per_row_shape():
                           [numpy_helper.from_array(table, "table"), numpy_helper.from_array(np.array([2]), "axes")])
     ex = onnxplain.Explainer(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), "gradient")
     runs = []
-    real = ex._forward_session().run
+    real = ex.forward_session().run
     ex._forward.run = lambda *a, **k: runs.append(1) or real(*a, **k)
     ids = np.array([[1, 2, 3], [4, 5, 6]])
     for _ in range(2):

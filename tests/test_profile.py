@@ -102,7 +102,7 @@ def test_profile_makes_up_inputs_in_their_own_layout_and_counts_noise_tunnel_and
     model = _features_by_rows_model()
     p = profile(model, None, "saliency", batch=3, repeats=1, batch_axes={"x": 1})
     assert p.batch == 3 and p.rows == 3                        # one forward row per input row
-    batch_first, axes = onnxplain.api.batch_first_model(model, {"x": 1})
+    batch_first, axes = onnxplain.prepare.batch_first_model(model, {"x": 1})
     assert made_up_inputs(batch_first, 3, batch_axes=axes)["x"].shape == (5, 3)
     # a noise tunnel of 4 samples runs 4 noisy copies of every row and the clean rows (fed last)
     nt = profile(model, np.ones((5, 3), np.float32), "saliency", repeats=1, batch_axes={"x": 1},

@@ -9,7 +9,7 @@ rows that belong to the unmodified inputs under the original names.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import onnx
@@ -17,66 +17,20 @@ from onnx import TensorProto
 
 from ..graph import GraphBuilder, np_dtype
 from ..runtime import Cost
+from ..spec import Point, Spec  # noqa: F401  (the names methods build from)
 
 TARGET_WEIGHTS = "target_weights"
 
 
-@dataclass
-class Point:
-    """A tensor that gets attributions.
-
-    ``key`` names it to the user (an input's name, or the layer tensor's);
-    ``tensor`` is the graph tensor attributed (the input itself, the output of
-    the embedding Gather a token input feeds, or a layer); ``carrier`` is the
-    model input whose value it *is* (None for layers and token embeddings).
-    """
-
-    key: str
-    tensor: str
-    carrier: str | None = None
-
-    @property
-    def is_input(self) -> bool:
-        return self.carrier is not None and self.carrier == self.tensor
-
-
-@dataclass
-class Spec:
-    """The model-side facts a method builds its graph from."""
-
-    model: onnx.ModelProto           # normalised
-    output: str                      # the explained output
-    points: list[Point]              # what gets attributions
-    carriers: list[str]              # model inputs that take baselines (differ between input and reference rows)
-    passthrough: list[str] = field(default_factory=list)  # other model inputs, fed unchanged to every row
-    unbatched: list[str] = field(default_factory=list)    # model inputs without a batch axis, fed as they are
-    batch_size: int | None = None    # most rows the model may see in one forward pass (None: no limit)
-
-    @property
-    def wrt(self) -> list[str]:
-        """The keys of the attributed points (input names in the common case)."""
-        return [p.key for p in self.points]
-
-    @property
-    def single(self) -> bool:
-        return len(self.points) == 1
-
-    def point_of(self, carrier: str) -> Point | None:
-        """The point that *is* input ``carrier`` (None when the input only carries a layer or an embedding)."""
-        return next((p for p in self.points if p.is_input and p.carrier == carrier), None)
-
-    def param(self, base: str, x: str) -> str:
-        """Name of a per-input graph parameter: ``base`` alone, or ``base_<input>`` with several carriers."""
-        return base if len(self.carriers) <= 1 else f"{base}_{x}"
-
-    def attribution_name(self, key: str) -> str:
-        return "attributions" if self.single else f"attributions_{key}"
-
-
-
-
 class Method:
-    """A method: how its graph is built and what it is fed per call."""
+    """A method: how its graph is built and what it is fed per call.
+
+    The contract with the runtime: a method declares its explanation graph (:meth:`build`, from a
+    :class:`Spec`), the parameter feeds of a call (:meth:`parts`, cut per chunk of rows by
+    :meth:`rows_split`) and its reduction (:meth:`run`: the runs' outputs -> attributions and delta).
+    :meth:`run` and :meth:`estimate` are given a :class:`onnxplain.runner.Runner`, which runs feeds
+    through the session in budgeted chunks; a method never reaches the Explainer that holds it.
+    """
 
     name: str = ""
     aliases: tuple[str, ...] = ()
@@ -143,19 +97,19 @@ class Method:
         """How to fit a call under ``batch_size`` (for the error above)."""
         return "raise batch_size"
 
-    def run(self, ex, feeds: dict, tw, params: dict):
-        """Attributions (by output name) and the convergence delta (or None) for one call.
+    def run(self, runner, feeds: dict, tw, params: dict):
+        """Attributions (by output name) and the convergence delta (or None) for one call, run by ``runner``.
 
         The call is split into additive parts (e.g. chunks of integration steps);
         each part runs over all rows in memory-budgeted chunks.
         """
-        names = [ex.spec.attribution_name(x) for x in ex.spec.wrt]
+        names = [runner.spec.attribution_name(x) for x in runner.spec.wrt]
         wanted = names + (["delta"] if self.has_delta else [])
         total, gap = None, None
-        row_bytes = ex.row_cost(feeds)
-        parts = self.parts(params, ex.spec, feeds, row_bytes, ex.memory_budget)
+        row_bytes = runner.row_cost(feeds)
+        parts = self.parts(params, runner.spec, feeds, row_bytes, runner.memory_budget)
         for part, weight in zip(parts, self.part_weights(parts)):
-            out = ex.run_rows(feeds, tw, part, wanted, row_bytes)
+            out = runner.run_rows(feeds, tw, part, wanted, row_bytes)
             attrs = {k: out[k] if weight == 1 else (out[k] * weight).astype(out[k].dtype) for k in names}
             if self.has_delta and (gap is None or self.mixes_parts):
                 # f(x) - f(b) of each row: from the first of additive parts, weighted over a mixture's
@@ -170,13 +124,13 @@ class Method:
         steps); a mixture's (:attr:`mixes_parts`: chunks of a baseline distribution) sum to 1."""
         return [1.0] * len(parts)
 
-    def estimate(self, ex, feeds: dict, tw, params: dict) -> Cost:
+    def estimate(self, runner, feeds: dict, tw, params: dict) -> Cost:
         """The rows and session runs :meth:`run` will take: the same parts, cut into the same chunks."""
         n = int(np.shape(tw)[0])
-        row_bytes = ex.row_cost(feeds)
+        row_bytes = runner.row_cost(feeds)
         return Cost.of((stop - start) * self.expansion(part)
-                       for part in self.parts(params, ex.spec, feeds, row_bytes, ex.memory_budget)
-                       for start, stop in ex.row_chunks(part, n, row_bytes))
+                       for part in self.parts(params, runner.spec, feeds, row_bytes, runner.memory_budget)
+                       for start, stop in runner.row_chunks(part, n, row_bytes))
 
     def rows_split(self, part: dict, start: int, stop: int) -> dict:
         """The feeds of ``part`` for input rows ``[start, stop)``."""

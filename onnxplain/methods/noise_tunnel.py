@@ -28,6 +28,7 @@ import onnx
 from onnx import helper
 
 from ..graph import FLOAT_TYPES, np_dtype
+from ..prepare import token_embeddings
 from .base import (TARGET_WEIGHTS, Method, RowDraws, Spec, batch_rows, declare_param, row_shape, rows,
                    tile_rows)
 from .gradient import Gradient
@@ -282,23 +283,23 @@ class NoiseTunnel(Method):
     def limit_hint(self) -> str:
         return self.inner.limit_hint()
 
-    def run(self, ex, feeds: dict, tw, params: dict):
+    def run(self, runner, feeds: dict, tw, params: dict):
         """One part over all rows; the delta (one per noisy sample) comes straight from the graph."""
-        if ex.spec.batch_size is not None:
-            return self._run_per_sample(ex, feeds, tw, params)
-        names = [ex.spec.attribution_name(x) for x in ex.spec.wrt]
+        if runner.spec.batch_size is not None:
+            return self._run_per_sample(runner, feeds, tw, params)
+        names = [runner.spec.attribution_name(x) for x in runner.spec.wrt]
         wanted = names + (["delta"] if self.has_delta else [])
-        row_bytes = ex.row_cost(feeds)
-        (part,) = self.parts(params, ex.spec, feeds, row_bytes, ex.memory_budget)
-        out = ex.run_rows(feeds, tw, part, wanted, row_bytes)
+        row_bytes = runner.row_cost(feeds)
+        (part,) = self.parts(params, runner.spec, feeds, row_bytes, runner.memory_budget)
+        out = runner.run_rows(feeds, tw, part, wanted, row_bytes)
         return {k: out[k] for k in names}, (out["delta"] if self.has_delta else None)
 
-    def _run_per_sample(self, ex, feeds: dict, tw, params: dict):
+    def _run_per_sample(self, runner, feeds: dict, tw, params: dict):
         """``batch_size``: the inner method on ``x + stdevs * noise_s`` for each sample ``s`` in turn, then
         the statistic over the samples (the same numbers as the one-run graph, in more runs)."""
         per_sample, deltas = [], []
-        for noisy in self._noisy_feeds(ex.spec, feeds, params):
-            total, delta = self.inner.run(ex, noisy, tw, self._inner_params(params))
+        for noisy in self._noisy_feeds(runner.spec, feeds, params):
+            total, delta = self.inner.run(runner, noisy, tw, self._inner_params(params))
             per_sample.append(total)
             deltas.append(delta)
         result = {k: self.numpy_statistic(np.stack([t[k] for t in per_sample])) for k in per_sample[0]}
@@ -319,10 +320,10 @@ class NoiseTunnel(Method):
         mean_sq = (per_sample * per_sample).mean(axis=0)
         return mean_sq if self.kind == "smoothgrad_sq" else mean_sq - mean * mean
 
-    def estimate(self, ex, feeds: dict, tw, params: dict):
-        if ex.spec.batch_size is None:
-            return super().estimate(ex, feeds, tw, params)
-        one = self.inner.estimate(ex, feeds, tw, self._inner_params(params))
+    def estimate(self, runner, feeds: dict, tw, params: dict):
+        if runner.spec.batch_size is None:
+            return super().estimate(runner, feeds, tw, params)
+        one = self.inner.estimate(runner, feeds, tw, self._inner_params(params))
         samples = params["nt_samples"]
         return type(one)(one.rows * samples, one.runs * samples, one.rows_per_run)
 
@@ -360,7 +361,6 @@ def _float_inputs(spec: Spec) -> set[str]:
 
 def _embedding_of(spec: Spec, carrier: str) -> str:
     """The output of the embedding Gather that token input ``carrier`` feeds."""
-    from ..api import token_embeddings   # api imports the methods: looked up when a graph is built
     return token_embeddings(spec.model)[carrier]
 
 

@@ -218,29 +218,29 @@ class Perturbation(Method):
     def plan(self, spec: Spec, feeds: dict, n_rows: int, params: dict) -> Plan:
         raise NotImplementedError
 
-    def run(self, ex, feeds: dict, tw, params: dict):
+    def run(self, runner, feeds: dict, tw, params: dict):
         n_rows = int(np.shape(tw)[0])
-        draws = background_draws(ex.spec, feeds, params)
-        plans = [self.plan(ex.spec, feeds, n_rows, p) for p in draws]   # every check happens here, before any run
+        draws = background_draws(runner.spec, feeds, params)
+        plans = [self.plan(runner.spec, feeds, n_rows, p) for p in draws]   # every check happens here, before any run
         if self._pool is None:
             self._pool = BufferPool()
         total = None
         for plan in plans:
-            drive(ex, feeds, np.ascontiguousarray(tw), plan, params["perturbations_per_eval"], self._pool,
+            drive(runner, feeds, np.ascontiguousarray(tw), plan, params["perturbations_per_eval"], self._pool,
                   params["progress"])
             result = plan.result()
             total = result if total is None else {x: total[x] + a for x, a in result.items()}
         if len(plans) > 1:   # the mean over the baselines drawn from the background set
             total = {x: (a / len(plans)).astype(a.dtype) for x, a in total.items()}
-        return {ex.spec.attribution_name(x): a for x, a in total.items()}, None
+        return {runner.spec.attribution_name(x): a for x, a in total.items()}, None
 
-    def estimate(self, ex, feeds: dict, tw, params: dict) -> Cost:
+    def estimate(self, runner, feeds: dict, tw, params: dict) -> Cost:
         """The rows and session runs :meth:`run` will take: the same plans, cut by the same :class:`Schedule`."""
         n_rows = int(np.shape(tw)[0])
         runs = []
-        for p in background_draws(ex.spec, feeds, params):
-            plan = self.plan(ex.spec, feeds, n_rows, p)
-            runs += Schedule.of(ex, feeds, n_rows, plan, params["perturbations_per_eval"]).run_rows()
+        for p in background_draws(runner.spec, feeds, params):
+            plan = self.plan(runner.spec, feeds, n_rows, p)
+            runs += Schedule.of(runner, feeds, n_rows, plan, params["perturbations_per_eval"]).run_rows()
         return Cost.of(runs)
 
 
@@ -329,9 +329,9 @@ class Schedule:
     per_chunk: int
 
     @classmethod
-    def of(cls, ex, feeds: dict, n_rows: int, plan: Plan, cap: int | None) -> "Schedule":
-        block, per_chunk = chunking(n_rows, plan.units, ex.row_cost(feeds), ex.memory_budget, cap,
-                                    ex.spec.batch_size)
+    def of(cls, runner, feeds: dict, n_rows: int, plan: Plan, cap: int | None) -> "Schedule":
+        block, per_chunk = chunking(n_rows, plan.units, runner.row_cost(feeds), runner.memory_budget, cap,
+                                    runner.spec.batch_size)
         return cls(n_rows, plan.units, plan.evaluations, block, per_chunk)
 
     def blocks(self):
@@ -375,14 +375,14 @@ class _NoBar:
         pass
 
 
-def drive(ex, feeds: dict, tw: np.ndarray, plan: Plan, cap: int | None, pool: BufferPool | None = None,
+def drive(runner, feeds: dict, tw: np.ndarray, plan: Plan, cap: int | None, pool: BufferPool | None = None,
           progress: bool | None = None) -> None:
     """Blocks of rows x chunks of units (a :class:`Schedule`): fill, run, fold, under a
-    :func:`progress_bar`.  Runs go through ``ex.run_session`` (one reused session)."""
+    :func:`progress_bar`.  Runs go through ``runner.run`` (one reused session)."""
     pool = pool or BufferPool(keep=0)
-    schedule = Schedule.of(ex, feeds, tw.shape[0], plan, cap)
+    schedule = Schedule.of(runner, feeds, tw.shape[0], plan, cap)
     with progress_bar(sum(schedule.run_rows()), progress) as bar:
-        _walk(ex, feeds, tw, plan, schedule, pool, _counted(ex.run_session, bar))
+        _walk(runner, feeds, tw, plan, schedule, pool, _counted(runner.run, bar))
 
 
 def _counted(run, bar):
@@ -394,17 +394,17 @@ def _counted(run, bar):
     return counted
 
 
-def _walk(ex, feeds: dict, tw: np.ndarray, plan: Plan, schedule: Schedule, pool: BufferPool, run) -> None:
+def _walk(runner, feeds: dict, tw: np.ndarray, plan: Plan, schedule: Schedule, pool: BufferPool, run) -> None:
     """The runs of ``schedule``: per block, the plan's own evaluations, then fill, ``run``, fold per chunk.
 
     A block's batches and its output buffer are taken from ``pool`` once, and the feeds of each chunk
     shape (a full chunk, a shorter last one) are made once as views of them: the session writes each
     chunk's outputs into that buffer (IO binding), the plan folds them from there, and no chunk
     allocates or copies anything in Python."""
-    spec = ex.spec
+    spec = runner.spec
     shared = {u: feeds[u] for u in spec.unbatched}   # fed as they are to every run
     per_chunk = schedule.per_chunk
-    out_dtype = ex.session.output_dtypes.get(TARGET_OUTPUT)
+    out_dtype = runner.session.output_dtypes.get(TARGET_OUTPUT)
     for r0, r1 in schedule.blocks():
         n = r1 - r0
         tw_rows = tw[r0:r1]
