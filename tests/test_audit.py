@@ -15,7 +15,7 @@ from torch import nn
 
 import onnxplain
 from onnxplain.cli import main
-from onnxplain.rules.rescale import RESCALE
+from onnxplain.rules.deeplift import RESCALE
 
 pytestmark = pytest.mark.filterwarnings("ignore")
 

@@ -19,7 +19,7 @@ import pytest
 
 from node_oracle import judge, node_tests
 from onnxplain.rules import COMPOUND, LINEAR
-from onnxplain.rules.rescale import RESCALE
+from onnxplain.rules.deeplift import RESCALE
 from onnxplain.vjp import RULES
 
 #: Node tests refused with a reason (glob over test names -> why).

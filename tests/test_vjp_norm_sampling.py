@@ -929,7 +929,7 @@ def _rescale_backward(model, wrt):
     from onnxplain.backward import backward
     from onnxplain.graph import GraphBuilder
     from onnxplain.rules import Partner
-    from onnxplain.rules.rescale import RESCALE
+    from onnxplain.rules.deeplift import RESCALE
     b = GraphBuilder(normalize(model, dynamic_batch=False))
     seed = b.add_input("dy", TensorProto.FLOAT, b.shape("y"))
     return backward(b, "y", seed, wrt, overrides=RESCALE, ref=Partner(b), params={"eps": b.const(1e-10)})

@@ -22,9 +22,8 @@ from onnx import TensorProto, helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
 
 import onnxplain
-import onnxplain.rules.rescale_spectral  # noqa: F401  (registers STFT's DeepLIFT rule)
 from onnxplain.converters.normalize import normalize
-from onnxplain.rules.rescale import RESCALE
+from onnxplain.rules.deeplift import RESCALE
 from vjp_harness import (Case, assert_matches_finite_differences, build_case_model, check_case, run_reference,
                          vjp_model)
 

@@ -21,7 +21,7 @@ from onnx import TensorProto
 from ..backward import backward
 from ..errors import UnsupportedOperatorError
 from ..rules import PairedPartner, Partner
-from ..rules.rescale import RESCALE
+from ..rules.deeplift import RESCALE
 from .base import (Method, Spec, baseline_feeds, batch_rows, check_n_baselines, declare_baselines, declare_param,
                    declare_target_weights, draw_rows, emit_attribution, emit_outputs, ex_float, flatten_steps,
                    forward_per_block, open_forward, per_row_sum, rows, split_steps, tile_rows)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..backward import backward
-from ..rules.epsilon import EPSILON
+from ..rules.lrp import EPSILON
 from ..rules.guided import DECONVOLUTION, GUIDED
 from .base import (Method, Spec, declare_param, declare_target_weights, emit_attribution, emit_outputs, ex_float,
                    open_forward, per_row_sum)

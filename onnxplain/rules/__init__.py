@@ -6,31 +6,35 @@ Rules that need reference activations (DeepLIFT) read them through
 ``ctx.ref``: a :class:`Partner` that maps a tensor of the expanded batch
 ``[inputs; references]`` to the same tensor with its two halves swapped, so each
 row meets its own reference row elementwise.
+
+The tables: :data:`onnxplain.rules.deeplift.RESCALE` (DeepLIFT, assembled from the rule families
+``rescale.py``, ``rescale_fused.py``, ``rescale_products.py``, ``rescale_sampling.py``, ``rescale_spectral.py``,
+whose shared helpers are in ``rescale_common.py``), :data:`onnxplain.rules.lrp.EPSILON` (epsilon-LRP) and
+:mod:`onnxplain.rules.guided` (guided backpropagation, deconvolution).  Which ops they must cover follows from the
+tags of the standard rules (:mod:`onnxplain.vjp.registry`), viewed below.
 """
 from __future__ import annotations
 
 import onnx
 
-#: Unary elementwise nonlinearities: the ops the modified rules replace.
-NONLINEAR_UNARY = ("Relu", "LeakyRelu", "PRelu", "Elu", "Selu", "Celu", "Sigmoid", "Tanh", "Softplus",
-                   "Softsign", "HardSigmoid", "HardSwish", "Clip", "Erf", "Gelu", "Exp", "Log", "Sqrt",
-                   "Reciprocal", "Abs", "Sin", "Cos", "ThresholdedRelu", "Mish", "Tan", "Sinh", "Cosh",
-                   "Asin", "Acos", "Atan", "Asinh", "Acosh", "Atanh", "Shrink", "Swish")
+from ..vjp import RULES
+from ..vjp.registry import tagged
 
+# Views of the tags of the standard rules (:mod:`onnxplain.vjp.registry`); the tags are the one classification.
+
+#: Unary elementwise nonlinearities (tag ``nonlinear``, flagged ``unary``): the ops the unary modified rules
+#: replace (Rescale's ``Δy / Δz``, ε-LRP's ``y / (z + eps s(z))``).
+NONLINEAR_UNARY = tagged("nonlinear", unary=True)
 
 #: Ops affine in their float inputs jointly, or that move, copy or select elements at places that do not depend
-#: on the input: the plain gradient conserves the difference exactly (``Δy = J Δx``), so DeepLIFT and the other
-#: modified rules need no rule of their own.  Every op with a backward rule is here, in a modified rule table
-#: (``rules.rescale.RESCALE``), in COMPOUND, or has no gradient at all (a test holds every rule to that, and each
-#: op listed here to being affine in the ONNX node tests).
-LINEAR = ("Add", "Sub", "Neg", "Sum", "Mean", "Identity", "Dropout", "Cast", "CastLike", "Reshape", "Flatten",
-          "Squeeze", "Unsqueeze", "Transpose", "Concat", "Split", "Slice", "Expand", "Tile", "Pad", "ReverseSequence",
-          "CumSum", "Trilu", "ReduceSum", "ReduceMean", "AveragePool", "GlobalAveragePool", "DFT", "AffineGrid",
-          "Col2Im", "Compress", "DepthToSpace", "SpaceToDepth", "MaxUnpool", "TensorScatter", "OneHot",
-          "OptionalGetElement", "DequantizeLinear", "ai.onnx.ml.Scaler")
+#: on the input (tag ``linear``): the plain gradient conserves the difference exactly (``Δy = J Δx``), so DeepLIFT
+#: and the other modified rules need no rule of their own.  Ops tagged ``nonlinear`` have a rule in DeepLIFT's
+#: table (``rules.deeplift.RESCALE``); tests hold every tag to that, and each linear op to being affine in the ONNX
+#: node tests.
+LINEAR = tagged("linear")
 
-#: Ops that hold a graph or a cell of other ops: the modified rules apply to the ops inside.
-COMPOUND = ("If", "Loop", "Scan", "LSTM", "GRU", "RNN")
+#: Ops that hold a graph or a cell of other ops (tag ``compound``): the modified rules apply to the ops inside.
+COMPOUND = tagged("compound")
 
 
 class Partner:
@@ -123,7 +127,6 @@ class PairedPartner:
 
 def standard_rule(op_type: str, opset: int):
     """The standard rule of ``op_type`` (for fallbacks inside modified rules)."""
-    from ..vjp import RULES
     for r in RULES.get(op_type, []):
         if r.since <= opset:
             return r

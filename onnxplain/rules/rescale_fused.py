@@ -33,14 +33,17 @@ from ..vjp._common import Reduction, fail, known_rank, normalised_count, per_cha
 from ..vjp.linalg import matrix_size, minor_indices
 from ..vjp.norm import channel_window_sum, lrn_parts, mean_variance_axes
 from ..vjp.pool import lp_pool_inner, lp_pool_outer, pool_window, window_sum_transpose
-from .rescale import RESCALE, _attributes, _safe_ratio, _small, _standard, extremum_multipliers, midpoint
+from .rescale_common import below_eps, extremum_multipliers, midpoint, node_attributes, plain_gradient, safe_ratio
+
+#: This family's rules (assembled with the others into :data:`onnxplain.rules.deeplift.RESCALE`).
+TABLE: dict = {}
 
 
 # ------------------------------------------------------------------------------------ softmax family
 def _tanh_half_ratio(ctx, delta: str) -> str:
     """``tanh(Δ / 2) / Δ``, its limit 1/2 where ``|Δ| < eps`` or Δ is NaN (``-inf - -inf``)."""
     b = ctx.b
-    small = _small(ctx, delta)
+    small = below_eps(ctx, delta)
     safe = b.where(small, b.like(1.0, delta), delta)
     return b.where(small, b.like(0.5, delta), b.div(b.op("Tanh", b.mul(safe, b.like(0.5, delta))), safe))
 
@@ -49,7 +52,7 @@ class _ShiftedToMaximum:
     """``z = x - max(x)`` over some axes, the canonical first step of the softmax family: every ``exp(z)`` is
     at most 1 and every sum of them lies in [1, n], at a row and at its reference alike, so no term of the
     rules below overflows for any finite input.  The maximum takes the cross-max rule
-    (:func:`~onnxplain.rules.rescale.extremum_multipliers`), the gradient where nothing moved."""
+    (:func:`~onnxplain.rules.rescale_common.extremum_multipliers`), the gradient where nothing moved."""
 
     def __init__(self, ctx, x: str, top: str, keep, sum_keep):
         b = ctx.b
@@ -100,7 +103,7 @@ def _softmax_parts(ctx) -> tuple[int, _ShiftedToMaximum, _ExpOverSum]:
     return axis, shift, _ExpOverSum(ctx, shift.z, lse)
 
 
-@register("Softmax", since=13, table=RESCALE)
+@register("Softmax", since=13, table=TABLE)
 def rescale_softmax(ctx):
     """``exp(z) / sum(exp(z))``, ``z = x - max(x)``, under Div's Shapley rule and Exp's rescale (see the module
     docstring): ``dz = (A (dy - sum(dy y_ref)) + B (dy - sum(dy y))) / 2``, then the cross-max rule."""
@@ -112,7 +115,7 @@ def rescale_softmax(ctx):
     return [shift.to_input(dz)]
 
 
-@register("LogSoftmax", since=13, table=RESCALE)
+@register("LogSoftmax", since=13, table=TABLE)
 def rescale_log_softmax(ctx):
     """``z - log(sum(exp(z)))``, ``z = x - max(x)``, with Log rescaled at the sum: ``dz = dy - sum(dy) q A``,
     then the cross-max rule."""
@@ -131,8 +134,8 @@ def _reduction_rule(op_type: str):
                 return [fn(ctx, Reduction(ctx, from_input))] + [None] * (len(ctx.x) - 1)
             rule.__doc__ = fn.__doc__
             return rule
-        register(op_type, table=RESCALE)(make(False))
-        register(op_type, since=18, table=RESCALE)(make(True))
+        register(op_type, table=TABLE)(make(False))
+        register(op_type, since=18, table=TABLE)(make(True))
         return fn
     return deco
 
@@ -150,7 +153,7 @@ def rescale_reduce_l2(ctx, r):
     0 where both norms are 0 (nothing moved)."""
     b, x, y = ctx.b, ctx.x[0], r.keep(ctx.y[0])
     norms = b.add(y, r.keep(ctx.ref(ctx.y[0])))
-    return b.mul(r.keep(ctx.dy[0]), _safe_ratio(b, b.add(x, ctx.ref(x)), norms, _small(ctx, norms)))
+    return b.mul(r.keep(ctx.dy[0]), safe_ratio(b, b.add(x, ctx.ref(x)), norms, below_eps(ctx, norms)))
 
 
 @_reduction_rule("ReduceL1")
@@ -159,8 +162,8 @@ def rescale_reduce_l1(ctx, r):
     b, x = ctx.b, ctx.x[0]
     x_ref = ctx.ref(x)
     delta = b.sub(x, x_ref)
-    small = _small(ctx, delta)
-    ratio = _safe_ratio(b, b.sub(b.op("Abs", x), b.op("Abs", x_ref)), delta, small)
+    small = below_eps(ctx, delta)
+    ratio = safe_ratio(b, b.sub(b.op("Abs", x), b.op("Abs", x_ref)), delta, small)
     return b.mul(r.keep(ctx.dy[0]), b.where(small, b.op("Sign", x), ratio))
 
 
@@ -170,9 +173,9 @@ def rescale_reduce_log_sum(ctx, r):
     b, x = ctx.b, ctx.x[0]
     total = r.sum_keep(x)
     moved = b.sub(total, ctx.ref(total))
-    small = _small(ctx, moved)
+    small = below_eps(ctx, moved)
     y = r.keep(ctx.y[0])
-    ratio = _safe_ratio(b, b.sub(y, r.keep(ctx.ref(ctx.y[0]))), moved, small)
+    ratio = safe_ratio(b, b.sub(y, r.keep(ctx.ref(ctx.y[0]))), moved, small)
     return r.expand(b.mul(r.keep(ctx.dy[0]), b.where(small, b.op("Reciprocal", total), ratio)))
 
 
@@ -207,7 +210,7 @@ def conserving_normalization(ctx, x: str, dxhat: str, axes, eps: float, d_mean: 
     if d_inv is not None:                                                                   # Δ(1/sd) / Δsd
         d_sd = b.sub(d_sd, b.mul(b.cast_like(d_inv, x), inv_product))
     roots = b.add(root, ctx.ref(root))                                                        # Sqrt rescaled
-    d_var = _safe_ratio(b, d_sd, roots, _small(ctx, roots))
+    d_var = safe_ratio(b, d_sd, roots, below_eps(ctx, roots))
     d_xc = b.add(d_xc, b.mul(xc_sum, b.div(d_var, normalised_count(b, x, axes))))                     # mean(xc * xc)
     dx = b.sub(d_xc, b.reduce("ReduceMean", d_xc, axes))                                     # x - mean(x)
     if d_mean is not None:
@@ -223,7 +226,7 @@ def _normalized(ctx, x: str, axes, eps: float) -> str:
     return b.div(xc, b.op("Sqrt", b.add(var, b.like(eps, x))))
 
 
-@register("LayerNormalization", table=RESCALE)
+@register("LayerNormalization", table=TABLE)
 def rescale_layer_norm(ctx):
     """``Y = xhat * Scale + B`` over axes ``[axis, rank)``: the canonical decomposition's multipliers
     (Mul's Shapley rule at the scale when the scale depends on the input too)."""
@@ -254,7 +257,7 @@ def _inactive_affine(ctx) -> None:
                          "input (they have no batch axis)")
 
 
-@register("InstanceNormalization", table=RESCALE)
+@register("InstanceNormalization", table=TABLE)
 def rescale_instance_norm(ctx):
     """``Y = scale_c * xhat + B_c``, normalised per (n, c) over the spatial axes: the canonical decomposition."""
     _inactive_affine(ctx)
@@ -266,13 +269,13 @@ def rescale_instance_norm(ctx):
     return [conserving_normalization(ctx, x, dxhat, list(range(2, rank)), float(ctx.attr("epsilon", 1e-5)))]
 
 
-@register("BatchNormalization", table=RESCALE)
+@register("BatchNormalization", table=TABLE)
 def rescale_batch_norm(ctx):
     """In training mode ``Y = scale_c * xhat + B_c`` normalised per channel over the batch and spatial axes: the
     canonical decomposition (the model mixes rows, so it is explained with ``batch_size=1``).  At inference the
     statistics are constants and the map is affine: its gradient conserves."""
     if not ctx.attr("training_mode", 0):
-        return _standard(ctx)
+        return plain_gradient(ctx)
     _inactive_affine(ctx)
     if ctx.dy[0] is None:      # only the running statistics have cotangents: they are not explained outputs
         return [None] * len(ctx.x)
@@ -283,7 +286,7 @@ def rescale_batch_norm(ctx):
     return [conserving_normalization(ctx, x, dxhat, axes, float(ctx.attr("epsilon", 1e-5)))] + [None] * (len(ctx.x) - 1)
 
 
-@register("GroupNormalization", since=21, table=RESCALE)
+@register("GroupNormalization", since=21, table=TABLE)
 def rescale_group_norm(ctx):
     """``Y = scale_c * xhat + bias_c`` over groups of channels: the canonical decomposition in the group
     layout ``(N, G, C/G * spatial)``."""
@@ -298,14 +301,14 @@ def rescale_group_norm(ctx):
     return [b.reshape_like(dx, x)]
 
 
-@register("MeanVarianceNormalization", table=RESCALE)
+@register("MeanVarianceNormalization", table=TABLE)
 def rescale_mean_variance_norm(ctx):
     """``(x - mean) / (sqrt(mean(xc * xc)) + 1e-9)`` over ``axes`` (the op's function body): the canonical
     decomposition without scale and bias."""
     return [conserving_normalization(ctx, ctx.x[0], ctx.dy[0], mean_variance_axes(ctx), 0.0, outside=1e-9)]
 
 
-@register("LpNormalization", table=RESCALE)
+@register("LpNormalization", table=TABLE)
 def rescale_lp_norm(ctx):
     """``x / ||x||_p`` along ``axis``: Div's Shapley rule, the norm through Mul's Shapley rule and Sqrt's
     rescale (p = 2: ``Δn = sum((x + x_ref) Δx) / (n + n_ref)``) or Abs's rescale (p = 1)."""
@@ -323,8 +326,8 @@ def rescale_lp_norm(ctx):
         through_norm = b.div(b.add(x, x_ref), b.add(norm, norm_ref))
     else:
         delta = b.sub(x, x_ref)
-        small = _small(ctx, delta)
-        ratio = _safe_ratio(b, b.sub(b.op("Abs", x), b.op("Abs", x_ref)), delta, small)
+        small = below_eps(ctx, delta)
+        ratio = safe_ratio(b, b.sub(b.op("Abs", x), b.op("Abs", x_ref)), delta, small)
         through_norm = b.where(small, b.op("Sign", x), ratio)
     return [b.add(direct, b.mul(d_norm, through_norm))]
 
@@ -332,11 +335,11 @@ def rescale_lp_norm(ctx):
 # ------------------------------------------------------------------------------------ pooling and LRN
 def _rescaled_or(ctx, change: str, delta: str, gradient: str) -> str:
     """``change / delta`` (a unary op's Rescale multiplier), ``gradient`` where ``|delta| < eps``."""
-    small = _small(ctx, delta)
-    return ctx.b.where(small, gradient, _safe_ratio(ctx.b, change, delta, small))
+    small = below_eps(ctx, delta)
+    return ctx.b.where(small, gradient, safe_ratio(ctx.b, change, delta, small))
 
 
-@register("LpPool", table=RESCALE)
+@register("LpPool", table=TABLE)
 def rescale_lp_pool(ctx):
     """``(window sum of u)^(1/p)``, ``u = |x|^p``: the root and the power rescaled (each a unary op), the
     window sum linear: ``m = W^T(dy Δy / ΔS) Δu / Δx``, the sum ``S`` taken by the node's own geometry
@@ -347,14 +350,14 @@ def rescale_lp_pool(ctx):
     x_ref = ctx.ref(x)
     u = b.op("Pow", b.op("Abs", x), b.like(float(p), x))
     u_ref = b.op("Pow", b.op("Abs", x_ref), b.like(float(p), x))
-    sums = b.op("LpPool", u, **{**_attributes(ctx.node), "p": 1})
+    sums = b.op("LpPool", u, **{**node_attributes(ctx.node), "p": 1})
     at_root = _rescaled_or(ctx, b.sub(y, ctx.ref(y)), b.sub(sums, ctx.ref(sums)),
                            b.mul(lp_pool_outer(b, y, p), b.like(1.0 / p, y)))
     at_power = _rescaled_or(ctx, b.sub(u, u_ref), b.sub(x, x_ref), b.mul(lp_pool_inner(b, x, p), b.like(float(p), x)))
     return [b.mul(window_sum_transpose(b, b.mul(dy, at_root), win, x, spatial), at_power)]
 
 
-@register("LRN", table=RESCALE)
+@register("LRN", table=TABLE)
 def rescale_lrn(ctx):
     """``x * g``, ``g = d^-beta``, ``d = bias + alpha / size * W(x * x)``: the product by Mul's Shapley rule
     (``m = dy (g + g_ref) / 2``, ``dg = dy (x + x_ref) / 2``), the power rescaled at d, the window sum W
@@ -385,7 +388,7 @@ def _row_cofactors(b, above: str, below: str, i: int, n: int, rank: int, like: s
     return b.unsqueeze(b.mul(b.op("Det", minors), signs), [-2])
 
 
-@register("Det", table=RESCALE)
+@register("Det", table=TABLE)
 def rescale_det(ctx):
     """det is linear in each row, so ``det(A) - det(R)`` telescopes over the rows: with rows before i from R
     and after i from A, ``sum_i cof_i(R_<i, A_>i) . (A_i - R_i)``; averaged with the reverse order (rows
@@ -394,7 +397,7 @@ def rescale_det(ctx):
     b, a, dy = ctx.b, ctx.x[0], ctx.dy[0]
     n, rank = matrix_size(ctx)
     if n == 1:
-        return _standard(ctx)
+        return plain_gradient(ctx)
     r = ctx.ref(a)
     rows = lambda t, lo, hi: None if lo >= hi else b.op("Slice", t, b.ints([lo]), b.ints([hi]), b.ints([rank - 2]))  # noqa: E731
     forward = [_row_cofactors(b, rows(r, 0, i), rows(a, i + 1, n), i, n, rank, a) for i in range(n)]

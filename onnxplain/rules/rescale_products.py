@@ -16,7 +16,7 @@ the ScatterND / ScatterElements reductions mul, max and min.  Every rule conserv
   TopK's own indices, under :func:`~onnxplain.rules.rescale.rescale_selection` (the row's and the reference's
   picks share ``Δy`` by how much each moved), whether or not the two top-k sets agree.
 * Scatters with ``reduction="max"`` / ``"min"`` are an extremum over each position's data entry and the updates
-  that land there: the cross-extremum rule of :func:`~onnxplain.rules.rescale.extremum_multipliers`, its groups
+  that land there: the cross-extremum rule of :func:`~onnxplain.rules.rescale_common.extremum_multipliers`, its groups
   being those positions.
 * Hardmax is piecewise constant; a conserving rule must still carry ``y - y_ref`` where the argmax of a row
   and of its reference differ.  Its rule is a convention, not a derivative: each group along the axis carries
@@ -34,8 +34,11 @@ from ..vjp._common import Reduction, const_value, fail, known_rank
 from ..vjp.indexing import ScatterLayout, scatter_mul
 from ..vjp.reduce import (cumprod_after, cumprod_axis, cumprod_before, extent, products_after, products_before,
                           reduce_prod_axes)
-from .rescale import (RESCALE, _safe_ratio, _small, _standard, differs_from_reference, midpoint, reference,
-                      rescale_selection)
+from .rescale import rescale_selection
+from .rescale_common import below_eps, differs_from_reference, midpoint, plain_gradient, reference, safe_ratio
+
+#: This family's rules (assembled with the others into :data:`onnxplain.rules.deeplift.RESCALE`).
+TABLE: dict = {}
 
 
 def _symmetric_telescoping(b, before: str, after: str, before_ref: str, after_ref: str) -> str:
@@ -53,7 +56,7 @@ def telescoping_reduce_prod(ctx, r: Reduction) -> str | None:
     if not ctx.needs(0):
         return None
     if not differs_from_reference(ctx, x):
-        return _standard(ctx)[0]
+        return plain_gradient(ctx)[0]
     if r.axes is None and r.noop:
         return ctx.dy[0]
     axes = reduce_prod_axes(r)
@@ -75,19 +78,19 @@ def _reduce_prod_rule(from_input: bool):
     return rule
 
 
-register("ReduceProd", table=RESCALE)(_reduce_prod_rule(False))
-register("ReduceProd", since=18, table=RESCALE)(_reduce_prod_rule(True))
+register("ReduceProd", table=TABLE)(_reduce_prod_rule(False))
+register("ReduceProd", since=18, table=TABLE)(_reduce_prod_rule(True))
 
 
 # ------------------------------------------------------------------------------------ CumProd
-@register("CumProd", table=RESCALE)
+@register("CumProd", table=TABLE)
 def telescoping_cumprod(ctx):
     """``y_i = prod_{l <= i} x_l`` (``l < i`` when exclusive, from the end when reverse), each output under the
     symmetric telescoping rule and summed over the outputs: ``m_j = [E_ref_j R_x_j + E_x_j R_ref_j] / 2`` with
     ``E_j = prod_{l < j} x_l`` and ``R_j = sum_{i >= j} dy_i prod_{j < l <= i} x_l`` (of x or of x_ref)."""
     b, x, dy = ctx.b, ctx.x[0], ctx.dy[0]
     if not differs_from_reference(ctx, x):
-        return _standard(ctx)
+        return plain_gradient(ctx)
     axis = cumprod_axis(ctx)
     exclusive, reverse = bool(ctx.attr("exclusive", 0)), bool(ctx.attr("reverse", 0))
     n = extent(b, x, axis)
@@ -109,7 +112,7 @@ def _values_as_gather(ctx):
     return dataclasses.replace(ctx, node=node, dy=[ctx.dy[0]])
 
 
-@register("TopK", table=RESCALE)
+@register("TopK", table=TABLE)
 def rescale_top_k(ctx):
     """TopK's values ``= GatherElements(x, indices)`` along the axis, with indices computed from x: the
     selection rule (:func:`~onnxplain.rules.rescale.rescale_selection`), so the entries the row picked and those
@@ -121,7 +124,7 @@ def rescale_top_k(ctx):
 
 
 # ------------------------------------------------------------------------------------ Hardmax
-@register("Hardmax", table=RESCALE)
+@register("Hardmax", table=TABLE)
 def conserving_hardmax(ctx):
     """Hardmax (one-hot of the argmax, zero gradient) has no multiplier of its own; this rule is the convention
     that conserves the difference: over each group along the axis, ``D = sum dy * (y - y_ref)`` is spread as
@@ -134,8 +137,8 @@ def conserving_hardmax(ctx):
     delta = b.sub(x, ctx.ref(x))
     carried = b.reduce_sum(b.mul(dy, b.sub(y, ctx.ref(y))), [axis])
     moved = b.reduce_sum(b.op("Abs", delta), [axis])
-    small = _small(ctx, moved)
-    per_unit = b.where(small, b.like(0.0, x), _safe_ratio(b, carried, moved, small))
+    small = below_eps(ctx, moved)
+    per_unit = b.where(small, b.like(0.0, x), safe_ratio(b, carried, moved, small))
     return [b.mul(per_unit, b.op("Sign", delta))] + [None] * (len(ctx.x) - 1)
 
 
@@ -145,14 +148,14 @@ def _scatter_reduction(ctx) -> str:
     return r.decode() if isinstance(r, bytes) else r
 
 
-@register("ScatterND", "ScatterElements", table=RESCALE)
+@register("ScatterND", "ScatterElements", table=TABLE)
 def rescale_scatter(ctx):
     """Scatters: ``none`` and ``add`` are linear in (data, updates), the plain gradient; ``mul`` the midpoint
     rule (:func:`midpoint_scatter_mul`), ``max`` / ``min`` the cross-extremum rule (:func:`cross_extremum_scatter`).
     Indices that may differ between a row and its reference are refused for the nonlinear reductions."""
     reduction = _scatter_reduction(ctx)
     if reduction not in ("mul", "max", "min"):
-        return _standard(ctx)
+        return plain_gradient(ctx)
     if not (ctx.needs(0) or ctx.needs(2)):
         return [None] * len(ctx.x)
     if differs_from_reference(ctx, ctx.x[1]):
@@ -197,7 +200,7 @@ def midpoint_scatter_mul(ctx) -> list:
                         "written by several updates that depend on the attributed input is a product of three "
                         "or more factors; that telescoping rule is not implemented)")
     if not (ctx.needs(0) and ctx.needs(2)):
-        return _standard(ctx)
+        return plain_gradient(ctx)
     mids = ScatterLayout(ctx, data=midpoint(ctx, s.data), updates=midpoint(ctx, s.updates))
     return scatter_mul(ctx, mids, ctx.dy[0])
 
@@ -218,13 +221,13 @@ def cross_extremum_scatter(ctx, top_op: str) -> list:
     hit_ref = {i: b.cast_like(b.op("Equal", t, at[i](y_ref)), y) for i, t in refs.items()}
     to_input = b.div(b.sub(top, y_ref), s.scatter(hit[0], hit[2], "add"))
     to_reference = b.div(b.sub(y, top), s.scatter(hit_ref[0], hit_ref[2], "add"))
-    plain = _standard(ctx)
+    plain = plain_gradient(ctx)
     grads = [None] * len(ctx.x)
     for i, t in players.items():
         if not ctx.needs(i):
             continue
         share = b.add(b.mul(at[i](to_input), hit[i]), b.mul(at[i](to_reference), hit_ref[i]))
         delta = b.sub(t, refs[i])
-        small = _small(ctx, delta)
-        grads[i] = b.where(small, plain[i], b.mul(at[i](dy), _safe_ratio(b, share, delta, small)))
+        small = below_eps(ctx, delta)
+        grads[i] = b.where(small, plain[i], b.mul(at[i](dy), safe_ratio(b, share, delta, small)))
     return grads

@@ -27,7 +27,10 @@ from ..vjp import register
 from ..vjp._common import fail
 from ..vjp.sampling import (deform_column_cotangent, deform_columns, deform_geometry, deform_mask, deform_rows,
                             deform_sample_vjp, deform_taps, grid_sample_vjp)
-from .rescale import RESCALE, _safe_ratio, _shapley_weight, _small, _standard, reference
+from .rescale_common import below_eps, plain_gradient, reference, safe_ratio, shapley_weight
+
+#: This family's rules (assembled with the others into :data:`onnxplain.rules.deeplift.RESCALE`).
+TABLE: dict = {}
 
 
 def _subsets(players):
@@ -41,22 +44,22 @@ def _scaled(ctx, t: str, w: float, like: str) -> str:
 
 
 # ------------------------------------------------------------------------------------ Resize
-@register("Resize", table=RESCALE)
+@register("Resize", table=TABLE)
 def rescale_resize(ctx):
     """Resize is linear in its input: the plain gradient, unless the roi or the scales move with the input."""
     if ctx.needs(2) or ctx.needs(1):
         raise fail(ctx, "DeepLIFT through Resize whose roi or scales depend on the attributed input is not "
                         "supported (Resize is nonlinear in them)")
-    return _standard(ctx)
+    return plain_gradient(ctx)
 
 
 # ------------------------------------------------------------------------------------ GridSample
-@register("GridSample", table=RESCALE)
+@register("GridSample", table=TABLE)
 def rescale_grid_sample(ctx):
     """GridSample with an active grid: exact Shapley values over the image and the grid's coordinate
     components (module docstring); the plain gradient when only the image is active."""
     if not ctx.needs(1):
-        return _standard(ctx)
+        return plain_gradient(ctx)
     b, X, grid, dy, y = ctx.b, ctx.x[0], ctx.x[1], ctx.dy[0], ctx.y[0]
     rank = b.rank(X)
     if rank is None:
@@ -97,7 +100,7 @@ def rescale_grid_sample(ctx):
         terms = []
         for s in _subsets(others):
             dx = grid_sample_vjp(ctx, X, grid_of(s), dy, need_x=True, need_grid=False)[0]
-            terms.append(_scaled(ctx, dx, _shapley_weight(n, len(s)), X))
+            terms.append(_scaled(ctx, dx, shapley_weight(n, len(s)), X))
         grads[0] = b.sum(terms)
     multipliers = []
     for j in comps:
@@ -105,20 +108,20 @@ def rescale_grid_sample(ctx):
         gains = []
         for s in _subsets(others):
             gain = b.sub(value(s | {j}), value(s))
-            gains.append(_scaled(ctx, gain, _shapley_weight(n, len(s)), y))
+            gains.append(_scaled(ctx, gain, shapley_weight(n, len(s)), y))
         phi = b.op("ReduceSum", b.mul(dy, b.sum(gains)), b.ints([1]), keepdims=0)          # (N, O...)
         component = b.const(j, np.int64)
         delta = b.op("Gather", b.sub(grid, grid_ref), component, axis=-1)
-        small = _small(ctx, delta)
+        small = below_eps(ctx, delta)
         plain = b.op("Gather", plain_dgrid, component, axis=-1)
-        m = b.where(small, plain, _safe_ratio(b, b.cast_like(phi, delta), delta, small))
+        m = b.where(small, plain, safe_ratio(b, b.cast_like(phi, delta), delta, small))
         multipliers.append(b.unsqueeze(m, [-1]))
     grads[1] = b.op("Concat", *multipliers, axis=-1)
     return grads
 
 
 # ------------------------------------------------------------------------------------ DeformConv
-@register("DeformConv", table=RESCALE)
+@register("DeformConv", table=TABLE)
 def rescale_deform_conv(ctx):
     """DeformConv with active offsets (or image and mask both active): exact Shapley values of the columns
     ``mask * sample(X, offset)`` over the image, the mask and the offsets' coordinate components, through
@@ -128,13 +131,13 @@ def rescale_deform_conv(ctx):
     mask = ctx.x[4] if len(ctx.x) > 4 and ctx.x[4] else None
     active = [i for i in (0, 1, 2, 4) if i < len(ctx.x) and ctx.x[i] and ctx.needs(i)]
     if 2 not in active and len(active) <= 1:
-        return _standard(ctx)
+        return plain_gradient(ctx)
     if 1 in active:
         raise fail(ctx, "DeepLIFT through DeformConv whose weight and other inputs all depend on the attributed "
                         "input is not supported")
     geo = deform_geometry(ctx)
     spatial = len(geo.kernel)
-    plain = _standard(ctx)
+    plain = plain_gradient(ctx)
     dcols = deform_column_cotangent(ctx, geo, W, dy)                            # (N * G, P, C / G)
     comps = [("offset", d) for d in range(spatial)] if ctx.needs(2) else []
     players = (["x"] if ctx.needs(0) else []) + (["mask"] if mask and ctx.needs(4) else []) + comps
@@ -192,13 +195,13 @@ def rescale_deform_conv(ctx):
         per_offsets = {}
         for s in _subsets([p for p in players if p != "x"]):
             m = mask_of(s)
-            d = _scaled(ctx, b.mul(dcols, m) if m else dcols, _shapley_weight(n, len(s)), X)
+            d = _scaled(ctx, b.mul(dcols, m) if m else dcols, shapley_weight(n, len(s)), X)
             per_offsets.setdefault(moved(s), []).append(d)
         parts = [deform_sample_vjp(ctx, geo, taps_of(key), None, b.sum(ds), True, False)[0]
                  for key, ds in per_offsets.items()]
         grads[0] = b.sum(parts)
     if "mask" in players:   # linear in the mask: the weighted samples against the columns' cotangent
-        terms = [_scaled(ctx, sampled(s), _shapley_weight(n, len(s)), X)
+        terms = [_scaled(ctx, sampled(s), shapley_weight(n, len(s)), X)
                  for s in _subsets([p for p in players if p != "mask"])]
         grads[4] = b.op("Reshape", b.op("ReduceSum", b.mul(dcols, b.sum(terms)), b.ints([-1]), keepdims=0),
                         b.shape_of(mask))
@@ -216,11 +219,11 @@ def rescale_deform_conv(ctx):
             gains = []
             for s in _subsets([p for p in players if p != player]):
                 gain = b.sub(columns(s | {player}), columns(s))
-                gains.append(_scaled(ctx, gain, _shapley_weight(n, len(s)), X))
+                gains.append(_scaled(ctx, gain, shapley_weight(n, len(s)), X))
             phi = b.op("ReduceSum", b.mul(dcols, b.sum(gains)), b.ints([-1]), keepdims=0)   # (N * G, P)
             delta = component(b.sub(offset, off_ref), d)
-            small = _small(ctx, delta)
-            m = b.where(small, component(plain[2], d), _safe_ratio(b, b.cast_like(phi, delta), delta, small))
+            small = below_eps(ctx, delta)
+            m = b.where(small, component(plain[2], d), safe_ratio(b, b.cast_like(phi, delta), delta, small))
             shape = b.op("Concat", b.op("Shape", offset, start=0, end=1),
                          b.ints([geo.offset_group, geo.taps, 1, -1]), axis=0)
             parts.append(b.op("Reshape", m, shape))

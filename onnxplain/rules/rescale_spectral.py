@@ -14,12 +14,15 @@ import onnx
 
 from ..vjp import register
 from . import standard_rule
-from .rescale import RESCALE, midpoint
+from .rescale_common import midpoint
+
+#: This family's rules (assembled with the others into :data:`onnxplain.rules.deeplift.RESCALE`).
+TABLE: dict = {}
 
 SIGNAL, WINDOW = 0, 2   # STFT's inputs; frame_step and frame_length are integers
 
 
-@register("STFT", table=RESCALE)
+@register("STFT", table=TABLE)
 def shapley_stft(ctx):
     """STFT: each operand's cotangent read at the other's midpoint ``(t + t_ref) / 2`` when signal and window
     both depend on the attributed input; the plain gradient when only one does (linear in it)."""

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 
-from . import elementwise, register
+from .registry import elementwise, register
 from ._common import masked
 from .pool import relu_mask_moved_to_pool
 
@@ -18,7 +18,7 @@ def _gate(ctx, cond: str, dy: str) -> list:
 
 
 # ---------------------------------------------------------------- piecewise linear
-@register("Relu")
+@register("Relu", tag="nonlinear", unary=True)
 def vjp_relu(ctx):
     """y = max(x, 0): dx = dy * [x > 0], read as [y > 0] (the same set): the mask comes from the
     Relu's output, so the pre-activation is read by nothing else and onnxruntime fuses Conv+Relu.
@@ -30,7 +30,7 @@ def vjp_relu(ctx):
     return _gate(ctx, b.op("Greater", y, b.like(0.0, y)), ctx.dy[0])
 
 
-@register("LeakyRelu")
+@register("LeakyRelu", tag="nonlinear", unary=True)
 def vjp_leaky_relu(ctx):
     """y = x if x > 0 else alpha * x: dx = dy * (1 if x > 0 else alpha)."""
     b, x = ctx.b, ctx.x[0]
@@ -39,14 +39,14 @@ def vjp_leaky_relu(ctx):
     return [b.mul(ctx.dy[0], slope)]
 
 
-@register("ThresholdedRelu")
+@register("ThresholdedRelu", tag="nonlinear", unary=True)
 def vjp_thresholded_relu(ctx):
     """y = x if x > alpha else 0: dx = dy * [x > alpha]."""
     b, x = ctx.b, ctx.x[0]
     return _gate(ctx, b.op("Greater", x, b.like(ctx.attr("alpha", 1.0), x)), ctx.dy[0])
 
 
-@register("PRelu", broadcast=True)
+@register("PRelu", tag="nonlinear", unary=True, broadcast=True)
 def vjp_prelu(ctx):
     """y = x if x > 0 else slope * x: dx = dy * (1 if x > 0 else slope), dslope = dy * x where x <= 0."""
     b, (x, slope), dy = ctx.b, ctx.x, ctx.dy[0]
@@ -56,7 +56,7 @@ def vjp_prelu(ctx):
     return [dx, dslope]
 
 
-@register("Shrink")
+@register("Shrink", tag="nonlinear", unary=True)
 def vjp_shrink(ctx):
     """y = x - bias if x > lambd, x + bias if x < -lambd, else 0: dx = dy * [x < -lambd or x > lambd]
     (0 at x = +-lambd, as torch's hardshrink and softshrink)."""
@@ -66,7 +66,7 @@ def vjp_shrink(ctx):
     return _gate(ctx, outside, ctx.dy[0])
 
 
-@register("HardSigmoid")
+@register("HardSigmoid", tag="nonlinear", unary=True)
 def vjp_hard_sigmoid(ctx):
     """y = clip(alpha * x + beta, 0, 1): dx = dy * alpha strictly inside (0, 1), 0 elsewhere."""
     b, y = ctx.b, ctx.y[0]
@@ -75,7 +75,7 @@ def vjp_hard_sigmoid(ctx):
     return _gate(ctx, inside, b.mul(ctx.dy[0], b.like(alpha, y)))
 
 
-@register("HardSwish")
+@register("HardSwish", tag="nonlinear", unary=True)
 def vjp_hard_swish(ctx):
     """y = x * clip(x / 6 + 1/2, 0, 1): dx = dy * (0 if x <= -3, x / 3 + 1/2 if x < 3, else 1) (torch's ends)."""
     b, x = ctx.b, ctx.x[0]
@@ -85,7 +85,7 @@ def vjp_hard_swish(ctx):
     return [b.mul(ctx.dy[0], slope)]
 
 
-@register("Clip", broadcast=True)
+@register("Clip", tag="nonlinear", unary=True, broadcast=True)
 def vjp_clip(ctx):
     """y = clip(x, lo, hi): dx = dy where lo <= x <= hi (bounds included, as torch.clamp); dlo, dhi get dy outside."""
     b, x, dy = ctx.b, ctx.x[0], ctx.dy[0]
@@ -114,7 +114,7 @@ def vjp_clip(ctx):
 
 
 # ---------------------------------------------------------------- exponential family
-@register("Elu")
+@register("Elu", tag="nonlinear", unary=True)
 def vjp_elu(ctx):
     """y = x if x > 0 else alpha * (exp(x) - 1): dx = dy * (1 if x > 0 else y + alpha)."""
     b, x, y = ctx.b, ctx.x[0], ctx.y[0]
@@ -123,7 +123,7 @@ def vjp_elu(ctx):
     return [b.mul(ctx.dy[0], slope)]
 
 
-@register("Selu")
+@register("Selu", tag="nonlinear", unary=True)
 def vjp_selu(ctx):
     """y = gamma * (x if x > 0 else alpha * (exp(x) - 1)): dx = dy * (gamma if x > 0 else y + gamma * alpha)."""
     b, x, y = ctx.b, ctx.x[0], ctx.y[0]
@@ -133,7 +133,7 @@ def vjp_selu(ctx):
     return [b.mul(ctx.dy[0], slope)]
 
 
-@register("Celu")
+@register("Celu", tag="nonlinear", unary=True)
 def vjp_celu(ctx):
     """y = max(0, x) + min(0, alpha * (exp(x / alpha) - 1)): dx = dy * (1 if x > 0 else y / alpha + 1)."""
     b, x, y = ctx.b, ctx.x[0], ctx.y[0]
@@ -175,7 +175,7 @@ def _mish_derivative(ctx, x, y):
     return b.add(t, b.mul(b.mul(x, sech2), b.op("Sigmoid", x)))
 
 
-@register("Swish", since=24)
+@register("Swish", tag="nonlinear", unary=True, since=24)
 def vjp_swish(ctx):
     """y = x * s, s = sigmoid(alpha * x): dx = dy * (s + alpha * x * s * (1 - s)) = dy * (s + alpha * y * (1 - s))."""
     b, x, y = ctx.b, ctx.x[0], ctx.y[0]
@@ -185,11 +185,11 @@ def vjp_swish(ctx):
     return [b.mul(ctx.dy[0], slope)]
 
 
-elementwise("Sigmoid", _sigmoid_derivative)
-elementwise("Tanh", _tanh_derivative)
-elementwise("Softplus", _softplus_derivative)
-elementwise("Softsign", _softsign_derivative)
-elementwise("Mish", _mish_derivative)
+elementwise("Sigmoid", _sigmoid_derivative, tag="nonlinear")
+elementwise("Tanh", _tanh_derivative, tag="nonlinear")
+elementwise("Softplus", _softplus_derivative, tag="nonlinear")
+elementwise("Softsign", _softsign_derivative, tag="nonlinear")
+elementwise("Mish", _mish_derivative, tag="nonlinear")
 
 
 # ---------------------------------------------------------------- Gelu (opset 20)
@@ -197,7 +197,7 @@ _SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
 _GELU_CUBIC = 0.044715
 
 
-@register("Gelu", since=20)
+@register("Gelu", tag="nonlinear", unary=True, since=20)
 def vjp_gelu(ctx):
     """y = x * Phi(x): dx = dy * (Phi(x) + x * phi(x)); the tanh form differentiates its own approximation."""
     b, x = ctx.b, ctx.x[0]
@@ -221,7 +221,7 @@ def _gelu_tanh_derivative(b, x: str) -> str:
 
 
 # ---------------------------------------------------------------- Hardmax: piecewise constant
-@register("Hardmax", cuts=True)
+@register("Hardmax", tag="no-gradient")
 def vjp_hardmax(ctx):
     """y = one_hot(argmax(x, axis)): piecewise constant, so it passes no gradient (dx = 0, as torch's
     one_hot(argmax) does; like Floor or ArgMax, a path through it carries none).  A row and its reference
@@ -231,7 +231,7 @@ def vjp_hardmax(ctx):
 
 
 # ---------------------------------------------------------------- Softmax, LogSoftmax (opset >= 13)
-@register("Softmax", since=13)
+@register("Softmax", tag="nonlinear", since=13)
 def vjp_softmax(ctx):
     """y = softmax(x, axis): dx = y * (dy - sum(dy * y, axis))."""
     b, y, dy = ctx.b, ctx.y[0], ctx.dy[0]
@@ -240,7 +240,7 @@ def vjp_softmax(ctx):
     return [b.mul(y, b.sub(dy, dot))]
 
 
-@register("LogSoftmax", since=13)
+@register("LogSoftmax", tag="nonlinear", since=13)
 def vjp_log_softmax(ctx):
     """y = log_softmax(x, axis): dx = dy - exp(y) * sum(dy, axis)."""
     b, y, dy = ctx.b, ctx.y[0], ctx.dy[0]

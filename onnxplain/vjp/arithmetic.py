@@ -8,7 +8,7 @@ import onnx
 from onnx import TensorProto
 
 from ..graph import np_dtype
-from . import elementwise, register
+from .registry import elementwise, register
 from ._common import const_value, known_rank
 
 
@@ -24,13 +24,13 @@ def _masked(b, cond: str, value: str, ref: str) -> str:
 
 
 # ---------------------------------------------------------------- linear ops
-@register("Add", "Sum", broadcast=True)
+@register("Add", "Sum", tag="linear", broadcast=True)
 def vjp_add(ctx):
     """y = sum_i x_i: dx_i = dy."""
     return [ctx.dy[0] if ctx.needs(i) else None for i in range(len(ctx.x))]
 
 
-@register("Mean", broadcast=True)
+@register("Mean", tag="linear", broadcast=True)
 def vjp_mean(ctx):
     """y = (1/n) sum_i x_i: dx_i = dy / n."""
     n = len(ctx.x)
@@ -38,14 +38,14 @@ def vjp_mean(ctx):
     return [g if ctx.needs(i) else None for i in range(n)]
 
 
-@register("Sub", broadcast=True)
+@register("Sub", tag="linear", broadcast=True)
 def vjp_sub(ctx):
     """y = a - c: da = dy, dc = -dy."""
     return [ctx.dy[0] if ctx.needs(0) else None,
             ctx.b.neg(ctx.dy[0]) if ctx.needs(1) else None]
 
 
-@register("Mul", broadcast=True)
+@register("Mul", tag="nonlinear", broadcast=True)
 def vjp_mul(ctx):
     """y = a * c: da = dy * c, dc = dy * a."""
     b, (a, c), dy = ctx.b, ctx.x, ctx.dy[0]
@@ -53,7 +53,7 @@ def vjp_mul(ctx):
             b.mul(dy, a) if ctx.needs(1) else None]
 
 
-@register("Div", broadcast=True)
+@register("Div", tag="nonlinear", broadcast=True)
 def vjp_div(ctx):
     """y = a / c: da = dy / c, dc = -dy * y / c."""
     b, c, dy = ctx.b, ctx.x[1], ctx.dy[0]
@@ -63,7 +63,7 @@ def vjp_div(ctx):
 
 
 # ---------------------------------------------------------------- Pow
-@register("Pow", broadcast=True)
+@register("Pow", tag="nonlinear", broadcast=True)
 def vjp_pow(ctx):
     """y = a ** c: da = dy * c * a ** (c - 1) (0 where c == 0), dc = dy * y * log(a) (0 where a == 0, c >= 0)."""
     b, (a, c), dy, y = ctx.b, ctx.x, ctx.dy[0], ctx.y[0]
@@ -102,7 +102,7 @@ def _pow_base_grad(ctx, a: str, c: str, dy: str) -> str:
 
 
 # ---------------------------------------------------------------- Min, Max, Where
-@register("Max", "Min", broadcast=True)
+@register("Max", "Min", tag="nonlinear", broadcast=True)
 def vjp_minmax(ctx):
     """y = max_i x_i (or min): dx_i = dy * [x_i == y] / #{j: x_j == y} (ties split equally)."""
     b, dy, y = ctx.b, ctx.dy[0], ctx.y[0]
@@ -114,7 +114,7 @@ def vjp_minmax(ctx):
     return [b.mul(share, masks[i]) if ctx.needs(i) else None for i in range(n)]
 
 
-@register("Where", broadcast=True)
+@register("Where", tag="nonlinear", broadcast=True)
 def vjp_where(ctx):
     """y = where(cond, a, c): da = where(cond, dy, 0), dc = where(cond, 0, dy)."""
     b, cond, dy = ctx.b, ctx.x[0], ctx.dy[0]
@@ -125,14 +125,14 @@ def vjp_where(ctx):
 
 
 # ---------------------------------------------------------------- Cast
-@register("Cast", "CastLike")
+@register("Cast", "CastLike", tag="linear")
 def vjp_cast(ctx):
     """y = cast(x): dx = dy cast back to x's type."""
     return [ctx.b.cast_like(ctx.dy[0], ctx.x[0])] + [None] * (len(ctx.x) - 1)
 
 
 # ---------------------------------------------------------------- DequantizeLinear
-@register("DequantizeLinear")
+@register("DequantizeLinear", tag="linear")
 def vjp_dequantize_linear(ctx):
     """y = (x - zero_point) * scale, scale per tensor, per ``axis`` or per block of ``block_size`` along it:
     d scale = dy * (x - zero_point) summed over the elements each scale multiplies (the node itself computes
@@ -258,44 +258,44 @@ def _atanh_derivative(ctx, x, y):
     return b.op("Reciprocal", _one_minus_square(b, x))
 
 
-elementwise("Neg", _neg_derivative)
-elementwise("Abs", _abs_derivative)
-elementwise("Exp", _exp_derivative)
-elementwise("Erf", _erf_derivative)
-elementwise("Sin", _sin_derivative)
-elementwise("Cos", _cos_derivative)
-elementwise("Tan", _tan_derivative)
-elementwise("Sinh", _sinh_derivative)
-elementwise("Cosh", _cosh_derivative)
-elementwise("Asin", _asin_derivative)
-elementwise("Acos", _acos_derivative)
-elementwise("Atan", _atan_derivative)
-elementwise("Asinh", _asinh_derivative)
-elementwise("Acosh", _acosh_derivative)
-elementwise("Atanh", _atanh_derivative)
+elementwise("Neg", _neg_derivative, tag="linear")
+elementwise("Abs", _abs_derivative, tag="nonlinear")
+elementwise("Exp", _exp_derivative, tag="nonlinear")
+elementwise("Erf", _erf_derivative, tag="nonlinear")
+elementwise("Sin", _sin_derivative, tag="nonlinear")
+elementwise("Cos", _cos_derivative, tag="nonlinear")
+elementwise("Tan", _tan_derivative, tag="nonlinear")
+elementwise("Sinh", _sinh_derivative, tag="nonlinear")
+elementwise("Cosh", _cosh_derivative, tag="nonlinear")
+elementwise("Asin", _asin_derivative, tag="nonlinear")
+elementwise("Acos", _acos_derivative, tag="nonlinear")
+elementwise("Atan", _atan_derivative, tag="nonlinear")
+elementwise("Asinh", _asinh_derivative, tag="nonlinear")
+elementwise("Acosh", _acosh_derivative, tag="nonlinear")
+elementwise("Atanh", _atanh_derivative, tag="nonlinear")
 
 
-@register("Log")
+@register("Log", tag="nonlinear", unary=True)
 def vjp_log(ctx):
     """y = log(x): dx = dy / x."""
     return [ctx.b.div(ctx.dy[0], ctx.x[0])]
 
 
-@register("Sqrt")
+@register("Sqrt", tag="nonlinear", unary=True)
 def vjp_sqrt(ctx):
     """y = sqrt(x): dx = dy / (2 y)."""
     b, y = ctx.b, ctx.y[0]
     return [b.div(ctx.dy[0], b.mul(y, b.like(2.0, y)))]
 
 
-@register("Reciprocal")
+@register("Reciprocal", tag="nonlinear", unary=True)
 def vjp_reciprocal(ctx):
     """y = 1 / x: dx = -dy * y^2."""
     b, y = ctx.b, ctx.y[0]
     return [b.neg(b.mul(ctx.dy[0], b.mul(y, y)))]
 
 
-@register("ai.onnx.ml.Scaler")
+@register("ai.onnx.ml.Scaler", tag="linear")
 def vjp_ml_scaler(ctx):
     """y = (x - offset) * scale (ai.onnx.ml, scale per feature on the last axis): dx = dy * scale."""
     b = ctx.b

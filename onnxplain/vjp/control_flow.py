@@ -23,13 +23,13 @@ from onnx import TensorProto, helper
 
 from ..errors import UnsupportedOperatorError
 from ..graph import FLOAT_TYPES, GraphBuilder, outer_reads
-from . import register
+from .registry import register
 
 _LAST = np.iinfo(np.int64).max
 
 
 # ---------------------------------------------------------------------- If
-@register("If")
+@register("If", tag="compound")
 def vjp_if(ctx):
     """Both branches' backward passes, selected by the same condition."""
     b, node = ctx.b, ctx.node
@@ -56,7 +56,7 @@ def vjp_if(ctx):
 
 
 # ---------------------------------------------------------------------- Loop
-@register("Loop")
+@register("Loop", tag="compound")
 def vjp_loop(ctx):
     """Reverse loop over the iterations of ``Loop(M, cond, v_initial...)``."""
     b, node = ctx.b, ctx.node
@@ -85,7 +85,7 @@ def vjp_loop(ctx):
 
 
 # ---------------------------------------------------------------------- Scan
-@register("Scan", since=9)
+@register("Scan", tag="compound", since=9)
 def vjp_scan(ctx):
     """Reverse loop over the iterations of ``Scan(states..., scan_inputs...)``."""
     b, node = ctx.b, ctx.node

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 from onnx import numpy_helper
 
-from . import register
+from .registry import register
 from ._common import const_value, fail, known_rank, rank_or_fail
 from .shape import flat_positions
 
@@ -41,7 +41,7 @@ def _with_batch_coords(ctx, idx: str, batch_dims: int) -> str:
 
 
 # ---------------------------------------------------------------------------------------- gathers
-@register("GatherND")
+@register("GatherND", tag="nonlinear")
 def vjp_gather_nd(ctx):
     """y = data[b..., idx[b..., i..., :]]: d data = zeros(data) with dy added at those positions."""
     b = ctx.b
@@ -195,7 +195,7 @@ SCATTER_RULES = {"none": scatter_none, "add": scatter_add, "mul": scatter_mul,
                  "max": scatter_extremum, "min": scatter_extremum}
 
 
-@register("ScatterND", "ScatterElements")
+@register("ScatterND", "ScatterElements", tag="nonlinear")
 def vjp_scatter(ctx):
     """ScatterND / ScatterElements with any reduction (none, add, mul, max, min): see the rule of each."""
     reduction = _reduction(ctx)
@@ -204,7 +204,7 @@ def vjp_scatter(ctx):
     return SCATTER_RULES[reduction](ctx, ScatterLayout(ctx), ctx.dy[0])
 
 
-@register("TensorScatter")
+@register("TensorScatter", tag="linear")
 def vjp_tensor_scatter(ctx):
     """present = past with update[..., s, ...] written along the axis at w[b] + s (mod the cache length L when
     circular; w = write_indices, 0 when absent): d past = dy with zeros written at the same places (a
@@ -231,7 +231,7 @@ def vjp_tensor_scatter(ctx):
     return grads
 
 
-@register("TopK")
+@register("TopK", tag="nonlinear")
 def vjp_top_k(ctx):
     """values = the k largest (or smallest) x along the axis, taken at ``indices``: dx = zeros(x) with d values
     written at those positions (each position is picked once; among tied entries, the one TopK picked gets
@@ -256,7 +256,7 @@ def _crop_to_indices(b, g: str, idx: str, axis: int, rank: int) -> str:
 
 
 # ---------------------------------------------------------------------------------------- prefix sums and masks
-@register("CumSum")
+@register("CumSum", tag="linear")
 def vjp_cumsum(ctx):
     """y_i = sum_{j <= i} x_j (or j < i, or from the end): dx = the same sum of dy in the other direction."""
     reverse = int(ctx.attr("reverse", 0))
@@ -265,7 +265,7 @@ def vjp_cumsum(ctx):
     return [dx, None]
 
 
-@register("Trilu")
+@register("Trilu", tag="linear")
 def vjp_trilu(ctx):
     """y = x masked to a triangle: dx = dy masked to the same triangle."""
     k = ctx.x[1] if len(ctx.x) > 1 and ctx.x[1] else None
@@ -273,7 +273,7 @@ def vjp_trilu(ctx):
     return [dx] + [None] * (len(ctx.x) - 1)
 
 
-@register("Mod", broadcast=True)
+@register("Mod", tag="nonlinear", broadcast=True)
 def vjp_mod(ctx):
     """y = fmod(a, c) = a - trunc(a / c) c (float Mod): da = dy, dc = -dy trunc(a / c)."""
     b, (a, c), dy = ctx.b, ctx.x, ctx.dy[0]
@@ -284,7 +284,7 @@ def vjp_mod(ctx):
     return grads
 
 
-@register("OneHot")
+@register("OneHot", tag="linear")
 def vjp_one_hot(ctx):
     """y = values[1] where the index hits, values[0] elsewhere: d values = [sum(dy * (1 - hot)), sum(dy * hot)],
     ``hot`` the node's own one-hot of 0 and 1 (so negative indices and the axis are the runtime's)."""

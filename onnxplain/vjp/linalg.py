@@ -14,7 +14,7 @@ from dataclasses import replace
 
 import numpy as np
 
-from . import register
+from .registry import register
 from ._common import (Window, all_static, fail, phase_form_fits, rank_or_fail, shape_tail, spread, spread_by_phases,
                       window)
 from ._common import const_value
@@ -63,7 +63,7 @@ def _perm01(b, x: str, rank: int) -> str:
 
 
 # --------------------------------------------------------------------------------------- Gemm
-@register("Gemm")
+@register("Gemm", tag="nonlinear")
 def vjp_gemm(ctx):
     """Y = alpha op(A) op(B) + beta C: dA = alpha dY op(B)^T, dB = alpha op(A)^T dY, dC = beta dY."""
     b, dy = ctx.b, ctx.dy[0]
@@ -85,7 +85,7 @@ def vjp_gemm(ctx):
 
 
 # ------------------------------------------------------------------------------------- MatMul
-@register("MatMul")
+@register("MatMul", tag="nonlinear")
 def vjp_matmul(ctx):
     """Y = A @ B (numpy rules): dA = dY @ B^T, dB = A^T @ dY, summed over broadcast batch dims."""
     b, (A, B), dy = ctx.b, ctx.x, ctx.dy[0]
@@ -173,7 +173,7 @@ def _ellipsis_dims(shapes, terms, n_ell, width: int, p: int) -> set:
     return dims
 
 
-@register("Einsum")
+@register("Einsum", tag="nonlinear")
 def vjp_einsum(ctx):
     """y = einsum(x_1, ..., x_n): dx_i = einsum(dy, x_j (j != i)) onto x_i's subscripts,
     broadcast along the subscripts that only x_i has (it was summed over them alone); a subscript that
@@ -296,7 +296,7 @@ def conv_input_grad_form(win: Window, spatial, group: int, weight) -> str:
     return "conv_transpose"
 
 
-@register("Conv")
+@register("Conv", tag="nonlinear")
 def vjp_conv(ctx):
     """Y = conv(X, W) + B: dX = conv_transpose(dY, W) (same window), dW = corr(X, dY), dB = sum dY."""
     b, dy = ctx.b, ctx.dy[0]
@@ -362,7 +362,7 @@ def _within_reach(b, dy: str, win: Window, rank: int) -> tuple[str, Window]:
     return cropped, replace(win, begin=tuple(max(0, v) for v in win.begin), end=tuple(max(0, v) for v in win.end))
 
 
-@register("ConvTranspose")
+@register("ConvTranspose", tag="nonlinear")
 def vjp_conv_transpose(ctx):
     """Y = conv_transpose(X, W) + B: dX = conv(dY, W) (same window), dW = corr(dY, X), dB = sum dY."""
     b, dy = ctx.b, ctx.dy[0]
@@ -398,7 +398,7 @@ def matrix_size(ctx) -> tuple[int, int]:
     return shape[-1], len(shape)
 
 
-@register("Det")
+@register("Det", tag="nonlinear")
 def vjp_det(ctx):
     """y = det(A) over the last two axes: dA = dy * cofactor(A), cofactor_ij = (-1)^(i+j) det(minor_ij), the
     minors gathered with constant indices and their determinants taken by Det itself: exact for singular A

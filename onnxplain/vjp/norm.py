@@ -15,7 +15,7 @@ import numpy as np
 
 from onnxplain.converters.normalize import within_rank
 
-from . import register
+from .registry import register
 from ._common import fail, known_rank, normalised_count, per_channel
 
 
@@ -35,7 +35,7 @@ def _normalized_grad(b, g: str, xhat: str, inv: str, axes) -> str:
 
 
 # ------------------------------------------------------------------------- BatchNormalization
-@register("BatchNormalization")
+@register("BatchNormalization", tag="nonlinear")
 def vjp_batch_norm(ctx):
     """Y = scale * (X - mean) / sqrt(var + eps) + B per channel (axis 1); at inference
     dX = dY * scale / sqrt(var + eps); in training mode the batch statistics are differentiated too."""
@@ -76,7 +76,7 @@ def vjp_batch_norm(ctx):
 
 
 # ------------------------------------------------------------------------- LayerNormalization
-@register("LayerNormalization")
+@register("LayerNormalization", tag="nonlinear")
 def vjp_layer_norm(ctx):
     """Y = xhat * Scale + B, xhat normalised over axes [axis, rank): dX = inv (g - mean g - xhat mean(g xhat)),
     g = dY Scale; dScale = sum dY xhat, dB = sum dY; cotangents of Mean / InvStdDev are added when present."""
@@ -115,7 +115,7 @@ def vjp_layer_norm(ctx):
 
 
 # ---------------------------------------------------------------------- InstanceNormalization
-@register("InstanceNormalization")
+@register("InstanceNormalization", tag="nonlinear")
 def vjp_instance_norm(ctx):
     """Y = scale_c * xhat + B_c, xhat normalised per (n, c) over the spatial axes:
     dX = inv (g - mean g - xhat mean(g xhat)) with g = dY scale_c; dscale = sum dY xhat, dB = sum dY."""
@@ -140,7 +140,7 @@ def vjp_instance_norm(ctx):
 # ------------------------------------------------------------------------- GroupNormalization
 # (Only the opset 21 form: GroupNormalization-18, with one scale and bias per group, is deprecated
 # and onnx.checker rejects models that use it, so the normaliser never hands one to a rule.)
-@register("GroupNormalization", since=21)
+@register("GroupNormalization", tag="nonlinear", since=21)
 def vjp_group_norm(ctx):
     """Y = scale_c * xhat + bias_c, xhat normalised over each group of C/G channels and the spatial axes:
     in group layout (N, G, C/G * spatial) dX is LayerNormalization's over the last axis, with g = dY scale_c."""
@@ -165,7 +165,7 @@ def vjp_group_norm(ctx):
 
 
 # ----------------------------------------------------------------------------- LpNormalization
-@register("LpNormalization")
+@register("LpNormalization", tag="nonlinear")
 def vjp_lp_norm(ctx):
     """Y = X / ||X||_p along ``axis``: p=2: dX = (dY - Y sum(dY Y)) / ||X||_2;
     p=1: dX = (dY - sign(X) sum(dY Y)) / ||X||_1.  Where the norm is 0 the runtime writes Y = 0 and X has
@@ -191,7 +191,7 @@ def mean_variance_axes(ctx) -> list[int]:
     return sorted(within_rank(ctx.attr("axes", [0, 2, 3]), rank))
 
 
-@register("MeanVarianceNormalization")
+@register("MeanVarianceNormalization", tag="nonlinear")
 def vjp_mean_variance_norm(ctx):
     """Y = (X - mean) / (std + 1e-9) over ``axes`` (the op's function body): with D = std + 1e-9,
     dX = (dY - mean dY) / D - (X - mean) mean(dY (X - mean)) / (D^2 std)."""
@@ -228,7 +228,7 @@ def lrn_parts(ctx):
     return size, rate, b.add(b.like(float(ctx.attr("bias", 1.0)), x), b.mul(rate, channel_window_sum(b, b.mul(x, x), size)))
 
 
-@register("LRN")
+@register("LRN", tag="nonlinear")
 def vjp_lrn(ctx):
     """y = x d^-beta, d = bias + alpha / size * S, S = the channel-window sum of x^2:
     dx = dy d^-beta - 2 beta alpha / size * x * W^T(dy x d^(-beta-1)), W^T the window's adjoint sum."""

@@ -14,7 +14,7 @@ from onnx import TensorProto, helper, numpy_helper
 from dataclasses import replace
 
 from ..graph import np_dtype
-from . import RULES, register
+from .registry import RULES, register
 from ._common import all_static, fail, masked, shape_tail, spread, window
 from .shape import flat_positions
 
@@ -31,7 +31,7 @@ def _dtype(b, ref: str):
 
 
 # ------------------------------------------------------------------------------------ MaxPool
-@register("MaxPool")
+@register("MaxPool", tag="nonlinear")
 def vjp_max_pool(ctx):
     """dX = scatter-add of dY at each window's argmax (the Indices output, flat over N*C*spatial)."""
     b, X, dy = ctx.b, ctx.x[0], ctx.dy[0]
@@ -157,7 +157,7 @@ def _unit_stride_indices(ctx, spatial) -> str:
 
 
 # -------------------------------------------------------------------------------- AveragePool
-@register("AveragePool")
+@register("AveragePool", tag="linear")
 def vjp_average_pool(ctx):
     """dX = conv_transpose(dY / count, ones) per channel; count = taps averaged by each window."""
     b, X, dy = ctx.b, ctx.x[0], ctx.dy[0]
@@ -193,7 +193,7 @@ def window_sum_transpose(b, g: str, win, X: str, spatial) -> str:
     return b.reshape_like(spread(b, g, ones, win, X, spatial), X)
 
 
-@register("LpPool")
+@register("LpPool", tag="nonlinear")
 def vjp_lp_pool(ctx):
     """y = (sum over the window of |x|^p)^(1/p): dx = (window-sum transpose of dy * y^(1-p)) * |x|^(p-1) sign(x);
     0 from a window whose entries are all 0 (y = 0, where the p-norm has no derivative)."""
@@ -247,7 +247,7 @@ def _dynamic_inv_count(b, X: str, win, include_pad: bool, dtype) -> str:
 
 
 # ----------------------------------------------------------------------------- Global pooling
-@register("GlobalAveragePool")
+@register("GlobalAveragePool", tag="linear")
 def vjp_global_average_pool(ctx):
     """dX = dY / (number of spatial positions), broadcast over the spatial axes."""
     b, X, dy = ctx.b, ctx.x[0], ctx.dy[0]
@@ -260,7 +260,7 @@ def vjp_global_average_pool(ctx):
     return [b.op("Expand", b.mul(dy, inv), b.shape_of(X))]
 
 
-@register("GlobalMaxPool")
+@register("GlobalMaxPool", tag="nonlinear")
 def vjp_global_max_pool(ctx):
     """dX = dY at the first argmax of each (n, c) spatial extent, zero elsewhere."""
     b, X, dy = ctx.b, ctx.x[0], ctx.dy[0]
@@ -278,7 +278,7 @@ def vjp_global_max_pool(ctx):
 
 
 # ------------------------------------------------------------------------------------ MaxUnpool
-@register("MaxUnpool")
+@register("MaxUnpool", tag="linear")
 def vjp_max_unpool(ctx):
     """Y = zeros with X written at the flat Indices (over N*C*H*W of Y, as MaxPool gives them):
     dX = dY read back at those indices, for the element of X written last where indices repeat (a MaxPool

@@ -27,7 +27,7 @@ from onnx import TensorProto, helper
 
 from ..errors import UnsupportedOperatorError
 from ..graph import GraphBuilder, np_dtype
-from . import register
+from .registry import register
 
 
 @dataclass(frozen=True)
@@ -55,19 +55,19 @@ _ACTIVATIONS = {
 }
 
 
-@register("LSTM")
+@register("LSTM", tag="compound")
 def vjp_lstm(ctx):
     """LSTM through its expansion into a Scan over ``i, o, f, c`` gates."""
     return _through_expansion(ctx, LSTM)
 
 
-@register("GRU")
+@register("GRU", tag="compound")
 def vjp_gru(ctx):
     """GRU through its expansion into a Scan over ``z, r, h`` gates."""
     return _through_expansion(ctx, GRU)
 
 
-@register("RNN")
+@register("RNN", tag="compound")
 def vjp_rnn(ctx):
     """Vanilla RNN through its expansion into a Scan."""
     return _through_expansion(ctx, RNN)

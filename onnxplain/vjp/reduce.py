@@ -18,12 +18,12 @@ import numpy as np
 from onnx import TensorProto, helper, numpy_helper
 
 from ..graph import np_dtype
-from . import register
+from .registry import register
 from ._common import Reduction, const_value, dims_vec, known_rank
 
 
-def _reduction(op_type: str, axes_input_since: int = 18):
-    """Register ``fn(r, dy)`` for op_type with axes as an attribute before opset
+def _reduction(op_type: str, tag: str, axes_input_since: int = 18):
+    """Register ``fn(r, dy)`` for op_type (tagged ``tag``) with axes as an attribute before opset
     ``axes_input_since`` and as an input from it on."""
     def deco(fn):
         def make(from_input):
@@ -33,37 +33,37 @@ def _reduction(op_type: str, axes_input_since: int = 18):
             rule.__doc__ = fn.__doc__
             return rule
         if axes_input_since > 1:
-            register(op_type)(make(False))
-        register(op_type, since=axes_input_since)(make(True))
+            register(op_type, tag=tag)(make(False))
+        register(op_type, tag=tag, since=axes_input_since)(make(True))
         return fn
     return deco
 
 
-@_reduction("ReduceSum", axes_input_since=1)  # axes moved to an input at opset 13 (< our minimum 17)
+@_reduction("ReduceSum", "linear", axes_input_since=1)  # axes moved to an input at opset 13 (< our minimum 17)
 def vjp_reduce_sum(r, dy):
     """dx = expand(dy)."""
     return r.expand(r.keep(dy))
 
 
-@_reduction("ReduceMean")
+@_reduction("ReduceMean", "linear")
 def vjp_reduce_mean(r, dy):
     """dx = expand(dy) / n, n = elements per output."""
     return r.expand(r.b.div(r.keep(dy), r.count()))
 
 
-@_reduction("ReduceSumSquare")
+@_reduction("ReduceSumSquare", "nonlinear")
 def vjp_reduce_sum_square(r, dy):
     """dx = 2 x dy."""
     return r.b.mul(r.keep(dy), r.b.mul(r.x, r.b.like(2.0, r.x)))
 
 
-@_reduction("ReduceL1")
+@_reduction("ReduceL1", "nonlinear")
 def vjp_reduce_l1(r, dy):
     """dx = sign(x) dy."""
     return r.b.mul(r.keep(dy), r.b.op("Sign", r.x))
 
 
-@_reduction("ReduceL2")
+@_reduction("ReduceL2", "nonlinear")
 def vjp_reduce_l2(r, dy):
     """dx = x / y dy, 0 where the norm y is 0."""
     b = r.b
@@ -74,13 +74,13 @@ def vjp_reduce_l2(r, dy):
     return b.mul(r.keep(dy), b.where(is_zero, zero, b.div(r.x, safe)))
 
 
-@_reduction("ReduceLogSum")
+@_reduction("ReduceLogSum", "nonlinear")
 def vjp_reduce_log_sum(r, dy):
     """dx = dy / exp(y) = dy / sum(x)."""
     return r.expand(r.b.div(r.keep(dy), r.b.op("Exp", r.keep(r.y))))
 
 
-@_reduction("ReduceLogSumExp")
+@_reduction("ReduceLogSumExp", "nonlinear")
 def vjp_reduce_log_sum_exp(r, dy):
     """dx = exp(x - y) dy (the softmax over the reduced axes)."""
     return r.b.mul(r.keep(dy), r.b.op("Exp", r.b.sub(r.x, r.keep(r.y))))
@@ -93,8 +93,8 @@ def _extremum(r, dy):
     return b.mul(b.div(r.keep(dy), r.sum_keep(hit)), hit)
 
 
-_reduction("ReduceMax")(_extremum)
-_reduction("ReduceMin")(_extremum)
+_reduction("ReduceMax", "nonlinear")(_extremum)
+_reduction("ReduceMin", "nonlinear")(_extremum)
 
 
 # ---------------------------------------------------------------------------------------- products
@@ -261,7 +261,7 @@ def _others_counting_zeros(r) -> str:
     return b.where(zero, with_zero, without)
 
 
-@_reduction("ReduceProd")
+@_reduction("ReduceProd", "nonlinear")
 def vjp_reduce_prod(r, dy):
     """y = prod_j x_j over the axes: dx_j = dy * prod_{l != j} x_l, the product of the others (prefix times
     suffix products, no division, so exact where x has zeros); with axes read at run time, the others are
@@ -318,7 +318,7 @@ def cumprod_vjp(b, x: str, dy: str, axis, exclusive: bool, reverse: bool, n) -> 
     return b.mul(cumprod_before(b, x, axis, reverse), cumprod_after(b, x, dy, axis, exclusive, reverse, n))
 
 
-@register("CumProd")
+@register("CumProd", tag="nonlinear")
 def vjp_cumprod(ctx):
     """y_i = prod of x along the axis up to i (exclusive, reverse): dx_j = sum_i dy_i prod_{l in i's product,
     l != j} x_l (:func:`cumprod_vjp`: exact and finite with zeros)."""

@@ -43,7 +43,7 @@ import numpy as np
 from onnx import TensorProto, helper
 
 from ..graph import np_dtype
-from . import register
+from .registry import register
 from ._common import const_value, dims_vec, fail, known_rank
 
 DOUBLE = TensorProto.DOUBLE
@@ -559,7 +559,7 @@ def _roi_gradient(ctx, matrices, axes, rank: int) -> str:
 
 
 # ------------------------------------------------------------------------- the rule
-@register("Resize")
+@register("Resize", tag="nonlinear")
 def vjp_resize(ctx):
     """dX = dY x_a W_a^T along each resized axis a (W_a: the interpolation matrix of that axis); with
     tf_crop_and_resize (linear, cubic) the roi's cotangent too."""
@@ -792,7 +792,7 @@ def grid_sample_vjp(ctx, X: str, grid: str, dy: str, need_x: bool = True, need_g
     return dX, dgrid
 
 
-@register("GridSample")
+@register("GridSample", tag="nonlinear")
 def vjp_grid_sample(ctx):
     """GridSample: dX scatters dY through the sampling weights; dgrid is the weights' derivative by the
     coordinates against the sampled values (0 for nearest)."""
@@ -818,7 +818,7 @@ def affine_grid_base(ctx, theta: str, size: str, r: int) -> str:
     return b.reshape(first, b.ints([r + 1, -1]))
 
 
-@register("AffineGrid", since=20)
+@register("AffineGrid", tag="linear", since=20)
 def vjp_affine_grid(ctx):
     """AffineGrid: dtheta[n, i, j] = sum over output points s of dY[n, s, i] * h[s, j]."""
     theta, size = ctx.x
@@ -1011,7 +1011,7 @@ def deform_sample_vjp(ctx, geo: DeformGeometry, taps, values, dsampled: str, nee
     return dX, doffset
 
 
-@register("DeformConv")
+@register("DeformConv", tag="nonlinear")
 def vjp_deform_conv(ctx):
     """DeformConv: the columns' cotangent ``W^T dY`` goes through the mask (dmask: against the samples) and
     the bilinear sampling (dX: scattered through the weights; doffset: the weights' derivatives against the

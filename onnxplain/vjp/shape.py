@@ -11,7 +11,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from ..errors import UnsupportedOperatorError
-from . import identity, register, zero
+from .registry import identity, register, zero
 from ._common import const_value, dims_vec, fail, shape_vec, static_shape  # noqa: F401  (also used here)
 
 I64_MAX = np.iinfo(np.int64).max
@@ -72,13 +72,13 @@ def _none(ctx, first):
 
 
 # ---------------------------------------------------------------------------------------- reshapes
-@register("Reshape", "Flatten", "Squeeze", "Unsqueeze")
+@register("Reshape", "Flatten", "Squeeze", "Unsqueeze", tag="linear")
 def vjp_reshape(ctx):
     """Ops that only change the shape: dx = reshape(dy, shape(x))."""
     return _none(ctx, reshape_to(ctx.b, ctx.dy[0], ctx.x[0]))
 
 
-@register("Transpose")
+@register("Transpose", tag="linear")
 def vjp_transpose(ctx):
     """dx = transpose(dy, inverse(perm)); the default perm (reversed axes) is its own inverse."""
     perm = ctx.attr("perm")
@@ -87,21 +87,21 @@ def vjp_transpose(ctx):
     return [ctx.b.op("Transpose", ctx.dy[0], perm=[int(i) for i in np.argsort(perm)])]
 
 
-@register("ReverseSequence")
+@register("ReverseSequence", tag="linear")
 def vjp_reverse_sequence(ctx):
     """A permutation that is its own inverse: dx = reverse_sequence(dy) with the same lengths and axes."""
     return [ctx.b.op("ReverseSequence", ctx.dy[0], ctx.x[1], batch_axis=ctx.attr("batch_axis", 1),
                      time_axis=ctx.attr("time_axis", 0)), None]
 
 
-@register("Expand", broadcast=True)
+@register("Expand", tag="linear", broadcast=True)
 def vjp_expand(ctx):
     """dx = dy summed over the broadcast axes (done by the walker)."""
     return [ctx.dy[0], None]
 
 
 # ---------------------------------------------------------------------------------------- joins and splits
-@register("Concat")
+@register("Concat", tag="linear")
 def vjp_concat(ctx):
     """dx_i = dy[..., offset_i : offset_i + size_i, ...] along the concat axis (one Split)."""
     b = ctx.b
@@ -113,14 +113,14 @@ def vjp_concat(ctx):
     return [p if ctx.needs(i) else None for i, p in enumerate(parts)]
 
 
-@register("Split")
+@register("Split", tag="linear")
 def vjp_split(ctx):
     """dx = concat(dy_0, ..., dy_k) along the split axis; outputs without cotangent give zeros."""
     parts = [ctx.dy_or_zeros(k) for k in range(len(ctx.y))]
     return _none(ctx, ctx.b.op("Concat", *parts, axis=ctx.attr("axis", 0)))
 
 
-@register("Tile")
+@register("Tile", tag="linear")
 def vjp_tile(ctx):
     """dx = sum over r_i of reshape(dy, (r0, d0, r1, d1, ...))."""
     b = ctx.b
@@ -163,7 +163,7 @@ def _slice_as_pad(b, x: str, starts, ends, axes, steps) -> list[int] | None:
     return pads
 
 
-@register("Slice")
+@register("Slice", tag="linear")
 def vjp_slice(ctx):
     """dx = zeros(x) with dy written at the sliced positions.
 
@@ -185,7 +185,7 @@ def vjp_slice(ctx):
     return _none(ctx, scatter_flat(b, x, src, ctx.dy[0], add=False))
 
 
-@register("Gather")
+@register("Gather", tag="nonlinear")
 def vjp_gather(ctx):
     """dx = zeros(x) with dy added at the gathered indices along the axis (repeats accumulate)."""
     b = ctx.b
@@ -211,7 +211,7 @@ def vjp_gather(ctx):
     return [b.op("ScatterElements", b.zeros_like(x), ids, g, axis=axis, reduction="add"), None]
 
 
-@register("GatherElements")
+@register("GatherElements", tag="nonlinear")
 def vjp_gather_elements(ctx):
     """dx = zeros(x) with dy added at the gathered positions along the axis."""
     b = ctx.b
@@ -259,7 +259,7 @@ def _unpad(b, g: str, pads: str, axes: str | None, rank: int | None) -> str:
     return b.op("Pad", g, grow, None, axes) if axes else b.op("Pad", g, grow)
 
 
-@register("Pad")
+@register("Pad", tag="linear")
 def vjp_pad(ctx):
     """constant mode: dx = dy with the padding cropped off (and the cropping zero-padded back);
     edge/reflect/wrap: dy is added into each output position's source, found by padding
@@ -333,7 +333,7 @@ def _product(b, scalars: list) -> str:
     return out
 
 
-@register("Col2Im")
+@register("Col2Im", tag="linear")
 def vjp_col2im(ctx):
     """y = Col2Im(x): entry (c * K + k, l) of x is added to pixel ``l * strides + k * dilations - pads`` of
     channel c (K = prod(block_shape)).  Linear, so dx is its adjoint, the im2col of dy: dy zero-padded by the
@@ -376,7 +376,7 @@ def _moved_positions(b, node, x: str, rest: list) -> str:
     return b.op("Cast", moved, to=TensorProto.INT64)
 
 
-@register("DepthToSpace", "SpaceToDepth", "Compress")
+@register("DepthToSpace", "SpaceToDepth", "Compress", tag="linear")
 def vjp_moves_data(ctx):
     """Ops that move or select elements without computing with them (DepthToSpace and SpaceToDepth in either
     mode, Compress along an axis or flattened): dx = dy added back at each output element's source, found by
@@ -386,7 +386,7 @@ def vjp_moves_data(ctx):
     return [scatter_flat(b, x, sources, ctx.dy[0], add=True)] + [None] * (len(ctx.x) - 1)
 
 
-@register("OptionalGetElement")
+@register("OptionalGetElement", tag="linear")
 def vjp_optional_get_element(ctx):
     """OptionalGetElement of a plain tensor (opset 18) is the identity; of an optional, no cotangent can be
     handed to the optional (onnxplain attributes tensors only)."""

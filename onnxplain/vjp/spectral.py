@@ -32,7 +32,7 @@ from __future__ import annotations
 import numpy as np
 from onnx import TensorProto
 
-from . import register
+from .registry import register
 from ._common import const_value, fail, known_rank
 
 # Lengths below are static ints or, when known only at run time, names of 1-element int64 tensors.
@@ -185,13 +185,13 @@ def _dft_rule(ctx, axis):
     return grads
 
 
-@register("DFT", since=17)
+@register("DFT", tag="linear", since=17)
 def vjp_dft_17(ctx):
     """DFT-17 (axis an attribute, default 1): the adjoint transform, see the module's docstring."""
     return _dft_rule(ctx, int(ctx.attr("axis", 1)))
 
 
-@register("DFT", since=20)
+@register("DFT", tag="linear", since=20)
 def vjp_dft_20(ctx):
     """DFT-20 (axis an input, default -2, a constant or a run-time scalar): the adjoint transform."""
     axis = _int_input(ctx.b, ctx.x[2] if len(ctx.x) > 2 else None)
@@ -209,7 +209,7 @@ def _frame_positions(b, frames, length, step) -> str:
     return b.add(b.unsqueeze(starts, [1]), b.unsqueeze(taps, [0]))
 
 
-@register("STFT", since=17)
+@register("STFT", tag="nonlinear", since=17)
 def vjp_stft(ctx):
     """STFT: ``y[b, f] = P F (w * frame_f(x_b))``.  The signal gets ``w * T IDFT(P^T dy)`` summed over the
     overlapping frames, the window ``sum_{b, f} <T IDFT(P^T dy), frame_f(x_b)>`` (real parts for a real signal)."""
