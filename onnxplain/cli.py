@@ -16,7 +16,7 @@ Each command is one block: ``add_<command>(subparsers)`` declares its arguments
 and sets ``run_<command>``, which calls one library function
 (:func:`onnxplain.demo.run_demo`, :func:`onnxplain.inspect`,
 :func:`onnxplain.convert`, :func:`onnxplain.files.explain_file`, or for a
-streamed ``explain --batch-size N`` :func:`onnxplain.datasets.explain_npy`,
+streamed ``explain --batch-size N`` :func:`onnxplain.files.explain_npy`,
 :func:`onnxplain.profile.profile`) and prints what it returns.  A new command is
 two such functions and an entry in
 :data:`COMMANDS`.
@@ -272,7 +272,7 @@ def run_explain(args) -> int:
                   memory_budget=args.memory_budget, batch_axes=_batching(args)["batch_axes"])
     model_batch_size = _batching(args)["batch_size"]
     if args.batch_size is not None:   # streamed: a dataset larger than memory, resumable
-        from .datasets import explain_npy
+        from .files import explain_npy
         _refuse_unstreamed(args)
         result = explain_npy(args.model, args.input, args.out, args.method, batch_size=args.batch_size,
                              model_batch_size=model_batch_size, target_file=args.target_file,

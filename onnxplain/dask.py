@@ -10,7 +10,9 @@ Each worker process builds the explanation graph and its session once per
 (model, method, output, inputs) and reuses them for every chunk it is given.
 The model travels once: a path is read by the workers themselves (shared
 storage), other models are serialised once and, with a distributed client,
-scattered to every worker once.  Needs the ``dask`` extra
+scattered to every worker once.  Importing this module registers
+:func:`explain_dataset_dask` with :mod:`onnxplain.datasets`, which hands it every
+dask array given to ``explain_dataset``.  Needs the ``dask`` extra
 (``pip install "onnxplain[dask]"``): dask[array], distributed and zarr.
 """
 from __future__ import annotations
@@ -18,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import os
 import threading
+import time
 import warnings
 
 import numpy as np
@@ -33,8 +36,8 @@ from .api import Explainer
 from .methods.gradient import Gradient
 from .methods.noise_tunnel import NoiseTunnel
 from .runtime import LRUCache
-from .datasets import (DatasetRun, Manifest, _batch_params, _check_reproducible, _check_rows_first, _fingerprint,
-                       _layout, _Layout, _OutputTarget, _ZarrOutputs)
+from .datasets import (DatasetRun, Layout, Manifest, Output, batch_params, check_reproducible, check_rows_first,
+                       fingerprint, probe_layout, register_dask_runner, run_identity)
 
 #: explainers of this process, by (model key, method, constructor options): built once per worker process
 _EXPLAINERS = LRUCache(max_items=8, max_bytes=2 << 30)
@@ -60,9 +63,9 @@ def explain(model, x, method: str = "saliency", target=None, *, target_weights=N
     ctor = {k: kwargs.pop(k) for k in _CTOR if k in kwargs}
     job = _Job.of(model, method, ctor)
     ex = job.explainer()
-    _check_rows_first(ex)
+    check_rows_first(ex)
     params = ex.method.check_params(kwargs)
-    _check_reproducible(params)
+    check_reproducible(params)
     if return_convergence_delta and not ex.method.has_delta:
         raise ValueError(f"method {ex.method.name!r} has no convergence delta")
     arrays = _dask_inputs(ex, x)
@@ -72,7 +75,7 @@ def explain(model, x, method: str = "saliency", target=None, *, target_weights=N
     chunks = next(iter(arrays.values())).chunks[0]
     targets = _dask_targets(target, target_weights, chunks)
     probe = {k: np.asarray(v[:1]) for k, v in arrays.items()}
-    layout = _layout(ex, probe, _first_target(target, target_weights), params)
+    layout = probe_layout(ex, probe, _first_target(target, target_weights), params)
     (row, dtype), = layout.attributions.values()
     if not return_convergence_delta:
         return _lazy(job, arrays, targets, params, row, dtype, None)
@@ -121,8 +124,8 @@ def _explain_block(*blocks, names, dask_targets, constant, job, params, packed=F
     index = block_id[0] if block_id else 0
     given = {k: v for k, v in target.items() if v is not None or k == "target"}
     if not packed:
-        return ex.explain(feeds, **given, **_batch_params(ex, params, index))
-    attr, delta = ex.explain(feeds, **given, return_convergence_delta=True, **_batch_params(ex, params, index))
+        return ex.explain(feeds, **given, **batch_params(ex, params, index))
+    attr, delta = ex.explain(feeds, **given, return_convergence_delta=True, **batch_params(ex, params, index))
     kind = np.result_type(attr.dtype, np.asarray(delta).dtype)
     return np.concatenate([attr.reshape(len(attr), -1).astype(kind), np.asarray(delta, kind)[:, None]], axis=1)
 
@@ -261,11 +264,11 @@ def explain_dataset_dask(ex, x, out, target=None, *, target_weights=None, overwr
     """``ex.explain_dataset`` for a dask array: chunks of rows computed on the cluster and written with
     :func:`dask.array.to_zarr` into the zarr store ``out``; a chunk recorded in the manifest (after its files
     are synced) is not computed again when the run is started again.  ``group``: chunks written between two
-    manifest updates (default: twice the workers, or 4)."""
-    import time
+    manifest updates (default: twice the workers, or 4).  Registered with :mod:`onnxplain.datasets` on import,
+    so that ``explain_dataset`` of a dask array comes here."""
     started = time.perf_counter()
-    target_out = _OutputTarget(out, True)
-    if target_out.kind != "zarr":
+    output = Output(out, True)
+    if output.kind != "zarr":
         raise ValueError(f"a dask source is written to a zarr store (a path ending in .zarr), not {out!r}")
     params.pop("progress", None)
     lazy = explain(ex, x, ex.method.name, target, target_weights=target_weights,
@@ -277,17 +280,15 @@ def explain_dataset_dask(ex, x, out, target=None, *, target_weights=None, overwr
         deltas = None if deltas is None else deltas.rechunk({0: chunk})
     bounds = np.cumsum((0,) + lazy.chunks[0])
     shipped_params = ex.method.check_params(params)
-    layout = _Layout({ex.inputs[0]: (tuple(lazy.shape[1:]), np.dtype(lazy.dtype))},
-                     None if deltas is None else np.dtype(deltas.dtype))
-    identity = {"model": ex.digest, "method": ex.method.name, "output": ex.output,
-                "attributed": [[p.key, p.tensor] for p in ex.spec.points],
-                "params": _fingerprint({k: v for k, v in shipped_params.items() if k != "progress"}),
-                "targets": _fingerprint(target if target_weights is None else {"weights": target_weights}),
-                "source": {"shape": list(map(int, lazy.shape)), "chunks": int(chunk)}, "batch_size": int(chunk),
-                "format": "zarr"}
-    manifest = Manifest.open(target_out, identity, overwrite)
-    outputs = _ZarrOutputs(target_out, layout, int(lazy.shape[0]), int(chunk))
-    array = outputs.arrays[next(iter(layout.attributions))]
+    layout = Layout({ex.inputs[0]: (tuple(lazy.shape[1:]), np.dtype(lazy.dtype))},
+                    None if deltas is None else np.dtype(deltas.dtype))
+    identity = run_identity(ex, shipped_params,
+                            targets=fingerprint(target if target_weights is None else {"weights": target_weights}),
+                            source={"shape": list(map(int, lazy.shape)), "chunks": int(chunk)},
+                            batch_size=int(chunk), kind="zarr")
+    manifest = Manifest.open(output, identity, overwrite)
+    writer = output.open(layout, int(lazy.shape[0]), int(chunk), fresh=False)
+    array = writer.arrays[next(iter(layout.attributions))]
     todo = [i for i in range(len(bounds) - 1) if i not in manifest.done]
     size = group or max(4, 2 * _workers())
     computed = 0
@@ -299,23 +300,23 @@ def explain_dataset_dask(ex, x, out, target=None, *, target_weights=None, overwr
                 writes = [da.to_zarr(lazy[bounds[i]:bounds[i + 1]], array, region=_rows(bounds, i, lazy.ndim),
                                      compute=False) for i in picked]
                 if deltas is not None:   # the same tasks: computed once with the attributions
-                    writes += [da.to_zarr(deltas[bounds[i]:bounds[i + 1]], outputs.delta, region=_rows(bounds, i, 1),
+                    writes += [da.to_zarr(deltas[bounds[i]:bounds[i + 1]], writer.delta, region=_rows(bounds, i, 1),
                                           compute=False) for i in picked]
             dask.compute(*writes)
-            for i in picked:
-                outputs.sync(int(bounds[i]), int(bounds[i + 1]))
-                manifest.batches[i] = (int(bounds[i]), int(bounds[i + 1]))
-            manifest.record(picked[-1], int(bounds[picked[-1]]), int(bounds[picked[-1] + 1]))
+            spans = {i: (int(bounds[i]), int(bounds[i + 1])) for i in picked}
+            for start, stop in spans.values():
+                writer.sync(start, stop)      # the data on disk first,
+            manifest.record_batches(spans)    # then the record that says so
             computed += len(picked)
-        outputs.finish(int(lazy.shape[0]))
+        writer.finish(int(lazy.shape[0]))
         manifest.finish()
     except BaseException:
         if not manifest.done:
-            target_out.remove()
+            output.remove()
             manifest.remove()
         raise
-    return DatasetRun(target_out.path, int(lazy.shape[0]), len(bounds) - 1, computed,
-                      time.perf_counter() - started, outputs.delta_location)
+    return DatasetRun(output.path, int(lazy.shape[0]), len(bounds) - 1, computed,
+                      time.perf_counter() - started, writer.delta_location)
 
 
 def _rows(bounds, i: int, ndim: int) -> tuple:
@@ -329,5 +330,7 @@ def _workers() -> int:
         return 2
     return max(1, len(client.scheduler_info().get("workers", {})))
 
+
+register_dask_runner(explain_dataset_dask)
 
 __all__ = ["explain", "explain_dataset_dask"]

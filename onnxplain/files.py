@@ -6,6 +6,9 @@
                                           out="attr.npz", plot="attr.png")
     print(result.summary())
 
+:func:`explain_npy` (``onnxplain explain --batch-size N``) streams the rows of
+an ``.npy`` file larger than memory through :func:`onnxplain.datasets.explain_dataset`.
+
 Every mistake (a missing or unreadable file, a wrong suffix, a folder that does
 not exist) is a ``ValueError`` naming what was expected, raised before any
 attribution is computed.
@@ -20,9 +23,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .datasets import DatasetRun, explain_dataset
 from .errors import one_line
+from .paths import check_output_path
 from .report import text_table
-from .targets import parse_target, predicted_target
+from .targets import PREDICTED, parse_target, predicted_target
 
 _INTEGER = re.compile(r"[+-]?\d+")
 
@@ -137,22 +142,6 @@ def read_feature_names(text: str) -> list[str]:
 
 
 # ---------------------------------------------------------------------- writing
-def check_output_path(path, suffixes: tuple[str, ...] | None = None, why: str = "", what: str = "--out") -> None:
-    """Fail before any work when ``path`` cannot be written: a suffix not in ``suffixes`` (None: any), a
-    missing folder, a folder."""
-    if not path:
-        return
-    path = os.fspath(path)
-    if suffixes is not None and not path.endswith(tuple(suffixes)):
-        reason = f" ({why})" if why else ""
-        raise ValueError(f"{what} must end with {' or '.join(suffixes)}{reason}, got {path!r}")
-    folder = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(folder):
-        raise ValueError(f"cannot write {path!r}: folder {folder!r} does not exist")
-    if os.path.isdir(path):
-        raise ValueError(f"cannot write {path!r}: it is a folder")
-
-
 def save_attributions(path, explainer, attributions, delta=None) -> str:
     """Write attributions (and ``delta``) as the explanation graph names them; return what was written.
 
@@ -244,7 +233,7 @@ def explain_file(model, input_path, method: str = "saliency", *, target=None, ta
         (``{"n_steps": 32, "method": "riemann_left", "baselines": 0}``).
     batch_axes, batch_size, noise_tunnel, memory_budget: those of :class:`~onnxplain.Explainer`
     (``batch_size``: the most rows the model sees per forward pass).  For a dataset larger than
-    memory, streamed batch by batch, see :func:`onnxplain.datasets.explain_npy`.
+    memory, streamed batch by batch, see :func:`explain_npy`.
     Paths, parameters and targets are checked before anything is computed.
     """
     from .api import Explainer
@@ -300,3 +289,45 @@ def _prepare_plot(explainer, path) -> None:
     from . import viz
     viz.check_picture_path(path, viz.picture_kind(explainer))
     viz.require()
+
+
+# ---------------------------------------------------------------------- a dataset, streamed
+def explain_npy(model, data, out, method: str = "saliency", *, target=None, target_file=None, target_weights=None,
+                batch_size: int | None = None, memory_budget=None, overwrite: bool = False,
+                progress: bool | None = None, output=None, inputs=None, layer=None, params=None,
+                noise_tunnel: str | None = None, batch_axes: dict | None = None,
+                model_batch_size: int | None = None) -> DatasetRun:
+    """:func:`~onnxplain.datasets.explain_dataset` of the rows of the ``.npy`` file ``data`` (memmapped: read
+    batch by batch).
+
+    ``batch_size``: the rows of one streamed batch (default: what the memory budget holds);
+    ``model_batch_size``: the most rows the model sees per forward pass (the ``batch_size`` of
+    :class:`~onnxplain.Explainer`).  ``target_file`` and ``target_weights`` are ``.npy`` paths (memmapped
+    too): one target per row, or weights shaped like the output.  ``target="pred"`` is refused (write the
+    predicted classes to a ``target_file``).  What the command line's ``explain --batch-size`` runs.
+    """
+    from .api import Explainer
+    if isinstance(target, str) and target == PREDICTED:
+        raise ValueError("target 'pred' is not streamed: write the predicted classes to an .npy file and give it "
+                         "as target_file")
+    source = _open_npy(data, "the data")
+    if target is not None and target_file is not None:
+        raise ValueError("give either target or target_file, not both")
+    if target_file is not None:
+        target = _open_npy(target_file, "target_file")
+    extra = {"target_weights": _open_npy(target_weights, "target_weights")} if target_weights is not None else {}
+    ex = Explainer(model, method, output=output, inputs=inputs, layer=layer, memory_budget=memory_budget,
+                   noise_tunnel=noise_tunnel, batch_axes=batch_axes, batch_size=model_batch_size)
+    return explain_dataset(ex, source, out, target, batch_size=batch_size, overwrite=overwrite, progress=progress,
+                           **extra, **(params or {}))
+
+
+def _open_npy(path, what: str) -> np.ndarray:
+    """An existing ``.npy`` file, memmapped (read row by row as a dataset is streamed)."""
+    path = os.fspath(path)
+    if not path.endswith(".npy") or not os.path.isfile(path):
+        raise ValueError(f"{what} must be an existing .npy file, got {path!r}")
+    try:
+        return np.load(path, mmap_mode="r", allow_pickle=False)
+    except ValueError as e:
+        raise ValueError(f"{what}: cannot read {path!r} as an .npy array: {e}") from e

@@ -25,7 +25,7 @@ import os
 import numpy as np
 
 from .errors import MissingExtraError
-from .files import check_output_path
+from .paths import check_output_path
 
 REDUCTIONS = ("sum", "mean", "abs_sum", "max_abs")
 SIGNS = ("auto", "signed", "absolute")

@@ -62,6 +62,23 @@ def test_import_onnxplain_imports_no_dask():
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "[]"
 
 
+def test_a_dask_array_is_explained_without_importing_onnxplain_dask_first(model_path, tmp_path):
+    """Explainer.explain_dataset loads the dask front-end when a dask array arrives, as it always did."""
+    out = tmp_path / "a.zarr"
+    code = ("import sys, numpy as np, dask, dask.array as da, onnxplain\n"
+            "dask.config.set(scheduler='synchronous')\n"
+            f"ex = onnxplain.Explainer({str(model_path)!r}, 'saliency')\n"
+            "x = da.from_array(np.ones((6, 5), np.float32), chunks=(4, 5))\n"
+            f"ex.explain_dataset(x, {str(out)!r}, target=1)\n"
+            "print('onnxplain.dask' in sys.modules)")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == "True"
+    ex = onnxplain.Explainer(str(model_path), "saliency")
+    np.testing.assert_allclose(zarr.open_group(str(out), mode="r")["attributions"][:],
+                               ex.explain(np.ones((6, 5), np.float32), target=1), rtol=1e-6)
+
+
 def test_lazy_attributions_with_the_row_chunks_of_x(client, model_path):
     x = da.from_array(X, chunks=(40, 5))
     for target in (LABELS, da.from_array(LABELS, chunks=60)):   # numpy, and dask with other chunks

@@ -19,7 +19,7 @@ import socket
 import sys
 from concurrent import futures
 
-from . import require_serve_extra
+from .extra import require_serve_extra
 
 require_serve_extra()
 
