@@ -15,6 +15,7 @@ from .errors import ModelError
 from .graph import np_dtype
 from .methods import get_method
 from .methods.noise_tunnel import NoiseTunnel
+from .options import ExplainOptions
 from .prepare import (attribution_spec, build_graph, elem_type, graph_inputs, made_up_inputs, own_layouts, prepare,
                       static_shape)
 from .spec import Spec
@@ -22,7 +23,7 @@ from .runner import Runner
 from .runtime import Cost, RowCost, Session, memory_budget as _memory_budget, select_providers
 from .targets import check_target_weights, predicted_target, target_weights
 
-__all__ = ["Explainer", "audit", "clear_cache", "convert", "explain"]
+__all__ = ["ExplainOptions", "Explainer", "audit", "clear_cache", "convert", "explain"]
 
 
 class Explainer:
@@ -98,6 +99,11 @@ class Explainer:
         #: what the method runs on (:class:`onnxplain.runner.Runner`)
         self.runner = Runner(self.method, self.spec, self.session, self.memory_budget, self.row_cost,
                              self.forward_session)
+
+    @classmethod
+    def from_options(cls, model, options: ExplainOptions) -> "Explainer":
+        """The Explainer of ``model`` that ``options`` describe (its ``params`` are the calls' business)."""
+        return cls(model, **options.explainer_keywords())
 
     def _build_graph(self) -> tuple:
         graph = build_graph(self.model, self.method, self.spec)
@@ -285,12 +291,10 @@ def _check_standalone(noise_tunnel: bool, batch_size) -> None:
 
 
 def explain(model, inputs, method: str = "saliency", target=None, **kwargs):
-    """One-shot :meth:`Explainer.explain` (the graph and session are cached all the same)."""
-    ctor = {k: kwargs.pop(k) for k in ("output", "providers", "memory_budget", "layer", "threads", "batch_axes",
-                                       "batch_size", "noise_tunnel") if k in kwargs}
-    if "inputs_to_attribute" in kwargs:
-        ctor["inputs"] = kwargs.pop("inputs_to_attribute")
-    return Explainer(model, method, **ctor).explain(inputs, target, **kwargs)
+    """One-shot :meth:`Explainer.explain` (the graph and session are cached all the same): ``kwargs`` are
+    the Explainer's keywords and the method's parameters together (:meth:`ExplainOptions.split`)."""
+    options = ExplainOptions.split(method, **kwargs)
+    return Explainer.from_options(model, options).explain(inputs, target, **options.params)
 
 
 def convert(model, path, method: str = "saliency", output: str | None = None, inputs=None, layer=None,

@@ -19,12 +19,14 @@ import json
 import os
 import re
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
+from .api import Explainer
 from .datasets import DatasetRun, explain_dataset
 from .errors import one_line
+from .options import ExplainOptions
 from .paths import check_output_path
 from .report import text_table
 from .targets import PREDICTED, parse_target, predicted_target
@@ -215,11 +217,9 @@ class FileExplanation:
         return "-" if self.target is None else str(self.target)
 
 
-def explain_file(model, input_path, method: str = "saliency", *, target=None, target_weights=None,
-                 output: str | None = None, inputs=None, layer: str | None = None, out=None, plot=None,
-                 tokens=None, feature_names=None, params: dict | None = None, batch_axes: dict | None = None,
-                 batch_size: int | None = None, noise_tunnel: str | None = None,
-                 memory_budget=None) -> FileExplanation:
+def explain_file(model, input_path, method: str = "saliency", *, target=None, target_weights=None, out=None,
+                 plot=None, tokens=None, feature_names=None, options: ExplainOptions | None = None,
+                 **keywords) -> FileExplanation:
     """Explain the rows stored in ``input_path`` (``.npy``, or ``.npz`` by input name).
 
     target: Captum's forms, or ``"pred"`` (each row's largest output), or
@@ -229,23 +229,23 @@ def explain_file(model, input_path, method: str = "saliency", *, target=None, ta
     plot: draw them (:func:`onnxplain.viz.plot_explanation`): ``.png`` for
         images and tabular rows, ``.html`` for token ids; ``tokens`` (lists of
         word pieces, or a ``.json`` path) and ``feature_names`` label them.
-    params: the method's parameters as :meth:`Explainer.explain` takes them
-        (``{"n_steps": 32, "method": "riemann_left", "baselines": 0}``).
-    batch_axes, batch_size, noise_tunnel, memory_budget: those of :class:`~onnxplain.Explainer`
-    (``batch_size``: the most rows the model sees per forward pass).  For a dataset larger than
-    memory, streamed batch by batch, see :func:`explain_npy`.
+    options: an :class:`~onnxplain.ExplainOptions` (the method, the Explainer's keywords and the method's
+        parameters); or, as keywords, the Explainer's (``output``, ``inputs``, ``layer``, ``batch_axes``,
+        ``batch_size``: the most rows the model sees per forward pass, ``noise_tunnel``, ``memory_budget``...)
+        and ``params``: the method's parameters as :meth:`Explainer.explain` takes them
+        (``{"n_steps": 32, "method": "riemann_left", "baselines": 0}``).  For a dataset larger than
+        memory, streamed batch by batch, see :func:`explain_npy`.
     Paths, parameters and targets are checked before anything is computed.
     """
-    from .api import Explainer
     from .methods import canonical_name
 
-    method = canonical_name(method)
-    params = dict(params or {})
+    options = ExplainOptions.merged(method, options, keywords)
+    options = replace(options, method=canonical_name(options.method))
+    params = options.params
     if target is not None and target_weights is not None:
         raise ValueError("give either a target or target_weights, not both")
     raw = load_inputs(input_path)
-    ex = Explainer(model, method=method, output=output, inputs=inputs, layer=layer, batch_axes=batch_axes,
-                   batch_size=batch_size, noise_tunnel=noise_tunnel, memory_budget=memory_budget)
+    ex = Explainer.from_options(model, options)
     ex.method.check_params(dict(params))            # unknown or bad parameters fail before anything runs
     several = not ex.spec.single
     check_output_path(out, (".npz",) if several else (".npy", ".npz"),
@@ -293,10 +293,9 @@ def _prepare_plot(explainer, path) -> None:
 
 # ---------------------------------------------------------------------- a dataset, streamed
 def explain_npy(model, data, out, method: str = "saliency", *, target=None, target_file=None, target_weights=None,
-                batch_size: int | None = None, memory_budget=None, overwrite: bool = False,
-                progress: bool | None = None, output=None, inputs=None, layer=None, params=None,
-                noise_tunnel: str | None = None, batch_axes: dict | None = None,
-                model_batch_size: int | None = None) -> DatasetRun:
+                batch_size: int | None = None, overwrite: bool = False, progress: bool | None = None,
+                model_batch_size: int | None = None, options: ExplainOptions | None = None,
+                **keywords) -> DatasetRun:
     """:func:`~onnxplain.datasets.explain_dataset` of the rows of the ``.npy`` file ``data`` (memmapped: read
     batch by batch).
 
@@ -304,9 +303,13 @@ def explain_npy(model, data, out, method: str = "saliency", *, target=None, targ
     ``model_batch_size``: the most rows the model sees per forward pass (the ``batch_size`` of
     :class:`~onnxplain.Explainer`).  ``target_file`` and ``target_weights`` are ``.npy`` paths (memmapped
     too): one target per row, or weights shaped like the output.  ``target="pred"`` is refused (write the
-    predicted classes to a ``target_file``).  What the command line's ``explain --batch-size`` runs.
+    predicted classes to a ``target_file``).  ``options`` or ``keywords``: as :func:`explain_file`'s (the
+    Explainer's ``batch_size`` is ``model_batch_size`` here).  What the command line's ``explain
+    --batch-size`` runs.
     """
-    from .api import Explainer
+    if model_batch_size is not None:
+        keywords["batch_size"] = model_batch_size
+    options = ExplainOptions.merged(method, options, keywords)
     if isinstance(target, str) and target == PREDICTED:
         raise ValueError("target 'pred' is not streamed: write the predicted classes to an .npy file and give it "
                          "as target_file")
@@ -316,10 +319,9 @@ def explain_npy(model, data, out, method: str = "saliency", *, target=None, targ
     if target_file is not None:
         target = _open_npy(target_file, "target_file")
     extra = {"target_weights": _open_npy(target_weights, "target_weights")} if target_weights is not None else {}
-    ex = Explainer(model, method, output=output, inputs=inputs, layer=layer, memory_budget=memory_budget,
-                   noise_tunnel=noise_tunnel, batch_axes=batch_axes, batch_size=model_batch_size)
+    ex = Explainer.from_options(model, options)
     return explain_dataset(ex, source, out, target, batch_size=batch_size, overwrite=overwrite, progress=progress,
-                           **extra, **(params or {}))
+                           **extra, **options.params)
 
 
 def _open_npy(path, what: str) -> np.ndarray:

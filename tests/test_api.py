@@ -403,3 +403,41 @@ def test_a_failure_in_a_node_the_explanation_graph_added_is_a_run_error():
     theirs = run_failure(Fail(message.format(op="Conv", name="/conv1/Conv__partner_3")))
     assert isinstance(theirs, ModelError) and "the model's node '/conv1/Conv' (Conv)" in str(theirs)
     assert run_failure(ValueError("not onnxruntime's")) is None
+
+
+def test_explain_options_split_the_explainers_keywords_from_the_methods_parameters():
+    import dataclasses
+    import inspect
+
+    from onnxplain.options import EXPLAINER_KEYWORDS, ExplainOptions
+
+    ctor = [p for p in inspect.signature(onnxplain.Explainer).parameters if p not in ("model", "method")]
+    assert list(EXPLAINER_KEYWORDS) == ctor, "the options name every keyword of the Explainer"
+    assert [f.name for f in dataclasses.fields(ExplainOptions)] == ["method", *ctor, "params"]
+    opts = ExplainOptions.split("ig", inputs_to_attribute="x", batch_size=4, n_steps=7, baselines=0.5)
+    assert (opts.inputs, opts.batch_size, opts.params) == ("x", 4, {"n_steps": 7, "baselines": 0.5})
+    with pytest.raises(TypeError, match="not both"):
+        ExplainOptions.split("ig", inputs="x", inputs_to_attribute="x")
+    x = RNG.standard_normal((3, 5)).astype(np.float32)
+    ex = onnxplain.Explainer.from_options(mlp_model(), opts)
+    assert ex.method_name == "integrated_gradients" and ex.spec.batch_size == 4
+    a = ex.explain(x, target=1, **opts.params)
+    assert a.shape == x.shape
+    np.testing.assert_allclose(a, onnxplain.explain(mlp_model(), x, "ig", target=1, batch_size=4, n_steps=7,
+                                                    baselines=0.5), rtol=1e-6)
+
+
+def test_explain_file_takes_its_options_as_one_object_or_as_keywords(tmp_path):
+    from onnxplain.files import explain_file
+    from onnxplain.options import ExplainOptions
+
+    x = RNG.standard_normal((5, 5)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    flat = explain_file(mlp_model(), tmp_path / "x.npy", "ig", target=1, batch_size=2, params={"n_steps": 9})
+    options = ExplainOptions("ig", batch_size=2, params={"n_steps": 9})
+    one = explain_file(mlp_model(), tmp_path / "x.npy", target=1, options=options)
+    by_hand = onnxplain.Explainer(mlp_model(), "ig", batch_size=2).explain(x, target=1, n_steps=9)
+    for got in (flat, one):
+        np.testing.assert_allclose(got.attributions["x"], by_hand, rtol=1e-6)
+    with pytest.raises(TypeError, match="not both"):
+        explain_file(mlp_model(), tmp_path / "x.npy", target=1, options=options, batch_size=3)
