@@ -305,7 +305,7 @@ def _refuse_streaming_flags(args) -> None:
 
 # ---------------------------------------------------------------------- method arguments (convert, explain)
 def _add_method_args(p, graph_defaults: bool, output_flag: str = "--output", method_help: str = "") -> None:
-    from .methods import METHODS
+    from .methods import METHODS, NT_PARAMETERS, NT_TYPES, offered_parameters
     p.add_argument("--method", "-m", required=True,
                    help=f"one of {', '.join(METHODS)} (or an alias such as intgrad, grad*input){method_help}")
     p.add_argument(output_flag, dest="output", metavar="NAME",
@@ -315,24 +315,58 @@ def _add_method_args(p, graph_defaults: bool, output_flag: str = "--output", met
                         "input feeding an embedding)")
     p.add_argument("--layer", metavar="TENSOR", help="attribute this intermediate tensor instead of the inputs")
     g = p.add_argument_group("method parameters" + (" (stored as the graph's defaults)" if graph_defaults else ""))
-    g.add_argument("--n-steps", type=int, help="integrated_gradients: integration steps (50)")
-    g.add_argument("--integration", metavar="SCHEME",
-                   help="integrated_gradients: gausslegendre (default), riemann_left, riemann_right, "
-                        "riemann_middle, riemann_trapezoid")
-    g.add_argument("--baseline", metavar="VALUE" if graph_defaults else "VALUE|FILE.npy",
-                   help="the baseline (default 0): a number, an integer token id as typed (0 is the id 0)"
-                        + ("" if graph_defaults else ", or an .npy file"))
-    if not graph_defaults:
-        g.add_argument("--internal-batch-size", type=int, help="integrated_gradients: most rows per run")
-    g.add_argument("--nt-samples", type=int, help="smoothgrad/smoothgrad_sq/vargrad: noisy samples (5)")
-    g.add_argument("--stdevs", type=float, help="smoothgrad/smoothgrad_sq/vargrad: noise standard deviation (1.0)")
-    g.add_argument("--seed", type=int, help="smoothgrad/smoothgrad_sq/vargrad: seed of the noise")
-    g.add_argument("--noise-tunnel", choices=("smoothgrad", "smoothgrad_sq", "vargrad"),
-                   help="average the method's attributions over noisy copies of the inputs (Captum's NoiseTunnel; "
-                        "--nt-samples, --stdevs and --seed set the noise)")
+    for offered in offered_parameters():   # one flag per parameter name, from the methods' declarations
+        if offered.in_graph or not graph_defaults:
+            _add_parameter_flag(g, offered, graph_defaults)
+    noise = [p.flag for p in NT_PARAMETERS if p.in_graph or not graph_defaults]
+    g.add_argument("--noise-tunnel", choices=NT_TYPES,
+                   help=f"average the method's attributions over noisy copies of the inputs (Captum's NoiseTunnel; "
+                        f"{', '.join(noise[:-1])} and {noise[-1]} set the noise)")
     g.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
                    help="any other method parameter, VALUE read as a Python literal" +
                         ("" if graph_defaults else " or @FILE.npy for an array") + " (repeatable)")
+
+
+def _boolean(text: str) -> bool:
+    word = text.strip().lower()
+    if word in ("true", "yes", "1"):
+        return True
+    if word in ("false", "no", "0"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def _ints(text: str):
+    try:
+        value = ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        value = None
+    if not (isinstance(value, int) or (isinstance(value, tuple) and all(isinstance(v, int) for v in value))):
+        raise argparse.ArgumentTypeError(f"expected an int or a tuple of ints such as 3,8,8, got {text!r}")
+    return value
+
+
+#: how the command line reads a value of each kind of method parameter (arrays: see :func:`_method_params`)
+_READERS = {"int": int, "float": float, "bool": _boolean, "str": str, "choice": str, "ints": _ints, "array": str}
+#: what a value of the kind looks like, for the help
+_FORMS = {"ints": "a tuple as 3,8,8 (or one int)",
+          "array": "a number (typed as an int, an integer token id: 0 is the id 0) or an .npy file"}
+
+
+def _add_parameter_flag(g, offered, graph_defaults: bool) -> None:
+    """The flag of one method parameter: its spelling, the type of its values, and which methods take it."""
+    param = offered.param
+    if param.kind == "bool":
+        metavar = "{true,false}"
+    elif param.kind == "array":
+        metavar = "VALUE" if graph_defaults else "VALUE|FILE.npy"
+    else:
+        metavar = param.metavar or param.name.upper()
+    form = _FORMS.get(param.kind, "")
+    if graph_defaults and param.kind == "array":
+        form = "a number (typed as an int, an integer token id: 0 is the id 0)"
+    g.add_argument(param.flag, dest=f"param_{param.name}", type=_READERS[param.kind], metavar=metavar,
+                   help=offered.describe(graph_only=graph_defaults) + (f"; {metavar}: {form}" if form else ""))
 
 
 def _add_memory_budget(p) -> None:
@@ -362,15 +396,15 @@ def _batching(args) -> dict:
 def _method_params(args, allow_files: bool) -> dict:
     """The method parameters given on the command line (only those given), as the API's keyword arguments."""
     from .files import load_array, parse_value
+    from .methods import offered_parameters
 
     params = {}
-    for flag, key in (("n_steps", "n_steps"), ("integration", "method"), ("internal_batch_size", "internal_batch_size"),
-                      ("nt_samples", "nt_samples"), ("stdevs", "stdevs"), ("seed", "seed")):
-        value = getattr(args, flag, None)
+    for offered in offered_parameters():   # the flags given (convert has only those of graph defaults)
+        value = getattr(args, f"param_{offered.name}", None)
         if value is not None:
-            params[key] = value
-    if args.baseline is not None:
-        params["baselines"] = parse_value(args.baseline, "--baseline", allow_files)
+            if offered.param.kind == "array":   # a number, or an array from an .npy file
+                value = parse_value(value, offered.param.flag, allow_files)
+            params[offered.name] = value
     for item in args.param:
         key, sep, text = item.partition("=")
         if not sep or not key.strip():

@@ -422,15 +422,20 @@ def test_sigterm_lets_the_request_in_flight_finish_then_stops(server, explainers
 
 @pytest.mark.parametrize("noise_tunnel", [None, "smoothgrad"])
 def test_every_method_parameter_has_a_request_form(noise_tunnel):
-    """A served method's parameters become optional request inputs: each needs a form in the serve table."""
+    """A served method's parameters become optional request inputs: each is declared, and each declaration has a
+    request form (or says that no request carries it)."""
     from onnxplain.methods import METHODS, get_method
-    from onnxplain.serve.protocol import _PARAMETER_KINDS, _SERVER_SIDE
+    from onnxplain.serve.protocol import request_form
     for name in METHODS:
         method = get_method(name)
         if noise_tunnel and not method.forward_only and "nt_samples" not in method.defaults:
             method = get_method(name, noise_tunnel=noise_tunnel)
-        missing = set(method.defaults) - set(_PARAMETER_KINDS) - set(_SERVER_SIDE)
-        assert not missing, f"{method.name}: no request form for {sorted(missing)}"
+        declared = {p.name: p for p in method.parameters}
+        missing = set(method.defaults) - set(declared)
+        assert not missing, f"{method.name}: no declaration, so no request form, for {sorted(missing)}"
+        for p in declared.values():
+            form = request_form(p)       # raises for a declaration without a form
+            assert form is not None or p.request is None, f"{method.name}: no request form for {p.name}"
 
 
 def test_served_explainers_take_batch_axes_and_batch_size():

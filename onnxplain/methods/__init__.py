@@ -6,8 +6,9 @@ from .base import Method, Spec
 from .deeplift import DeepLift, DeepLiftShap
 from .gradient import Deconvolution, EpsilonLRP, Gradient, GuidedBackprop, InputXGradient, Saliency
 from .integrated_gradients import IntegratedGradients
-from .noise_tunnel import NT_TYPES, NoiseTunnel, SmoothGrad, SmoothGradSquared, VarGrad
+from .noise_tunnel import NT_PARAMETERS, NT_TYPES, NoiseTunnel, SmoothGrad, SmoothGradSquared, VarGrad
 from .occlusion import Occlusion
+from .params import Offered, Param, markdown_table, offered
 from .shapley import ShapleySampling, ShapleyValues
 
 _CLASSES = [Saliency, Gradient, InputXGradient, IntegratedGradients, SmoothGrad, SmoothGradSquared, VarGrad,
@@ -47,4 +48,21 @@ def get_method(name: str, noise_tunnel: str | None = None, **graph_defaults) -> 
     return method
 
 
-__all__ = ["ALIASES", "METHODS", "NT_TYPES", "Method", "Spec", "canonical_name", "get_method"]
+def _instances() -> list[Method]:
+    return [c() for c in _CLASSES]
+
+
+def offered_parameters() -> list[Offered]:
+    """Every method parameter, once per name, with the methods that take it and their declarations, in the
+    order of :data:`METHODS` (the command line's method flags)."""
+    return offered((m.name, m.parameters) for m in _instances())
+
+
+def method_table() -> str:
+    """The README's method table (Markdown): every method with its aliases, its parameters and their
+    defaults, and its counterparts in Captum and DeepExplain, from the methods' declarations."""
+    return markdown_table(_instances())
+
+
+__all__ = ["ALIASES", "METHODS", "NT_PARAMETERS", "NT_TYPES", "Method", "Offered", "Param", "Spec", "canonical_name",
+           "get_method", "method_table", "offered_parameters"]

@@ -11,14 +11,14 @@ import numpy as np
 from onnxplain.kernels.ablation import fill_ablation, fold_ablation
 from onnxplain.kernels.common import spread_groups
 
+from .params import DRAW_SEED, FEATURE_MASK, N_BASELINES, PERTURBATION_BASELINES, PERTURBATIONS_PER_EVAL, PROGRESS
 from .perturbation import Perturbation, Plan, attributed_inputs, group_labels
 
 
 class FeatureAblation(Perturbation):
     name = "feature_ablation"
     aliases = ("ablation",)
-    defaults = {"feature_mask": None, "baselines": None, "n_baselines": None, "seed": None,
-                "perturbations_per_eval": None, "progress": None}
+    parameters = (FEATURE_MASK, PERTURBATION_BASELINES, N_BASELINES, DRAW_SEED, PERTURBATIONS_PER_EVAL, PROGRESS)
 
     def plan(self, spec, feeds, n_rows, params):
         inputs = attributed_inputs(spec, feeds, params["baselines"])

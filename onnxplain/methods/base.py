@@ -18,6 +18,7 @@ from onnx import TensorProto
 from ..graph import GraphBuilder, np_dtype
 from ..runtime import Cost
 from ..spec import Point, Spec  # noqa: F401  (the names methods build from)
+from .params import Param, check_values, defaults_of
 
 TARGET_WEIGHTS = "target_weights"
 
@@ -42,12 +43,24 @@ class Method:
     overrides: dict | None = None
     #: bytes of intermediate tensors per row, in units of the forward pass's tensors (see runtime.RowCost)
     row_cost_factor: float = 3.0
-    #: parameters ``explain`` accepts, with their defaults
+    #: the parameters ``explain`` accepts, declared (see :mod:`onnxplain.methods.params`)
+    parameters: tuple[Param, ...] = ()
+    #: parameters ``explain`` accepts, with their defaults (derived from :attr:`parameters`)
     defaults: dict = {}
     #: per-row parameter feeds (by name prefix) and the axis that indexes rows
     row_axes: dict = {}
     #: whether the parts of a call are a weighted mixture (see :meth:`part_weights`) rather than a sum
     mixes_parts: bool = False
+
+    def __init_subclass__(cls, **kwargs):
+        """A class that declares :attr:`parameters` gets its ``defaults`` from them (never both by hand)."""
+        super().__init_subclass__(**kwargs)
+        declared = cls.__dict__.get("parameters")
+        if isinstance(declared, tuple):
+            if "defaults" in cls.__dict__:
+                raise TypeError(f"{cls.__name__} declares both parameters and defaults; its defaults are "
+                                f"those of its parameters")
+            cls.defaults = defaults_of(declared)
 
     def build(self, b: GraphBuilder, spec: Spec) -> None:  # pragma: no cover - interface
         raise NotImplementedError
@@ -68,6 +81,7 @@ class Method:
         if unknown:
             valid = ", ".join(sorted(self.defaults)) or "none"
             raise TypeError(f"method {self.name!r} got unexpected parameter(s) {unknown}; it accepts: {valid}")
+        check_values(self.parameters, params, self.name)   # each value of its declared kind
         return {**self.defaults, **params}
 
     def parts(self, params: dict, spec: Spec, inputs: dict, bytes_per_row: int, budget: int) -> list[dict]:

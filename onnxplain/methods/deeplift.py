@@ -25,6 +25,7 @@ from ..rules.deeplift import RESCALE
 from .base import (Method, Spec, baseline_feeds, batch_rows, check_n_baselines, declare_baselines, declare_param,
                    declare_target_weights, draw_rows, emit_attribution, emit_outputs, ex_float, flatten_steps,
                    forward_per_block, open_forward, per_row_sum, rows, split_steps, tile_rows)
+from .params import BASELINES, DRAW_SEED, MULTIPLY_BY_INPUTS, N_BASELINES, Param
 
 DEFAULT_EPS = 1e-10   # Captum's threshold below which the Rescale rule falls back to the gradient
 
@@ -33,7 +34,11 @@ class DeepLift(Method):
     name = "deeplift"
     aliases = ("rescale", "deeplift_rescale")
     has_delta = True
-    defaults = {"baselines": None, "eps": DEFAULT_EPS, "multiply_by_inputs": True}
+    parameters = (BASELINES,
+                  Param("eps", DEFAULT_EPS, "float", "the Rescale rule's threshold: where |z - z_ref| is below it, "
+                        "the multiplier is the gradient"),
+                  MULTIPLY_BY_INPUTS.but(doc="multiply the multipliers by x - baseline (False: the multipliers "
+                                             "alone)"))
     row_axes = {"baselines": 0}
     overrides = RESCALE
     #: whether the graph also reports every node's relevance in and out (:func:`emit_audit`)
@@ -136,7 +141,9 @@ class DeepLiftShap(DeepLift):
 
     name = "deeplift_shap"
     aliases = ("deepliftshap", "deep_shap")
-    defaults = {**DeepLift.defaults, "n_baselines": None, "seed": 0}
+    parameters = (BASELINES.but(doc="a distribution of reference rows, shaped (B, *row)", required=True,
+                                in_graph=False),
+                  *DeepLift.parameters[1:], N_BASELINES, DRAW_SEED.but(default=0))
     row_axes = {}
     mixes_parts = True
 

@@ -10,6 +10,7 @@ from ..rules.lrp import EPSILON
 from ..rules.guided import DECONVOLUTION, GUIDED
 from .base import (Method, Spec, declare_param, declare_target_weights, emit_attribution, emit_outputs, ex_float,
                    open_forward, per_row_sum)
+from .params import Param
 
 
 class _OneRun(Method):
@@ -85,7 +86,8 @@ class EpsilonLRP(InputXGradient):
     aliases = ("elrp", "lrp")
     overrides = EPSILON
     has_delta = True
-    defaults = {"epsilon": 1e-4}
+    parameters = (Param("epsilon", 1e-4, "float", "the epsilon-rule's stabiliser, added to every denominator with "
+                        "its sign"),)
 
     def rule_params(self, b, spec):
         ftype = b.elem_type(spec.output)

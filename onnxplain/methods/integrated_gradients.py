@@ -17,6 +17,7 @@ from ..backward import backward
 from .base import (Method, Spec, baseline_feeds, batch_rows, declare_baselines, declare_param, declare_target_weights,
                    emit_attribution, emit_outputs, ex_float, flatten_steps, forward_per_block, open_forward,
                    per_row_sum, redirect_layer, rows, split_steps, tile_rows)
+from .params import BASELINES, MULTIPLY_BY_INPUTS, Param
 
 SCHEMES = ("gausslegendre", "riemann_left", "riemann_right", "riemann_middle", "riemann_trapezoid")
 
@@ -58,8 +59,13 @@ class IntegratedGradients(Method):
     name = "integrated_gradients"
     aliases = ("intgrad", "ig")
     has_delta = True
-    defaults = {"n_steps": 50, "method": "gausslegendre", "baselines": None, "internal_batch_size": None,
-                "multiply_by_inputs": True}
+    parameters = (Param("n_steps", 50, "int", "integration steps", own_check=True),
+                  Param("method", "gausslegendre", "choice", "the integration scheme", choices=SCHEMES,
+                        own_check=True, cli="--integration SCHEME", request="integration"),
+                  BASELINES,
+                  Param("internal_batch_size", None, "int", "most rows per run (Captum's cap; None: the memory "
+                        "budget decides)", own_check=True, in_graph=False),
+                  MULTIPLY_BY_INPUTS)
     row_axes = {"baselines": 0}
 
     def build(self, b, spec: Spec) -> None:

@@ -32,11 +32,20 @@ from ..prepare import token_embeddings
 from .base import (TARGET_WEIGHTS, Method, RowDraws, Spec, batch_rows, declare_param, row_shape, rows,
                    tile_rows)
 from .gradient import Gradient
+from .params import Param, check_values, defaults_of, merged
 
 NT_TYPES = ("smoothgrad", "smoothgrad_sq", "vargrad")
 DEFAULT_SAMPLES = 5
 DEFAULT_NOISE_SEED = 0
-NT_DEFAULTS = {"nt_samples": DEFAULT_SAMPLES, "stdevs": 1.0, "seed": None, "noise": None}
+#: the noise tunnel's own parameters, after those of the method it wraps
+NT_PARAMETERS = (
+    Param("nt_samples", DEFAULT_SAMPLES, "int", "noisy samples", own_check=True),
+    Param("stdevs", 1.0, "float", "noise standard deviation (or one per input)", own_check=True),
+    Param("seed", None, "int", "seed of the noise"),
+    Param("noise", None, "array", "your own standard-normal draws, shaped (nt_samples, N, *row)", per_input=True,
+          leading=2, in_graph=False),
+)
+NT_DEFAULTS = defaults_of(NT_PARAMETERS)
 
 
 class NoiseTunnel(Method):
@@ -55,6 +64,10 @@ class NoiseTunnel(Method):
         self.row_cost_factor = inner.row_cost_factor
         self.row_axes = {**inner.row_axes, "noise": 1}
         self._nt_defaults = dict(NT_DEFAULTS)
+
+    @property
+    def parameters(self) -> tuple:
+        return merged(self.inner.parameters, NT_PARAMETERS)
 
     @property
     def defaults(self) -> dict:
@@ -215,7 +228,9 @@ class NoiseTunnel(Method):
         if inner.get("internal_batch_size") is not None:
             raise ValueError("internal_batch_size splits the integration steps, which a noise tunnel's statistics "
                              "cannot add up; memory_budget splits the rows instead")
-        p = {**self._nt_defaults, **{k: v for k, v in params.items() if k in NT_DEFAULTS}}
+        given = {k: v for k, v in params.items() if k in NT_DEFAULTS}
+        check_values(NT_PARAMETERS, given, self.name)
+        p = {**self._nt_defaults, **given}
         s = p["nt_samples"]
         if not isinstance(s, (int, np.integer)) or isinstance(s, bool) or s < 1:
             raise ValueError(f"nt_samples must be a positive int, got {s!r}")

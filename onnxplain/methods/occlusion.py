@@ -14,13 +14,18 @@ import numpy as np
 
 from onnxplain.kernels.occlusion import fill_occlusion, fold_occlusion, occlusion_counts, window_starts
 
+from .params import PERTURBATION_BASELINES, PERTURBATIONS_PER_EVAL, PROGRESS, Param
 from .perturbation import Perturbation, Plan, attributed_inputs, per_input
 
 
 class Occlusion(Perturbation):
     name = "occlusion"
-    defaults = {"sliding_window_shapes": None, "strides": None, "baselines": None, "perturbations_per_eval": None,
-                "progress": None}
+    parameters = (Param("sliding_window_shapes", None, "ints", "the window: its extent along each dimension of a "
+                        "row (e.g. 3,8,8 for 3xHxW images), or one window per input", required=True,
+                        in_graph=False, cli="--sliding-window-shapes EXTENTS"),
+                  Param("strides", None, "ints", "the window's step along each dimension of a row, or one int for "
+                        "all of them (None: 1)", in_graph=False),
+                  PERTURBATION_BASELINES, PERTURBATIONS_PER_EVAL, PROGRESS)
 
     def plan(self, spec, feeds, n_rows, params):
         if params["sliding_window_shapes"] is None:

@@ -33,6 +33,7 @@ from onnxplain.kernels.common import Labels
 from ..runtime import Cost
 from .base import (TARGET_WEIGHTS, Method, Spec, baseline_feeds, check_n_baselines, declare_target_weights, draw_rows,
                    emit_outputs, ex_float, open_forward)
+from .params import PERTURBATION_BASELINES, PERTURBATIONS_PER_EVAL, PROGRESS
 
 TARGET_OUTPUT = "target_output"
 #: bytes per row of a forward-only run, as a multiple of the sum of the model's per-row tensors
@@ -186,7 +187,7 @@ class Perturbation(Method):
     forward_only = True
     supports_layers = False     # inputs only (of any dtype): the kernels perturb the values fed to the model
     row_cost_factor = FORWARD_FACTOR
-    defaults = {"baselines": None, "perturbations_per_eval": None, "progress": None}
+    parameters = (PERTURBATION_BASELINES, PERTURBATIONS_PER_EVAL, PROGRESS)
     _pool = None     # batch buffers reused across calls (made on the first call)
 
     def build(self, b, spec: Spec) -> None:

@@ -23,14 +23,20 @@ from onnxplain.kernels.common import spread_groups
 from onnxplain.kernels.shapley import (MAX_EXACT_GROUPS, PermutationUnits, close_single_group, fill_coalitions,
                                        fold_coalitions, sample_permutations)
 
+from .params import (DRAW_SEED, FEATURE_MASK, N_BASELINES, PERTURBATION_BASELINES, PERTURBATIONS_PER_EVAL, PROGRESS,
+                     Param)
 from .perturbation import Perturbation, Plan, attributed_inputs, broadcast_rows, check_positive_int, group_labels
 
 
 class ShapleySampling(Perturbation):
     name = "shapley_sampling"
     aliases = ("shapley_value_sampling", "shapleyvaluesampling")
-    defaults = {"n_samples": 25, "feature_mask": None, "baselines": None, "n_baselines": None, "seed": None,
-                "antithetic": False, "perturbations_per_eval": None, "progress": None}
+    parameters = (Param("n_samples", 25, "int", "random permutations of the groups", own_check=True, in_graph=False),
+                  FEATURE_MASK, PERTURBATION_BASELINES, N_BASELINES,
+                  DRAW_SEED.but(doc="seed of the permutations and of the n_baselines draws"),
+                  Param("antithetic", False, "bool", "pair each permutation with its reverse (variance reduction)",
+                        own_check=True, in_graph=False),
+                  PERTURBATIONS_PER_EVAL, PROGRESS)
 
     def check_params(self, params):
         p = super().check_params(params)
@@ -50,8 +56,7 @@ class ShapleySampling(Perturbation):
 class ShapleyValues(Perturbation):
     name = "shapley_values"
     aliases = ("exact_shapley",)
-    defaults = {"feature_mask": None, "baselines": None, "n_baselines": None, "seed": None,
-                "perturbations_per_eval": None, "progress": None}
+    parameters = (FEATURE_MASK, PERTURBATION_BASELINES, N_BASELINES, DRAW_SEED, PERTURBATIONS_PER_EVAL, PROGRESS)
 
     def plan(self, spec, feeds, n_rows, params):
         inputs = attributed_inputs(spec, feeds, params["baselines"])

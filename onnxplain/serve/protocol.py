@@ -9,8 +9,9 @@ of indices, per row) or ``target_weights`` (shaped like the explained output),
 and the method's parameters under the names ``Explainer.explain`` takes them
 (``n_steps``, ``baselines``, ``stdevs``...; integrated gradients' quadrature
 ``method`` is called ``integration`` to keep it apart from the attribution
-method).  Outputs are the attributions, ``delta`` where the method has one, and
-the model's own outputs.
+method).  How each parameter travels comes from its declaration (see
+:func:`request_form` and :mod:`onnxplain.methods.params`).  Outputs are the
+attributions, ``delta`` where the method has one, and the model's own outputs.
 """
 from __future__ import annotations
 
@@ -18,6 +19,8 @@ from dataclasses import dataclass
 
 import numpy as np
 from onnx import TensorProto
+
+from ..methods.params import Param
 
 
 #: ONNX element types -> the protocol's datatypes (Triton's, without the TYPE_ prefix)
@@ -35,19 +38,30 @@ TARGET = "target"
 TARGET_WEIGHTS = "target_weights"
 DELTA = "delta"
 
-#: how each method parameter travels: its kind, and the request input name when it differs
-_PARAMETER_KINDS = {
-    "n_steps": "int", "nt_samples": "int", "n_samples": "int", "seed": "int", "internal_batch_size": "int",
-    "n_baselines": "int",
-    "perturbations_per_eval": "int", "stdevs": "float", "epsilon": "float", "eps": "float",
-    "antithetic": "bool", "multiply_by_inputs": "bool", "method": "string", "sliding_window_shapes": "ints",
-    "strides": "ints",
-    "baselines": "like_input", "feature_mask": "mask", "noise": "noise",
-}
-_RENAMED = {"method": "integration"}
-#: ``explain`` keywords that are no request's business (a progress bar draws on the server's terminal)
-_SERVER_SIDE = ("progress",)
-_PER_INPUT = ("baselines", "feature_mask", "noise")
+#: the request form of each kind of (single-tensor) method parameter; see :func:`request_form`
+_FORMS = {"int": "int", "float": "float", "bool": "bool", "str": "string", "choice": "string", "ints": "ints"}
+
+
+def request_form(param: Param) -> str | None:
+    """How a method parameter (its declaration, :class:`onnxplain.methods.Param`) travels in a request.
+
+    One tensor: ``"int"``, ``"float"``, ``"bool"``, ``"string"`` (a one-value tensor) or ``"ints"``
+    (a list of integers, shape ``[K]``).  One tensor per attributed input (``per_input``):
+    ``"like_input"`` (``(-1, *row)`` of the input's datatype: baselines), ``"mask"`` (``(-1, *row)``
+    integers: feature masks) or ``"noise"`` (``(-1, -1, *row)``: samples, rows, one row).  None: no
+    request carries it (``request=None``: a progress bar draws on the server's terminal).  A
+    declaration of no known form is a ValueError.
+    """
+    if param.request_name is None:
+        return None
+    if param.per_input and param.kind == "array":
+        form = {("input", 1): "like_input", ("int", 1): "mask", ("input", 2): "noise"}.get((param.dtype, param.leading))
+    else:
+        form = _FORMS.get(param.kind)
+    if form is None:
+        raise ValueError(f"method parameter {param.name!r} (kind {param.kind!r}{', per input' if param.per_input else ''}"
+                         f") has no request form; give it one in onnxplain.serve.protocol.request_form")
+    return form
 
 
 class RequestError(ValueError):
@@ -136,15 +150,20 @@ class Interface:
     def _parameters(self) -> list[Parameter]:
         spec = self.explainer.spec
         by_name = {t.name: t for t in self.model_inputs}
+        method = self.explainer.method
+        declared = {p.name: p for p in method.parameters}
+        undeclared = [k for k in method.defaults if k not in declared]
+        if undeclared:
+            raise ValueError(f"method {method.name!r} has parameter(s) {undeclared} without a declaration (Param), "
+                             f"so no request form")
         params = []
-        for keyword in self.explainer.method.defaults:
-            if keyword in _SERVER_SIDE:
-                continue
-            kind = _PARAMETER_KINDS.get(keyword)
+        for keyword in method.defaults:
+            param = declared[keyword]
+            kind = request_form(param)
             if kind is None:
-                raise ValueError(f"method parameter {keyword!r} has no request form; add it to the serve table")
-            name = _RENAMED.get(keyword, keyword)
-            if keyword in _PER_INPUT:
+                continue
+            name = param.request_name
+            if param.per_input:
                 for carrier in spec.carriers:
                     x = by_name[carrier]
                     params.append(Parameter(_per_input_tensor(spec.param(name, carrier), kind, x),
