@@ -523,7 +523,7 @@ def run_profile(args) -> int:
                      None if target == PREDICTED else target, batch=args.batch, repeats=args.repeats,
                      output=args.output, attribute=args.inputs, layer=args.layer, threads=args.threads,
                      memory_budget=args.memory_budget, noise_tunnel=args.noise_tunnel, **_batching(args),
-                     **_method_params(args, allow_files=True))
+                     params=_method_params(args, allow_files=True))
     return _print_result(result, args)
 
 

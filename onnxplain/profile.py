@@ -101,7 +101,7 @@ class Profile:
 def profile(model, inputs=None, method: str = "saliency", target=None, *, batch: int = 8, repeats: int = 3,
             output: str | None = None, attribute=None, layer: str | None = None, threads: int | None = None,
             providers=None, noise_tunnel: str | None = None, batch_axes: dict | None = None,
-            batch_size: int | None = None, memory_budget=None, **params) -> Profile:
+            batch_size: int | None = None, memory_budget=None, params: dict | None = None, **more) -> Profile:
     """Profile ``method`` on ``model``: timings, floor ratio, op and node times, peak memory.
 
     inputs: an array or a dict by input name; default: made-up rows
@@ -112,8 +112,10 @@ def profile(model, inputs=None, method: str = "saliency", target=None, *, batch:
     attribute: the inputs to attribute (``Explainer``'s ``inputs``).
     noise_tunnel, batch_axes, batch_size, memory_budget: those of :class:`~onnxplain.Explainer`; inputs
         (given or made up) are in their own layout, as ``explain`` takes them.
-    params: the method's parameters (``n_steps=50``, ``nt_samples=10``...).
+    params, more: the method's parameters (``n_steps=50``, ``nt_samples=10``...); ``params`` as a dict takes
+        the ones named like this function's own arguments (integrated gradients' ``method``).
     """
+    params = {**(params or {}), **more}
     if not isinstance(repeats, (int, np.integer)) or repeats < 1:
         raise ValueError(f"repeats must be a positive int, got {repeats!r}")
     ex = Explainer(model, method, output=output, inputs=attribute, layer=layer, providers=providers, threads=threads,

@@ -84,6 +84,18 @@ def test_profile_command_prints_the_report_and_writes_json(cnn, tmp_path, capsys
     assert "--json must end with .json" in capsys.readouterr().err
 
 
+def test_profile_command_takes_integrated_gradients_own_method_parameter(cnn, tmp_path, capsys):
+    """IG's parameter ``method`` (the integration scheme) reaches the method, not profile's own ``method``."""
+    onx, _ = cnn
+    path = tmp_path / "m.onnx"
+    path.write_bytes(onx)
+    out = tmp_path / "p.json"
+    assert main(["profile", str(path), "--method", "ig", "--integration", "riemann_left", "--n-steps", "3",
+                 "--batch", "2", "--repeats", "1", "--json", str(out)]) == 0
+    numbers = json.loads(out.read_text())
+    assert numbers["method"] == "integrated_gradients" and numbers["rows"] == 2 * (3 + 2)
+
+
 def _features_by_rows_model():
     """y = x^T W with x of shape (features, N): the batch on axis 1."""
     from onnx import TensorProto, helper, numpy_helper
