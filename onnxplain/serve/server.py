@@ -56,24 +56,23 @@ from kserve.protocol.grpc.servicer import InferenceServicer  # noqa: E402
 from kserve.protocol.rest.server import RESTServer  # noqa: E402
 from starlette.exceptions import HTTPException  # noqa: E402
 
+from ..options import EXPLAINER_KEYWORDS  # noqa: E402
 from .model import ExplainerModel  # noqa: E402
 
 
-def serve(models, method="saliency", *, names=None, output=None, inputs=None, layer=None, host="127.0.0.1",
-          http_port: int = 8000, grpc_port: int | None = 8001, max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
-          providers=None, threads: int | None = None, memory_budget: int | str | None = None,
-          noise_tunnel: str | None = None, batch_axes: dict | None = None, batch_size: int | None = None,
-          **defaults) -> None:
+def serve(models, method="saliency", *, names=None, host="127.0.0.1", http_port: int = 8000,
+          grpc_port: int | None = 8001, max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES, **options) -> None:
     """Serve explanations over the Open Inference Protocol (REST and gRPC) until SIGTERM/SIGINT.
 
     ``models``: a model (path, bytes or ``onnx.ModelProto``) or a list of them;
     ``method``: a method name or a list of them: every model is served with every
     method.  ``names``: one per (model, method) pair, in that order (default: the
     file's stem, followed by ``-<method>`` when several methods are served).
-    ``output``, ``inputs``, ``layer``, ``providers``, ``threads``,
-    ``memory_budget``, ``noise_tunnel``, ``batch_axes``, ``batch_size`` go to each
-    :class:`~onnxplain.Explainer`; ``defaults`` are
-    method parameters every request starts from (``n_steps=32``...).
+    ``options``: the keywords of :class:`~onnxplain.Explainer` (``output``,
+    ``inputs``, ``layer``, ``providers``, ``threads``, ``memory_budget``,
+    ``noise_tunnel``, ``batch_axes``, ``batch_size``: :data:`EXPLAINER_KEYWORDS`)
+    go to each Explainer; the others are method parameters every request starts
+    from (``n_steps=32``...).
     ``grpc_port=None`` serves REST only.  Blocks; returns when the server stops.
     """
     check_port(host, http_port, "http_port")
@@ -81,9 +80,7 @@ def serve(models, method="saliency", *, names=None, output=None, inputs=None, la
         check_port(host, grpc_port, "grpc_port")
         if grpc_port == http_port:
             raise ValueError(f"http_port and grpc_port are both {http_port}; REST and gRPC need a port each")
-    served = explainer_models(models, method, names=names, output=output, inputs=inputs, layer=layer,
-                              providers=providers, threads=threads, memory_budget=memory_budget,
-                              noise_tunnel=noise_tunnel, batch_axes=batch_axes, batch_size=batch_size, **defaults)
+    served = explainer_models(models, method, names=names, **options)
     server = ExplanationServer(host=host, http_port=http_port, grpc_port=grpc_port,
                                max_request_bytes=max_request_bytes)
     server.start(served)
@@ -122,16 +119,12 @@ def explainer_models(models, method, names=None, **options) -> list[ExplainerMod
     twice = sorted({n for n in names if names.count(n) > 1})
     if twice:
         raise ValueError(f"served names must be unique, {twice} appear twice; give each model its own name")
-    defaults = {k: options.pop(k) for k in list(options) if k not in _EXPLAINER_OPTIONS}
+    defaults = {k: options.pop(k) for k in list(options) if k not in EXPLAINER_KEYWORDS}
     served = []
     for name, (model, m) in zip(names, pairs):
         _check_name(name)
         served.append(ExplainerModel(name, Explainer(model, m, **options), defaults))
     return served
-
-
-_EXPLAINER_OPTIONS = ("output", "inputs", "layer", "providers", "threads", "memory_budget", "noise_tunnel",
-                      "batch_axes", "batch_size")
 
 
 def _default_name(model, index: int, method: str | None) -> str:
