@@ -17,6 +17,8 @@ from .perturbation import Perturbation, Plan, attributed_inputs, group_labels
 
 class FeatureAblation(Perturbation):
     name = "feature_ablation"
+    captum = "`FeatureAblation`"
+    deepexplain = "–"
     aliases = ("ablation",)
     parameters = (FEATURE_MASK, PERTURBATION_BASELINES, N_BASELINES, DRAW_SEED, PERTURBATIONS_PER_EVAL, PROGRESS)
 

@@ -49,6 +49,11 @@ class Method:
     defaults: dict = {}
     #: per-row parameter feeds (by name prefix) and the axis that indexes rows
     row_axes: dict = {}
+    #: the method in Captum and in DeepExplain, and what else the README's method table says of it (Markdown;
+    #: each method class declares its own counterparts, "–" for none)
+    captum: str = "–"
+    deepexplain: str = "–"
+    table_note: str = ""
     #: whether the parts of a call are a weighted mixture (see :meth:`part_weights`) rather than a sum
     mixes_parts: bool = False
 

@@ -32,6 +32,8 @@ DEFAULT_EPS = 1e-10   # Captum's threshold below which the Rescale rule falls ba
 
 class DeepLift(Method):
     name = "deeplift"
+    captum = "`DeepLift` (Rescale; same `multiply_by_inputs`)"
+    deepexplain = "`deeplift`"
     aliases = ("rescale", "deeplift_rescale")
     has_delta = True
     parameters = (BASELINES,
@@ -140,6 +142,8 @@ class DeepLiftShap(DeepLift):
     """
 
     name = "deeplift_shap"
+    captum = "`DeepLiftShap`"
+    deepexplain = "–"
     aliases = ("deepliftshap", "deep_shap")
     parameters = (BASELINES.but(doc="a distribution of reference rows, shaped (B, *row)", required=True,
                                 in_graph=False),

@@ -49,6 +49,8 @@ class Saliency(_OneRun):
     """Absolute value of the gradient (Captum's ``Saliency``, DeepExplain's ``saliency``)."""
 
     name = "saliency"
+    captum = "`Saliency` (`abs=True`)"
+    deepexplain = "`saliency`"
 
     def attribute(self, b, x, grad):
         return b.op("Abs", grad)
@@ -58,6 +60,8 @@ class Gradient(_OneRun):
     """The signed gradient of the target with respect to the input."""
 
     name = "gradient"
+    captum = "`Saliency(...).attribute(abs=False)`"
+    deepexplain = "–"
 
     def attribute(self, b, x, grad):
         return grad
@@ -67,6 +71,8 @@ class InputXGradient(_OneRun):
     """Input times gradient (Captum's ``InputXGradient``, DeepExplain's ``grad*input``)."""
 
     name = "input_x_gradient"
+    captum = "`InputXGradient`"
+    deepexplain = "`grad*input`"
     aliases = ("grad*input", "gradient_x_input", "inputxgradient")
 
     def attribute(self, b, x, grad):
@@ -83,6 +89,9 @@ class EpsilonLRP(InputXGradient):
     """
 
     name = "epsilon_lrp"
+    captum = "`LRP` with ε-rules (close, not identical)"
+    deepexplain = "`elrp`"
+    table_note = "its `delta` has Captum's LRP sign: `output - sum(attributions)`"
     aliases = ("elrp", "lrp")
     overrides = EPSILON
     has_delta = True
@@ -107,6 +116,8 @@ class GuidedBackprop(Gradient):
     """Gradient with ``relu(dy)`` at every ReLU's masked backward (Captum's ``GuidedBackprop``)."""
 
     name = "guided_backprop"
+    captum = "`GuidedBackprop`"
+    deepexplain = "–"
     aliases = ("guided_backpropagation",)
     overrides = GUIDED
 
@@ -115,5 +126,7 @@ class Deconvolution(Gradient):
     """Gradient with ``relu(dy)`` in place of every ReLU's backward (Captum's ``Deconvolution``)."""
 
     name = "deconvolution"
+    captum = "`Deconvolution`"
+    deepexplain = "–"
     aliases = ("deconvnet",)
     overrides = DECONVOLUTION

@@ -57,6 +57,9 @@ class IntegratedGradients(Method):
     gradients alone (its ``delta`` is then, as Captum reports it, ``sum(attributions) - (f(x) - f(b))``)."""
 
     name = "integrated_gradients"
+    captum = ("`IntegratedGradients` (same defaults; `multiply_by_inputs=False` is "
+              "`IntegratedGradients(model, multiply_by_inputs=False)`)")
+    deepexplain = "`intgrad` (`steps=100`, which is `riemann_right`)"
     aliases = ("intgrad", "ig")
     has_delta = True
     parameters = (Param("n_steps", 50, "int", "integration steps", own_check=True),

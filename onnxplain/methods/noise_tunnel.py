@@ -347,6 +347,8 @@ class SmoothGrad(NoiseTunnel):
     """Mean gradient over noisy copies of the input (Smilkov et al., 2017)."""
 
     name = "smoothgrad"
+    captum = '`NoiseTunnel(Saliency).attribute(nt_type="smoothgrad", abs=False)`'
+    deepexplain = "–"
 
     def __init__(self):
         super().__init__(Gradient(), "smoothgrad")
@@ -356,6 +358,8 @@ class SmoothGradSquared(NoiseTunnel):
     """Mean squared gradient over noisy copies of the input."""
 
     name = "smoothgrad_sq"
+    captum = '`NoiseTunnel(Saliency).attribute(nt_type="smoothgrad_sq", abs=False)`'
+    deepexplain = "–"
 
     def __init__(self):
         super().__init__(Gradient(), "smoothgrad_sq")
@@ -365,6 +369,8 @@ class VarGrad(NoiseTunnel):
     """Variance of the gradient over noisy copies of the input (Adebayo et al., 2018)."""
 
     name = "vargrad"
+    captum = '`NoiseTunnel(Saliency).attribute(nt_type="vargrad", abs=False)`'
+    deepexplain = "–"
 
     def __init__(self):
         super().__init__(Gradient(), "vargrad")

@@ -20,6 +20,8 @@ from .perturbation import Perturbation, Plan, attributed_inputs, per_input
 
 class Occlusion(Perturbation):
     name = "occlusion"
+    captum = "`Occlusion`"
+    deepexplain = "`occlusion` (`window_shape`, `step`)"
     parameters = (Param("sliding_window_shapes", None, "ints", "the window: its extent along each dimension of a "
                         "row (e.g. 3,8,8 for 3xHxW images), or one window per input", required=True,
                         in_graph=False, cli="--sliding-window-shapes EXTENTS"),

@@ -341,32 +341,6 @@ def offered(methods: Iterable[tuple[str, Iterable[Param]]]) -> list[Offered]:
 
 
 # ---------------------------------------------------------------------- the README's method table
-#: what each method is in Captum and in DeepExplain (Markdown): the table's last two columns
-COUNTERPARTS = {
-    "saliency": ("`Saliency` (`abs=True`)", "`saliency`"),
-    "gradient": ("`Saliency(...).attribute(abs=False)`", "–"),
-    "input_x_gradient": ("`InputXGradient`", "`grad*input`"),
-    "integrated_gradients": ("`IntegratedGradients` (same defaults; `multiply_by_inputs=False` is "
-                             "`IntegratedGradients(model, multiply_by_inputs=False)`)",
-                             "`intgrad` (`steps=100`, which is `riemann_right`)"),
-    "smoothgrad": ('`NoiseTunnel(Saliency).attribute(nt_type="smoothgrad", abs=False)`', "–"),
-    "smoothgrad_sq": ('`NoiseTunnel(Saliency).attribute(nt_type="smoothgrad_sq", abs=False)`', "–"),
-    "vargrad": ('`NoiseTunnel(Saliency).attribute(nt_type="vargrad", abs=False)`', "–"),
-    "deeplift": ("`DeepLift` (Rescale; same `multiply_by_inputs`)", "`deeplift`"),
-    "deeplift_shap": ("`DeepLiftShap`", "–"),
-    "epsilon_lrp": ("`LRP` with ε-rules (close, not identical)", "`elrp`"),
-    "guided_backprop": ("`GuidedBackprop`", "–"),
-    "deconvolution": ("`Deconvolution`", "–"),
-    "occlusion": ("`Occlusion`", "`occlusion` (`window_shape`, `step`)"),
-    "feature_ablation": ("`FeatureAblation`", "–"),
-    "shapley_sampling": ("`ShapleyValueSampling`", "`shapley_sampling` (`samples`)"),
-    "shapley_values": ("`ShapleyValues`", "–"),
-}
-#: what the table says of a method beyond its parameters (Markdown)
-NOTES = {
-    "epsilon_lrp": "its `delta` has Captum's LRP sign: `output - sum(attributions)`",
-    "shapley_values": "runs all `2**groups` coalitions",
-}
 TABLE_HEADER = ("| method (aliases) | parameters (defaults) | Captum | DeepExplain |\n"
                 "| --- | --- | --- | --- |")
 
@@ -374,12 +348,13 @@ TABLE_HEADER = ("| method (aliases) | parameters (defaults) | Captum | DeepExpla
 def markdown_table(methods) -> str:
     """The README's method table (Markdown, no trailing newline) for ``methods``, instances in the order
     listed: name and aliases, each parameter with its default and doc, whether it has ``delta``, and
-    the Captum and DeepExplain counterparts (:data:`COUNTERPARTS`)."""
+    the Captum and DeepExplain counterparts each method class declares (``captum``, ``deepexplain``,
+    ``table_note``)."""
     rows, seen = [TABLE_HEADER], {}
     for m in methods:
-        if m.name not in COUNTERPARTS:
-            raise ValueError(f"method {m.name!r} has no entry in onnxplain.methods.params.COUNTERPARTS (its "
-                             f"Captum and DeepExplain counterparts, '–' for none)")
+        if not {"captum", "deepexplain"} <= set(type(m).__dict__):
+            raise ValueError(f"method class {type(m).__name__} declares no captum and deepexplain counterparts "
+                             f"of its own (Markdown, '–' for none): the README's table lists them")
         aliases = ", ".join(f"`{a}`" for a in m.aliases)
         name = f"`{m.name}`" + (f" ({aliases})" if aliases else "")
         params = tuple(m.parameters)
@@ -389,11 +364,10 @@ def markdown_table(methods) -> str:
             seen.setdefault(params, m.name)
             cell = "; ".join(_markdown_param(p) for p in params) or "–"
         extra = [e for e in (("has `delta` (`return_convergence_delta=True`)" if m.has_delta else ""),
-                             NOTES.get(m.name, "")) if e]
+                             m.table_note) if e]
         if extra:
             cell = "; ".join(([cell] if cell != "–" else []) + extra)
-        captum, deepexplain = COUNTERPARTS[m.name]
-        rows.append(f"| {name} | {cell} | {captum} | {deepexplain} |")
+        rows.append(f"| {name} | {cell} | {m.captum} | {m.deepexplain} |")
     return "\n".join(rows)
 
 

@@ -30,6 +30,8 @@ from .perturbation import Perturbation, Plan, attributed_inputs, broadcast_rows,
 
 class ShapleySampling(Perturbation):
     name = "shapley_sampling"
+    captum = "`ShapleyValueSampling`"
+    deepexplain = "`shapley_sampling` (`samples`)"
     aliases = ("shapley_value_sampling", "shapleyvaluesampling")
     parameters = (Param("n_samples", 25, "int", "random permutations of the groups", own_check=True, in_graph=False),
                   FEATURE_MASK, PERTURBATION_BASELINES, N_BASELINES,
@@ -55,6 +57,9 @@ class ShapleySampling(Perturbation):
 
 class ShapleyValues(Perturbation):
     name = "shapley_values"
+    captum = "`ShapleyValues`"
+    deepexplain = "–"
+    table_note = "runs all `2**groups` coalitions"
     aliases = ("exact_shapley",)
     parameters = (FEATURE_MASK, PERTURBATION_BASELINES, N_BASELINES, DRAW_SEED, PERTURBATIONS_PER_EVAL, PROGRESS)
 
