@@ -35,15 +35,16 @@ _INTEGER = re.compile(r"[+-]?\d+")
 
 
 # ---------------------------------------------------------------------- reading
-def load_array(path, what: str = "array") -> np.ndarray:
-    """The array in an ``.npy`` file (never unpickled); ``what`` names it in errors."""
+def load_array(path, what: str = "array", mmap: bool = False) -> np.ndarray:
+    """The array in an ``.npy`` file (never unpickled); ``what`` names it in errors.  ``mmap``: memory-mapped,
+    read only as its rows are (a dataset streamed batch by batch)."""
     path = os.fspath(path)
     if not path.endswith(".npy"):
         raise ValueError(f"{what} must be an .npy file, got {path!r}")
     if not os.path.isfile(path):
         raise ValueError(f"{what}: no such file {path!r}")
     try:
-        return np.load(path, allow_pickle=False)
+        return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
     except Exception as e:
         raise ValueError(f"{what}: cannot read {path!r} as an .npy array: {one_line(e)}") from e
 
@@ -313,23 +314,13 @@ def explain_npy(model, data, out, method: str = "saliency", *, target=None, targ
     if isinstance(target, str) and target == PREDICTED:
         raise ValueError("target 'pred' is not streamed: write the predicted classes to an .npy file and give it "
                          "as target_file")
-    source = _open_npy(data, "the data")
+    source = load_array(data, "the data", mmap=True)
     if target is not None and target_file is not None:
         raise ValueError("give either target or target_file, not both")
     if target_file is not None:
-        target = _open_npy(target_file, "target_file")
-    extra = {"target_weights": _open_npy(target_weights, "target_weights")} if target_weights is not None else {}
+        target = load_array(target_file, "target_file", mmap=True)
+    extra = {} if target_weights is None else {"target_weights": load_array(target_weights, "target_weights",
+                                                                             mmap=True)}
     ex = Explainer.from_options(model, options)
     return explain_dataset(ex, source, out, target, batch_size=batch_size, overwrite=overwrite, progress=progress,
                            **extra, **options.params)
-
-
-def _open_npy(path, what: str) -> np.ndarray:
-    """An existing ``.npy`` file, memmapped (read row by row as a dataset is streamed)."""
-    path = os.fspath(path)
-    if not path.endswith(".npy") or not os.path.isfile(path):
-        raise ValueError(f"{what} must be an existing .npy file, got {path!r}")
-    try:
-        return np.load(path, mmap_mode="r", allow_pickle=False)
-    except ValueError as e:
-        raise ValueError(f"{what}: cannot read {path!r} as an .npy array: {e}") from e
