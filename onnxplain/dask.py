@@ -35,6 +35,7 @@ except ImportError as e:   # pragma: no cover - exercised without the extra
 from .api import Explainer
 from .methods.gradient import Gradient
 from .methods.noise_tunnel import NoiseTunnel
+from .options import EXPLAINER_KEYWORDS
 from .runtime import LRUCache
 from .datasets import (DatasetRun, Layout, Manifest, Output, batch_params, check_reproducible, check_rows_first,
                        fingerprint, probe_layout, register_dask_runner, run_identity)
@@ -42,7 +43,8 @@ from .datasets import (DatasetRun, Layout, Manifest, Output, batch_params, check
 #: explainers of this process, by (model key, method, constructor options): built once per worker process
 _EXPLAINERS = LRUCache(max_items=8, max_bytes=2 << 30)
 _LOCK = threading.Lock()
-_CTOR = ("output", "inputs", "layer", "providers", "memory_budget", "threads", "batch_size", "noise_tunnel")
+#: the Explainer keywords each worker's Explainer takes: all but batch_axes (dask arrays are rows first)
+_CTOR = tuple(k for k in EXPLAINER_KEYWORDS if k != "batch_axes")
 
 
 def explain(model, x, method: str = "saliency", target=None, *, target_weights=None,
