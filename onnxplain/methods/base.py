@@ -54,6 +54,8 @@ class Method:
     captum: str = "–"
     deepexplain: str = "–"
     table_note: str = ""
+    #: whether the values are Shapley-like (split the output around an expected value: :mod:`onnxplain.shap`)
+    shapley_like: bool = False
     #: whether the parts of a call are a weighted mixture (see :meth:`part_weights`) rather than a sum
     mixes_parts: bool = False
 

@@ -150,6 +150,7 @@ class DeepLiftShap(DeepLift):
                   *DeepLift.parameters[1:], N_BASELINES, DRAW_SEED.but(default=0))
     row_axes = {}
     mixes_parts = True
+    shapley_like = True
 
     def references(self, b, spec, x):
         base = declare_baselines(b, spec, x, None)

@@ -33,6 +33,7 @@ class ShapleySampling(Perturbation):
     captum = "`ShapleyValueSampling`"
     deepexplain = "`shapley_sampling` (`samples`)"
     aliases = ("shapley_value_sampling", "shapleyvaluesampling")
+    shapley_like = True
     parameters = (Param("n_samples", 25, "int", "random permutations of the groups", own_check=True, in_graph=False),
                   FEATURE_MASK, PERTURBATION_BASELINES, N_BASELINES,
                   DRAW_SEED.but(doc="seed of the permutations and of the n_baselines draws"),
@@ -61,6 +62,7 @@ class ShapleyValues(Perturbation):
     deepexplain = "–"
     table_note = "runs all `2**groups` coalitions"
     aliases = ("exact_shapley",)
+    shapley_like = True
     parameters = (FEATURE_MASK, PERTURBATION_BASELINES, N_BASELINES, DRAW_SEED, PERTURBATIONS_PER_EVAL, PROGRESS)
 
     def plan(self, spec, feeds, n_rows, params):
