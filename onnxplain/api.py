@@ -89,7 +89,8 @@ class Explainer:
         self.providers = select_providers(providers)
         self.memory_budget = _memory_budget(memory_budget, self.providers)
         key = (self.digest, self.method.name, self.output, tuple(self.spec.wrt), tuple(self.spec.carriers),
-               tuple(self.spec.unbatched), self.spec.batch_size, tuple(map(str, self.providers)), threads)
+               tuple(self.spec.unbatched), self.spec.batch_size, self.spec.layer, tuple(map(str, self.providers)),
+               threads)
         self.cache_key = key
         self.graph, self.session = cached_graph(key, self._build_graph)
         self.row_cost = RowCost(self.model, self.method.row_cost_factor)

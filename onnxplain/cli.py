@@ -313,7 +313,9 @@ def _add_method_args(p, graph_defaults: bool, output_flag: str = "--output", met
     p.add_argument("--input", dest="inputs", action="append", metavar="NAME",
                    help="an input to attribute (repeatable; default: every floating-point input, or the token "
                         "input feeding an embedding)")
-    p.add_argument("--layer", metavar="TENSOR", help="attribute this intermediate tensor instead of the inputs")
+    p.add_argument("--layer", metavar="TENSOR",
+                   help="attribute this intermediate tensor instead of the inputs (grad_cam: the feature map it "
+                        "explains; guided_grad_cam: the map that weighs the input's attributions)")
     g = p.add_argument_group("method parameters" + (" (stored as the graph's defaults)" if graph_defaults else ""))
     for offered in offered_parameters():   # one flag per parameter name, from the methods' declarations
         if offered.in_graph or not graph_defaults:

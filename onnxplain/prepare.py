@@ -376,9 +376,14 @@ def make_spec(model, output, inputs, layer=None, method=None, unbatched=(), move
     for vi in model_inputs:
         if vi.name in chosen and len(vi.type.tensor_type.shape.dim) == 0:
             raise ValueError(f"input {vi.name!r} has no batch dimension; onnxplain needs batch-first inputs")
-    if layer is not None:
+    if layer is None and method is not None and method.default_layer is not None:
+        layer = method.default_layer(model, output, chosen)   # Grad-CAM's: the last feature map
+    guides = layer is not None and method is not None and method.layer_guides   # the layer weighs the inputs'
+    if layer is not None and not guides:
         points = [Point(layer, _check_layer(model, layer))]
     else:
+        if guides:
+            _check_layer(model, layer)
         points = [Point(x, x, x) if x in floats or as_themselves else Point(x, tokens[x]) for x in chosen]
     for p in points:
         node = cut(p.tensor)
@@ -387,9 +392,9 @@ def make_spec(model, output, inputs, layer=None, method=None, unbatched=(), move
     if method is not None and not method.supports_layers and not all(p.is_input for p in points):
         what = "the model's inputs (of any dtype)" if as_themselves else "floating-point inputs"
         raise ValueError(f"method {method.name!r} attributes {what} only; "
-                         f"{'layer=' if layer else 'token inputs'} needs another method")
+                         f"{'layer=' if layer and not guides else 'token inputs'} needs another method")
     return Spec(model, output, points, chosen, [x for x in names if x not in chosen and x not in unbatched],
-                [x for x in names if x in unbatched])
+                [x for x in names if x in unbatched], layer=layer)
 
 
 _SHAPE_ONLY = ("Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity", "Cast")

@@ -37,6 +37,7 @@ class Spec:
     passthrough: list[str] = field(default_factory=list)  # other model inputs, fed unchanged to every row
     unbatched: list[str] = field(default_factory=list)    # model inputs without a batch axis, fed as they are
     batch_size: int | None = None    # most rows the model may see in one forward pass (None: no limit)
+    layer: str | None = None         # the layer= given or found (Grad-CAM's: its map's activation)
 
     @property
     def wrt(self) -> list[str]:

@@ -23,7 +23,8 @@ def every_method():
     """Every method, and the noise tunnels over each gradient method, as get_method makes them."""
     for name in METHODS:
         yield get_method(name)
-        if not get_method(name).forward_only and "nt_samples" not in get_method(name).defaults:
+        if not get_method(name).forward_only and "nt_samples" not in get_method(name).defaults \
+                and not get_method(name).noise_tunnel_refusal:
             for kind in NT_TYPES:
                 yield get_method(name, noise_tunnel=kind)
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 from .ablation import FeatureAblation
 from .base import Method, Spec
 from .deeplift import DeepLift, DeepLiftShap
+from .grad_cam import GradCam, GuidedGradCam
 from .gradient import Deconvolution, EpsilonLRP, Gradient, GuidedBackprop, InputXGradient, Saliency
+from .gradient_shap import GradientShap
 from .integrated_gradients import IntegratedGradients
 from .noise_tunnel import NT_PARAMETERS, NT_TYPES, NoiseTunnel, SmoothGrad, SmoothGradSquared, VarGrad
 from .occlusion import Occlusion
@@ -12,7 +14,7 @@ from .params import Offered, Param, markdown_table, offered
 from .shapley import ShapleySampling, ShapleyValues
 
 _CLASSES = [Saliency, Gradient, InputXGradient, IntegratedGradients, SmoothGrad, SmoothGradSquared, VarGrad,
-            DeepLift, DeepLiftShap, EpsilonLRP, GuidedBackprop, Deconvolution,
+            DeepLift, DeepLiftShap, GradientShap, EpsilonLRP, GuidedBackprop, Deconvolution, GradCam, GuidedGradCam,
             Occlusion, FeatureAblation, ShapleySampling, ShapleyValues]
 
 METHODS: tuple[str, ...] = tuple(c.name for c in _CLASSES)

@@ -56,6 +56,12 @@ class Method:
     table_note: str = ""
     #: whether the values are Shapley-like (split the output around an expected value: :mod:`onnxplain.shap`)
     shapley_like: bool = False
+    #: ``default_layer(model, output, inputs) -> tensor``: the layer a method explains when none is given (None:
+    #: the inputs); ``layer_guides``: the layer weighs the inputs' attributions rather than being attributed
+    default_layer = None
+    layer_guides: bool = False
+    #: why a noise tunnel cannot run over the method (None: it can)
+    noise_tunnel_refusal: str | None = None
     #: whether the parts of a call are a weighted mixture (see :meth:`part_weights`) rather than a sum
     mixes_parts: bool = False
 

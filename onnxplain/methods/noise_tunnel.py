@@ -56,6 +56,8 @@ class NoiseTunnel(Method):
             raise ValueError(f"unknown noise tunnel {kind!r}; choose one of {', '.join(NT_TYPES)}")
         if inner.forward_only or isinstance(inner, NoiseTunnel):
             raise ValueError(f"a noise tunnel runs over a gradient or modified-rule method, not {inner.name!r}")
+        if inner.noise_tunnel_refusal:
+            raise ValueError(f"{inner.name!r} cannot run inside a noise tunnel: {inner.noise_tunnel_refusal}")
         self.inner, self.kind = inner, kind
         self.name = kind if type(inner) is Gradient else f"{inner.name}+{kind}"
         self.has_delta = inner.has_delta
