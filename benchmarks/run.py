@@ -132,8 +132,8 @@ class Case:
 
 def build_cases(quick: bool) -> list[Case]:
     import torch
-    from captum.attr import (DeepLift, IntegratedGradients, LayerIntegratedGradients, NoiseTunnel, Occlusion,
-                             ShapleyValueSampling)
+    from captum.attr import (DeepLift, GradientShap, IntegratedGradients, LayerIntegratedGradients, NoiseTunnel,
+                             Occlusion, ShapleyValueSampling)
 
     import onnxplain
 
@@ -163,6 +163,7 @@ def build_cases(quick: bool) -> list[Case]:
     n = 4 if quick else 16
     x, xt, target = images(n, 32)
     noise = rng.standard_normal((10, n, 3, 32, 32)).astype(np.float32)
+    background = rng.random((16, 3, 32, 32), dtype=np.float32)   # GradientSHAP's background set
     patches = np.repeat(np.repeat(np.arange(16).reshape(4, 4), 8, 0), 8, 1)[None, None]   # 16 patches of 8x8
     cases += ig_and_deeplift("cnn", net, x, xt, target)
     cases += [
@@ -170,6 +171,10 @@ def build_cases(quick: bool) -> list[Case]:
              lambda: NoiseTunnel(_saliency(net)).attribute(xt, nt_type="smoothgrad", nt_samples=10, stdevs=0.1,
                                                           target=target),
              explainer(net, xt[:2], "smoothgrad"), {"x": x}, target, net),
+        Case("cnn", "gradient_shap", dict(baselines=background, n_samples=20, stdevs=0.1, seed=0),
+             lambda: GradientShap(net).attribute(xt, baselines=torch.from_numpy(background), n_samples=20, stdevs=0.1,
+                                                 target=target),
+             explainer(net, xt[:2], "gradient_shap"), {"x": x}, target, net),
         Case("cnn", "occlusion", dict(sliding_window_shapes=(3, 4, 4), strides=2),
              lambda: Occlusion(net).attribute(xt, (3, 4, 4), strides=2, target=target, perturbations_per_eval=64),
              explainer(net, xt[:2], "occlusion"), {"x": x}, target, net, 64 * n),

@@ -363,6 +363,25 @@ def forward_per_block(b: GraphBuilder, spec: Spec, inside: dict, outputs: dict, 
     return ForwardCopies(names)
 
 
+def forward_copy(b: GraphBuilder, spec: Spec, inside: dict, feeds: dict, suffix: str) -> dict:
+    """Another copy of the model's forward pass, reading ``feeds[x]`` for the batched input ``x``; returns
+    each tensor of the forward pass -> its name in the copy.
+
+    The copy is outside the backward pass (nothing seeds it), so rows that only need the model's outputs (a
+    convergence delta's ``f(x)`` and ``f(baseline)``) cost a forward pass and no backward.  Call it before
+    :func:`forward_per_block`, which moves the forward nodes.
+    """
+    forward = b.nodes[:len(spec.model.graph.node)]
+    produced = [o for node in forward for o in node.output if o]
+    mapping = {t: b.fresh(f"{t}{suffix}") for t in produced}
+    for t in produced:
+        if b.elem_type(t) is not None:
+            b.set_type(mapping[t], b.elem_type(t), b.shape(t))
+    mapping.update({inside[x]: v for x, v in feeds.items()})
+    b.nodes.extend(copy_nodes(forward, mapping, suffix))
+    return mapping
+
+
 def copy_nodes(nodes, mapping: dict, suffix: str) -> list:
     """Copies of ``nodes`` reading and writing ``mapping[name]`` instead of ``name`` (subgraphs too)."""
     out = []

@@ -12,9 +12,10 @@ input (the rows of a background set are joint samples, as SHAP and
 ``deeplift_shap`` here take them), where Captum draws an index per input.
 
 The expanded batch holds, per chunk of samples, ``S`` blocks of interpolated
-rows (seeded with ``target_weights``), ``S`` blocks of noisy inputs and ``S``
-blocks of drawn baselines (for the convergence delta), then the inputs
-themselves (for the model's outputs), all sample-major.  The draws are graph
+rows (seeded with ``target_weights``), then the inputs themselves (for the
+model's outputs), sample-major; the ``S`` blocks of noisy inputs and of drawn
+baselines that the convergence delta needs run through two copies of the
+forward pass outside the backward pass (a forward each, no backward).  The draws are graph
 feeds: ``alphas`` ``(S, N)``, ``baselines`` (the drawn rows, ``(S, N, *row)``),
 ``noise`` (``(S, N, *row)``, standard normal) and ``stdevs``, made in numpy from
 ``seed`` row by row (each row's draws come from its own generator, so results
@@ -35,7 +36,7 @@ from onnx import TensorProto
 
 from ..backward import backward
 from .base import (Method, RowDraws, Spec, batch_rows, declare_param, declare_target_weights, emit_attribution,
-                   emit_outputs, ex_float, flatten_steps, forward_per_block, open_forward, rows,
+                   emit_outputs, ex_float, flatten_steps, forward_copy, forward_per_block, open_forward,
                    split_steps, tile_rows)
 from .params import BASELINES, MULTIPLY_BY_INPUTS, Param
 
@@ -164,23 +165,27 @@ class GradientShap(Method):
         n = batch_rows(b, spec.carriers[0])
         block = b.mul(samples, n)
 
-        paths = {}   # carrier -> (noisy inputs, drawn baselines), both (S, N, *row)
+        paths, noisy_rows, base_rows = {}, {}, {}   # paths: carrier -> (noisy inputs, drawn baselines), (S, N, *row)
         for c in spec.carriers:
             interpolated, noisy, bases = self._sample_rows(b, spec, c, alphas, samples)
-            b.op("Concat", flatten_steps(b, interpolated, c), flatten_steps(b, noisy, c),
-                 flatten_steps(b, bases, c), c, axis=0, outputs=[inside[c]])
+            b.op("Concat", flatten_steps(b, interpolated, c), c, axis=0, outputs=[inside[c]])
             paths[c] = (noisy, bases)
-        blocks = b.add(b.mul(samples, b.ints([3])), b.ints([1]))
+            noisy_rows[c], base_rows[c] = flatten_steps(b, noisy, c), flatten_steps(b, bases, c)
         for p in spec.passthrough:
-            b.op("Identity", tile_rows(b, p, blocks, b.rank(p)), outputs=[inside[p]])
-        forward_per_block(b, spec, inside, outputs, [block, block, block, n])
+            b.op("Identity", tile_rows(b, p, b.add(samples, b.ints([1])), b.rank(p)), outputs=[inside[p]])
+            noisy_rows[p] = base_rows[p] = tile_rows(b, p, samples, b.rank(p))
+        # the noisy inputs and the drawn baselines are needed for delta's outputs only: forward copies that
+        # the backward pass never enters
+        on_noisy = forward_copy(b, spec, inside, noisy_rows, "__noisy")[outputs[spec.output]]
+        on_bases = forward_copy(b, spec, inside, base_rows, "__drawn")[outputs[spec.output]]
+        forward_per_block(b, spec, inside, outputs, [block, n])
 
         out_rank = b.rank(spec.output)
         seeded = tile_rows(b, tw, samples, out_rank)
-        unseeded = b.zeros_like(tile_rows(b, tw, b.sub(blocks, samples), out_rank))
         out_rows = outputs[spec.output]
-        emit_outputs(b, spec, outputs, b.mul(block, b.ints([3])), n)
-        grads = backward(b, out_rows, b.op("Concat", seeded, unseeded, axis=0), [inside[c] for c in spec.carriers])
+        emit_outputs(b, spec, outputs, block, n)
+        grads = backward(b, out_rows, b.op("Concat", seeded, b.zeros_like(tw), axis=0),
+                         [inside[c] for c in spec.carriers])
 
         totals = []
         for point in spec.points:
@@ -189,8 +194,8 @@ class GradientShap(Method):
             global_form = b.mul(per_sample, b.sub(noisy, bases))
             attr = b.reduce("ReduceMean", b.where(multiply, global_form, per_sample), [0], keepdims=0)
             totals.append(emit_attribution(b, spec, point, attr))
-        f_noisy = self._mean_target(b, rows(b, out_rows, block, block), tw, samples, out_rank)
-        f_base = self._mean_target(b, rows(b, out_rows, b.add(block, block), block), tw, samples, out_rank)
+        f_noisy = self._mean_target(b, on_noisy, tw, samples, out_rank)
+        f_base = self._mean_target(b, on_bases, tw, samples, out_rank)
         b.op("Sub", b.sum(totals), b.sub(f_noisy, f_base), outputs=["delta"])
         b.add_output("delta", b.elem_type(spec.output), [b.shape(spec.output)[0]])
 
