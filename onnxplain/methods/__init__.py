@@ -8,14 +8,15 @@ from .grad_cam import GradCam, GuidedGradCam
 from .gradient import Deconvolution, EpsilonLRP, Gradient, GuidedBackprop, InputXGradient, Saliency
 from .gradient_shap import GradientShap
 from .integrated_gradients import IntegratedGradients
+from .lrp import LRP
 from .noise_tunnel import NT_PARAMETERS, NT_TYPES, NoiseTunnel, SmoothGrad, SmoothGradSquared, VarGrad
 from .occlusion import Occlusion
 from .params import Offered, Param, markdown_table, offered
 from .shapley import ShapleySampling, ShapleyValues
 
 _CLASSES = [Saliency, Gradient, InputXGradient, IntegratedGradients, SmoothGrad, SmoothGradSquared, VarGrad,
-            DeepLift, DeepLiftShap, GradientShap, EpsilonLRP, GuidedBackprop, Deconvolution, GradCam, GuidedGradCam,
-            Occlusion, FeatureAblation, ShapleySampling, ShapleyValues]
+            DeepLift, DeepLiftShap, GradientShap, EpsilonLRP, LRP, GuidedBackprop, Deconvolution, GradCam,
+            GuidedGradCam, Occlusion, FeatureAblation, ShapleySampling, ShapleyValues]
 
 METHODS: tuple[str, ...] = tuple(c.name for c in _CLASSES)
 ALIASES: dict[str, str] = {alias: c.name for c in _CLASSES for alias in c.aliases}

@@ -92,7 +92,7 @@ class EpsilonLRP(InputXGradient):
     captum = "`LRP` with ε-rules (close, not identical)"
     deepexplain = "`elrp`"
     table_note = "its `delta` has Captum's LRP sign: `output - sum(attributions)`"
-    aliases = ("elrp", "lrp")
+    aliases = ("elrp",)
     overrides = EPSILON
     has_delta = True
     parameters = (Param("epsilon", 1e-4, "float", "the epsilon-rule's stabiliser, added to every denominator with "

@@ -11,6 +11,9 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 
+import numpy as np
+import onnx
+
 from ..vjp import register
 from . import NONLINEAR_UNARY
 
@@ -32,3 +35,182 @@ def lrp_table(rules: Mapping[str, Callable]) -> dict:
 
 #: epsilon-LRP's override table: :func:`epsilon_unary` at every unary nonlinearity.
 EPSILON = lrp_table({op: epsilon_unary for op in NONLINEAR_UNARY})
+
+
+# ----------------------------------------------------------------------------------- beyond epsilon: the lrp method
+# In the x * c formulation a tensor's cotangent c_t is its relevance divided by it (R_t = t * c_t).  At a layer
+# y = F(x, W, b) with output relevance R = y * c_y, every rule of the family below returns c_x with R_x = x * c_x:
+#   Wp = a1 W + a2 W+,  Wn = a1 W + a2 W-  (biases alike),  x+ = max(x, 0),  x- = min(x, 0)
+#   den_p = F(x+, Wp, bp) + F(x-, Wn),  den_n = F(x+, Wn, bn) + F(x-, Wp)
+#   s_p = R (u [y > 0] + alpha) / stab(den_p),  s_n = R (u [y < 0] - beta) / stab(den_n)
+#   c_x = where(x > 0, Wp^T s_p + Wn^T s_n, Wn^T s_p + Wp^T s_n)
+# epsilon: a1=1, a2=0, u=1 (den_p = den_n = y, stabilised by epsilon); gamma: a1=1, a2=gamma, u=1; alpha_beta:
+# a1=0, a2=1, u=0 (z_plus: alpha=1, beta=0); pass: epsilon with a vanishing stabiliser (LRP-0, the gradient).
+# The rule of each layer is a row of a per-call table (``lrp_rules``), so composites change without a rebuild.
+# flat, w_square and z_box give R_x itself and run at first layers only (see :mod:`.lrp_composites`).
+
+#: columns of a layer's coefficients (a row of the rule table times the rule matrix)
+COEFFICIENTS = ("a1", "a2", "u", "alpha", "beta", "stab", "general", "flat", "w_square", "z_box")
+
+
+def pass_unary(ctx):
+    """Relevance passes unchanged (Zennit's ``Pass``): ``c_z = c_y * y / z`` where ``z != 0``, else 0."""
+    b, z, y = ctx.b, ctx.x[0], ctx.y[0]
+    zero = b.op("Equal", z, b.like(0.0, z))
+    ratio = b.where(zero, b.like(0.0, z), b.div(y, b.where(zero, b.like(1.0, z), z)))
+    return [b.mul(ctx.dy[0], ratio)] + [None] * (len(ctx.x) - 1)
+
+
+class LayerRules:
+    """What the layer rules of one explanation graph read: each layer's row of the rule table (by node), the
+    rule matrix built from the parameter feeds, and the z_box bounds."""
+
+    def __init__(self, b, layers: dict, table: str, params: dict, tiny: float):
+        self.b, self.layers, self.table, self.low, self.high = b, layers, table, params["low"], params["high"]
+        p = params
+        one, zero = b.like(1.0, p["epsilon"]), b.like(0.0, p["epsilon"])
+        tiny = b.like(tiny, p["epsilon"])
+        st = p["stabilizer"]
+        rows = {  # a1, a2, u, alpha, beta, stab, general, flat, w_square, z_box
+            "epsilon": (one, zero, one, zero, zero, p["epsilon"], one, zero, zero, zero),
+            "z_plus": (zero, one, zero, one, zero, st, one, zero, zero, zero),
+            "alpha_beta": (zero, one, zero, p["alpha"], p["beta"], st, one, zero, zero, zero),
+            "gamma": (one, p["gamma"], one, zero, zero, st, one, zero, zero, zero),
+            "pass": (one, zero, one, zero, zero, tiny, one, zero, zero, zero),
+            "flat": (zero, zero, zero, zero, zero, st, zero, one, zero, zero),
+            "w_square": (zero, zero, zero, zero, zero, st, zero, zero, one, zero),
+            "z_box": (zero, zero, zero, zero, zero, st, zero, zero, zero, one),
+        }
+        from .lrp_composites import RULE_NAMES
+        flat_rows = [b.reshape(v, b.ints([1, 1])) for name in RULE_NAMES for v in rows[name]]
+        self.matrix = b.reshape(b.op("Concat", *flat_rows, axis=0), b.ints([len(RULE_NAMES), len(COEFFICIENTS)]))
+
+    def coefficients(self, layer) -> dict:
+        """The scalars of ``layer``'s rule this call."""
+        b = self.b
+        row = b.op("Gather", self.table, b.ints([layer.index]), axis=0)
+        coef = b.reshape(b.op("MatMul", row, self.matrix), b.ints([len(COEFFICIENTS)]))
+        return {name: b.op("Gather", coef, b.const(i, np.int64), axis=0) for i, name in enumerate(COEFFICIENTS)}
+
+
+class _Layer:
+    """Forward and transposed applications of one layer node with modified operands."""
+
+    def __init__(self, ctx, data: int):
+        self.ctx, self.b, self.node, self.data = ctx, ctx.b, ctx.node, data
+        self.x, self.w = ctx.x[data], ctx.x[1 - data]
+        self.bias = ctx.x[2] if ctx.node.op_type != "MatMul" and len(ctx.x) > 2 and ctx.x[2] else None
+        self.ftype = self.b.elem_type(ctx.y[0])
+
+    def typed(self, t: str, like: str) -> str:
+        self.b.set_type(t, self.b.elem_type(like) or self.ftype, self.b.shape(like))
+        return t
+
+    def _inputs(self, x: str, w: str, bias: str | None) -> list[str]:
+        inputs = list(self.ctx.x)
+        inputs[self.data], inputs[1 - self.data] = x, w
+        if len(inputs) > 2:
+            inputs[2] = bias or ""
+        return inputs
+
+    def forward(self, x: str, w: str, bias: str | None = None) -> str:
+        b = self.b
+        out = b.fresh(f"{self.node.name or self.node.op_type}__lrp")
+        node = onnx.helper.make_node(self.node.op_type, self._inputs(x, w, bias), [out],
+                                     name=b.fresh(f"{self.node.name or self.node.op_type}__lrp"))
+        node.attribute.extend(self.node.attribute)
+        b.nodes.append(node)
+        return self.typed(out, self.ctx.y[0])
+
+    def transpose(self, w: str, s: str) -> str:
+        """``W'^T s`` for the data input (the standard rule of the node with ``w`` as its weight)."""
+        from . import standard_rule
+        from ..backward import VJPContext
+        node = onnx.helper.make_node(self.node.op_type, self._inputs(self.x, w, self.bias), list(self.node.output),
+                                     name=self.node.name)
+        node.attribute.extend(self.node.attribute)
+        sub = VJPContext(self.b, node, [self.typed(s, self.ctx.y[0])], frozenset({self.x}), params=self.ctx.params,
+                         rules=self.ctx.rules, forward=self.ctx.forward)
+        return standard_rule(self.node.op_type, self.b.opset).fn(sub)[self.data]
+
+
+def _stab(b, d: str, st: str) -> str:
+    return b.add(d, b.mul(st, b.sign_pm1(d)))
+
+
+def _signed_parts(b, t: str) -> tuple[str, str]:
+    pos = b.op("Relu", t)
+    return pos, b.sub(t, pos)
+
+
+def lrp_layer(ctx):
+    """The lrp method's rule at a Conv, ConvTranspose, Gemm or MatMul layer (see the formulas above); a node
+    that is not one of the graph's layers (a MatMul of two activations) keeps its gradient."""
+    from . import standard_rule
+    rules: LayerRules | None = ctx.params.get("lrp")
+    layer = rules.layers.get(id(ctx.node)) if rules is not None else None
+    if layer is None:
+        return standard_rule(ctx.node.op_type, ctx.opset).fn(ctx)
+    b, L = ctx.b, _Layer(ctx, layer.data)
+    k = rules.coefficients(layer)
+    y, x, w = ctx.y[0], L.x, L.w
+    relevance = b.mul(y, ctx.dy[0])
+    xp, xn = (L.typed(t, x) for t in _signed_parts(b, x))
+    wp_, wn_ = (L.typed(t, w) for t in _signed_parts(b, w))
+    wp = L.typed(b.add(b.mul(k["a1"], w), b.mul(k["a2"], wp_)), w)
+    wn = L.typed(b.add(b.mul(k["a1"], w), b.mul(k["a2"], wn_)), w)
+    bp = bn = None
+    if L.bias:
+        bias_p, bias_n = _signed_parts(b, L.bias)
+        bp = b.add(b.mul(k["a1"], L.bias), b.mul(k["a2"], bias_p))
+        bn = b.add(b.mul(k["a1"], L.bias), b.mul(k["a2"], bias_n))
+    den_p = b.add(L.forward(xp, wp, bp), L.forward(xn, wn))
+    den_n = b.add(L.forward(xp, wn, bn), L.forward(xn, wp))
+    zero = b.like(0.0, y)
+    pos = b.op("Cast", b.op("Greater", y, zero), to=L.ftype)
+    neg = b.op("Cast", b.op("Less", y, zero), to=L.ftype)
+    s_p = b.div(b.mul(relevance, b.add(b.mul(k["u"], pos), k["alpha"])), _stab(b, den_p, k["stab"]))
+    s_n = b.div(b.mul(relevance, b.sub(b.mul(k["u"], neg), k["beta"])), _stab(b, den_n, k["stab"]))
+    c_x = b.where(b.op("Greater", x, b.like(0.0, x)),
+                  b.add(L.transpose(wp, s_p), L.transpose(wn, s_n)),
+                  b.add(L.transpose(wn, s_p), L.transpose(wp, s_n)))
+    grads = [None] * len(ctx.x)
+    grads[layer.data] = _input_relevance(ctx, L, rules, k, relevance, c_x, wp_, wn_) if layer.first else c_x
+    return grads
+
+
+def _input_relevance(ctx, L: _Layer, rules: LayerRules, k: dict, relevance: str, c_x: str, wp_: str, wn_: str) -> str:
+    """At a first layer: the relevance of its input itself, ``x * c_x`` or that of flat, w_square or z_box."""
+    b, x, w, y = ctx.b, L.x, L.w, ctx.y[0]
+    shape = b.shape_of(x)
+    ones_x = L.typed(b.op("Expand", b.like(1.0, x), shape), x)
+    ones_w = L.typed(b.op("Expand", b.like(1.0, w), b.shape_of(w)), w)
+    flat = L.transpose(ones_w, b.div(relevance, _stab(b, L.forward(ones_x, ones_w), k["stab"])))
+    w2 = L.typed(b.mul(w, w), w)
+    wsq = L.transpose(w2, b.div(relevance, _stab(b, L.forward(ones_x, w2, b.mul(L.bias, L.bias) if L.bias else None),
+                                                  k["stab"])))
+    low = L.typed(b.op("Expand", b.cast_like(rules.low, x), shape), x)
+    high = L.typed(b.op("Expand", b.cast_like(rules.high, x), shape), x)
+    bias_p, bias_n = _signed_parts(b, L.bias) if L.bias else (None, None)
+    den = b.sub(b.sub(y, L.forward(low, wp_, bias_p)), L.forward(high, wn_, bias_n))
+    s = b.div(relevance, _stab(b, den, k["stab"]))
+    zbox = b.sub(b.sub(b.mul(x, L.transpose(w, s)), b.mul(low, L.transpose(wp_, s))), b.mul(high, L.transpose(wn_, s)))
+    half = b.like(0.5, x)
+    chosen = b.mul(x, c_x)
+    for name, value in (("w_square", wsq), ("flat", flat), ("z_box", zbox)):
+        chosen = b.where(b.op("Greater", b.cast_like(k[name], x), half), value, chosen)
+    return chosen
+
+
+def lrp_overrides() -> dict:
+    """The lrp method's override table: :func:`lrp_layer` at the layer ops, :func:`pass_unary` at every unary
+    nonlinearity and at BatchNormalization (one left unfolded passes relevance on, as Zennit's ``Pass``)."""
+    from .lrp_composites import LAYER_OPS
+    table = {op: pass_unary for op in NONLINEAR_UNARY}
+    table["BatchNormalization"] = pass_unary
+    table.update({op: lrp_layer for op in LAYER_OPS})
+    return lrp_table(table)
+
+
+#: the lrp method's override table
+LRP_RULES = lrp_overrides()
