@@ -13,10 +13,12 @@ from .noise_tunnel import NT_PARAMETERS, NT_TYPES, NoiseTunnel, SmoothGrad, Smoo
 from .occlusion import Occlusion
 from .params import Offered, Param, markdown_table, offered
 from .shapley import ShapleySampling, ShapleyValues
+from .surrogate import KernelShap, Lime
 
 _CLASSES = [Saliency, Gradient, InputXGradient, IntegratedGradients, SmoothGrad, SmoothGradSquared, VarGrad,
             DeepLift, DeepLiftShap, GradientShap, EpsilonLRP, LRP, GuidedBackprop, Deconvolution, GradCam,
-            GuidedGradCam, Occlusion, FeatureAblation, ShapleySampling, ShapleyValues]
+            GuidedGradCam,
+            Occlusion, FeatureAblation, ShapleySampling, ShapleyValues, KernelShap, Lime]
 
 METHODS: tuple[str, ...] = tuple(c.name for c in _CLASSES)
 ALIASES: dict[str, str] = {alias: c.name for c in _CLASSES for alias in c.aliases}
