@@ -48,6 +48,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+#: the methods whose Captum calls need no autograd
+FORWARD_ONLY = ("occlusion", "shapley_sampling", "kernel_shap", "lime")
 
 
 # ---------------------------------------------------------------------- models
@@ -132,8 +134,8 @@ class Case:
 
 def build_cases(quick: bool) -> list[Case]:
     import torch
-    from captum.attr import (DeepLift, GradientShap, IntegratedGradients, LayerIntegratedGradients, NoiseTunnel,
-                             Occlusion, ShapleyValueSampling)
+    from captum.attr import (DeepLift, GradientShap, IntegratedGradients, KernelShap, LayerIntegratedGradients, Lime,
+                             NoiseTunnel, Occlusion, ShapleyValueSampling)
 
     import onnxplain
 
@@ -184,6 +186,11 @@ def build_cases(quick: bool) -> list[Case]:
                                                          perturbations_per_eval=64),
              explainer(net, xt[:2], "shapley_sampling"), {"x": x}, target, net, 64 * n),
     ]
+    for name, captum_class in (("kernel_shap", KernelShap), ("lime", Lime)):   # the 16 patches as superpixels
+        cases.append(Case("cnn", name, dict(n_samples=100, feature_mask=patches, seed=0),
+                          _per_row(captum_class(net), xt, target, feature_mask=torch.from_numpy(patches),
+                                   n_samples=100, perturbations_per_eval=100),
+                          explainer(net, xt[:2], name), {"x": x}, target, net, 100 * n))
 
     # an MLP on 64 features, 64 rows
     torch.manual_seed(1)
@@ -198,6 +205,10 @@ def build_cases(quick: bool) -> list[Case]:
              lambda: ShapleyValueSampling(mlp).attribute(tt, target=1, n_samples=25, perturbations_per_eval=64),
              explainer(mlp, tt[:2], "shapley_sampling"), {"x": table}, 1, mlp, 64 * len(table)),
     ]
+    for name, captum_class in (("kernel_shap", KernelShap), ("lime", Lime)):
+        cases.append(Case("mlp64", name, dict(n_samples=200, seed=0),
+                          _per_row(captum_class(mlp), tt, 1, n_samples=200, perturbations_per_eval=200),
+                          explainer(mlp, tt[:2], name), {"x": table}, 1, mlp, 200 * len(table)))
 
     # a 2-layer BERT at its word embeddings
     torch.manual_seed(2)
@@ -223,6 +234,12 @@ def build_cases(quick: bool) -> list[Case]:
     return cases
 
 
+def _per_row(attribution, x, target, **kw):
+    """Captum's Lime and KernelShap attribute one example per call (a batch is one interpretable sample)."""
+    targets = target if isinstance(target, list) else [target] * len(x)
+    return lambda: [attribution.attribute(x[i:i + 1], target=targets[i], **kw) for i in range(len(x))]
+
+
 def _saliency(net):
     from captum.attr import Saliency
     return Saliency(net)
@@ -244,7 +261,7 @@ def measure(case: Case, repeats: int) -> dict:
 
     def captum() -> float:
         t0 = time.perf_counter()
-        with torch.no_grad() if case.method in ("occlusion", "shapley_sampling") else _null():
+        with torch.no_grad() if case.method in FORWARD_ONLY else _null():
             case.captum()
         return time.perf_counter() - t0
 
