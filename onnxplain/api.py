@@ -14,6 +14,7 @@ from .cache import cached_graph, clear_cache
 from .errors import ModelError
 from .graph import np_dtype
 from .methods import get_method
+from .methods.base import called_baselines
 from .methods.noise_tunnel import NoiseTunnel
 from .options import ExplainOptions
 from .prepare import (attribution_spec, build_graph, elem_type, graph_inputs, made_up_inputs, own_layouts, prepare,
@@ -200,7 +201,7 @@ class Explainer:
     # ------------------------------------------------------------------ helpers
     def checked_call(self, inputs, target, target_weights, params) -> tuple[dict, np.ndarray, dict]:
         """One call's checked feeds, target weights and parameters."""
-        params = self.method.check_params(params)
+        params = self.method.check_params(called_baselines(params, inputs))
         feeds = self.check_inputs(inputs)
         params = _params_batch_first(params, self.spec, self.batch_axes)
         n = self.rows(feeds)

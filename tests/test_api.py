@@ -441,3 +441,28 @@ def test_explain_file_takes_its_options_as_one_object_or_as_keywords(tmp_path):
         np.testing.assert_allclose(got.attributions["x"], by_hand, rtol=1e-6)
     with pytest.raises(TypeError, match="not both"):
         explain_file(mlp_model(), tmp_path / "x.npy", target=1, options=options, batch_size=3)
+
+
+def test_callable_baselines_are_called_as_captum_calls_them():
+    """Captum's DeepLiftShap takes baselines as a function of the inputs (or of nothing); the same functions,
+    written for numpy and for torch, give Captum's attributions."""
+    import torch
+    from captum.attr import DeepLiftShap
+
+    net = torch.nn.Sequential(torch.nn.Linear(5, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
+    with torch.no_grad():
+        net[0].weight.copy_(torch.from_numpy(W1))
+        net[0].bias.copy_(torch.from_numpy(B1))
+        net[2].weight.copy_(torch.from_numpy(W2))
+        net[2].bias.copy_(torch.from_numpy(B2))
+    x = RNG.standard_normal((4, 5)).astype(np.float32)
+    shifts = np.linspace(-1.0, 1.0, 3, dtype=np.float32)[:, None]
+    ex = onnxplain.Explainer(mlp_model().SerializeToString(), "deeplift_shap")
+    for ours, theirs in [(lambda: np.tile(shifts, (1, 5)), lambda: torch.from_numpy(np.tile(shifts, (1, 5)))),
+                         (lambda inp: inp[:3] * 0.5 + shifts, lambda inp: inp[:3] * 0.5 + torch.from_numpy(shifts))]:
+        got = ex.explain(x, target=1, baselines=ours)
+        want = DeepLiftShap(net).attribute(torch.from_numpy(x), baselines=theirs, target=1).detach().numpy()
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
+    with pytest.raises(ValueError, match="baselines for input 'x'"):
+        onnxplain.Explainer(mlp_model().SerializeToString(), "integrated_gradients").explain(
+            x, target=0, baselines=lambda inp: np.zeros((2, 6), np.float32))

@@ -9,6 +9,7 @@ rows that belong to the unmodified inputs under the original names.
 """
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 
 import numpy as np
@@ -247,6 +248,20 @@ def baseline_feeds(spec: Spec, baselines, inputs: dict) -> dict:
                              f"got shape {v.shape}")
         feeds[spec.param("baselines", x)] = np.ascontiguousarray(v)
     return feeds
+
+
+def called_baselines(params: dict, inputs) -> dict:
+    """``params`` with callable ``baselines`` replaced by what they return, as Captum takes them: a function of
+    no arguments is called as it is, any other with the call's inputs (an array, or a dict by input name, as
+    given to ``explain``).  What it returns takes every form :func:`baseline_feeds` takes."""
+    given = params.get("baselines")
+    if not callable(given):
+        return params
+    try:
+        takes_inputs = len(inspect.signature(given).parameters) > 0
+    except (TypeError, ValueError):   # a builtin without a signature: give it the inputs
+        takes_inputs = True
+    return {**params, "baselines": given(inputs) if takes_inputs else given()}
 
 
 def draw_rows(count: int, k: int | None, seed) -> np.ndarray:
