@@ -71,6 +71,40 @@ def fill_ablation(x, base, labels, groups, n_groups: int, out=None) -> np.ndarra
     return out
 
 
+@ParallelKernel
+def _fill_permuted(x, r0, n, labels, groups, perms, out):
+    d = x.shape[1]
+    m_step = 0 if labels.shape[0] == 1 else 1
+    for r in prange(groups.shape[0] * n):
+        u = r // n
+        j = r - u * n
+        g = groups[u]
+        m = j * m_step
+        src = perms[g, r0 + j]
+        for e in range(d):
+            out[r, e] = x[src, e] if labels[m, e] == g else x[r0 + j, e]
+
+
+def fill_permuted(x, r0: int, r1: int, labels, groups, perms, n_groups: int, out=None) -> np.ndarray:
+    """The batch of ``len(groups)`` permutations of rows ``[r0, r1)`` of ``x``: shape ``(len(groups) * n, D)``.
+
+    Row ``u * n + j`` is row ``r0 + j`` of ``x`` (N, D) with the elements of group ``groups[u]`` taken from row
+    ``perms[groups[u], r0 + j]`` (``perms`` (G, N): one permutation of all N rows per group, Captum's
+    ``FeaturePermutation``); ``labels`` (1 or n, D) are the block's group indices.
+    """
+    x = np.ascontiguousarray(x)
+    n, d = r1 - r0, x.shape[1]
+    labels = check_labels(labels, n, d, n_groups)
+    groups = _groups(groups)
+    perms = np.ascontiguousarray(perms, dtype=np.int64)
+    if perms.ndim != 2 or perms.shape[1] != x.shape[0] or perms.shape[0] < n_groups:
+        raise ValueError(f"perms must be ({n_groups}, {x.shape[0]}): one permutation of the rows per group, "
+                         f"got {perms.shape}")
+    out = batch_out(out, groups.shape[0] * n, d, x.dtype)
+    _fill_permuted.run(out.size, bits(x), r0, n, labels, groups, perms, bits(out))
+    return out
+
+
 def fold_ablation(f0, f, groups, diffs) -> np.ndarray:
     """``diffs[j, groups[u]] = f0[j] - f[u * n + j]`` (groups < 0 are skipped); ``diffs`` float64 (n, G), in place."""
     f0 = np.asarray(f0)

@@ -1,7 +1,7 @@
 """The methods, one module each, found by name or alias."""
 from __future__ import annotations
 
-from .ablation import FeatureAblation
+from .ablation import FeatureAblation, FeaturePermutation
 from .base import Method, Spec
 from .deeplift import DeepLift, DeepLiftShap
 from .grad_cam import GradCam, GuidedGradCam
@@ -18,7 +18,7 @@ from .surrogate import KernelShap, Lime
 _CLASSES = [Saliency, Gradient, InputXGradient, IntegratedGradients, SmoothGrad, SmoothGradSquared, VarGrad,
             DeepLift, DeepLiftShap, GradientShap, EpsilonLRP, LRP, GuidedBackprop, Deconvolution, GradCam,
             GuidedGradCam,
-            Occlusion, FeatureAblation, ShapleySampling, ShapleyValues, KernelShap, Lime]
+            Occlusion, FeatureAblation, FeaturePermutation, ShapleySampling, ShapleyValues, KernelShap, Lime]
 
 METHODS: tuple[str, ...] = tuple(c.name for c in _CLASSES)
 ALIASES: dict[str, str] = {alias: c.name for c in _CLASSES for alias in c.aliases}
