@@ -54,8 +54,10 @@ def inspect(model, output: str | None = None, batch_axes: dict | None = None) ->
     methods, attributed = {}, []
     for name in METHODS:
         method = get_method(name)
+        # a method that attributes a given layer needs the plain backward pass that reaches any layer
+        judged = get_method("gradient") if method.needs_layer else method
         try:
-            spec = make_spec(m, out, None, None, method, unbatched=unbatched_inputs(axes), moved=moved_inputs(axes))
+            spec = make_spec(m, out, None, None, judged, unbatched=unbatched_inputs(axes), moved=moved_inputs(axes))
         except ValueError as e:
             methods[name] = _availability(method, None, str(e))
             continue
@@ -66,7 +68,7 @@ def inspect(model, output: str | None = None, batch_axes: dict | None = None) ->
         if method.forward_only:
             methods[name] = _availability(method, [], "")
             continue
-        methods[name] = _availability(method, *_build_verdict(m, method, spec, out))
+        methods[name] = _availability(method, *_build_verdict(m, judged, spec, out))
     facts["attributed"] = attributed
     facts["methods"] = methods
     return facts

@@ -378,6 +378,8 @@ def make_spec(model, output, inputs, layer=None, method=None, unbatched=(), move
             raise ValueError(f"input {vi.name!r} has no batch dimension; onnxplain needs batch-first inputs")
     if layer is None and method is not None and method.default_layer is not None:
         layer = method.default_layer(model, output, chosen)   # Grad-CAM's: the last feature map
+    if layer is None and method is not None and method.needs_layer:
+        raise ValueError(f"method {method.name!r} attributes a layer: give layer= (a tensor of the model)")
     guides = layer is not None and method is not None and method.layer_guides   # the layer weighs the inputs'
     if layer is not None and not guides:
         points = [Point(layer, _check_layer(model, layer))]

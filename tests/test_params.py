@@ -244,12 +244,19 @@ REQUEST = {   # a request tensor of each form for the demo model's (N, 1, 16, 16
 }
 
 
+def _a_layer(model) -> str:
+    """The output of the model's first ReLU (for the methods that attribute a layer)."""
+    import onnx
+    return next(n.output[0] for n in onnx.load(model).graph.node if n.op_type == "Relu")
+
+
 @pytest.mark.parametrize("method", [m for m in every_method()], ids=lambda m: m.name)
 def test_every_declared_parameter_has_a_request_form(method):
     """Each parameter a request may carry is a request input of the served model, parsed back into the keyword
     ``explain`` takes; those no request carries (a progress bar) are not inputs."""
     kind = method.kind if hasattr(method, "inner") else None
-    ex = onnxplain.Explainer(MODEL, method.inner.name if kind else method.name, noise_tunnel=kind)
+    layer = _a_layer(MODEL) if method.needs_layer else None
+    ex = onnxplain.Explainer(MODEL, method.inner.name if kind else method.name, noise_tunnel=kind, layer=layer)
     interface = Interface(ex)
     inputs = {t.name for t in interface.inputs}
     for p in ex.method.parameters:

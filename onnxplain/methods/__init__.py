@@ -8,6 +8,7 @@ from .grad_cam import GradCam, GuidedGradCam
 from .gradient import Deconvolution, EpsilonLRP, Gradient, GuidedBackprop, InputXGradient, Saliency
 from .gradient_shap import GradientShap
 from .integrated_gradients import IntegratedGradients
+from .layer_path import InternalInfluence, LayerConductance
 from .lrp import LRP
 from .noise_tunnel import NT_PARAMETERS, NT_TYPES, NoiseTunnel, SmoothGrad, SmoothGradSquared, VarGrad
 from .occlusion import Occlusion
@@ -17,7 +18,7 @@ from .surrogate import KernelShap, Lime
 
 _CLASSES = [Saliency, Gradient, InputXGradient, IntegratedGradients, SmoothGrad, SmoothGradSquared, VarGrad,
             DeepLift, DeepLiftShap, GradientShap, EpsilonLRP, LRP, GuidedBackprop, Deconvolution, GradCam,
-            GuidedGradCam,
+            GuidedGradCam, InternalInfluence, LayerConductance,
             Occlusion, FeatureAblation, FeaturePermutation, ShapleySampling, ShapleyValues, KernelShap, Lime]
 
 METHODS: tuple[str, ...] = tuple(c.name for c in _CLASSES)

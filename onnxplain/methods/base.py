@@ -61,6 +61,8 @@ class Method:
     #: the inputs); ``layer_guides``: the layer weighs the inputs' attributions rather than being attributed
     default_layer = None
     layer_guides: bool = False
+    #: whether the method attributes a layer only (``layer=`` required)
+    needs_layer: bool = False
     #: why a noise tunnel cannot run over the method (None: it can)
     noise_tunnel_refusal: str | None = None
     #: whether the parts of a call are a weighted mixture (see :meth:`part_weights`) rather than a sum

@@ -87,7 +87,7 @@ class IntegratedGradients(Method):
         for c in spec.carriers:
             base = b.op("Expand", declare_baselines(b, spec, c, self.defaults["baselines"]), b.shape_of(c))
             point = spec.point_of(c)
-            steps_rows = (_interpolate(b, alphas, c, base, b.rank(c)) if point
+            steps_rows = (interpolate_steps(b, alphas, c, base, b.rank(c)) if point
                           else tile_rows(b, c, steps, b.rank(c)))
             b.op("Concat", steps_rows, c, base, axis=0, outputs=[inside[c]])
             if point:
@@ -99,7 +99,7 @@ class IntegratedGradients(Method):
                 fed = redirect_layer(b, point.tensor)
                 on_x = rows(b, point.tensor, b.mul(steps, n), n)
                 on_base = rows(b, point.tensor, b.mul(b.add(steps, b.ints([1])), n), n)
-                interpolated = _interpolate(b, alphas, on_x, on_base, b.rank(point.tensor))
+                interpolated = interpolate_steps(b, alphas, on_x, on_base, b.rank(point.tensor))
                 b.op("Concat", interpolated, on_x, on_base, axis=0, outputs=[fed])
                 points[point.key] = (fed, on_x, on_base)
         forward_per_block(b, spec, inside, outputs, [b.mul(steps, n), n, n])
@@ -170,7 +170,7 @@ def _rows(inputs, spec):
     return int(np.shape(inputs[spec.carriers[0]])[0])
 
 
-def _interpolate(b, alphas: str, x: str, base: str, rank: int) -> str:
+def interpolate_steps(b, alphas: str, x: str, base: str, rank: int) -> str:
     """``(S*N, *row)``: the rows ``base + alpha_s * (x - base)`` for every step ``s``, step-major."""
     alpha_col = b.reshape(b.cast_like(alphas, x), b.ints([-1] + [1] * rank))
     scaled = b.add(b.unsqueeze(base, [0]), b.mul(alpha_col, b.unsqueeze(b.sub(x, base), [0])))
