@@ -15,10 +15,11 @@ from .occlusion import Occlusion
 from .params import Offered, Param, markdown_table, offered
 from .shapley import ShapleySampling, ShapleyValues
 from .surrogate import KernelShap, Lime
+from .transformer_lrp import AttnLRP, ConservativeLRP
 
 _CLASSES = [Saliency, Gradient, InputXGradient, IntegratedGradients, SmoothGrad, SmoothGradSquared, VarGrad,
-            DeepLift, DeepLiftShap, GradientShap, EpsilonLRP, LRP, GuidedBackprop, Deconvolution, GradCam,
-            GuidedGradCam, InternalInfluence, LayerConductance,
+            DeepLift, DeepLiftShap, GradientShap, EpsilonLRP, LRP, ConservativeLRP, AttnLRP, GuidedBackprop,
+            Deconvolution, GradCam, GuidedGradCam, InternalInfluence, LayerConductance,
             Occlusion, FeatureAblation, FeaturePermutation, ShapleySampling, ShapleyValues, KernelShap, Lime]
 
 METHODS: tuple[str, ...] = tuple(c.name for c in _CLASSES)
