@@ -112,3 +112,15 @@ def fake_cuda_onnxruntime(monkeypatch, produce):
     monkeypatch.setattr(runtime.ort, "get_available_providers",
                         lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
     return calls, made
+
+
+def assert_refused_before_running(ex, match: str, *args, **kwargs) -> None:
+    """``ex.explain(*args, **kwargs)`` raises a ValueError matching ``match`` before its session runs."""
+    import pytest
+
+    ex.session.run = lambda *a, **k: pytest.fail("the session ran")
+    try:
+        with pytest.raises(ValueError, match=match):
+            ex.explain(*args, **kwargs)
+    finally:
+        del ex.session.run
