@@ -147,7 +147,27 @@ def batch_first_model(model, batch_axes=None, output: str | None = None) -> tupl
     Outputs that are not batch first are left out of it (see :func:`without_unbatched_outputs`).
     """
     m, axes, problems = normalized_with_batch_axes(model, batch_axes)
+    m = with_layer_output(m, output)
     return to_batch_first(without_unbatched_outputs(m, problems, output), axes), axes
+
+
+def with_layer_output(m: onnx.ModelProto, output: str | None) -> onnx.ModelProto:
+    """``m`` with the intermediate tensor ``output`` made an output of it, so that a unit of a layer is
+    explained as an output is (Captum's Neuron* methods: ``output=`` the layer's tensor, ``target=`` the unit's
+    index, the neuron selector); ``m`` itself when ``output`` is None, already an output, or no tensor of it
+    (:func:`choose_output` then says so)."""
+    if output is None or output in {o.name for o in m.graph.output}:
+        return m
+    if not any(output in node.output for node in m.graph.node):
+        return m
+    vi = next((v for v in m.graph.value_info if v.name == output), None)
+    if vi is None or not vi.type.tensor_type.HasField("shape"):
+        raise ValueError(f"tensor {output!r} has no type and shape after shape inference, so it cannot be "
+                         f"explained as an output; explain a tensor whose rank is known")
+    with_output = onnx.ModelProto()
+    with_output.CopyFrom(m)
+    with_output.graph.output.append(vi)
+    return with_output
 
 
 def normalized_with_batch_axes(model, batch_axes=None) -> tuple[onnx.ModelProto, dict, dict]:
@@ -303,7 +323,8 @@ def choose_output(model, output):
     names = [o.name for o in model.graph.output]
     if output is not None:
         if output not in names:
-            raise ValueError(f"output {output!r} is not an output of the model; its outputs are {names}")
+            raise ValueError(f"output {output!r} is not an output of the model nor a tensor of it; its outputs "
+                             f"are {names}")
         tt = model.graph.output[names.index(output)].type.tensor_type
         if tt.elem_type not in FLOAT_TYPES:
             raise ValueError(f"output {output!r} is not floating point; only float outputs can be explained")
