@@ -42,8 +42,8 @@ INTERPOLATE_MODE = Param("interpolate_mode", "nearest", "choice", "how the map i
 def default_layer(model: onnx.ModelProto, output: str, inputs) -> str:
     """The layer Grad-CAM explains when none is given: the last feature map on the way to ``output``.
 
-    A feature map is a floating-point tensor of rank 4, ``(N, C, H, W)``, whose spatial size is not
-    known to be 1 x 1 (a global pooling's ``(N, C, 1, 1)`` output is not one), that depends on the
+    A feature map is a floating-point tensor of rank 4, ``(N, C, H, W)`` with the inputs' batch dimension
+    first, whose spatial size is not known to be 1 x 1 (a global pooling's ``(N, C, 1, 1)`` output is not one), that depends on the
     attributed ``inputs`` and that ``output`` depends on (the output itself excluded).  The last such
     tensor in the graph's order is the one before the global pooling or flattening of a CNN: a
     ResNet's last block output.  (In a vision transformer it would be an attention tensor: name the
@@ -59,12 +59,14 @@ def default_layer(model: onnx.ModelProto, output: str, inputs) -> str:
         if any(o in needed for o in node.output):
             needed.update(node_reads(node))
     types = _value_types(model)
+    batch = {types[x][1][0] for x in inputs if x in types and types[x][1]}   # the inputs' batch dimension
     maps = [o for node in nodes for o in node.output
-            if o in reached and o in needed and o != output and _is_feature_map(types.get(o))]
+            if o in reached and o in needed and o != output and _is_feature_map(types.get(o), batch)]
     if not maps:
-        raise ValueError(f"Grad-CAM needs a layer: found no 4-D (N, C, H, W) activation with a spatial size "
-                         f"other than 1x1 between the inputs {list(inputs)} and output {output!r}; name one with "
-                         f"layer='tensor name' (onnxplain.inspect(model)['layers'] lists the model's tensors)")
+        raise ValueError(f"Grad-CAM needs a layer: found no feature map (a 4-D (N, C, H, W) activation, batch "
+                         f"first, with a spatial size other than 1x1) between the inputs {list(inputs)} and output "
+                         f"{output!r}; name one with layer='tensor name' (onnxplain.inspect(model)['layers'] lists "
+                         f"the model's tensors)")
     return maps[-1]
 
 
@@ -74,16 +76,18 @@ def _value_types(model: onnx.ModelProto) -> dict:
     for vi in list(model.graph.input) + list(model.graph.value_info) + list(model.graph.output):
         tt = vi.type.tensor_type
         if vi.type.HasField("tensor_type") and tt.HasField("shape"):
-            out[vi.name] = (tt.elem_type, tuple(d.dim_value if d.HasField("dim_value") else None
+            out[vi.name] = (tt.elem_type, tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
                                                 for d in tt.shape.dim))
     return out
 
 
-def _is_feature_map(typed) -> bool:
+def _is_feature_map(typed, batch: set) -> bool:
+    """Rank 4, float, not 1 x 1, and batch first: its axis 0 is the inputs' batch dimension (a recurrent
+    net's ``(seq, directions, N, hidden)`` output is no feature map)."""
     if typed is None:
         return False
     elem, dims = typed
-    return elem in FLOAT_TYPES and len(dims) == 4 and dims[2:] != (1, 1)
+    return elem in FLOAT_TYPES and len(dims) == 4 and dims[2:] != (1, 1) and dims[0] in batch
 
 
 # ---------------------------------------------------------------------- graph pieces
