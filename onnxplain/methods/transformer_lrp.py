@@ -1,18 +1,14 @@
 """Relevance methods for transformers: Conservative LRP and AttnLRP, input x modified gradient in one run.
 
 The rules are the override tables of :mod:`onnxplain.rules.transformer`; everything else (one block of rows,
-``target_weights`` as the seed, the epsilon feed, ``delta``) is epsilon-LRP's.  To attribute tokens, attribute
-the token embedding (``layer=`` the embedding's output): the attribution is then the embedding's, one value per
-embedding coordinate, summed over the last axis for a per-token score.
+``target_weights`` as the seed, the ``epsilon`` parameter and feed, ``delta``) is epsilon-LRP's.  Token inputs are
+attributed at the embedding they feed, as by the other gradient methods: one value per embedding coordinate,
+summed over the last axis for a per-token score.
 """
 from __future__ import annotations
 
 from ..rules.transformer import ATTN_LRP, CP_LRP
 from .gradient import EpsilonLRP
-from .params import Param
-
-_EPSILON = Param("epsilon", 1e-4, "float", "the stabiliser of the unary nonlinearities' rule, added to every "
-                 "denominator with its sign")
 
 
 class ConservativeLRP(EpsilonLRP):
@@ -33,7 +29,6 @@ class ConservativeLRP(EpsilonLRP):
                   "`output - sum(attributions)`")
     aliases = ("conservative_lrp",)
     overrides = CP_LRP
-    parameters = (_EPSILON,)
 
 
 class AttnLRP(EpsilonLRP):
@@ -54,4 +49,3 @@ class AttnLRP(EpsilonLRP):
                   "2024); `delta` = `output - sum(attributions)`")
     aliases = ("attnlrp",)
     overrides = ATTN_LRP
-    parameters = (_EPSILON,)
