@@ -141,7 +141,7 @@ def emit_map(b: GraphBuilder, spec: Spec, key: str, value: str, like: str) -> No
 
 def guide_layer(spec: Spec, method: str) -> str:
     """The layer whose activation the map is made of (a clear error when the spec has none)."""
-    if getattr(spec, "layer", None) is None:
+    if spec.layer is None:
         raise ValueError(f"method {method!r} needs a layer (layer='tensor name', or the default one found "
                          f"when layer is not given)")
     return spec.layer

@@ -71,7 +71,7 @@ class LRP(Method):
         wrt = [p.tensor for p in spec.points]
         fold_batch_norms(b, keep=wrt)
         layers = linear_layers(b.nodes, wrt)
-        nodes = _layer_nodes(b.nodes, wrt)
+        nodes = _layer_nodes(b.nodes, layers)
         b.metadata["lrp_layers"] = json.dumps([layer.name for layer in layers])
         direct = {p.key for p in spec.points if any(layer.first and layer.source == p.tensor for layer in layers)}
         inside, outputs = open_forward(b, spec)
@@ -138,9 +138,8 @@ class LRP(Method):
         return [feeds]
 
 
-def _layer_nodes(nodes, wrt) -> list:
-    """The nodes of :func:`linear_layers`, in its order."""
-    layers = linear_layers(nodes, wrt)
+def _layer_nodes(nodes, layers) -> list:
+    """The nodes of ``layers`` (from :func:`linear_layers`), in their order."""
     by_name = {}
     for node in nodes:
         by_name.setdefault(node.name or node.output[0], node)
