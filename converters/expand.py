@@ -10,7 +10,8 @@ standard defines it, and the result does not depend on whether an exporter fused
 :func:`expand_functions` rewrites the main graph once, before the explanation graph is built; a node
 that has a rule, or whose body cannot be written out (no body, a body over another opset, a body with
 subgraphs), is left as it is.  An If of the main graph whose condition follows from constants and static
-shapes (a body's, or one an exporter wrote to check a rank) is replaced by the branch it takes.
+shapes (a body's, or one an exporter wrote to check a rank) is replaced by the branch it takes, and a Range
+bound that is a one-element vector (which the branch may turn into a constant) is reshaped to a scalar.
 """
 from __future__ import annotations
 
@@ -45,7 +46,7 @@ def expand_functions(model: onnx.ModelProto, keep: Callable[[onnx.NodeProto, int
         changed = changed or _count(folded, "If") < _count(nodes, "If")
         changed = _integer_constants_into_bodies(folded, out.graph.initializer, taken) or changed
         if not changed:
-            return out
+            return _scalar_range_bounds(out) if out is not model else out
         nodes = folded
         if out is model:
             out = onnx.ModelProto()
@@ -53,7 +54,49 @@ def expand_functions(model: onnx.ModelProto, keep: Callable[[onnx.NodeProto, int
         del out.graph.node[:]
         out.graph.node.extend(nodes)
         out = shape_inference.infer_shapes(out, check_type=True, strict_mode=False, data_prop=True)
-    return out
+    return _scalar_range_bounds(out)
+
+
+def _scalar_range_bounds(model: onnx.ModelProto) -> onnx.ModelProto:
+    """``model`` with every Range bound that shape inference shows is a one-element vector reshaped to the scalar
+    the standard asks for.  Bodies pass Range such vectors (AffineGrid's sizes, split from its ``size`` input)
+    and runtimes accept them, but once an If is replaced by its branch a bound may become a constant, and
+    onnxruntime's constant folding refuses a Range over a constant that is not a scalar."""
+    types = _types(model)
+    taken = _names(model)
+    nodes, changed = [], False
+    for node in model.graph.node:
+        vectors = [i for i in node.input if node.op_type == "Range" and _one_element_vector(types.get(i))]
+        if vectors:
+            scalar = {}
+            for name in dict.fromkeys(vectors):
+                scalar[name] = _fresh(f"{name}_scalar", taken)
+                empty = _fresh(f"{name}_scalar_shape", taken)
+                nodes.append(helper.make_node("Constant", [], [empty], name=f"{empty}_node",
+                                              value=helper.make_tensor(empty, onnx.TensorProto.INT64, [0], [])))
+                nodes.append(helper.make_node("Reshape", [name, empty], [scalar[name]], name=f"{scalar[name]}_node"))
+            copy = onnx.NodeProto()
+            copy.CopyFrom(node)      # the caller's model is not edited
+            copy.input[:] = [scalar.get(i, i) for i in node.input]
+            node, changed = copy, True
+        nodes.append(node)
+    if not changed:
+        return model
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    return shape_inference.infer_shapes(model, check_type=True, strict_mode=False, data_prop=True)
+
+
+def _one_element_vector(t: onnx.TypeProto | None) -> bool:
+    dims = t.tensor_type.shape.dim if t is not None and t.tensor_type.HasField("shape") else None
+    return dims is not None and len(dims) == 1 and dims[0].HasField("dim_value") and dims[0].dim_value == 1
+
+
+def _fresh(name: str, taken: set) -> str:
+    while name in taken:
+        name += "_"
+    taken.add(name)
+    return name
 
 
 #: Integer constants of the outer graph up to this size are copied into the bodies that read them.

@@ -22,12 +22,8 @@ from onnxplain.rules import COMPOUND, LINEAR
 from onnxplain.rules.deeplift import RESCALE
 from onnxplain.vjp import RULES
 
-#: Node tests refused with a reason (glob over test names -> why).
-REFUSED = {
-    "test_affine_grid_2d*_expanded": "AffineGrid's 2-D function body squeezes, without axes, a tensor whose "
-                                      "first dimension shape inference leaves symbolic, so its rank is unknown "
-                                      "(AffineGrid itself has a rule and its own node tests pass)",
-}
+#: Node tests refused with a reason (glob over test names -> why); none is.
+REFUSED: dict[str, str] = {}
 
 #: Reasons a node test is not judged (prefixes of the oracle's skip details).
 SKIP_REASONS = (

@@ -11,7 +11,7 @@ from onnx import TensorProto, helper
 
 from onnxplain.converters.normalize import normalize
 from onnxplain.errors import UnsupportedOperatorError
-from vjp_harness import Case, check_case, vjp_model
+from vjp_harness import Case, build_case_model, check_case, vjp_model
 
 RNG = np.random.default_rng(7)
 
@@ -81,6 +81,30 @@ MATMUL = [
     _mm((2, 3, 4), (4, 5), "A", dynamic=True), _mm((2, 3, 4), (2, 4, 5), "AB", dynamic=True),
     _mm((2, 1, 3, 4), (5, 4, 6), "AB", dynamic=True),
 ]
+
+
+def _mm_unranked_a(sa, sb=(4, 5), which="AB"):
+    """``u @ B`` where ``u = Identity(A)`` has its shape dropped (as a Squeeze without axes over a dimension
+    read from data leaves it): the rule sees an A of unknown rank against a matrix."""
+    A = sa if "A" in which else arr(*sa)
+    B = sb if "B" in which else arr(*sb)
+    nodes = [helper.make_node("Identity", ["y0"], ["u"]), helper.make_node("MatMul", ["u", "in1"], ["z"])]
+    name = f"matmul_unranked_{'x'.join(map(str, sa))}_{'x'.join(map(str, sb))}_{which}"
+    return Case(name, "Identity", [A, B], torch.matmul, extra_nodes=nodes, unknown_shapes=("u",), node_inputs=1)
+
+
+MATMUL_UNRANKED = [_mm_unranked_a((3, 4)), _mm_unranked_a((2, 3, 4)), _mm_unranked_a((2, 1, 3, 4), which="A"),
+                   _mm_unranked_a((4,)), _mm_unranked_a((2, 3, 4), which="B")]
+
+
+def test_an_operand_of_unknown_rank_against_a_vector_or_batch_is_refused():
+    """Only a product by a matrix broadcasts nothing whatever A's rank: against a vector or a batch of
+    matrices the rule needs A's rank, and says so."""
+    for sb in ((4,), (2, 4, 5)):
+        case = _mm_unranked_a((2, 3, 4), sb, which="A")
+        model, wrt, out = build_case_model(case)
+        with pytest.raises(UnsupportedOperatorError, match="rank of tensor 'u' is unknown"):
+            vjp_model(model, wrt, out)
 
 
 # --------------------------------------------------------------------------------------- Conv
@@ -264,7 +288,7 @@ DET = [
     Case("det_singular", "Det", [(2, 3, 3)], laplace_det, sampler=singular),
 ]
 
-ALL = GEMM + MATMUL + CONV + CONV_T + DET
+ALL = GEMM + MATMUL + MATMUL_UNRANKED + CONV + CONV_T + DET
 
 
 @pytest.mark.parametrize("case", ALL, ids=lambda c: c.name)

@@ -17,7 +17,7 @@ import numpy as np
 from .registry import register
 from ._common import (Window, all_static, fail, phase_form_fits, rank_or_fail, shape_tail, spread, spread_by_phases,
                       window)
-from ._common import const_value
+from ._common import const_value, dims_vec
 
 #: fewest channels of X for which Conv's input cotangent runs as a Conv (see :func:`conv_input_grad_form`)
 CONV_FORM_MIN_CHANNELS = 32
@@ -89,6 +89,8 @@ def vjp_gemm(ctx):
 def vjp_matmul(ctx):
     """Y = A @ B (numpy rules): dA = dY @ B^T, dB = A^T @ dY, summed over broadcast batch dims."""
     b, (A, B), dy = ctx.b, ctx.x, ctx.dy[0]
+    if b.shape(A) is None and b.rank(B) == 2:
+        return _matmul_by_matrix(ctx)
     sa, sb = rank_or_fail(b, A), rank_or_fail(b, B)
     if not sa or not sb:
         raise fail(ctx, "MatMul operands must have rank >= 1")
@@ -110,6 +112,24 @@ def vjp_matmul(ctx):
         g = b.op("MatMul", _swap_last(b, A2, len(sa2)), dy2)
         g = _sum_to(b, g, batch + sb2[-2:], B2, sb2)
         grads[1] = b.squeeze(g, [-1]) if b1 else g
+    return grads
+
+
+def _matmul_by_matrix(ctx):
+    """``A @ B`` for a matrix ``B`` and an ``A`` whose rank shape inference does not know (a Squeeze without
+    axes over a dimension read from data): with B of shape ``(K, N)`` the product broadcasts nothing, so
+    ``dA = dY @ B^T`` has A's shape whatever its rank (a vector's too: ``(K,) @ (K, N)``), and ``dB`` sums
+    ``A^T dY`` over A's leading axes, which a Reshape of A and dY to ``(-1, K)`` and ``(-1, N)`` puts on one
+    axis.  Against a vector or a batch of matrices A's rank is needed (the general rule)."""
+    b, (A, B), dy = ctx.b, ctx.x, ctx.dy[0]
+    grads = [None, None]
+    if ctx.needs(0):
+        grads[0] = b.op("MatMul", dy, _swap_last(b, B, 2))
+    if ctx.needs(1):
+        minus_one = b.ints([-1])
+        rows_a = b.reshape(A, b.op("Concat", minus_one, dims_vec(b, B, 0, 1), axis=0))
+        rows_dy = b.reshape(dy, b.op("Concat", minus_one, dims_vec(b, B, 1, 2), axis=0))
+        grads[1] = b.op("MatMul", _swap_last(b, rows_a, 2), rows_dy)
     return grads
 
 
