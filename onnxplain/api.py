@@ -57,8 +57,9 @@ class Explainer:
     threads: onnxruntime's intra-op threads (default: onnxruntime's choice).
     noise_tunnel: ``"smoothgrad"``, ``"smoothgrad_sq"`` or ``"vargrad"`` over the
         attributions of ``method`` at noisy copies of the inputs (Captum's
-        ``NoiseTunnel(method)``); ``explain`` then also takes ``nt_samples``,
-        ``stdevs``, ``seed`` and ``noise``.
+        ``NoiseTunnel(method)``, over gradient, modified-rule and perturbation
+        methods); ``explain`` then also takes ``nt_samples``, ``stdevs``,
+        ``seed``, ``noise`` and ``nt_samples_batch_size``.
     batch_axes: the batch axis of inputs by name, ``None`` for inputs without one
         (a sample rate, a flag, a weight), e.g. ``{"state": 1, "sr": None}``.
         Inputs not named are detected (:func:`onnxplain.converters.normalize.batch_axes_of`):
@@ -144,7 +145,7 @@ class Explainer:
 
     def save(self, path) -> None:
         """Write the explanation graph (see :func:`convert`; inputs in their own layout)."""
-        _check_standalone(isinstance(self.method, NoiseTunnel), self.spec.batch_size)
+        _check_standalone(self.method, self.spec.batch_size)
         _write_atomically(own_layouts(self.graph, self.spec, self.batch_axes), path)
 
     def explain(self, inputs, target=None, *, target_weights=None, return_convergence_delta: bool = False,
@@ -285,8 +286,14 @@ class Explainer:
         return self._output_shapes[key]
 
 
-def _check_standalone(noise_tunnel: bool, batch_size) -> None:
-    """A standalone graph cannot hold a noise tunnel under ``batch_size``: its samples run one after another."""
+def _check_standalone(method, batch_size) -> None:
+    """A standalone graph cannot hold a noise tunnel under ``batch_size`` (its samples run one after another),
+    nor one over a perturbation method (its noisy rows are made in Python, around the forward-only graph)."""
+    noise_tunnel = isinstance(method, NoiseTunnel)
+    if noise_tunnel and method.forward_only:
+        raise ValueError(f"a noise tunnel over {method.inner.name!r} adds its noise in Python, around the "
+                         f"method's forward-only graph, so a standalone graph cannot carry it; convert "
+                         f"{method.inner.name!r} without noise_tunnel (the same graph) and add the noise per row")
     if noise_tunnel and batch_size is not None:
         raise ValueError("a graph converted with batch_size cannot carry a noise tunnel: under batch_size the "
                          "noisy samples run one after another, fed by the Python API; convert without one of them")
@@ -313,8 +320,8 @@ def convert(model, path, method: str = "saliency", output: str | None = None, in
     in its own layout, and so are its attributions and its ``baselines``.  The
     file is written atomically: nothing is left behind on error.
     """
-    _check_standalone(noise_tunnel is not None, batch_size)
     m = get_method(method, noise_tunnel=noise_tunnel, **{**(defaults or {}), **more_defaults})
+    _check_standalone(m, batch_size)
     prepared = prepare(model, batch_axes, output)
     spec = attribution_spec(prepared, m, inputs, layer, batch_size)
     graph = own_layouts(build_graph(prepared.model, m, spec), spec, prepared.batch_axes)

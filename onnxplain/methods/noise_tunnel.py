@@ -1,4 +1,4 @@
-"""A noise tunnel over any gradient or modified-rule method, all noisy samples in one run.
+"""A noise tunnel over any gradient, modified-rule or perturbation method.
 
 Captum's ``NoiseTunnel(method).attribute(x, nt_type=..., nt_samples=S, stdevs=s)``
 runs ``method`` on ``S`` noisy copies ``x + s * z`` of every row and reduces the
@@ -11,6 +11,19 @@ follow their rows; a distribution of baselines (``deeplift_shap``) is shared by
 every sample.  A method with a convergence delta reports one per noisy sample,
 shaped ``(N, S)`` here (Captum returns the same values flattened to ``N*S``).
 
+``nt_samples_batch_size=B`` (Captum's) runs the samples ``B`` at a time (the
+last batch takes the rest): each batch's statistic is turned back into its
+additive parts (the sum and the sum of squares of its samples' attributions),
+those are added over the batches and the statistic is taken once at the end,
+so the result is the unbatched one (up to rounding) and the draws are the same
+whatever ``B``.  A vargrad graph therefore also returns the batch's mean
+(``attributions__mean``).  Captum draws new noise per batch; here sample ``s``
+of row ``n`` is the same draw however the samples and the rows are batched.
+The delta stays ``(N, S)``, sample ``s`` in column ``s`` (Captum concatenates the
+batches' ``N*B`` deltas).  Memory chunks of rows come on top: the rows of each
+sample batch are still split to fit the memory budget.  Under ``batch_size``
+the samples already run one at a time and ``nt_samples_batch_size`` changes nothing.
+
 The graph is the wrapped method's graph, fed with an expanded batch: ``S``
 blocks of noisy rows (sample-major) and a last block with the inputs themselves
 (for the model's outputs; its target weights are zero).  The noise is added
@@ -20,6 +33,20 @@ method's run that hold inputs (never on its baseline rows).  ``noise`` is a
 graph input of standard-normal draws shaped ``(S, N, *row)`` (``(S, 1, *row)``
 shares them between rows), ``stdevs`` a scalar input: nothing is rebuilt when
 they change.
+
+Over a perturbation method (occlusion, feature_ablation, feature_permutation,
+shapley_sampling, shapley_values, kernel_shap, lime) the graph is the method's
+forward-only graph and the noise is added in Python: the ``B * N`` noisy copies
+of a sample batch (sample-major) become the rows the method's perturbation
+plan explains, with their targets, per-row baselines and per-row feature masks
+repeated (Captum's ``NoiseTunnel(FeatureAblation(...))`` expands them the
+same way).  The noise comes from ``seed`` per row, as above.  A method that
+draws its own perturbations (permutations, coalitions) draws them from the
+same ``seed`` for every sample batch, shared by all noisy rows as by the rows
+of one call; ``feature_permutation`` shuffles features between the noisy rows
+of one sample batch (as Captum's does), so its result depends on
+``nt_samples_batch_size``.  Only floating-point inputs take noise: a
+perturbation method attributing token ids or booleans is refused.
 """
 from __future__ import annotations
 
@@ -29,10 +56,12 @@ from onnx import helper
 
 from ..graph import FLOAT_TYPES, np_dtype
 from ..prepare import token_embeddings
-from .base import (TARGET_WEIGHTS, Method, RowDraws, Spec, batch_rows, declare_param, row_shape, rows,
-                   tile_rows)
+from ..runtime import Cost
+from .base import (TARGET_WEIGHTS, Method, RowDraws, Spec, baseline_feeds, batch_rows, declare_param, row_shape,
+                   rows, tile_rows)
 from .gradient import Gradient
 from .params import Param, check_values, defaults_of, merged
+from .perturbation import per_input
 
 NT_TYPES = ("smoothgrad", "smoothgrad_sq", "vargrad")
 DEFAULT_SAMPLES = 5
@@ -42,6 +71,8 @@ NT_PARAMETERS = (
     Param("nt_samples", DEFAULT_SAMPLES, "int", "noisy samples", own_check=True),
     Param("stdevs", 1.0, "float", "noise standard deviation (or one per input)", own_check=True),
     Param("seed", None, "int", "seed of the noise"),
+    Param("nt_samples_batch_size", None, "int", "noisy samples run together (None: all of them); the rest "
+          "in a last, smaller batch", own_check=True, in_graph=False),
     Param("noise", None, "array", "your own standard-normal draws, shaped (nt_samples, N, *row)", per_input=True,
           leading=2, in_graph=False),
 )
@@ -54,13 +85,15 @@ class NoiseTunnel(Method):
     def __init__(self, inner: Method, kind: str):
         if kind not in NT_TYPES:
             raise ValueError(f"unknown noise tunnel {kind!r}; choose one of {', '.join(NT_TYPES)}")
-        if inner.forward_only or isinstance(inner, NoiseTunnel):
-            raise ValueError(f"a noise tunnel runs over a gradient or modified-rule method, not {inner.name!r}")
+        if isinstance(inner, NoiseTunnel):
+            raise ValueError(f"a noise tunnel runs over an attribution method, not over another noise tunnel "
+                             f"({inner.name!r})")
         if inner.noise_tunnel_refusal:
             raise ValueError(f"{inner.name!r} cannot run inside a noise tunnel: {inner.noise_tunnel_refusal}")
         self.inner, self.kind = inner, kind
         self.name = kind if type(inner) is Gradient else f"{inner.name}+{kind}"
         self.has_delta = inner.has_delta
+        self.forward_only = inner.forward_only
         self.supports_layers = inner.supports_layers
         self.overrides = inner.overrides
         self.row_cost_factor = inner.row_cost_factor
@@ -83,6 +116,9 @@ class NoiseTunnel(Method):
 
     # --------------------------------------------------------------- the graph
     def build(self, b, spec: Spec) -> None:
+        if self.forward_only:
+            self._build_over_perturbations(b, spec)
+            return
         if spec.batch_size is not None:
             self._build_per_sample(b, spec)
             return
@@ -118,6 +154,16 @@ class NoiseTunnel(Method):
             raise ValueError(f"with batch_size, a noise tunnel feeds noisy copies of the inputs one sample at a "
                              f"time, so its noise cannot go to the embedding of token inputs {tokens}; drop "
                              f"batch_size or explain without noise_tunnel")
+        self.inner.build(b, spec)
+
+    def _build_over_perturbations(self, b, spec: Spec) -> None:
+        """A perturbation method's own forward-only graph: the noisy rows are fed to it as rows to explain."""
+        others = [x for x in spec.carriers if x not in _float_inputs(spec)]
+        if others:
+            raise ValueError(f"a noise tunnel over {self.inner.name!r} adds its noise to the attributed inputs "
+                             f"themselves, which must be floating-point; {others} are not. Attribute the float "
+                             f"inputs only (inputs=...), or use a gradient method, whose noise goes to a token "
+                             f"input's embedding")
         self.inner.build(b, spec)
 
     def _declare_noise(self, b, spec: Spec) -> dict[str, str]:
@@ -184,7 +230,7 @@ class NoiseTunnel(Method):
         """Attributions -> their statistic over the noisy samples; model outputs -> the clean block's rows."""
         noisy_rows = b.mul(samples, n)
         model_outputs = {o.name for o in spec.model.graph.output}
-        for i, vi in enumerate(b.outputs):
+        for i, vi in enumerate(list(b.outputs)):   # (a vargrad graph adds outputs)
             internal = b.rename(vi.name, b.fresh(f"{vi.name}__noisy"))
             if vi.name in model_outputs:
                 value = rows(b, internal, noisy_rows, n)
@@ -196,16 +242,20 @@ class NoiseTunnel(Method):
             else:
                 head = rows(b, internal, b.ints([0]), noisy_rows)
                 per_sample = b.reshape(head, b.op("Concat", samples, n, row_shape(b, internal), axis=0))
-                value = self.statistic(b, per_sample)
+                value, mean = self.statistic(b, per_sample)
+                if self.kind == "vargrad":   # what batches of samples need to add up their variances
+                    b.op("Identity", mean, outputs=[b.reserve(mean_output(vi.name))])
+                    b.add_output(mean_output(vi.name), vi.type.tensor_type.elem_type,
+                                 [_dim(vi, a) for a in range(len(vi.type.tensor_type.shape.dim))])
             b.op("Identity", value, outputs=[vi.name])
 
-    def statistic(self, b, per_sample: str) -> str:
-        """Captum's smoothing of ``(S, N, *row)`` attributions over the samples."""
+    def statistic(self, b, per_sample: str) -> tuple[str, str]:
+        """Captum's smoothing of ``(S, N, *row)`` attributions over the samples, and their mean."""
         mean = b.reduce("ReduceMean", per_sample, [0], keepdims=0)
         if self.kind == "smoothgrad":
-            return mean
+            return mean, mean
         mean_sq = b.reduce("ReduceMean", b.mul(per_sample, per_sample), [0], keepdims=0)
-        return mean_sq if self.kind == "smoothgrad_sq" else b.sub(mean_sq, b.mul(mean, mean))
+        return (mean_sq if self.kind == "smoothgrad_sq" else b.sub(mean_sq, b.mul(mean, mean))), mean
 
     def _default_noise(self, b, tensor: str):
         """Standard-normal draws shared by all rows, when the row shape is static (else clients feed ``noise``)."""
@@ -236,6 +286,11 @@ class NoiseTunnel(Method):
         s = p["nt_samples"]
         if not isinstance(s, (int, np.integer)) or isinstance(s, bool) or s < 1:
             raise ValueError(f"nt_samples must be a positive int, got {s!r}")
+        per_batch = p["nt_samples_batch_size"]
+        if per_batch is not None and (not isinstance(per_batch, (int, np.integer)) or isinstance(per_batch, bool)
+                                      or per_batch < 1):
+            raise ValueError(f"nt_samples_batch_size must be a positive int (noisy samples run together) or None "
+                             f"(all of them), got {per_batch!r}")
         stdevs = p["stdevs"]
         for v in stdevs if isinstance(stdevs, (tuple, list)) else [stdevs]:
             if not np.isscalar(v) or not np.isfinite(v) or v < 0:
@@ -243,15 +298,20 @@ class NoiseTunnel(Method):
         return {**inner, **p}
 
     def parts(self, params, spec, inputs, bytes_per_row, budget):
-        """One part: the inner method's parameters (all its steps) and the noise of every carrier."""
+        """One part per batch of samples (:func:`sample_batches`): the inner method's parameters (all its
+        steps) and the noise of those samples for every carrier."""
         inner_parts = self.inner.parts(self._inner_params(params), spec, inputs, 0, budget)
         if len(inner_parts) != 1:   # pragma: no cover - guarded by check_params
             raise ValueError(f"{self.inner.name!r} split its call into parts, which a noise tunnel cannot add up")
-        part = dict(inner_parts[0])
-        for c, (draw, stdev) in self._draws(params, spec, inputs).items():
-            part[spec.param("noise", c)] = draw
-            part[spec.param("stdevs", c)] = stdev
-        return [part]
+        draws = self._draws(params, spec, inputs)
+        out = []
+        for start, stop in sample_batches(params):
+            part = dict(inner_parts[0])
+            for c, (draw, stdev) in draws.items():
+                part[spec.param("noise", c)] = _samples(draw, start, stop)
+                part[spec.param("stdevs", c)] = stdev
+            out.append(part)
+        return out
 
     def _inner_params(self, params: dict) -> dict:
         """The inner method's parameters.  One the inner method shares with the noise tunnel (DeepLiftShap's
@@ -301,15 +361,75 @@ class NoiseTunnel(Method):
         return self.inner.limit_hint()
 
     def run(self, runner, feeds: dict, tw, params: dict):
-        """One part over all rows; the delta (one per noisy sample) comes straight from the graph."""
+        """One part per batch of samples over all rows, their statistics added up through their sums; the
+        delta (one per noisy sample) comes straight from the graph."""
+        if self.forward_only:
+            return self._run_over_perturbations(runner, feeds, tw, params)
         if runner.spec.batch_size is not None:
             return self._run_per_sample(runner, feeds, tw, params)
         names = [runner.spec.attribution_name(x) for x in runner.spec.wrt]
         wanted = names + (["delta"] if self.has_delta else [])
         row_bytes = runner.row_cost(feeds)
-        (part,) = self.parts(params, runner.spec, feeds, row_bytes, runner.memory_budget)
-        out = runner.run_rows(feeds, tw, part, wanted, row_bytes)
-        return {k: out[k] for k in names}, (out["delta"] if self.has_delta else None)
+        parts = self.parts(params, runner.spec, feeds, row_bytes, runner.memory_budget)
+        if len(parts) == 1:
+            out = runner.run_rows(feeds, tw, parts[0], wanted, row_bytes)
+            return {k: out[k] for k in names}, (out["delta"] if self.has_delta else None)
+        if self.kind == "vargrad":
+            wanted += [mean_output(k) for k in names]
+        moments = {k: Moments() for k in names}
+        deltas = []
+        for part, (start, stop) in zip(parts, sample_batches(params)):
+            out = runner.run_rows(feeds, tw, part, wanted, row_bytes)
+            for k in names:
+                self._add_batch(moments[k], out[k], out.get(mean_output(k)), stop - start)
+            if self.has_delta:
+                deltas.append(out["delta"])
+        result = {k: moments[k].statistic(self.kind).astype(out[k].dtype) for k in names}
+        return result, (np.concatenate(deltas, axis=1) if self.has_delta else None)
+
+    def _add_batch(self, moments: "Moments", stat: np.ndarray, mean, count: int) -> None:
+        """One batch's statistic over ``count`` samples (and, for vargrad, their mean) as additive parts."""
+        if self.kind == "smoothgrad":
+            moments.add(count, total=count * stat.astype(np.float64))
+        elif self.kind == "smoothgrad_sq":
+            moments.add(count, total_sq=count * stat.astype(np.float64))
+        else:
+            m = mean.astype(np.float64)
+            moments.add(count, total=count * m, total_sq=count * (stat.astype(np.float64) + m * m))
+
+    # --------------------------------------------------------------- over a perturbation method
+    def _run_over_perturbations(self, runner, feeds: dict, tw, params: dict):
+        """The perturbation method over the ``B * N`` noisy rows of each batch of samples; the sums and sums of
+        squares of their attributions added over the batches, then the statistic."""
+        spec, n = runner.spec, int(np.shape(tw)[0])
+        inner_params = self._inner_params(params)
+        draws = self._draws(params, spec, feeds)
+        moments = None
+        for start, stop, noisy, noisy_tw, noisy_params in self._noisy_batches(spec, feeds, tw, inner_params,
+                                                                              draws, params):
+            attrs, _ = self.inner.run(runner, noisy, noisy_tw, noisy_params)
+            moments = moments or {k: Moments() for k in attrs}
+            for k, a in attrs.items():
+                per_sample = a.reshape((stop - start, n) + a.shape[1:]).astype(np.float64)
+                moments[k].add(stop - start, total=per_sample.sum(axis=0),
+                               total_sq=(per_sample * per_sample).sum(axis=0))
+        dtypes = {k: a.dtype for k, a in attrs.items()}
+        return {k: m.statistic(self.kind).astype(dtypes[k]) for k, m in moments.items()}, None
+
+    def _noisy_batches(self, spec: Spec, feeds: dict, tw, inner_params: dict, draws: dict, params: dict):
+        """Per batch of samples ``[start, stop)``: ``(start, stop, feeds, target weights, parameters)`` of its
+        ``(stop - start) * N`` noisy rows, sample-major (row ``s * N + j`` is sample ``start + s`` of row ``j``)."""
+        n = int(np.shape(tw)[0])
+        for start, stop in sample_batches(params):
+            count = stop - start
+            noisy = {x: v if x in spec.unbatched else _repeat_rows(v, count) for x, v in feeds.items()}
+            for c, (draw, stdev) in draws.items():
+                z = _samples(draw, start, stop)
+                z = z.rows(0, n) if isinstance(z, RowDraws) else z
+                x = feeds[c]
+                noisy[c] = (x[None] + stdev * z).astype(x.dtype).reshape((count * n,) + x.shape[1:])
+            yield start, stop, noisy, _repeat_rows(tw, count), _repeated_row_params(spec, feeds, inner_params,
+                                                                                    n, count)
 
     def _run_per_sample(self, runner, feeds: dict, tw, params: dict):
         """``batch_size``: the inner method on ``x + stdevs * noise_s`` for each sample ``s`` in turn, then
@@ -329,6 +449,19 @@ class NoiseTunnel(Method):
             yield {**feeds, **{c: (feeds[c] + stdev * _sample(draw, s)).astype(feeds[c].dtype)
                                for c, (draw, stdev) in draws.items()}}
 
+    def _estimate_over_perturbations(self, runner, feeds: dict, tw, params: dict) -> Cost:
+        """The perturbation method's own estimates for the noisy rows of each batch of samples, added up."""
+        spec, n = runner.spec, int(np.shape(tw)[0])
+        inner_params = self._inner_params(params)
+        rows_, runs, most = 0, 0, 0
+        for start, stop in sample_batches(params):
+            count = stop - start
+            tiled = {x: v if x in spec.unbatched else _repeat_rows(v, count) for x, v in feeds.items()}
+            one = self.inner.estimate(runner, tiled, _repeat_rows(tw, count),
+                                      _repeated_row_params(spec, feeds, inner_params, n, count))
+            rows_, runs, most = rows_ + one.rows, runs + one.runs, max(most, one.rows_per_run)
+        return Cost(rows_, runs, most)
+
     def numpy_statistic(self, per_sample: np.ndarray) -> np.ndarray:
         """:meth:`statistic` over ``(S, N, *row)`` attributions already computed."""
         mean = per_sample.mean(axis=0)
@@ -338,6 +471,8 @@ class NoiseTunnel(Method):
         return mean_sq if self.kind == "smoothgrad_sq" else mean_sq - mean * mean
 
     def estimate(self, runner, feeds: dict, tw, params: dict):
+        if self.forward_only:
+            return self._estimate_over_perturbations(runner, feeds, tw, params)
         if runner.spec.batch_size is None:
             return super().estimate(runner, feeds, tw, params)
         one = self.inner.estimate(runner, feeds, tw, self._inner_params(params))
@@ -428,3 +563,79 @@ def _dim(vi: onnx.ValueInfoProto, axis: int):
 def _sample(draw, s: int) -> np.ndarray:
     """The draws of noisy sample ``s`` for every row: ``(N, *row)``."""
     return draw.sample(s) if isinstance(draw, RowDraws) else draw[s]
+
+
+def sample_batches(params: dict) -> list[tuple[int, int]]:
+    """``[start, stop)`` of each batch of noisy samples: ``nt_samples_batch_size`` at a time (Captum's: at most
+    ``nt_samples``), the rest in a last, smaller batch; one batch of all samples when it is None."""
+    total = int(params["nt_samples"])
+    step = min(total, int(params.get("nt_samples_batch_size") or total))
+    return [(start, min(total, start + step)) for start in range(0, total, step)]
+
+
+def mean_output(name: str) -> str:
+    """The graph output with the mean over the samples of attribution output ``name`` (vargrad graphs)."""
+    return f"{name}__mean"
+
+
+class Moments:
+    """The additive parts of a statistic over noisy samples: their count, sum and sum of squares (float64)."""
+
+    def __init__(self):
+        self.count, self.total, self.total_sq = 0, 0.0, 0.0
+
+    def add(self, count: int, total=None, total_sq=None) -> None:
+        self.count += count
+        if total is not None:
+            self.total = self.total + total
+        if total_sq is not None:
+            self.total_sq = self.total_sq + total_sq
+
+    def statistic(self, kind: str) -> np.ndarray:
+        """smoothgrad: the mean; smoothgrad_sq: the mean of squares; vargrad: ``E[a^2] - E[a]^2``."""
+        mean, mean_sq = self.total / self.count, self.total_sq / self.count
+        if kind == "smoothgrad":
+            return mean
+        return mean_sq if kind == "smoothgrad_sq" else mean_sq - mean * mean
+
+
+class _SampleRange(RowDraws):
+    """Samples ``[start, stop)`` of seeded per-row draws: the same values as those samples of the whole draw."""
+
+    def __init__(self, draws: RowDraws, start: int, stop: int):
+        super().__init__(stop - start, draws.shape[1], draws.shape[2:], draws.dtype, draws.entropy)
+        self.start = start
+
+    def _row(self, r: int, samples: int) -> np.ndarray:
+        return super()._row(r, self.start + samples)[self.start:]
+
+
+def _samples(draw, start: int, stop: int):
+    """Samples ``[start, stop)`` of a carrier's draws (seeded per row, or an array given as ``noise``)."""
+    if start == 0 and stop == draw.shape[0]:
+        return draw
+    return _SampleRange(draw, start, stop) if isinstance(draw, RowDraws) else draw[start:stop]
+
+
+def _repeat_rows(value: np.ndarray, count: int) -> np.ndarray:
+    """``count`` copies of the rows of ``value`` stacked along axis 0 (copy-major)."""
+    value = np.asarray(value)
+    return value if count == 1 else np.tile(value, (count,) + (1,) * (value.ndim - 1))
+
+
+def _repeated_row_params(spec: Spec, feeds: dict, params: dict, n: int, count: int) -> dict:
+    """A perturbation method's parameters for ``count`` copies of the call's ``n`` rows: per-row baselines and
+    per-row feature masks (first dimension ``n > 1``) repeated as the rows are; the rest as given (a background
+    set drawn by ``n_baselines`` is no per-row value)."""
+    out = dict(params)
+    if n == 1 or count == 1:
+        return out
+    if "baselines" in params and params.get("n_baselines") is None and params["baselines"] is not None:
+        bases = baseline_feeds(spec, params["baselines"], feeds)
+        out["baselines"] = {x: _repeat_rows(v, count) if v.shape[0] == n else v
+                            for x, v in ((x, bases[spec.param("baselines", x)]) for x in spec.carriers)}
+    if params.get("feature_mask") is not None:
+        masks = per_input(params["feature_mask"], spec, "feature_mask", lambda v: np.ndim(v[0]) == 0)
+        out["feature_mask"] = {x: _repeat_rows(m, count) if np.ndim(m) == np.ndim(feeds[x]) and np.shape(m)[0] == n
+                               else m for x, m in masks.items()}
+    return out
