@@ -5,11 +5,14 @@
     onnxplain convert MODEL OUT --method M [--output NAME] [--n-steps N ...] [--batch-axis NAME=AXIS]
     onnxplain explain MODEL INPUT.npy|.npz --method M --target T [--out attr.npy] [--plot attr.png|attr.html]
     onnxplain explain MODEL DATA.npy --method M --out ATTR.npy --batch-size N   (streamed, resumable)
+    onnxplain explain MODEL cat.jpg dog.png|photos/ --method M [--preset imagenet|none] [--size H[,W]] [--plot out.png]
+    onnxplain explain MODEL --text TEXT [--text ...] --tokenizer tokenizer.json --method M [--plot attr.html|.png]
     onnxplain profile MODEL --method M [--batch N] [--data INPUT.npz] [method options]
     onnxplain audit MODEL [--data INPUT.npz] [--target T] [--baseline B] [--top 15] [--json OUT.json]
     (convert, serve and profile take [--batch-axis NAME=AXIS ...] [--batch-size B], explain [--batch-axis ...]
      [--model-batch-size B]: the most rows the model sees per run)
-    onnxplain serve MODEL [MODEL ...] --method M [--name NAME] [--http-port 8000] [--grpc-port 8001]
+    onnxplain serve MODEL [MODEL ...] --method M [--name NAME] [--http-port 8000] [--grpc-port 8001] [--ui]
+    onnxplain view MODEL [MODEL ...] --method M[,M...] [--preset imagenet] [--tokenizer tok.json] [--port 8000] [--open]
     onnxplain triton MODEL --method M --name NAME --output REPO [--max-batch-size B] [--gpu]
 
 Each command is one block: ``add_<command>(subparsers)`` declares its arguments
@@ -229,10 +232,11 @@ def _short(v) -> str:
 def add_explain(sub) -> None:
     e = command(sub, "explain", help="compute attributions for inputs stored in .npy/.npz, and draw them",
                 description="Compute attributions of MODEL's output for the rows in INPUT (.npy for a model with "
-                            "one input, .npz with one array per input name); write them with --out, draw them "
-                            "with --plot.")
+                            "one input, .npz with one array per input name; or image files and folders, read as "
+                            "the 'images' options say); write them with --out, draw them with --plot.")
     e.add_argument("model", help="the ONNX model")
-    e.add_argument("input", help="the inputs: .npy, or .npz keyed by input name")
+    e.add_argument("input", nargs="*", help="the inputs: .npy, or .npz keyed by input name; or image files "
+                                            "and folders of them (see 'images'); none with --text")
     _add_method_args(e, graph_defaults=False)
     _add_batching_args(e, batch_size_flag="--model-batch-size")
     e.add_argument("--target", nargs="+", metavar="T",
@@ -254,12 +258,106 @@ def add_explain(sub) -> None:
     g.add_argument("--plot", metavar="OUT.png|OUT.html",
                    help="draw the attributions, as the model's input calls for: heatmaps over images (rank-4 "
                         "float input; .png, .svg or .pdf), bars of the top features (rank-2 float input; .png), "
-                        "or tokens highlighted by score (token ids; .html)")
+                        "or tokens highlighted by score (token ids; .html, .png, .svg or .pdf)")
     g.add_argument("--tokens", metavar="FILE.json",
                    help="the word pieces of token inputs, one list per row (default: the ids)")
     g.add_argument("--feature-names", metavar="A,B,C|FILE.txt",
                    help="names of tabular features, separated by commas or one per line in a .txt file")
+    _add_text_args(e)
+    _add_table_args(e)
+    _add_image_args(e)
     e.set_defaults(run=run_explain)
+
+
+def _add_text_args(e) -> None:
+    t = e.add_argument_group("text (needs tokenizers: pip install \"onnxplain[text]\")")
+    t.add_argument("--text", action="append", metavar="TEXT",
+                   help="a text to explain instead of INPUT (repeat for several rows): tokenized by --tokenizer "
+                        "into the model's input_ids, attention_mask and token_type_ids; input_ids is attributed "
+                        "at its embedding, and --plot (.html, .png, .svg, .pdf) highlights the tokens")
+    t.add_argument("--text-file", metavar="FILE.txt", help="texts to explain, one per line (blank lines skipped)")
+    t.add_argument("--tokenizer", metavar="tokenizer.json", help="the tokenizers file that tokenizes the texts")
+    t.add_argument("--max-length", type=int, metavar="N",
+                   help="truncate each text to N tokens, special tokens included (default: none; a text longer "
+                        "than a sequence length the model fixes is refused)")
+
+
+def _add_table_args(e) -> None:
+    t = e.add_argument_group("tables (a CSV file with a header row; features of a 2-D float input)")
+    t.add_argument("--csv", metavar="FILE.csv",
+                   help="the rows to explain, one per line of a CSV file (also accepted as INPUT)")
+    t.add_argument("--columns", metavar="A,B,C",
+                   help="the feature columns, in the order the model takes them (default: every column but "
+                        "--exclude and --id-column)")
+    t.add_argument("--exclude", metavar="A,B", help="columns that are not features (a label, a note)")
+    t.add_argument("--id-column", metavar="NAME", help="a column naming the rows (not a feature)")
+    t.add_argument("--fill", type=float, metavar="VALUE",
+                   help="the number put in missing cells (empty, nan, NA, null); default: a missing cell is an "
+                        "error naming its line and column")
+    t.add_argument("--summary", action=argparse.BooleanOptionalAction, default=None,
+                   help="with --plot: one summary of all rows (a dot per row and feature, coloured by the "
+                        "feature's value) instead of a bar chart per row; default: the summary for more than "
+                        "16 rows")
+
+
+def _add_image_args(e) -> None:
+    from .sources.images import CHANNEL_ORDERS, LAYOUTS, PRESETS
+    i = e.add_argument_group("images (image files or folders as INPUT; decoded by Pillow: pip install "
+                             "\"onnxplain[viz]\")")
+    i.add_argument("--preset", choices=tuple(PRESETS),
+                   help="imagenet (the default for images: shorter side resized to 256, centre crop 224, ImageNet "
+                        "mean and std, NCHW, RGB; a model fixing another size gets a crop of its size) or none "
+                        "(pixels scaled to [0, 1], no resize: the images must share one size)")
+    i.add_argument("--size", metavar="H[,W]", help="resize: one number resizes the shorter side (aspect ratio kept), "
+                                                   "H,W resizes to exactly that")
+    i.add_argument("--crop", metavar="H[,W]", help="centre crop (one number: square)")
+    i.add_argument("--mean", metavar="R,G,B", help="subtracted per channel from the pixels in [0, 1], in R,G,B order "
+                                                   "whatever --channel-order")
+    i.add_argument("--std", metavar="R,G,B", help="divides per channel after --mean, in R,G,B order")
+    i.add_argument("--layout", type=str.upper, choices=LAYOUTS,
+                   help="the model's image layout (default: from the model's input shape, else NCHW)")
+    i.add_argument("--channel-order", type=str.upper, choices=CHANNEL_ORDERS, help="RGB (default) or BGR")
+
+
+def _image_args(args) -> dict:
+    """``image`` as :func:`onnxplain.files.explain_file` takes it, when an image flag is given ({} otherwise)."""
+    from .sources.images import image_format_from_text
+    fmt = image_format_from_text(args.preset, size=args.size, crop=args.crop, mean=args.mean, std=args.std,
+                                 layout=args.layout, channel_order=args.channel_order)
+    return {} if fmt is None else {"image": fmt}
+
+
+def _table_args(args, source) -> dict:
+    """``columns`` and ``table`` for a CSV source, as :func:`onnxplain.files.explain_file` takes them ({} for
+    another source, which must not be given the table's flags)."""
+    from .files import csv_input
+
+    table = {k: v for k, v in (("exclude", args.exclude), ("id_column", args.id_column), ("fill", args.fill))
+             if v is not None}
+    if csv_input(source) is None:
+        given = [f for f, v in (("--columns", args.columns), ("--exclude", args.exclude),
+                                ("--id-column", args.id_column), ("--fill", args.fill)) if v is not None]
+        if given:
+            raise CLIError(f"{', '.join(given)} choose the columns of a CSV file: give a .csv INPUT (or --csv)")
+        return {}
+    return {"columns": args.columns, "table": table}
+
+
+def _texts(args) -> list[str] | None:
+    """The texts of --text and --text-file (None when neither is given), checked against INPUT."""
+    from .sources.text import read_text_file
+
+    texts = list(args.text or []) + (read_text_file(args.text_file) if args.text_file else [])
+    if not texts:
+        given = [f for f, v in (("--tokenizer", args.tokenizer), ("--max-length", args.max_length)) if v is not None]
+        if given:
+            raise CLIError(f"{', '.join(given)} apply to texts: add --text or --text-file")
+        if not args.input:
+            raise CLIError("give the INPUT file(s) to explain, or texts with --text/--text-file and --tokenizer")
+        return None
+    if args.input:
+        raise CLIError(f"give either INPUT files or --text/--text-file, not both (got {' '.join(args.input)})")
+    return texts
 
 
 def run_explain(args) -> int:
@@ -271,18 +369,28 @@ def run_explain(args) -> int:
                   params=_method_params(args, allow_files=True), noise_tunnel=args.noise_tunnel,
                   memory_budget=args.memory_budget, batch_axes=_batching(args)["batch_axes"])
     model_batch_size = _batching(args)["batch_size"]
+    if args.csv is not None:
+        args.input = list(args.input) + [args.csv]
+    texts = _texts(args)
+    source = None if texts is not None else args.input[0] if len(args.input) == 1 else args.input
     if args.batch_size is not None:   # streamed: a dataset larger than memory, resumable
-        from .files import explain_npy
+        from .files import explain_csv, explain_npy
         _refuse_unstreamed(args)
-        result = explain_npy(args.model, args.input, args.out, args.method, batch_size=args.batch_size,
-                             model_batch_size=model_batch_size, target_file=args.target_file,
-                             overwrite=args.overwrite, progress=False if args.no_progress else None, **common)
+        table = _table_args(args, source)
+        if table and _image_args(args):
+            raise CLIError("the image flags (--preset, --size, ...) apply to image inputs, not to a CSV file")
+        result = (explain_csv if table else explain_npy)(
+            args.model, source, args.out, args.method, batch_size=args.batch_size,
+            model_batch_size=model_batch_size, target_file=args.target_file, overwrite=args.overwrite,
+            progress=False if args.no_progress else None, **table, **({} if table else _image_args(args)), **common)
     else:
         _refuse_streaming_flags(args)
-        result = explain_file(args.model, args.input, args.method, out=args.out, plot=args.plot,
-                              tokens=args.tokens,
+        result = explain_file(args.model, source, args.method, out=args.out, plot=args.plot,
+                              tokens=args.tokens, text=texts, tokenizer=args.tokenizer, max_length=args.max_length,
                               feature_names=read_feature_names(args.feature_names) if args.feature_names else None,
-                              batch_size=model_batch_size, **common)
+                              summary=args.summary, **_table_args(args, source), **_image_args(args),
+                              batch_size=model_batch_size,
+                              **common)
     print(result.summary())
     return 0
 
@@ -290,7 +398,9 @@ def run_explain(args) -> int:
 def _refuse_unstreamed(args) -> None:
     """Flags that draw or label rows held in memory, which a streamed run does not hold."""
     given = [flag for flag, value in (("--plot", args.plot), ("--tokens", args.tokens),
-                                      ("--feature-names", args.feature_names)) if value is not None]
+                                      ("--feature-names", args.feature_names), ("--text", args.text),
+                                      ("--text-file", args.text_file), ("--summary", args.summary))
+             if value is not None]
     if given:
         raise CLIError(f"{', '.join(given)} cannot be used with --batch-size (a streamed run does not keep the "
                        f"rows in memory to draw them); explain a few rows without --batch-size to draw them")
@@ -445,11 +555,15 @@ def add_serve(sub) -> None:
                                                "core)")
     _add_memory_budget(s)
     _add_batching_args(s)
+    s.add_argument("--ui", action="store_true",
+                   help="also serve the local page on GET /ui (as onnxplain view does); see 'the page's inputs'")
+    _add_page_args(s)
     s.set_defaults(run=run_serve)
 
 
 def run_serve(args) -> int:
     from .methods import canonical_name
+    page = _page_options(args, args.ui)
     try:
         from .serve.server import serve
     except ImportError as e:
@@ -458,7 +572,77 @@ def run_serve(args) -> int:
     serve(args.models, methods, names=args.names, output=args.output, inputs=args.inputs, layer=args.layer,
           host=args.host, http_port=args.http_port, grpc_port=args.grpc_port,
           max_request_bytes=args.max_request_bytes, threads=args.threads, memory_budget=args.memory_budget,
-          noise_tunnel=args.noise_tunnel, **_batching(args), **_method_params(args, allow_files=True))
+          noise_tunnel=args.noise_tunnel, ui=args.ui, **page, **_batching(args),
+          **_method_params(args, allow_files=True))
+    return 0
+
+
+# ---------------------------------------------------------------------- view: the local page
+def add_view(sub) -> None:
+    v = command(sub, "view", help="a local page: give a model an image, a text or a row and see its attribution",
+                description="Serve each MODEL with each method (named MODEL-METHOD when several) and a page on "
+                            "http://127.0.0.1:PORT/ui where you pick a model, upload an image, type a text or "
+                            "a row of features, set the method's parameters and see the attribution. The page "
+                            "talks to the Open Inference Protocol endpoints of the same server (REST only, "
+                            "loopback only) and loads nothing from the network. Prints the URL once the "
+                            "server listens; --open also opens it. Needs pip install \"onnxplain[serve]\".")
+    v.add_argument("models", nargs="+", metavar="MODEL", help="the ONNX model(s)")
+    _add_method_args(v, graph_defaults=False, method_help="; several, comma-separated, offer each model with "
+                                                           "each method")
+    v.add_argument("--name", dest="names", action="append", metavar="NAME",
+                   help="the served name, one per model and method (default: the file's stem, with "
+                        "-METHOD when several methods are served)")
+    v.add_argument("--port", type=int, default=8000, help="the page's port on 127.0.0.1 (default: 8000)")
+    v.add_argument("--open", dest="open_browser", action="store_true",
+                   help="open the page in the default browser once the server listens")
+    v.add_argument("--threads", type=int, help="onnxruntime intra-op threads per model (default: one per usable "
+                                               "core)")
+    _add_memory_budget(v)
+    _add_batching_args(v)
+    _add_page_args(v)
+    v.set_defaults(run=run_view)
+
+
+def _add_page_args(p) -> None:
+    g = p.add_argument_group("the page's inputs (images: Pillow; texts: pip install \"onnxplain[text]\")")
+    g.add_argument("--preset", metavar="NAME",
+                   help="how images are resized, cropped and normalised: imagenet (the default) or none; "
+                        "--size, --crop, --mean, --std, --layout and --channel-order override its steps")
+    g.add_argument("--size", metavar="N|H,W", help="resize: the shorter side to N, or exactly H,W")
+    g.add_argument("--crop", metavar="N|H,W", help="centre crop to N x N or H x W")
+    g.add_argument("--mean", metavar="M|R,G,B", help="subtracted per channel after scaling pixels to [0, 1]")
+    g.add_argument("--std", metavar="S|R,G,B", help="divided per channel after the mean")
+    g.add_argument("--layout", choices=("NCHW", "NHWC"), type=str.upper, help="the image tensor's layout")
+    g.add_argument("--channel-order", choices=("RGB", "BGR"), type=str.upper, help="the channels' order")
+    g.add_argument("--tokenizer", metavar="tokenizer.json", help="the tokenizers file that tokenizes typed texts")
+    g.add_argument("--max-length", type=int, metavar="N", help="truncate typed texts to N tokens")
+
+
+def _page_options(args, ui: bool) -> dict:
+    """The page's ``image``, ``tokenizer`` and ``max_length`` (:class:`onnxplain.serve.ui.Page`) from the flags."""
+    image = {k: getattr(args, k) for k in ("preset", "size", "crop", "mean", "std", "layout", "channel_order")}
+    given = {k: v for k, v in {**image, "tokenizer": args.tokenizer, "max_length": args.max_length}.items()
+             if v is not None}
+    if not ui:
+        if given:
+            flags = ", ".join("--" + k.replace("_", "-") for k in given)
+            raise CLIError(f"{flags} set how the page reads its inputs: add --ui")
+        return {}
+    from .sources.images import image_format_from_text
+    return {"image": image_format_from_text(**image), "tokenizer": args.tokenizer, "max_length": args.max_length}
+
+
+def run_view(args) -> int:
+    from .methods import canonical_name
+    try:
+        from .serve.server import view
+    except ImportError as e:
+        raise CLIError(str(e)) from e
+    methods = [canonical_name(m) for m in args.method.split(",") if m.strip()]
+    view(args.models, methods, names=args.names, port=args.port, open_browser=args.open_browser,
+         output=args.output, inputs=args.inputs, layer=args.layer, threads=args.threads,
+         memory_budget=args.memory_budget, noise_tunnel=args.noise_tunnel, **_page_options(args, True),
+         **_batching(args), **_method_params(args, allow_files=True))
     return 0
 
 
@@ -581,7 +765,8 @@ def run_audit(args) -> int:
 
 
 # ---------------------------------------------------------------------- the commands, in the order --help lists them
-COMMANDS = [add_demo, add_inspect, add_convert, add_explain, add_profile, add_audit, add_serve, add_triton]
+COMMANDS = [add_demo, add_inspect, add_convert, add_explain, add_profile, add_audit, add_serve, add_view,
+            add_triton]
 
 
 if __name__ == "__main__":   # pragma: no cover

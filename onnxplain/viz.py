@@ -32,7 +32,8 @@ SIGNS = ("auto", "signed", "absolute")
 CHANNELS = ("auto", "first", "last")
 DIVERGING = "RdBu_r"
 SEQUENTIAL = "inferno"
-PICTURE_SUFFIXES = {"image": (".png", ".svg", ".pdf"), "tabular": (".png", ".svg", ".pdf"), "tokens": (".html",)}
+PICTURE_SUFFIXES = {"image": (".png", ".svg", ".pdf"), "tabular": (".png", ".svg", ".pdf"),
+                    "tokens": (".html", ".png", ".svg", ".pdf")}
 _POSITIVE_RGB = (214, 39, 40)      # the diverging map's ends, used by the token HTML as well
 _NEGATIVE_RGB = (33, 102, 172)
 _COLOUR_CHANNELS = (1, 3, 4)
@@ -117,7 +118,9 @@ def channel_axis(shape: tuple, channels: str = "auto", what: str = "image") -> i
 
 def _displayable(image, channels: str, size: tuple) -> tuple[np.ndarray, bool]:
     """``image`` as ``(H, W)`` grey levels or ``(H, W, 3)`` colours in [0, 1]; True when grey."""
-    img = np.asarray(image, dtype=np.float64)
+    img = np.asarray(image)
+    raw_pixels = img.dtype == np.uint8                 # 0..255: shown as they are, not stretched
+    img = img / 255.0 if raw_pixels else img.astype(np.float64)
     if img.ndim == 3:
         axis = channel_axis(img.shape, channels)
         img = np.moveaxis(img, axis, -1)
@@ -128,7 +131,7 @@ def _displayable(image, channels: str, size: tuple) -> tuple[np.ndarray, bool]:
         raise ValueError(f"the image is {img.shape[0]}x{img.shape[1]} pixels but the attributions "
                          f"{size[0]}x{size[1]}")
     lo, hi = float(np.nanmin(img)), float(np.nanmax(img))
-    if lo < 0 or hi > 1:                               # normalised pixels (e.g. ImageNet mean/std): back to [0, 1]
+    if not raw_pixels and (lo < 0 or hi > 1):          # normalised pixels (e.g. ImageNet mean/std): back to [0, 1]
         img = (img - lo) / ((hi - lo) or 1.0)
     return np.clip(img, 0.0, 1.0), img.ndim == 2
 
@@ -204,8 +207,9 @@ def image_heatmap(attributions, image=None, *, sign: str = "auto", reduction: st
     """A heatmap of one image's attributions, over the image when it is given.
 
     attributions: ``(H, W)``, ``(C, H, W)`` or ``(H, W, C)`` (channels reduced by ``reduction``).
-    image: the explained image (same layout rules; grey or RGB; values outside
-        [0, 1] are rescaled by their min and max), drawn underneath.
+    image: the explained image (same layout rules; grey or RGB; uint8 pixels are
+        shown as 0..255, other values outside [0, 1] are rescaled by their min and
+        max), drawn underneath.
     sign: ``signed`` (diverging map centred on 0), ``absolute`` (|attributions|,
         sequential map) or ``auto`` (signed when any value is negative).
     clip_percentile: the scale ends at this percentile of |attributions|, so a
@@ -396,6 +400,86 @@ h1 {{ font-size: 1.2em; }}
 """
 
 
+def token_picture(tokens, scores, *, title: str | None = None, row_labels=None,
+                  clip_percentile: float | None = None, width: float = 10.0, font_size: float = 11.0, path=None):
+    """Tokens highlighted by score, as a picture (.png, .svg, .pdf): :func:`token_html` drawn with matplotlib.
+
+    tokens, scores, row_labels, clip_percentile: as :func:`token_html` (one scale for all rows, red
+    positive, blue negative, the box as strong as |score| is).  Each row's tokens are boxes of
+    monospaced text, wrapped into lines ``width`` inches wide; a colour bar under them gives the scale.
+    Returns the figure; writes it to ``path`` when given.
+    """
+    rows_tokens, rows_scores = _token_rows(tokens, scores)
+    labels = list(row_labels) if row_labels is not None else [None] * len(rows_tokens)
+    if len(labels) != len(rows_tokens):
+        raise ValueError(f"row_labels has {len(labels)} entries for {len(rows_tokens)} rows")
+    flat = np.concatenate(rows_scores) if rows_scores else np.zeros(0)
+    vmax = _scale(flat, clip_percentile)
+    layout = _TokenLayout(width, font_size, any(label is not None for label in labels), bool(title))
+    boxes = [layout.row(toks, vals) for toks, vals in zip(rows_tokens, rows_scores)]
+    Figure, FigureCanvasAgg, colors, ScalarMappable = _matplotlib()
+    from matplotlib.patches import FancyBboxPatch
+    height = layout.y + _TokenLayout.LEGEND
+    fig = Figure(figsize=(width, height), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_axes((0, 0, 1, 1))
+    ax.set_xlim(0, width)
+    ax.set_ylim(height, 0)
+    ax.set_axis_off()
+    if title:
+        ax.text(_TokenLayout.MARGIN, 0.3, str(title), fontsize=font_size + 1, va="center", weight="bold")
+    for label, row in zip(labels, boxes):
+        if label is not None and row:
+            ax.text(_TokenLayout.MARGIN, row[0][2], str(label), fontsize=font_size - 2, color="#555", va="center")
+        for token, x, y, w, score in row:
+            strength = min(1.0, abs(score) / vmax) if np.isfinite(score) else 0.0
+            end = np.array(_POSITIVE_RGB if score >= 0 else _NEGATIVE_RGB) / 255.0
+            face = 1.0 - strength * (1.0 - end)                  # the HTML's rgba over white
+            ax.add_patch(FancyBboxPatch((x, y - layout.box / 2), w, layout.box, facecolor=face, edgecolor="none",
+                                        boxstyle="round,pad=0,rounding_size=0.04"))
+            ax.text(x + layout.pad, y, token, fontsize=font_size, family="monospace", va="center", ha="left",
+                    color="#fff" if strength > 0.6 else "#111")
+    cmap = colors.LinearSegmentedColormap.from_list(
+        "onnxplain_tokens", [np.array(_NEGATIVE_RGB) / 255.0, (1.0, 1.0, 1.0), np.array(_POSITIVE_RGB) / 255.0])
+    bar_axes = fig.add_axes((0.25, 0.5 / height, 0.5, 0.16 / height))
+    bar = fig.colorbar(ScalarMappable(norm=colors.Normalize(-vmax, vmax), cmap=cmap), cax=bar_axes,
+                       orientation="horizontal")
+    bar.ax.tick_params(labelsize=7)
+    bar.set_label("score (red: for the target, blue: against)", fontsize=8)
+    if path is not None:
+        save(fig, path)
+    return fig
+
+
+class _TokenLayout:
+    """Where each token's box goes: left to right, wrapped at the picture's width, in inches from the top."""
+
+    MARGIN, GAP, LABEL, ROW_GAP, LEGEND = 0.15, 0.05, 0.6, 0.18, 0.9
+    CHAR = 0.602            # the advance of a monospaced character, in ems (DejaVu Sans Mono)
+
+    def __init__(self, width: float, font_size: float, labelled: bool, titled: bool):
+        self.char = self.CHAR * font_size / 72.0
+        self.pad = 0.25 * self.char
+        self.line = 1.9 * font_size / 72.0
+        self.box = 1.45 * font_size / 72.0
+        self.left = self.MARGIN + (self.LABEL if labelled else 0.0)
+        self.right = width - self.MARGIN
+        self.y = 0.6 if titled else self.MARGIN
+
+    def row(self, tokens: list[str], scores: np.ndarray) -> list[tuple]:
+        """(shown text, x, y of the line's middle, box width, score) for each token of one row."""
+        placed, x, y = [], self.left, self.y + self.line / 2
+        for token, score in zip(tokens, scores):
+            shown = token if token.strip() else "\u2423" * max(1, len(token))    # visible blanks
+            w = len(shown) * self.char + 2 * self.pad
+            if x > self.left and x + w > self.right:
+                x, y = self.left, y + self.line
+            placed.append((shown, x, y, w, float(score)))
+            x += w + self.GAP
+        self.y = y + self.line / 2 + self.ROW_GAP
+        return placed
+
+
 # ---------------------------------------------------------------------- tabular
 def feature_bars(scores, feature_names=None, *, top: int = 10, title: str | None = None, row_labels=None,
                  columns: int = 4, path=None):
@@ -467,6 +551,97 @@ def _bar_panel(ax, scores: np.ndarray, names: list[str], k: int, label) -> None:
     for side in ("top", "right"):
         ax.spines[side].set_visible(False)
 
+SUMMARY_MAP = "coolwarm"   # a feature's value, low (blue) to high (red), in the summary's dots
+
+
+def feature_summary(scores, values, feature_names=None, *, top: int = 20, title: str | None = None,
+                    cmap: str = SUMMARY_MAP, dot_size: float = 12.0, path=None):
+    """A summary of many rows' attributions, one line of dots per feature (a beeswarm).
+
+    scores: the attributions ``(N, F)``; values: the features' values ``(N, F)`` (the explained rows).
+    Features are ordered by their mean |attribution|, the largest at the top; ``top`` of them are shown, and
+    the others are left out and counted in the axis label (SHAP's beeswarm sums them on a last line instead).
+    Each row is a dot at its attribution; dots that would overlap are spread vertically, more
+    where more rows fall (a histogram of the line, stacked outwards from its centre), so the line's thickness
+    shows the density.  A dot's colour is its feature's value, from the feature's 5th to 95th percentile
+    (blue low, red high; grey when the feature is constant), with a colour bar.  The layout of SHAP's
+    ``summary_plot`` (dot kind), drawn here with matplotlib.  Returns the figure; writes it to ``path``.
+    """
+    s, v = np.asarray(scores, dtype=np.float64), np.asarray(values, dtype=np.float64)
+    if s.ndim != 2 or s.shape[1] == 0 or s.shape[0] == 0:
+        raise ValueError(f"scores must be shaped (rows, features), got {np.shape(scores)}")
+    if v.shape != s.shape:
+        raise ValueError(f"values must be shaped like the scores {s.shape}, got {v.shape}")
+    n, f = s.shape
+    names = [str(x) for x in feature_names] if feature_names is not None else [f"feature {k}" for k in range(f)]
+    if len(names) != f:
+        raise ValueError(f"{len(names)} feature names for {f} features")
+    if not isinstance(top, (int, np.integer)) or top < 1:
+        raise ValueError(f"top must be a positive int, got {top!r}")
+    order = np.argsort(-np.abs(s).mean(axis=0), kind="stable")[:int(top)]
+    _, _, colors, ScalarMappable = _matplotlib()
+    longest = max(len(names[j]) for j in order)
+    fig = _new_figure(6.0 + 0.07 * min(longest, 40), 1.2 + 0.42 * len(order) + (0.3 if title else 0))
+    ax = fig.add_subplot()
+    colour = ScalarMappable(norm=colors.Normalize(0.0, 1.0), cmap=cmap)
+    lo, hi = float(np.nanmin(s[:, order])), float(np.nanmax(s[:, order]))
+    for line, j in enumerate(order):
+        y = len(order) - 1 - line                                  # the largest at the top
+        offsets = swarm_offsets(s[:, j], lo, hi, height=0.8)
+        shade = feature_shades(v[:, j])
+        rgba = colour.to_rgba(np.nan_to_num(shade, nan=0.5))
+        rgba[np.isnan(shade)] = (0.6, 0.6, 0.6, 1.0)
+        ax.scatter(s[:, j], y + offsets, s=dot_size, c=rgba, linewidths=0, alpha=0.9, rasterized=True, zorder=3)
+    ax.axvline(0.0, color="#777", linewidth=0.8, zorder=1)
+    ax.set_yticks(np.arange(len(order))[::-1], [names[j] for j in order], fontsize=8)
+    ax.set_ylim(-0.7, len(order) - 0.3)
+    for y in range(len(order)):
+        ax.axhline(y, color="#ddd", linewidth=0.6, linestyle=":", zorder=0)
+    left = f" ({f - len(order)} feature(s) with smaller attributions not shown)" if f > len(order) else ""
+    ax.set_xlabel(f"attribution (one dot per row, {n} rows){left}", fontsize=8)
+    ax.tick_params(axis="x", labelsize=7)
+    for side in ("top", "right", "left"):
+        ax.spines[side].set_visible(False)
+    bar = fig.colorbar(colour, ax=ax, fraction=0.05, pad=0.02, aspect=30, ticks=[0.0, 1.0])
+    bar.ax.set_yticklabels(["low", "high"], fontsize=7)
+    bar.set_label("feature value", fontsize=8)
+    bar.outline.set_visible(False)
+    if title:
+        ax.set_title(title, fontsize=10)
+    if path is not None:
+        save(fig, path)
+    return fig
+
+
+def swarm_offsets(x, lo: float, hi: float, height: float = 0.8, bins: int = 60) -> np.ndarray:
+    """Vertical offsets spreading the dots at ``x`` over a line ``height`` tall: the range ``[lo, hi]`` is cut
+    into ``bins``; the dots of one bin are stacked outwards from the centre (0, +1, -1, +2, ...), in the order
+    of their ``x``, and every line is scaled by the fullest bin so the densest stack just fills the height."""
+    x = np.asarray(x, dtype=np.float64)
+    span = (hi - lo) or 1.0
+    which = np.clip(((x - lo) / span * bins).astype(np.int64), 0, bins - 1)
+    offsets = np.zeros(len(x))
+    fullest = 1
+    for b in np.unique(which):
+        members = np.flatnonzero(which == b)
+        members = members[np.argsort(x[members], kind="stable")]
+        k = np.arange(len(members))
+        offsets[members] = np.where(k % 2 == 1, (k + 1) // 2, -(k // 2))
+        fullest = max(fullest, len(members))
+    return offsets * (height / 2) / max(1.0, fullest / 2)
+
+
+def feature_shades(values) -> np.ndarray:
+    """A feature's values mapped to [0, 1] between their 5th and 95th percentiles (clipped), so a few extreme
+    rows do not flatten the colours; NaN where the feature is constant (no low or high to show)."""
+    v = np.asarray(values, dtype=np.float64)
+    lo, hi = np.nanpercentile(v, 5), np.nanpercentile(v, 95)
+    if hi <= lo:
+        lo, hi = np.nanmin(v), np.nanmax(v)
+    if hi <= lo:
+        return np.full(v.shape, np.nan)
+    return np.clip((v - lo) / (hi - lo), 0.0, 1.0)
+
 
 # ---------------------------------------------------------------------- an explainer's attributions
 def picture_kind(explainer) -> str:
@@ -501,7 +676,7 @@ def check_picture_path(path, kind: str) -> str:
     path = os.fspath(path)
     suffixes = PICTURE_SUFFIXES[kind]
     if not path.lower().endswith(suffixes):
-        other = " (token attributions are drawn as HTML)" if kind == "tokens" else ""
+        other = " (tokens: highlighted text as an HTML page or a picture)" if kind == "tokens" else ""
         raise ValueError(f"a picture of {kind} attributions is written as {' or '.join(suffixes)}{other}, "
                          f"got {path!r}")
     check_output_path(path, what="--plot")
@@ -511,6 +686,12 @@ def check_picture_path(path, kind: str) -> str:
 MAX_ROWS = 16
 
 
+def draws_summary(rows: int, summary: bool | None = None, max_rows: int = MAX_ROWS) -> bool:
+    """Whether tabular rows are drawn as one :func:`feature_summary` rather than a bar chart per row:
+    ``summary`` when given, else when there are more than ``max_rows`` rows."""
+    return bool(summary) if summary is not None else rows > int(max_rows)
+
+
 def rows_first(values, axis: int | None) -> np.ndarray:
     """An input (or its attributions, which keep its layout) with its batch axis first: ``axis`` is the
     input's batch axis, ``None`` for an input without one (then it is one row)."""
@@ -518,15 +699,39 @@ def rows_first(values, axis: int | None) -> np.ndarray:
     return values[None] if axis is None else np.moveaxis(values, axis, 0)
 
 
+def _shown_instead(shown_images, attributions, rows: int, channels: str) -> tuple[np.ndarray, np.ndarray]:
+    """The images to draw under the heatmaps (uint8 ``H x W x 3`` or ``H x W`` each, one per row), and the
+    attributions with their channel axis last to match them."""
+    shown = [np.asarray(img) for img in list(shown_images)[:rows]]
+    if len(shown) != rows:
+        raise ValueError(f"shown_images has {len(shown)} images for {rows} drawn rows")
+    a = np.asarray(attributions)[:rows]
+    if a.ndim == 4:
+        a = np.moveaxis(a, 1 + channel_axis(a.shape[1:], channels, "attributions"), -1)
+    for r, img in enumerate(shown):
+        if img.shape[:2] != a.shape[1:3]:
+            raise ValueError(f"shown image {r} is {img.shape[0]}x{img.shape[1]} pixels but its attributions "
+                             f"{a.shape[1]}x{a.shape[2]}")
+    return np.stack(shown), a
+
+
 def plot_explanation(explainer, inputs, attributions, path, *, tokens=None, feature_names=None,
-                     max_rows: int = MAX_ROWS, **options):
+                     max_rows: int = MAX_ROWS, summary: bool | None = None, row_labels=None, shown_images=None,
+                     **options):
     """Draw an explainer's attributions of ``inputs`` as the picture its model's input calls for.
 
-    Images: :func:`image_grid` (the input, and the method's heatmap over it);
-    token ids: :func:`token_html` with token scores summed over the embedding
-    axis (``tokens``: the word pieces, one list per row; default the ids);
-    tabular rows: :func:`feature_bars` (``feature_names``).  At most
-    ``max_rows`` rows are drawn.  ``options`` go to the drawing function.
+    Images: :func:`image_grid` (the input, and the method's heatmap over it; ``shown_images``: the images
+    to draw instead of the input tensor, e.g. the photos as the model saw them before normalisation, one
+    uint8 ``H x W x 3`` or ``H x W`` array per row, :attr:`onnxplain.sources.Rows.images`);
+    token ids: :func:`token_html` (``.html``) or :func:`token_picture` (``.png``, ``.svg``, ``.pdf``) with
+    token scores summed over the embedding axis (``tokens``: the word pieces, one list per row; default the
+    ids; the option ``token_positions``: a boolean ``(N, L)`` array, True at the positions drawn, e.g.
+    not the padding, and then ``tokens`` lists only those);
+    tabular rows: :func:`feature_bars` (``feature_names``), or with ``summary``
+    :func:`feature_summary` of every row (``summary=None``: when there are
+    more than ``max_rows`` rows).  At most ``max_rows`` rows are drawn
+    otherwise.  ``row_labels`` name the rows (default ``#0``, ``#1``...; e.g. the file names).
+    ``options`` go to the drawing function.
     Returns the figure (or the HTML text).
     """
     kind = picture_kind(explainer)
@@ -536,13 +741,28 @@ def plot_explanation(explainer, inputs, attributions, path, *, tokens=None, feat
     x = inputs[key] if isinstance(inputs, dict) else np.asarray(inputs)
     x, a = rows_first(x, explainer.batch_axes.get(key, 0)), rows_first(a, explainer.batch_axes.get(key, 0))
     rows = min(len(a), int(max_rows))
-    labels = [f"#{r}" for r in range(rows)]
+    labels = [f"#{r}" for r in range(rows)] if row_labels is None else [str(v) for v in list(row_labels)[:rows]]
+    if len(labels) != rows:
+        raise ValueError(f"row_labels has {len(labels)} entries for {rows} drawn rows")
     if kind == "image":
         options.setdefault("per_line", 1 if rows <= 4 else 4)
+        if shown_images is not None:
+            x, a = _shown_instead(shown_images, a, rows, options.get("channels", "auto"))
+            options["channels"] = "last"
         return image_grid(x[:rows], {explainer.method_name: a[:rows]}, row_labels=labels, path=path, **options)
+    if kind == "tabular" and draws_summary(len(a), summary, max_rows):
+        return feature_summary(a.reshape(len(a), -1), x.reshape(len(x), -1), feature_names, path=path,
+                               title=f"{explainer.method_name} attributions of {explainer.output!r}", **options)
     if kind == "tabular":
         return feature_bars(a[:rows], feature_names, row_labels=labels, path=path, **options)
     scores = a[:rows].reshape(rows, x.shape[1], -1).sum(axis=-1) if a.ndim > 2 else a[:rows]
     words = [[str(int(i)) for i in row] for row in np.asarray(x)[:rows]] if tokens is None else list(tokens)[:rows]
-    return token_html(words, scores, title=f"{explainer.method_name} attributions of {explainer.output!r}",
-                      row_labels=labels, path=path, **options)
+    positions = options.pop("token_positions", None)
+    if positions is not None:                       # e.g. padding left out
+        shown = np.asarray(positions, dtype=bool)[:rows]
+        scores = [row[keep] for row, keep in zip(scores, shown)]
+        if tokens is None:
+            words = [[w for w, keep in zip(row, kept) if keep] for row, kept in zip(words, shown)]
+    draw = token_html if os.fspath(path).lower().endswith(".html") else token_picture
+    return draw(words, scores, title=f"{explainer.method_name} attributions of {explainer.output!r}",
+                row_labels=labels, path=path, **options)

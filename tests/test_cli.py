@@ -317,8 +317,10 @@ def test_explain_reads_npz_and_baseline_files_and_target_weights(tmp_path, mlp, 
 
 def test_explain_errors(tmp_path, mlp, rows, rows_file, capsys):
     _fails(capsys, ["explain", mlp, str(tmp_path / "none.npy"), "-m", "saliency", "--target", "0"], "none.npy")
-    (tmp_path / "x.csv").write_text("1,2,3,4\n")
-    _fails(capsys, ["explain", mlp, str(tmp_path / "x.csv"), "-m", "saliency", "--target", "0"], ".npy or .npz")
+    (tmp_path / "x.csv").write_text("1,2,3,4\n")   # a CSV is read as a table, which needs a header row
+    _fails(capsys, ["explain", mlp, str(tmp_path / "x.csv"), "-m", "saliency", "--target", "0"], "no header row")
+    (tmp_path / "x.txt").write_text("1,2,3,4\n")
+    _fails(capsys, ["explain", mlp, str(tmp_path / "x.txt"), "-m", "saliency", "--target", "0"], ".npy or .npz")
     _fails(capsys, ["explain", mlp, rows_file, "-m", "saliency", "--target", "3"], "out of range")
     _fails(capsys, ["explain", mlp, rows_file, "-m", "saliency", "--target", "-4"], "out of range")
     _fails(capsys, ["explain", mlp, rows_file, "-m", "saliency", "--target", "cat"], "bad target 'cat'")
@@ -552,12 +554,12 @@ def test_explain_token_model_baseline_is_an_integer_id_and_plot_writes_escaped_h
     assert "<script>" not in text and "&lt;script&gt;" in text and "a&amp;b" in text and "&quot;x&quot;" in text
     assert text.count('class="tok"') == 10
     assert str(page) in capsys.readouterr().out
-    # without word pieces the ids are shown; a PNG is refused for tokens before anything runs
+    # without word pieces the ids are shown; a JPEG is refused for tokens before anything runs
     assert main(["explain", token_model, str(tmp_path / "in.npz"), "-m", "ig", "--target", "1", "--n-steps", "4",
                  "--plot", str(page)]) == 0
     assert ">9</span>" in page.read_text(encoding="utf-8")
     _fails(capsys, ["explain", token_model, str(tmp_path / "in.npz"), "-m", "ig", "--target", "1",
-                    "--plot", str(tmp_path / "t.png")], ".html", "t.png")
+                    "--plot", str(tmp_path / "t.jpg")], ".html", "t.jpg")
 
 
 def test_explain_plot_draws_image_grids_and_feature_bars(tmp_path, mlp, rows_file, capsys):

@@ -11,6 +11,9 @@ requests finish first.  Changes to KServe's defaults, and why:
   limit); gRPC messages have the same limit (RESOURCE_EXHAUSTED);
 - malformed requests and unknown models are 400 / INVALID_ARGUMENT with a JSON
   ``error`` naming what was expected (KServe answers 422 and 404).
+
+``serve(..., ui=True)`` adds the local page's routes (:mod:`onnxplain.serve.ui`) to the REST app;
+:func:`view` (``onnxplain view``) serves REST only on loopback with the page and prints its URL.
 """
 from __future__ import annotations
 
@@ -61,7 +64,8 @@ from .model import ExplainerModel  # noqa: E402
 
 
 def serve(models, method="saliency", *, names=None, host="127.0.0.1", http_port: int = 8000,
-          grpc_port: int | None = 8001, max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES, **options) -> None:
+          grpc_port: int | None = 8001, max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES, ui: bool = False,
+          image=None, tokenizer=None, max_length: int | None = None, on_start=None, **options) -> None:
     """Serve explanations over the Open Inference Protocol (REST and gRPC) until SIGTERM/SIGINT.
 
     ``models``: a model (path, bytes or ``onnx.ModelProto``) or a list of them;
@@ -73,7 +77,11 @@ def serve(models, method="saliency", *, names=None, host="127.0.0.1", http_port:
     ``noise_tunnel``, ``batch_axes``, ``batch_size``: :data:`EXPLAINER_KEYWORDS`)
     go to each Explainer; the others are method parameters every request starts
     from (``n_steps=32``...).
-    ``grpc_port=None`` serves REST only.  Blocks; returns when the server stops.
+    ``grpc_port=None`` serves REST only.  ``ui=True`` adds the local page (``GET /ui``, see
+    :mod:`onnxplain.serve.ui`), which reads images with ``image`` (an ``ImageFormat`` or a preset's name)
+    and texts with ``tokenizer`` (a ``tokenizer.json``, truncating to ``max_length`` tokens when given).
+    ``on_start``: called once every Explainer is built, just before the servers start.  Blocks; returns
+    when the server stops.
     """
     check_port(host, http_port, "http_port")
     if grpc_port is not None:
@@ -81,9 +89,35 @@ def serve(models, method="saliency", *, names=None, host="127.0.0.1", http_port:
         if grpc_port == http_port:
             raise ValueError(f"http_port and grpc_port are both {http_port}; REST and gRPC need a port each")
     served = explainer_models(models, method, names=names, **options)
+    page = None
+    if ui:
+        from .ui import Page
+        page = Page(served, image=image, tokenizer=tokenizer, max_length=max_length)
     server = ExplanationServer(host=host, http_port=http_port, grpc_port=grpc_port,
-                               max_request_bytes=max_request_bytes)
+                               max_request_bytes=max_request_bytes, page=page)
+    if on_start is not None:
+        on_start()
     server.start(served)
+
+
+def view(models, method="saliency", *, port: int = 8000, host: str = "127.0.0.1", image=None, tokenizer=None,
+         max_length: int | None = None, open_browser: bool = False, **options) -> None:
+    """Serve ``models`` with the page on ``http://host:port/ui`` (REST only) until SIGTERM/SIGINT.
+
+    Every model is served with every ``method`` (a name or a list; served as ``<stem>-<method>`` when
+    there are several, as :func:`serve` names them).  ``image``: the image format
+    or preset (default ``"imagenet"``); ``tokenizer``: a ``tokenizer.json`` for text models;
+    ``open_browser``: open the page in the default browser once the server listens.  ``options``: as
+    for :func:`serve` (Explainer keywords, method parameters' defaults, names).  The page: see
+    :mod:`onnxplain.serve.ui`.
+    """
+    from .ui import announce_when_listening
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        raise ValueError(f"the page listens on loopback only (127.0.0.1, ::1 or localhost), got host {host!r}; "
+                         f"use onnxplain serve --ui to choose another address")
+    # the URL is printed once the server listens, after every Explainer is built
+    serve(models, method, host=host, http_port=port, grpc_port=None, ui=True, image=image, tokenizer=tokenizer,
+          max_length=max_length, on_start=lambda: announce_when_listening(host, port, open_browser), **options)
 
 
 def check_port(host: str, port: int, what: str) -> None:
@@ -145,13 +179,15 @@ class ExplanationServer(ModelServer):
     """``kserve.ModelServer`` listening on ``host`` only, with a request size limit and 400s for bad requests."""
 
     def __init__(self, host: str = "127.0.0.1", http_port: int = 8000, grpc_port: int | None = 8001,
-                 max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES, grace_period: int = GRACE_SECONDS):
+                 max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES, grace_period: int = GRACE_SECONDS,
+                 page=None):
         if not isinstance(max_request_bytes, int) or max_request_bytes <= 0:
             raise ValueError(f"max_request_bytes must be a positive number of bytes, got {max_request_bytes!r}")
         super().__init__(http_port=http_port, grpc_port=grpc_port or 0, enable_grpc=grpc_port is not None,
                          grace_period=grace_period, enable_latency_logging=False)
         self.host = host
         self.max_request_bytes = max_request_bytes
+        self.page = page      # the local page's routes (onnxplain.serve.ui.Page), or None
         self.dataplane = ExplanationDataPlane(model_registry=self.registered_models)
 
     def start(self, models) -> None:
@@ -162,7 +198,7 @@ class ExplanationServer(ModelServer):
         self._rest_server = LocalRESTServer(self.host, self.max_request_bytes, "kserve.model_server:app",
                                             self.dataplane, self.model_repository_extension, self.http_port,
                                             grace_period=self.grace_period, event_loop=self.event_loop,
-                                            timeout_keep_alive=self.timeout_keep_alive)
+                                            timeout_keep_alive=self.timeout_keep_alive, page=self.page)
         self.servers.append(self._rest_server.start())
         if self.enable_grpc:
             self._grpc_server = LocalGRPCServer(self.host, self.max_request_bytes, self.grpc_port, self.dataplane,
@@ -269,12 +305,19 @@ async def _malformed(_, exc: RequestValidationError):
 
 
 class LocalRESTServer(RESTServer):
-    """KServe's REST server on ``host``, behind :class:`BodyLimit`, with 400s for malformed bodies."""
+    """KServe's REST server on ``host``, behind :class:`BodyLimit`, with 400s for malformed bodies
+    (and the local page's routes when given a :class:`onnxplain.serve.ui.Page`)."""
 
-    def __init__(self, host: str, max_request_bytes: int, *args, **kwargs):
+    def __init__(self, host: str, max_request_bytes: int, *args, page=None, **kwargs):
         super().__init__(*args, **kwargs)
         self.config.host = host
         self.max_request_bytes = max_request_bytes
+        self.page = page
+
+    def _register_endpoints(self, app) -> None:
+        super()._register_endpoints(app)
+        if self.page is not None:
+            self.page.register(app)
 
     def _add_middlewares(self, app) -> None:
         super()._add_middlewares(app)
