@@ -474,6 +474,25 @@ def _prepare_plot(explainer, path) -> None:
 
 
 # ---------------------------------------------------------------------- a dataset, streamed
+def _streamed_call(method, options, keywords, model_batch_size, target, target_file, target_weights):
+    """The options, target and target weights of a streamed run (:func:`explain_npy`, :func:`explain_csv`):
+    ``model_batch_size`` is the Explainer's ``batch_size``, per-row targets and weights are memmapped files,
+    and ``"pred"`` is refused (a streamed run does not keep the rows' outputs)."""
+    if model_batch_size is not None:
+        keywords["batch_size"] = model_batch_size
+    options = ExplainOptions.merged(method, options, keywords)
+    if isinstance(target, str) and target == PREDICTED:
+        raise ValueError("target 'pred' is not streamed: write the predicted classes to an .npy file and give it "
+                         "as target_file")
+    if target is not None and target_file is not None:
+        raise ValueError("give either target or target_file, not both")
+    if target_file is not None:
+        target = load_array(target_file, "target_file", mmap=True)
+    extra = {} if target_weights is None else {"target_weights": load_array(target_weights, "target_weights",
+                                                                             mmap=True)}
+    return options, target, extra
+
+
 def explain_npy(model, data, out, method: str = "saliency", *, target=None, target_file=None, target_weights=None,
                 batch_size: int | None = None, overwrite: bool = False, progress: bool | None = None,
                 model_batch_size: int | None = None, image=None, options: ExplainOptions | None = None,
@@ -492,20 +511,10 @@ def explain_npy(model, data, out, method: str = "saliency", *, target=None, targ
     Explainer's ``batch_size`` is ``model_batch_size`` here).  What the command line's ``explain
     --batch-size`` runs.
     """
-    if model_batch_size is not None:
-        keywords["batch_size"] = model_batch_size
-    options = ExplainOptions.merged(method, options, keywords)
-    if isinstance(target, str) and target == PREDICTED:
-        raise ValueError("target 'pred' is not streamed: write the predicted classes to an .npy file and give it "
-                         "as target_file")
+    options, target, extra = _streamed_call(method, options, keywords, model_batch_size, target, target_file,
+                                            target_weights)
     images = image_inputs(data, image)
     source = load_array(data, "the data", mmap=True) if images is None else None
-    if target is not None and target_file is not None:
-        raise ValueError("give either target or target_file, not both")
-    if target_file is not None:
-        target = load_array(target_file, "target_file", mmap=True)
-    extra = {} if target_weights is None else {"target_weights": load_array(target_weights, "target_weights",
-                                                                             mmap=True)}
     ex = Explainer.from_options(model, options)
     if images is not None:
         source, _ = _image_source(ex, images, image)
@@ -569,18 +578,8 @@ def explain_csv(model, path, out, method: str = "saliency", *, columns=None, tab
     columns' names go beside ``out`` as ``<out>.feature_names.txt``.  The other arguments are
     :func:`explain_npy`'s.  What ``onnxplain explain --csv data.csv --batch-size N`` runs.
     """
-    if model_batch_size is not None:
-        keywords["batch_size"] = model_batch_size
-    options = ExplainOptions.merged(method, options, keywords)
-    if isinstance(target, str) and target == PREDICTED:
-        raise ValueError("target 'pred' is not streamed: write the predicted classes to an .npy file and give it "
-                         "as target_file")
-    if target is not None and target_file is not None:
-        raise ValueError("give either target or target_file, not both")
-    if target_file is not None:
-        target = load_array(target_file, "target_file", mmap=True)
-    extra = {} if target_weights is None else {"target_weights": load_array(target_weights, "target_weights",
-                                                                             mmap=True)}
+    options, target, extra = _streamed_call(method, options, keywords, model_batch_size, target, target_file,
+                                            target_weights)
     ex = Explainer.from_options(model, options)
     if csv_input(path) is None:
         raise ValueError(f"explain_csv reads a .csv file, got {path!r}")
