@@ -498,11 +498,7 @@ def feature_bars(scores, feature_names=None, *, top: int = 10, title: str | None
     if s.ndim != 2 or s.shape[1] == 0:
         raise ValueError(f"scores must be shaped (features,) or (rows, features), got {np.shape(scores)}")
     n, f = s.shape
-    names = [str(x) for x in feature_names] if feature_names is not None else [f"feature {k}" for k in range(f)]
-    if len(names) != f:
-        raise ValueError(f"{len(names)} feature names for {f} features")
-    if not isinstance(top, (int, np.integer)) or top < 1:
-        raise ValueError(f"top must be a positive int, got {top!r}")
+    names = _checked_feature_names(feature_names, f, top)
     k = min(int(top), f)
     labels = list(row_labels) if row_labels is not None else ([None] if n == 1 else [f"#{r}" for r in range(n)])
     if len(labels) != n:
@@ -521,6 +517,17 @@ def feature_bars(scores, feature_names=None, *, top: int = 10, title: str | None
     if path is not None:
         save(fig, path)
     return fig
+
+
+def _checked_feature_names(feature_names, features: int, top) -> list[str]:
+    """The features' names (default ``feature k``), checked against their count, and ``top`` checked."""
+    names = [str(x) for x in feature_names] if feature_names is not None else [f"feature {k}" for k in
+                                                                               range(features)]
+    if len(names) != features:
+        raise ValueError(f"{len(names)} feature names for {features} features")
+    if not isinstance(top, (int, np.integer)) or top < 1:
+        raise ValueError(f"top must be a positive int, got {top!r}")
+    return names
 
 
 def top_features(scores, top: int) -> np.ndarray:
@@ -573,11 +580,7 @@ def feature_summary(scores, values, feature_names=None, *, top: int = 20, title:
     if v.shape != s.shape:
         raise ValueError(f"values must be shaped like the scores {s.shape}, got {v.shape}")
     n, f = s.shape
-    names = [str(x) for x in feature_names] if feature_names is not None else [f"feature {k}" for k in range(f)]
-    if len(names) != f:
-        raise ValueError(f"{len(names)} feature names for {f} features")
-    if not isinstance(top, (int, np.integer)) or top < 1:
-        raise ValueError(f"top must be a positive int, got {top!r}")
+    names = _checked_feature_names(feature_names, f, top)
     order = np.argsort(-np.abs(s).mean(axis=0), kind="stable")[:int(top)]
     _, _, colors, ScalarMappable = _matplotlib()
     longest = max(len(names[j]) for j in order)
