@@ -67,6 +67,11 @@ def vjp_loop(ctx):
     kept = _keep_per_iteration(b, node, body, [body.input[0].name] + states, stacked_by_loop=True)
     iterations = b.reshape(kept[0], b.ints([-1]))
     kept_states = [_unstack_loop_output(b, k, b.shape_of(v)) for k, v in zip(kept[1:], node.input[2:])]
+    for k, v in zip(kept_states, node.input[2:]):
+        # every iteration's value is taken to be shaped like the initial one (the reshape above): say so, so
+        # that the recomputed body knows its ranks (LayerNormalization, Softmax... need them)
+        if b.shape(v) is not None:
+            b.set_type(k, b.elem_type(v), (None,) + tuple(b.shape(v)))
     trip = _count(b, iterations, 0)
     scan_dy = {body.output[1 + n_states + k].name: dy for k, dy in enumerate(ctx.dy[n_states:])}
 
