@@ -319,12 +319,7 @@ def token_html(tokens, scores, *, title: str | None = None, row_labels=None, cli
     |scores|, default the largest); each token's score shows on hover, and a
     legend gives the scale.  Tokens and labels are HTML-escaped.
     """
-    rows_tokens, rows_scores = _token_rows(tokens, scores)
-    labels = list(row_labels) if row_labels is not None else [None] * len(rows_tokens)
-    if len(labels) != len(rows_tokens):
-        raise ValueError(f"row_labels has {len(labels)} entries for {len(rows_tokens)} rows")
-    flat = np.concatenate(rows_scores) if rows_scores else np.zeros(0)
-    vmax = _scale(flat, clip_percentile)
+    rows_tokens, rows_scores, labels, vmax = _scored_token_rows(tokens, scores, row_labels, clip_percentile)
     body = []
     if title:
         body.append(f"<h1>{html.escape(str(title))}</h1>")
@@ -340,6 +335,16 @@ def token_html(tokens, scores, *, title: str | None = None, row_labels=None, cli
         with open(path, "w", encoding="utf-8") as f:
             f.write(text)
     return text
+
+
+def _scored_token_rows(tokens, scores, row_labels, clip_percentile):
+    """The rows of tokens and scores, their labels (checked against the rows) and the one colour scale of all rows."""
+    rows_tokens, rows_scores = _token_rows(tokens, scores)
+    labels = list(row_labels) if row_labels is not None else [None] * len(rows_tokens)
+    if len(labels) != len(rows_tokens):
+        raise ValueError(f"row_labels has {len(labels)} entries for {len(rows_tokens)} rows")
+    flat = np.concatenate(rows_scores) if rows_scores else np.zeros(0)
+    return rows_tokens, rows_scores, labels, _scale(flat, clip_percentile)
 
 
 def _token_rows(tokens, scores) -> tuple[list[list[str]], list[np.ndarray]]:
@@ -409,12 +414,7 @@ def token_picture(tokens, scores, *, title: str | None = None, row_labels=None,
     monospaced text, wrapped into lines ``width`` inches wide; a colour bar under them gives the scale.
     Returns the figure; writes it to ``path`` when given.
     """
-    rows_tokens, rows_scores = _token_rows(tokens, scores)
-    labels = list(row_labels) if row_labels is not None else [None] * len(rows_tokens)
-    if len(labels) != len(rows_tokens):
-        raise ValueError(f"row_labels has {len(labels)} entries for {len(rows_tokens)} rows")
-    flat = np.concatenate(rows_scores) if rows_scores else np.zeros(0)
-    vmax = _scale(flat, clip_percentile)
+    rows_tokens, rows_scores, labels, vmax = _scored_token_rows(tokens, scores, row_labels, clip_percentile)
     layout = _TokenLayout(width, font_size, any(label is not None for label in labels), bool(title))
     boxes = [layout.row(toks, vals) for toks, vals in zip(rows_tokens, rows_scores)]
     Figure, FigureCanvasAgg, colors, ScalarMappable = _matplotlib()
