@@ -124,3 +124,15 @@ def assert_refused_before_running(ex, match: str, *args, **kwargs) -> None:
             ex.explain(*args, **kwargs)
     finally:
         del ex.session.run
+
+
+def stop_server(proc, seconds: float = 30) -> None:
+    """Stop a server subprocess started by a module fixture: SIGTERM, then kill if it does not exit in time."""
+    import signal
+    import subprocess
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(seconds)
+        except subprocess.TimeoutExpired:
+            proc.kill()

@@ -32,6 +32,7 @@ grpc_client = pytest.importorskip("tritonclient.grpc")
 from tritonclient.utils import InferenceServerException  # noqa: E402
 
 from models import masked_tabular, two_inputs  # noqa: E402
+from checks import stop_server  # noqa: E402
 
 MAX_BYTES = 1 << 20
 NAMES = ["cnn", "cnn-deeplift", "masked-ig", "masked-deeplift", "pair-ig", "pair-deeplift"]
@@ -81,12 +82,7 @@ def server(paths, tmp_path_factory):
             pytest.fail("the server did not become ready in 120 s")
         time.sleep(0.2)
     yield {"proc": proc, "http": url, "grpc": f"127.0.0.1:{grpc_port}", "http_port": http_port}
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+    stop_server(proc)
     log.close()
 
 

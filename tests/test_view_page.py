@@ -18,7 +18,6 @@ import io
 import json
 import os
 import pathlib
-import signal
 import socket
 import subprocess
 import sys
@@ -59,6 +58,7 @@ from playwright.sync_api import sync_playwright  # noqa: E402
 from torch import nn  # noqa: E402
 
 from models import export  # noqa: E402
+from checks import stop_server  # noqa: E402
 
 MEAN, STD = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
 SIDE = 31                      # the CNN's fixed image size (odd); imagenet's resize for it: round(31 * 256 / 224) = 35
@@ -173,11 +173,7 @@ def server(paths):
             pytest.fail("onnxplain view did not print its URL in 90 s")
         time.sleep(0.1)
     yield {"port": port, "url": f"http://127.0.0.1:{port}/ui", "proc": proc}
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+    stop_server(proc)
     log.close()
 
 
