@@ -138,6 +138,38 @@ def run_failure(error: Exception) -> OnnxplainError | None:
                       f"against what the model expects")
 
 
+#: how onnxruntime names the node it could not load: "node with name 'n'", "Node (n)", 'In Node, ("n", Op, ...'
+_CREATION_NODE = re.compile(r"""node with name '([^']*)'|Node \(([^)]*)\)|In Node, \("([^"]*)", (\w+)""")
+_CREATION_OP = re.compile(r"implementation for (\w+)\(\d+\)|Op \((\w+)\)")
+_STATUS_PREFIX = re.compile(r"^\[ONNXRuntimeError\] : \d+ : \w+ : ")
+
+
+def _first(match) -> str | None:
+    """The first group a regular expression's match filled, None without a match."""
+    return next((g for g in match.groups() if g), None) if match else None
+
+
+def creation_failure(error: Exception) -> OnnxplainError | None:
+    """The error to raise for onnxruntime refusing to load a graph (an op or a type it has no kernel for, a
+    graph it finds invalid), None for an error that does not come from onnxruntime.  A node of the model (or a
+    copy of it) is the model's matter (:class:`ModelError`), a node onnxplain added is onnxplain's
+    (:class:`RunError`); either way the message names the node and its op."""
+    if not type(error).__module__.startswith("onnxruntime."):
+        return None
+    text = _SOURCE_LOCATION.sub("", _STATUS_PREFIX.sub("", " ".join(str(error).split())))
+    found = _CREATION_NODE.search(text)
+    node = _first(found)
+    op = (found and found.group(4)) or _first(_CREATION_OP.search(text))
+    if node is not None and node.startswith(NODE_PREFIX):
+        return RunError(f"onnxruntime could not load the explanation graph at its node {node!r} ({op or 'op'}), "
+                        f"which onnxplain added: {text}. Explain with another method, and report the model and "
+                        f"the call")
+    where = f"its node {node.split('__partner')[0]!r} ({op or 'op'})" if node else (f"an {op} node" if op else "")
+    return ModelError(f"onnxruntime {ort.__version__} could not load the model{' at ' + where if where else ''}: "
+                      f"{text}. Its forward pass must run in onnxruntime: check that onnxruntime implements the op "
+                      f"for this input type and opset (for example, export float64 parts as float32)")
+
+
 class Session:
     """One onnxruntime session over an explanation graph, reused for every call (options: :func:`session_options`).
 
@@ -152,6 +184,11 @@ class Session:
         previous = _quiet_logging()
         try:
             self._sess = ort.InferenceSession(model.SerializeToString(), so, providers=self.providers)
+        except Exception as e:
+            failure = creation_failure(e)
+            if failure is None:
+                raise
+            raise failure from e
         finally:
             ort.set_default_logger_severity(previous)
         self.on_cuda = CUDA in self._sess.get_providers()

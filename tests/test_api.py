@@ -466,3 +466,43 @@ def test_callable_baselines_are_called_as_captum_calls_them():
     with pytest.raises(ValueError, match="baselines for input 'x'"):
         onnxplain.Explainer(mlp_model().SerializeToString(), "integrated_gradients").explain(
             x, target=0, baselines=lambda inp: np.zeros((2, 6), np.float32))
+
+
+def _double_erf_model(node_name: str) -> onnx.ModelProto:
+    """A model onnxruntime cannot load (it has no float64 Erf kernel), though ONNX allows it."""
+    from onnx import TensorProto, helper
+    nodes = [helper.make_node("Cast", ["x"], ["d"], to=TensorProto.DOUBLE, name="to_double"),
+             helper.make_node("Erf", ["d"], ["e"], name=node_name),
+             helper.make_node("Cast", ["e"], ["y"], to=TensorProto.FLOAT, name="to_float")]
+    graph = helper.make_graph(nodes, "erf64", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+@pytest.mark.parametrize("method", ["saliency", "feature_ablation"])
+def test_a_model_onnxruntime_cannot_load_is_a_model_error_naming_the_node(method):
+    model = _double_erf_model("double_erf")
+    with pytest.raises(ModelError, match=r"could not load the model at its node 'double_erf' \(Erf\)") as caught:
+        onnxplain.Explainer(model, method).explain(np.ones((2, 3), np.float32), target=0)
+    assert "ONNXRuntimeError" not in str(caught.value) and "onnxruntime_src" not in str(caught.value)
+
+
+def test_a_node_onnxplain_added_that_onnxruntime_cannot_load_is_a_run_error():
+    from onnxplain.errors import RunError
+    from onnxplain.graph import NODE_PREFIX
+    from onnxplain.runtime import Session
+    with pytest.raises(RunError, match=rf"explanation graph at its node '{NODE_PREFIX}Erf_3' \(Erf\), which onnxplain"):
+        Session(_double_erf_model(f"{NODE_PREFIX}Erf_3"))
+
+
+def test_the_cli_reports_a_model_onnxruntime_cannot_load_in_one_line(tmp_path, capsys):
+    from onnxplain.cli import main
+    onnx.save(_double_erf_model("double_erf"), tmp_path / "m.onnx")
+    np.save(tmp_path / "x.npy", np.ones((2, 3), np.float32))
+    assert main(["explain", str(tmp_path / "m.onnx"), str(tmp_path / "x.npy"), "-m", "saliency", "--target", "0",
+                 "--out", str(tmp_path / "a.npy")]) != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "node 'double_erf' (Erf)" in err[0] and "Traceback" not in err[0]
+    assert not (tmp_path / "a.npy").exists()
