@@ -162,7 +162,7 @@ class Explainer:
         if return_convergence_delta and not self.method.has_delta:
             raise ValueError(f"method {self.method.name!r} has no convergence delta")
         feeds, tw, params = self.checked_call(inputs, target, target_weights, params)
-        total, delta = self.method.run(self.runner, feeds, tw, params)
+        total, delta = self.method.run(self.runner, feeds, tw, params, delta=return_convergence_delta)
         own = {x: _own_layout(total[self.spec.attribution_name(x)], self.batch_axes.get(x)) for x in self.spec.wrt}
         result = own[self.spec.wrt[0]] if self.spec.single else own
         return (result, delta) if return_convergence_delta else result
@@ -186,7 +186,8 @@ class Explainer:
         from .datasets import explain_dataset
         return explain_dataset(self, source, out, target, batch_size=batch_size, **params)
 
-    def estimate(self, inputs, target=None, *, target_weights=None, **params) -> Cost:
+    def estimate(self, inputs, target=None, *, target_weights=None, return_convergence_delta: bool = False,
+                 **params) -> Cost:
         """What :meth:`explain` with the same arguments will run, without running it.
 
         Returns a :class:`~onnxplain.runtime.Cost`: the forward ``rows`` in
@@ -194,10 +195,11 @@ class Explainer:
         perturbations each count as rows), the session ``runs`` they are split
         into by the memory budget (and ``perturbations_per_eval`` or
         ``internal_batch_size``), and the most rows of one run.  The numbers
-        come from the planning code the call itself uses.
+        come from the planning code the call itself uses (a call without
+        ``return_convergence_delta`` skips the rows only the delta needs).
         """
         feeds, tw, params = self.checked_call(inputs, target, target_weights, params)
-        return self.method.estimate(self.runner, feeds, tw, params)
+        return self.method.estimate(self.runner, feeds, tw, params, delta=return_convergence_delta)
 
     # ------------------------------------------------------------------ helpers
     def checked_call(self, inputs, target, target_weights, params) -> tuple[dict, np.ndarray, dict]:

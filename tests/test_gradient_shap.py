@@ -247,3 +247,21 @@ def test_cli_takes_the_background_set_from_a_file_and_inspect_lists_it(cases, tm
                                  baselines=case.background.numpy(), n_samples=3, stdevs=0.1)
     np.testing.assert_allclose(np.load(out), expected, rtol=1e-6, atol=1e-8)
     assert onnxplain.inspect(case.onnx)["methods"]["gradient_shap"]["available"]
+
+
+@pytest.mark.parametrize("name", ["mlp", "cnn"])
+def test_a_call_without_delta_skips_the_deltas_forward_rows_and_still_matches_captum(cases, monkeypatch, name):
+    """The delta's forward copies see one sample instead of S when no delta is asked for: N (S + 3) rows,
+    not N (3 S + 1), and the attributions are Captum's all the same."""
+    case = cases[name]
+    x, bg = case.x.numpy(), case.background.numpy()
+    ex = onnxplain.Explainer(case.onnx, "gradient_shap")
+    kw = dict(target=case.target, baselines=bg, n_samples=SAMPLES, stdevs=0.3, seed=2)
+    n = len(x)
+    assert ex.estimate(x, **kw).rows == n * (SAMPLES + 3)
+    assert ex.estimate(x, **kw, return_convergence_delta=True).rows == n * (3 * SAMPLES + 1)
+    ours = ex.explain(x, **kw)
+    draws = gradient_shap_draws(x, len(bg), SAMPLES, seed=2)
+    ref, _ = captum_gradient_shap(monkeypatch, case.net, case.x, case.background, case.target, draws,
+                                  [draws.noise], [0.3], True)
+    assert_close(ours, ref, RTOL)

@@ -127,39 +127,51 @@ class Method:
         """How to fit a call under ``batch_size`` (for the error above)."""
         return "raise batch_size"
 
-    def run(self, runner, feeds: dict, tw, params: dict):
+    def run(self, runner, feeds: dict, tw, params: dict, delta: bool = True):
         """Attributions (by output name) and the convergence delta (or None) for one call, run by ``runner``.
 
         The call is split into additive parts (e.g. chunks of integration steps);
-        each part runs over all rows in memory-budgeted chunks.
+        each part runs over all rows in memory-budgeted chunks.  ``delta=False``: the caller does not want
+        the delta, so the parts skip the rows only it needs (:meth:`without_delta`) and None is returned.
         """
         names = [runner.spec.attribution_name(x) for x in runner.spec.wrt]
-        wanted = names + (["delta"] if self.has_delta else [])
+        delta = delta and self.has_delta
+        wanted = names + (["delta"] if delta else [])
         total, gap = None, None
         row_bytes = runner.row_cost(feeds)
-        parts = self.parts(params, runner.spec, feeds, row_bytes, runner.memory_budget)
+        parts = self.call_parts(params, runner, feeds, row_bytes, delta)
         for part, weight in zip(parts, self.part_weights(parts)):
             out = runner.run_rows(feeds, tw, part, wanted, row_bytes)
             attrs = {k: out[k] if weight == 1 else (out[k] * weight).astype(out[k].dtype) for k in names}
-            if self.has_delta and (gap is None or self.mixes_parts):
+            if delta and (gap is None or self.mixes_parts):
                 # f(x) - f(b) of each row: from the first of additive parts, weighted over a mixture's
                 part_gap = (sum(_row_sums(out[k]) for k in names) - out["delta"]) * weight
                 gap = part_gap if gap is None else gap + part_gap
             total = attrs if total is None else {k: total[k] + attrs[k] for k in names}
-        delta = sum(_row_sums(total[k]) for k in names) - gap if self.has_delta else None
-        return total, delta
+        return total, (sum(_row_sums(total[k]) for k in names) - gap if delta else None)
+
+    def call_parts(self, params: dict, runner, feeds: dict, row_bytes: int, delta: bool = True) -> list[dict]:
+        """The parts of one call (:meth:`parts` within the runner's budget), without the delta's rows when
+        ``delta`` is False."""
+        parts = self.parts(params, runner.spec, feeds, row_bytes, runner.memory_budget)
+        return parts if delta else [self.without_delta(part) for part in parts]
+
+    def without_delta(self, part: dict) -> dict:
+        """``part`` set to skip the work only the convergence delta needs (its ``delta`` output is then not
+        the delta); the part itself for a method whose delta costs nothing extra."""
+        return part
 
     def part_weights(self, parts: list[dict]) -> list[float]:
         """The weight of each part's attributions in the result: 1 for additive parts (chunks of integration
         steps); a mixture's (:attr:`mixes_parts`: chunks of a baseline distribution) sum to 1."""
         return [1.0] * len(parts)
 
-    def estimate(self, runner, feeds: dict, tw, params: dict) -> Cost:
+    def estimate(self, runner, feeds: dict, tw, params: dict, delta: bool = True) -> Cost:
         """The rows and session runs :meth:`run` will take: the same parts, cut into the same chunks."""
         n = int(np.shape(tw)[0])
         row_bytes = runner.row_cost(feeds)
         return Cost.of((stop - start) * self.expansion(part)
-                       for part in self.parts(params, runner.spec, feeds, row_bytes, runner.memory_budget)
+                       for part in self.call_parts(params, runner, feeds, row_bytes, delta)
                        for start, stop in runner.row_chunks(part, n, row_bytes))
 
     def rows_split(self, part: dict, start: int, stop: int) -> dict:

@@ -17,7 +17,8 @@ model's outputs), sample-major; the ``S`` blocks of noisy inputs and of drawn
 baselines that the convergence delta needs run through two copies of the
 forward pass outside the backward pass (a forward each, no backward).  The draws are graph
 feeds: ``alphas`` ``(S, N)``, ``baselines`` (the drawn rows, ``(S, N, *row)``),
-``noise`` (``(S, N, *row)``, standard normal) and ``stdevs``, made in numpy from
+``noise`` (``(S, N, *row)``, standard normal), ``stdevs`` and ``with_delta`` (False: the call wants no
+delta, and its forward copies run one sample instead of ``S``), made in numpy from
 ``seed`` row by row (each row's draws come from its own generator, so results
 do not depend on how rows or samples are chunked).  A call whose samples do not
 fit the memory budget is split into parts of samples, weighted by their share.
@@ -161,7 +162,9 @@ class GradientShap(Method):
         multiply = declare_param(b, "multiply_by_inputs", TensorProto.BOOL, 0,
                                  np.asarray(bool(self.defaults["multiply_by_inputs"])))
         tw = declare_target_weights(b, spec)
+        with_delta = declare_param(b, "with_delta", TensorProto.BOOL, 0, np.asarray(True))
         samples = b.op("Slice", b.shape_of(alphas), b.ints([0]), b.ints([1]))
+        delta_samples = b.op("Where", with_delta, samples, b.ints([1]))   # the samples delta's forwards see
         n = batch_rows(b, spec.carriers[0])
         block = b.mul(samples, n)
 
@@ -170,12 +173,13 @@ class GradientShap(Method):
             interpolated, noisy, bases = self._sample_rows(b, spec, c, alphas, samples)
             b.op("Concat", flatten_steps(b, interpolated, c), c, axis=0, outputs=[inside[c]])
             paths[c] = (noisy, bases)
-            noisy_rows[c], base_rows[c] = flatten_steps(b, noisy, c), flatten_steps(b, bases, c)
+            noisy_rows[c] = flatten_steps(b, b.op("Slice", noisy, b.ints([0]), delta_samples, b.ints([0])), c)
+            base_rows[c] = flatten_steps(b, b.op("Slice", bases, b.ints([0]), delta_samples, b.ints([0])), c)
         for p in spec.passthrough:
             b.op("Identity", tile_rows(b, p, b.add(samples, b.ints([1])), b.rank(p)), outputs=[inside[p]])
-            noisy_rows[p] = base_rows[p] = tile_rows(b, p, samples, b.rank(p))
+            noisy_rows[p] = base_rows[p] = tile_rows(b, p, delta_samples, b.rank(p))
         # the noisy inputs and the drawn baselines are needed for delta's outputs only: forward copies that
-        # the backward pass never enters
+        # the backward pass never enters, over one sample instead of S when the call wants no delta
         on_noisy = forward_copy(b, spec, inside, noisy_rows, "__noisy")[outputs[spec.output]]
         on_bases = forward_copy(b, spec, inside, base_rows, "__drawn")[outputs[spec.output]]
         forward_per_block(b, spec, inside, outputs, [block, n])
@@ -194,8 +198,8 @@ class GradientShap(Method):
             global_form = b.mul(per_sample, b.sub(noisy, bases))
             attr = b.reduce("ReduceMean", b.where(multiply, global_form, per_sample), [0], keepdims=0)
             totals.append(emit_attribution(b, spec, point, attr))
-        f_noisy = self._mean_target(b, on_noisy, tw, samples, out_rank)
-        f_base = self._mean_target(b, on_bases, tw, samples, out_rank)
+        f_noisy = self._mean_target(b, on_noisy, tw, delta_samples, out_rank)
+        f_base = self._mean_target(b, on_bases, tw, delta_samples, out_rank)
         b.op("Sub", b.sum(totals), b.sub(f_noisy, f_base), outputs=["delta"])
         b.add_output("delta", b.elem_type(spec.output), [b.shape(spec.output)[0]])
 
@@ -286,7 +290,13 @@ class GradientShap(Method):
         return [c / sum(counts) for c in counts]
 
     def expansion(self, part):
-        return 3 * self._samples(part) + 1
+        samples = self._samples(part)
+        return 1 + samples + 2 * (samples if bool(part.get("with_delta", True)) else 1)
+
+    def without_delta(self, part):
+        """The delta's forward copies over one sample instead of all: ``1 + S + 2`` rows per input row, not
+        ``3 S + 1``."""
+        return {**part, "with_delta": np.asarray(False)}
 
     def block_rows(self, part):
         return self._samples(part)

@@ -360,7 +360,7 @@ class NoiseTunnel(Method):
     def limit_hint(self) -> str:
         return self.inner.limit_hint()
 
-    def run(self, runner, feeds: dict, tw, params: dict):
+    def run(self, runner, feeds: dict, tw, params: dict, delta: bool = True):
         """One part per batch of samples over all rows, their statistics added up through their sums; the
         delta (one per noisy sample) comes straight from the graph."""
         if self.forward_only:
@@ -470,7 +470,7 @@ class NoiseTunnel(Method):
         mean_sq = (per_sample * per_sample).mean(axis=0)
         return mean_sq if self.kind == "smoothgrad_sq" else mean_sq - mean * mean
 
-    def estimate(self, runner, feeds: dict, tw, params: dict):
+    def estimate(self, runner, feeds: dict, tw, params: dict, delta: bool = True):
         if self.forward_only:
             return self._estimate_over_perturbations(runner, feeds, tw, params)
         if runner.spec.batch_size is None:

@@ -219,7 +219,7 @@ class Perturbation(Method):
     def plan(self, spec: Spec, feeds: dict, n_rows: int, params: dict) -> Plan:
         raise NotImplementedError
 
-    def run(self, runner, feeds: dict, tw, params: dict):
+    def run(self, runner, feeds: dict, tw, params: dict, delta: bool = True):
         n_rows = int(np.shape(tw)[0])
         draws = background_draws(runner.spec, feeds, params)
         plans = [self.plan(runner.spec, feeds, n_rows, p) for p in draws]   # every check happens here, before any run
@@ -235,7 +235,7 @@ class Perturbation(Method):
             total = {x: (a / len(plans)).astype(a.dtype) for x, a in total.items()}
         return {runner.spec.attribution_name(x): a for x, a in total.items()}, None
 
-    def estimate(self, runner, feeds: dict, tw, params: dict) -> Cost:
+    def estimate(self, runner, feeds: dict, tw, params: dict, delta: bool = True) -> Cost:
         """The rows and session runs :meth:`run` will take: the same plans, cut by the same :class:`Schedule`."""
         n_rows = int(np.shape(tw)[0])
         runs = []
