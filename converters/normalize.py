@@ -184,6 +184,9 @@ def batch_axes_of(m: onnx.ModelProto, given=None) -> dict:
       axis ``k`` (a state shaped ``(layers, batch, hidden)`` has axis 1);
     - when there is a batch symbol, an input whose shape is fully static is
       unbatched (a weight given as an input);
+    - an integer input read only as a shape, sizes, axes, pads or repeats operand (Reshape's shape, Resize's
+      sizes, Slice's starts...: :data:`SHAPE_OPERANDS`) is unbatched: its values describe the tensors, its
+      rows are not examples;
     - when there is none (a fully static export), the inputs whose axis 0 shape inference carries to axis 0
       of an output are batched and the others unbatched (a Conv's weight given as an input), when it can tell;
     - every other input has batch axis 0.
@@ -202,13 +205,15 @@ def batch_axes_of(m: onnx.ModelProto, given=None) -> dict:
         if axis is not None and axis < 0:
             given[name] = axis + rank
     symbol = _batch_symbol(m, given)
-    reaching = _reaching_output_rows(m, [n for n in inputs if n not in given]) if symbol is None else None
+    operands = shape_operand_inputs(m)
+    reaching = _reaching_output_rows(m, [n for n in inputs if n not in given and n not in operands]) \
+        if symbol is None else None
     axes = {}
     for name, vi in inputs.items():
         dims = _dims(vi) if vi.type.HasField("tensor_type") else []
         if name in given:
             axes[name] = given[name]
-        elif not dims:
+        elif not dims or name in operands:
             axes[name] = None
         elif symbol is not None and symbol in dims:
             axes[name] = dims.index(symbol)
@@ -219,6 +224,30 @@ def batch_axes_of(m: onnx.ModelProto, given=None) -> dict:
         else:
             axes[name] = 0
     return axes
+
+
+#: the operands of each op that hold shapes, sizes, axes, pads, repeats or counts (by input index)
+SHAPE_OPERANDS = {"Reshape": (1,), "Expand": (1,), "Tile": (1,), "ConstantOfShape": (0,), "Resize": (2, 3),
+                  "Upsample": (1,), "Slice": (1, 2, 3, 4), "Pad": (1, 3), "Split": (1,), "Squeeze": (1,),
+                  "Unsqueeze": (1,), "TopK": (1,), "OneHot": (1,), "CenterCropPad": (1, 2), "Range": (0, 1, 2),
+                  "ReduceSum": (1,), "ReduceMean": (1,), "ReduceMax": (1,), "ReduceMin": (1,), "ReduceProd": (1,),
+                  "ReduceL1": (1,), "ReduceL2": (1,), "ReduceLogSum": (1,), "ReduceLogSumExp": (1,),
+                  "ReduceSumSquare": (1,), "Col2Im": (1, 2), "AffineGrid": (1,)}
+_INTEGER_TYPES = {onnx.TensorProto.INT64, onnx.TensorProto.INT32}
+
+
+def shape_operand_inputs(m: onnx.ModelProto) -> set[str]:
+    """The integer inputs of ``m`` that every node reading them (in the main graph) takes as a shape-like
+    operand (:data:`SHAPE_OPERANDS`): a ``sizes`` or ``shape`` fed beside the data."""
+    integer = {vi.name for vi in model_inputs(m) if vi.type.HasField("tensor_type")
+               and vi.type.tensor_type.elem_type in _INTEGER_TYPES}
+    as_operand, otherwise = set(), set()
+    for node in m.graph.node:
+        positions = SHAPE_OPERANDS.get(node.op_type, ()) if node.domain in ("", "ai.onnx") else ()
+        for i, name in enumerate(node.input):
+            if name in integer:
+                (as_operand if i in positions else otherwise).add(name)
+    return as_operand - otherwise
 
 
 def _reaching_output_rows(m: onnx.ModelProto, names: list[str]) -> set[str]:

@@ -109,3 +109,31 @@ def test_conv_with_an_attributed_kernel_sums_to_the_true_difference():
     total = attr["x"].reshape(3, -1).sum(1) + attr["w"].reshape(3, -1).sum(1)
     assert np.abs(attr["w"]).sum() > 0
     np.testing.assert_allclose(total, diff, rtol=0, atol=1e-5 * np.abs(diff).max())
+
+
+def _resize_to_sizes_model() -> onnx.ModelProto:
+    """A fully static export (no batch symbol) whose Resize reads its target ``sizes`` from a model input."""
+    rng = np.random.default_rng(5)
+    w = numpy_helper.from_array(rng.standard_normal((2, 3, 3, 3)).astype(np.float32), "w")
+    axes = numpy_helper.from_array(np.array([2, 3], np.int64), "spatial")
+    nodes = [helper.make_node("Resize", ["x", "", "", "sizes"], ["r"], mode="linear"),
+             helper.make_node("Conv", ["r", "w"], ["c"]),
+             helper.make_node("ReduceMean", ["c", "spatial"], ["y"], keepdims=0)]
+    graph = helper.make_graph(nodes, "resize_to_sizes",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [3, 3, 7, 7]),
+                               helper.make_tensor_value_info("sizes", TensorProto.INT64, [4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [3, 2])], initializer=[w, axes])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=8), w
+
+
+def test_an_integer_sizes_input_of_a_static_model_is_not_batched_and_the_gradient_is_autographs():
+    model, w = _resize_to_sizes_model()
+    assert onnxplain.inspect(model)["batch_axes"] == {"x": 0, "sizes": None}
+    ex = onnxplain.Explainer(model, "gradient", inputs="x")
+    x = np.random.default_rng(6).standard_normal((3, 3, 7, 7)).astype(np.float32)
+    got = ex.explain({"x": x, "sizes": np.array([3, 3, 10, 9], np.int64)}, target=[0, 1, 0])
+    xt = torch.from_numpy(x).requires_grad_()
+    up = torch.nn.functional.interpolate(xt, size=(10, 9), mode="bilinear", align_corners=False)
+    y = torch.nn.functional.conv2d(up, torch.from_numpy(numpy_helper.to_array(w))).mean((2, 3))
+    y[torch.arange(3), torch.tensor([0, 1, 0])].sum().backward()
+    assert_close(got, xt.grad, 1e-4)
