@@ -122,6 +122,7 @@ class Interface:
         self.explained = value_info_tensor(explained)
         self.attributions = [self._attribution(key) for key in explainer.spec.wrt]
         self.parameters = self._parameters()
+        self.vocabularies = lookup_tables(explainer.model)
 
     # ------------------------------------------------------------------ metadata
     @property
@@ -140,7 +141,14 @@ class Interface:
         return self.attributions + delta + self.model_outputs
 
     def _attribution(self, key: str) -> Tensor:
+        """The attribution's tensor: as the explanation graph declares it when the graph returns it (its shape
+        can differ from the attributed tensor's: Grad-CAM's map, upsampled or not, summed over channels or not,
+        per call), else shaped like the attributed tensor (the forward-only methods)."""
         spec = self.explainer.spec
+        name = spec.attribution_name(key)
+        declared = next((o for o in self.explainer.graph.graph.output if o.name == name), None)
+        if declared is not None and declared.type.HasField("tensor_type"):
+            return value_info_tensor(declared, name)
         point = next(p for p in spec.points if p.key == key)
         graph = self.explainer.model.graph
         infos = list(graph.input) + list(graph.value_info) + list(graph.output)
@@ -197,6 +205,7 @@ class Interface:
             raise RequestError(f"every model input needs the same number of rows (the batch); got {rows}")
         if not self.explainer.method.forward_only:
             self._refuse_non_finite(inputs)
+        self._refuse_unknown_ids(arrays)
         target, weights = self._target(arrays)
         params = dict(self.defaults)
         params.update(self._params(arrays))
@@ -230,6 +239,22 @@ class Interface:
                 raise RequestError(f"input {name!r} holds NaN or infinite values; method "
                                    f"{self.explainer.method.name!r} differentiates the model and needs finite "
                                    f"inputs (the perturbation methods can take them)")
+
+    def _refuse_unknown_ids(self, arrays) -> None:
+        """Token ids (and integer baselines of token inputs) outside a lookup table the model reads them with are
+        the request's mistake: refused by name before anything runs."""
+        carried = {p.tensor.name: p.carrier for p in self.parameters if p.kind == "like_input"}
+        for name, a in arrays.items():
+            source = name if name in self.vocabularies else carried.get(name)
+            if source not in self.vocabularies or a.dtype.kind not in "iu" or not a.size:
+                continue
+            for node, rows in self.vocabularies[source]:
+                outside = (a < -rows) | (a >= rows)
+                if outside.any():
+                    where = tuple(int(i) for i in np.argwhere(outside)[0])
+                    raise RequestError(f"input {name!r} holds token id {int(a[where])} at index {list(where)}, "
+                                       f"outside the vocabulary of the lookup table {node!r} ({rows} entries: "
+                                       f"ids 0..{rows - 1}); give ids the model's tokenizer produces")
 
     def _target(self, arrays):
         target, weights = arrays.get(TARGET), arrays.get(TARGET_WEIGHTS)
@@ -281,6 +306,37 @@ class Interface:
             forward = ex.forward(inputs)
             out.update({k: forward[k] for k in model_outputs})
         return {w: out[w] for w in wanted}
+
+
+# ---------------------------------------------------------------------- token ids
+def lookup_tables(model) -> dict[str, list[tuple[str, int]]]:
+    """The lookup tables integer model inputs index: ``{input: [(node name, rows), ...]}``.
+
+    A lookup is a Gather whose indices are the input (directly or through Cast, Identity or Reshape-like ops that
+    keep the values) and whose data is an initializer or a Constant of known size along the gathered axis (an
+    embedding).  Gather takes ids in ``-rows..rows-1`` (negative ones count from the end), so those pass.
+    """
+    graph = model.graph
+    inits = {i.name: tuple(i.dims) for i in graph.initializer}
+    for node in graph.node:
+        if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
+            inits[node.output[0]] = tuple(node.attribute[0].t.dims)
+    integer = (TensorProto.INT64, TensorProto.INT32, TensorProto.INT16, TensorProto.INT8, TensorProto.UINT8,
+               TensorProto.UINT16, TensorProto.UINT32, TensorProto.UINT64)
+    origin = {vi.name: vi.name for vi in graph.input
+              if vi.name not in inits and vi.type.tensor_type.elem_type in integer}
+    tables: dict[str, list[tuple[str, int]]] = {}
+    for node in graph.node:               # nodes are in topological order
+        if node.op_type in ("Cast", "Identity", "Squeeze", "Unsqueeze", "Reshape", "Flatten") and node.input \
+                and node.input[0] in origin:
+            origin[node.output[0]] = origin[node.input[0]]
+        elif node.op_type == "Gather" and len(node.input) > 1 and node.input[1] in origin \
+                and node.input[0] in inits:
+            axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
+            dims = inits[node.input[0]]
+            if dims and -len(dims) <= axis < len(dims):
+                tables.setdefault(origin[node.input[1]], []).append((node.name or node.output[0], int(dims[axis])))
+    return tables
 
 
 # ---------------------------------------------------------------------- tensors
