@@ -769,3 +769,74 @@ def plot_explanation(explainer, inputs, attributions, path, *, tokens=None, feat
     draw = token_html if os.fspath(path).lower().endswith(".html") else token_picture
     return draw(words, scores, title=f"{explainer.method_name} attributions of {explainer.output!r}",
                 row_labels=labels, path=path, **options)
+
+
+# ---------------------------------------------------------------------- evaluation curves
+CURVE_SUFFIXES = (".png", ".svg", ".pdf")
+
+
+def flipping_curves(curves: dict, *, row_labels=None, max_rows: int = MAX_ROWS, title: str | None = None,
+                    path=None):
+    """The deletion and insertion curves (:func:`onnxplain.metrics.deletion` / ``insertion``), a panel each.
+
+    curves: by name (``"deletion"``, ``"insertion"``), objects with ``fractions`` ``(K,)``, ``values``
+        ``(N, K)`` and ``area`` ``(N,)`` (:class:`onnxplain.metrics.FlippingCurve`).
+    Each panel draws the explained output against the fraction of features flipped: a thin line per row (the
+    first ``max_rows``, labelled by ``row_labels``, default ``#0``, ``#1``...) and the mean over all rows
+    as a thick black line, the area under each curve in the legend.  A good attribution makes the deletion
+    curve fall fast (small area) and the insertion curve rise fast (large area).
+    Returns the figure; writes it to ``path`` when given.
+    """
+    if not curves:
+        raise ValueError("no curves to draw: give deletion and/or insertion curves")
+    checked = {}
+    for name, c in curves.items():
+        fr, v, area = (np.asarray(c.fractions, np.float64), np.asarray(c.values, np.float64),
+                       np.asarray(c.area, np.float64))
+        if fr.ndim != 1 or v.ndim != 2 or v.shape[1] != fr.size or area.shape != (v.shape[0],):
+            raise ValueError(f"curve {name!r}: expected fractions (K,), values (N, K) and area (N,), got "
+                             f"{fr.shape}, {v.shape} and {area.shape}")
+        checked[name] = (fr, v, area)
+    n = next(iter(checked.values()))[1].shape[0]
+    rows = min(n, int(max_rows))
+    labels = [f"#{r}" for r in range(rows)] if row_labels is None else [str(v) for v in list(row_labels)[:rows]]
+    if len(labels) != rows:
+        raise ValueError(f"row_labels has {len(labels)} entries for {rows} drawn rows")
+    fig = _new_figure(4.6 * len(checked) + (1.3 if rows > 1 else 0), 3.6 + (0.3 if title else 0))
+    axes = np.asarray(fig.subplots(1, len(checked), squeeze=False)).reshape(-1)
+    for ax, (name, (fr, v, area)) in zip(axes, checked.items()):
+        _curve_panel(ax, name, fr, v, area, labels)
+    if rows > 1:
+        handles, texts = axes[-1].get_legend_handles_labels()
+        fig.legend(handles[:rows], texts[:rows], loc="outside right upper", fontsize=7, frameon=False,
+                   title="rows" + (f" (first {rows} of {n})" if rows < n else ""), title_fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    if path is not None:
+        save(fig, path)
+    return fig
+
+
+def _curve_panel(ax, name: str, fractions: np.ndarray, values: np.ndarray, area: np.ndarray, labels) -> None:
+    colours = _row_colours(len(labels))
+    for r, label in enumerate(labels):
+        ax.plot(fractions, values[r], color=colours[r], linewidth=1.0, alpha=0.8, label=label)
+    mean = values.mean(axis=0)
+    (line,) = ax.plot(fractions, mean, color="black", linewidth=2.2, label="mean")
+    ax.legend([line], [f"mean of {len(values)} row(s), area {area.mean():.4g}"], fontsize=7, loc="best",
+              frameon=False)
+    ax.set_xlim(0.0, 1.0)
+    ax.set_xlabel("fraction of features " + ("inserted" if name == "insertion" else "deleted")
+                  + ", most relevant first", fontsize=8)
+    ax.set_ylabel("explained output", fontsize=8)
+    ax.set_title(name, fontsize=9)
+    ax.tick_params(labelsize=7)
+    ax.grid(color="#e5e5e5", linewidth=0.6)
+    for side in ("top", "right"):
+        ax.spines[side].set_visible(False)
+
+
+def _row_colours(n: int) -> list:
+    import matplotlib
+    cmap = matplotlib.colormaps["tab10" if n <= 10 else "tab20"]
+    return [cmap(r % cmap.N) for r in range(n)]
