@@ -87,10 +87,14 @@ class VJPContext:
     def dy_or_zeros(self, k: int) -> str:
         return self.dy[k] if self.dy[k] is not None else self.b.zeros_like(self.node.output[k])
 
-    def walk(self, region: GraphBuilder, seeds: dict[str, str], wrt: list[str]) -> dict[str, str]:
+    def walk(self, region: GraphBuilder, seeds: dict[str, str], wrt: list[str], ref=None) -> dict[str, str]:
         """The backward pass of the nodes of ``region`` (a child builder: a loop body, a branch, an
         expansion of a fused op), with this walk's rules, modified-rule parameters and, for DeepLIFT,
-        a partner map of the region's own tensors (a body's tensors are split at their own axis 0)."""
+        a partner map of the region's own tensors (a body's tensors are split at their own axis 0).
+        ``ref``: the partner map to use instead (a loop whose reference iterations run in a loop of
+        their own, :mod:`onnxplain.vjp.control_flow`)."""
+        if ref is not None:
+            return reverse_walk(region, seeds, wrt, self.rules, ref, self.params)
         if self.ref is not None and not self.ref.stacked:
             name = self.node.name or self.node.output[0]
             raise UnsupportedOperatorError([self.node], f"DeepLIFT's rules inside the {self.node.op_type} node {name!r} "

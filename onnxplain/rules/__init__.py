@@ -70,6 +70,12 @@ class Partner:
         b = self.b
         return b.div(b.reshape(b.op("Size", t), b.ints([1])), b.ints([2]))
 
+    @staticmethod
+    def paired(b, pairs: dict, shared) -> "PairedPartner":
+        """The partner map of a region whose references run apart from its inputs (a loop's reference
+        iterations): :class:`PairedPartner` over ``pairs``."""
+        return PairedPartner(b, pairs, shared)
+
 
 class PairedPartner:
     """``partner(t)`` when the inputs and the references run through two copies of the forward pass
@@ -116,6 +122,7 @@ class PairedPartner:
         raise self._unsupported(t)
 
     bottom_offset = half
+    paired = staticmethod(Partner.paired)
 
     @staticmethod
     def _unsupported(t: str) -> Exception:

@@ -17,7 +17,8 @@ from ..vjp import register
 from ..vjp._common import Reduction, const_value, fail
 from ..vjp.pool import max_pool_indices
 from . import NONLINEAR_UNARY, standard_rule
-from .rescale_common import (below_eps, differs_from_reference, extremum_multipliers, midpoint, node_attributes,
+from ..vjp._common import differs_from_reference
+from .rescale_common import (below_eps, extremum_multipliers, midpoint, node_attributes,
                              plain_gradient, reference, safe_ratio, shapley_weight)
 
 #: This family's rules (assembled with the others into :data:`onnxplain.rules.deeplift.RESCALE`).

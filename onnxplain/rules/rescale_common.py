@@ -59,28 +59,6 @@ def midpoint(ctx, t: str) -> str:
     return mid
 
 
-#: Ops whose output is the shape of their input, not its values: the same for a row and its reference.
-SHAPE_ONLY = ("Shape", "Size")
-
-
-def differs_from_reference(ctx, name: str) -> bool:
-    """Whether ``name`` (of any type: a boolean condition, integer indices) may differ between a row and its
-    reference: it is computed from an attributed tensor or from an input that takes baselines, other than
-    through its shape (``Expand(constant, Shape(x))`` does not vary)."""
-    varying = set(ctx.active) | set(ctx.params.get("varying", ()))
-    producer = {o: n for n in ctx.b.nodes for o in n.output if o}
-    seen, todo = set(), [name]
-    while todo:
-        t = todo.pop()
-        if t in varying:
-            return True
-        if t in seen or t not in producer or producer[t].op_type in SHAPE_ONLY:
-            continue
-        seen.add(t)
-        todo.extend(i for i in producer[t].input if i)
-    return False
-
-
 # ------------------------------------------------------------------------------------ extrema
 def extremum_multipliers(ctx, x: str, z: str, keep, sum_keep, top_op: str) -> tuple[str, str, str]:
     """The cross-extremum rule's multipliers of ``x`` for its extremum ``z`` over some axes (``top_op="Max"``

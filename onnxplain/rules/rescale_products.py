@@ -35,7 +35,8 @@ from ..vjp.indexing import ScatterLayout, scatter_mul
 from ..vjp.reduce import (cumprod_after, cumprod_axis, cumprod_before, extent, products_after, products_before,
                           reduce_prod_axes)
 from .rescale import rescale_selection
-from .rescale_common import below_eps, differs_from_reference, midpoint, plain_gradient, reference, safe_ratio
+from ..vjp._common import differs_from_reference
+from .rescale_common import below_eps, midpoint, plain_gradient, reference, safe_ratio
 
 #: This family's rules (assembled with the others into :data:`onnxplain.rules.deeplift.RESCALE`).
 TABLE: dict = {}

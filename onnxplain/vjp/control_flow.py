@@ -14,15 +14,26 @@ the same walk (and so the same modified rules) as the outer graph:
   summed over iterations in extra loop-carried values; scanned inputs get their
   cotangent slices as scan outputs of the reverse loop.  The trip count is read
   at run time from the kept values, so loops that stop on a condition work too.
+
+For DeepLIFT a Loop's body meets its reference in a loop of its own: the forward
+``Loop`` is run a second time on the references of everything it reads (the other
+half of the stacked batch ``[inputs; references]``, or the other copy of the
+forward pass under ``batch_size``), for exactly as many iterations, and the reverse
+loop recomputes iteration ``i`` of both runs, so each body tensor's reference is
+the same tensor of the reference run (:class:`onnxplain.rules.PairedPartner`).
+This holds whatever the loop iterates over: a loop over the rows of the batch
+(iteration ``i`` reads row ``i``, whose reference row the reference run reads at
+the same iteration) as well as a loop over time that carries the whole batch.
 """
 from __future__ import annotations
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper
+from onnx import TensorProto, helper, numpy_helper
 
 from ..errors import UnsupportedOperatorError
-from ..graph import FLOAT_TYPES, GraphBuilder, outer_reads
+from ..graph import FLOAT_TYPES, GraphBuilder, all_names, outer_reads, subgraphs
+from ._common import differs_from_reference
 from .registry import register
 
 _LAST = np.iinfo(np.int64).max
@@ -80,13 +91,85 @@ def vjp_loop(ctx):
         values.update({s: rev.op("Gather", kept_s, i, axis=0) for s, kept_s in zip(states, kept_states)})
         return values
 
+    reference = None
+    # a body holding control flow of its own keeps the stacked pairing (its If / Scan rules walk stacked halves)
+    if ctx.ref is not None and not (ctx.ref.stacked and any(subgraphs(n) for n in body.node)):
+        ref_body, renamed, ref_kept, pairs = _reference_loop(ctx, node, body, trip, kept[1:])
+
+        def reference_values(rev, i):
+            values = {renamed[body.input[0].name]: i, renamed[body.input[1].name]: rev.const(True, np.bool_)}
+            values.update({renamed[s]: rev.op("Gather", k, i, axis=0) for s, k in zip(states, ref_kept)})
+            return values
+        reference = (ref_body, reference_values, pairs)
+
     def slice_seeds(rev, i):
         return {name: rev.op("Gather", dy, i, axis=0) for name, dy in scan_dy.items() if dy is not None}
 
     carried = _reverse_iterations(ctx, body, trip, states, [body.output[1 + k].name for k in range(n_states)],
                                   list(ctx.dy[:n_states]), node.output[:n_states], iteration_values, slice_seeds,
-                                  scanned=[])
+                                  scanned=[], reference=reference)
     return [None, None] + carried[0]
+
+
+def _reference_loop(ctx, node: onnx.NodeProto, body: onnx.GraphProto, trip: str, kept: list[str]):
+    """DeepLIFT: the forward ``Loop`` (with its kept values) run again on the references of what it reads.
+
+    The copy runs exactly ``trip`` iterations (its condition held true), so that iteration ``i`` of the copy
+    is the reference of iteration ``i`` of the forward loop even where the loop stops on a condition.
+    Returns ``(body of the copy, body name -> copy name, the copy's kept states (iterations, *state),
+    partner map of every body tensor and outer tensor the body reads)``."""
+    b = ctx.b
+    outer = sorted(outer_reads(body))
+    partner = {t: _partner_of(ctx, node, t) for t in outer}
+    renamed = {t: b.fresh(f"{t}__ref") for t in sorted(all_names(body) - set(outer))}
+    for t, new in renamed.items():
+        if b.elem_type(t) is not None:
+            b.set_type(new, b.elem_type(t), b.shape(t))
+    ref_body = onnx.GraphProto()
+    ref_body.CopyFrom(body)
+    _rename_graph(ref_body, {**renamed, **partner})
+    always = b.fresh("reference_cond")
+    ref_body.node.append(helper.make_node("Constant", [], [always], name=b.fresh("onnxplain_reference_cond"),
+                                          value=numpy_helper.from_array(np.array(True))))
+    ref_body.output[0].name = always
+    initial = [_partner_of(ctx, node, v) for v in node.input[2:]]
+    outputs = [b.fresh(f"{o}__ref") if o else "" for o in node.output]
+    b.op("Loop", b.reshape(trip, b.ints([])), b.const(True, np.bool_), *initial, outputs=outputs, body=ref_body)
+    ref_kept = []
+    for k, v in zip(kept, initial):
+        stacked = outputs[list(node.output).index(k)]
+        ref_kept.append(_unstack_loop_output(b, stacked, b.shape_of(v)))
+        b.set_type(ref_kept[-1], b.elem_type(k), b.shape(k))
+    pairs = {t: renamed[t] for t in renamed}
+    pairs.update(partner)
+    return ref_body, renamed, ref_kept, pairs
+
+
+def _partner_of(ctx, node: onnx.NodeProto, t: str) -> str:
+    """The reference of ``t``, read by a Loop, for the Loop's reference run (``t`` itself where it is the same
+    for a row and its reference)."""
+    if not t or (t not in ctx.active and ctx.ref.stacked and not differs_from_reference(ctx, t)):
+        return t
+    if ctx.ref.stacked and t not in ctx.active and ctx.b.rank(t) == 0:
+        name = node.name or node.output[0]
+        raise UnsupportedOperatorError([node], f"DeepLIFT through the Loop node {name!r}: it reads {t!r}, a scalar that "
+                                               f"is computed from the input, so the rows and their references (run "
+                                               f"in one batch) cannot each get their own value of it; explain this "
+                                               f"model with batch_size=1")
+    return ctx.ref(t)
+
+
+def _rename_graph(graph: onnx.GraphProto, mapping: dict) -> None:
+    """Rename tensors throughout ``graph`` and its subgraphs (inputs, outputs, initializers, nodes)."""
+    for vi in list(graph.input) + list(graph.output) + list(graph.value_info):
+        vi.name = mapping.get(vi.name, vi.name)
+    for init in graph.initializer:
+        init.name = mapping.get(init.name, init.name)
+    for n in graph.node:
+        n.input[:] = [mapping.get(i, i) for i in n.input]
+        n.output[:] = [mapping.get(o, o) for o in n.output]
+        for g in subgraphs(n):
+            _rename_graph(g, mapping)
 
 
 # ---------------------------------------------------------------------- Scan
@@ -145,7 +228,7 @@ def vjp_scan(ctx):
 # ---------------------------------------------------------------------- shared machinery
 def _reverse_iterations(ctx, body: onnx.GraphProto, trip: str, states: list[str], state_outputs: list[str],
                         final_dy: list, final_values: list[str], iteration_values, slice_seeds, scanned: list[str],
-                        scanned_shapes: list[str] = ()):
+                        scanned_shapes: list[str] = (), reference=None):
     """Emit the reverse loop; return (cotangents of the initial states, stacked slice cotangents of ``scanned``).
 
     ``iteration_values(rev, i)`` gives the body inputs' values at forward
@@ -153,6 +236,8 @@ def _reverse_iterations(ctx, body: onnx.GraphProto, trip: str, states: list[str]
     output slices at that iteration.  Float states carry cotangents; the outer
     tensors the body reads that depend on an attributed input get theirs summed.
     ``scanned_shapes`` are the shapes (1-D int64 tensors) of one slice of each of ``scanned``.
+    ``reference`` (DeepLIFT): ``(body of the reference run, values of its inputs at iteration i, partner
+    map)``; the reverse body recomputes both runs' iteration and walks with the partner map.
     """
     b = ctx.b
     float_states = [k for k, s in enumerate(states) if _body_type(body, s) in FLOAT_TYPES]
@@ -174,11 +259,18 @@ def _reverse_iterations(ctx, body: onnx.GraphProto, trip: str, states: list[str]
     for name, value in values.items():
         rev.op("Identity", value, outputs=[name])
     _recompute(rev, body)
+    walk_ref = None
+    if reference is not None:
+        ref_body, reference_values, pairs = reference
+        for name, value in reference_values(rev, i).items():
+            rev.op("Identity", value, outputs=[name])
+        _recompute(rev, ref_body)
+        walk_ref = ctx.ref.paired(rev, pairs, [init.name for init in b.initializers])
     seeds = slice_seeds(rev, i)
     for k, d in zip(float_states, d_states):
         _add_seed(rev, seeds, state_outputs[k], d)
     wrt = [states[k] for k in float_states] + list(scanned) + outer
-    grads = ctx.walk(rev, seeds, list(dict.fromkeys(wrt)))
+    grads = ctx.walk(rev, seeds, list(dict.fromkeys(wrt)), ref=walk_ref)
 
     rev.outputs.append(b.typed(rev.op("Identity", rev.const(True, np.bool_)), TensorProto.BOOL))
     for k in float_states:
