@@ -28,6 +28,7 @@ PARAMS = {
     "gradient_shap": dict(baselines=BASELINES, n_samples=4),
     "layer_conductance": dict(n_steps=5),
     "internal_influence": dict(n_steps=5),
+    "neuron_conductance": dict(n_steps=5, neuron_selector=(1,)),
     "occlusion": dict(sliding_window_shapes=(2,), strides=1),
     "shapley_sampling": dict(n_samples=3, seed=0),
     "shapley_values": dict(feature_mask=np.array([[0, 0, 1, 2, 3, 3]])),
@@ -54,8 +55,11 @@ def expanded_rows(method: str, feeds: dict) -> int:
         return 2 * n * feeds["baselines"].shape[0]
     if method == "deeplift":
         return 2 * n
-    if method == "gradient_shap":   # per sample: an interpolated row, and the noisy input and baseline of delta
-        return n * (3 * feeds["alphas"].shape[0] + 1)
+    if method == "gradient_shap":   # per sample an interpolated row; the noisy inputs and baselines of delta,
+        samples = feeds["alphas"].shape[0]   # per sample, or one of each when the call wants no delta
+        return n * (1 + samples + 2 * (samples if feeds["with_delta"] else 1))
+    if method == "neuron_conductance":   # the steps, then the inputs (no baseline block: it has no delta)
+        return n * (len(feeds["alphas"]) + 1)
     if "alphas" in feeds:
         return n * (len(feeds["alphas"]) + 2)
     noise = [v for k, v in feeds.items() if k.startswith("noise")]

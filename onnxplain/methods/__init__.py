@@ -10,6 +10,7 @@ from .gradient_shap import GradientShap
 from .integrated_gradients import IntegratedGradients
 from .layer_path import InternalInfluence, LayerConductance
 from .lrp import LRP
+from .neuron import NeuronConductance
 from .noise_tunnel import NT_PARAMETERS, NT_TYPES, NoiseTunnel, SmoothGrad, SmoothGradSquared, VarGrad
 from .occlusion import Occlusion
 from .params import Offered, Param, markdown_table, offered
@@ -19,7 +20,7 @@ from .transformer_lrp import AttnLRP, ConservativeLRP
 
 _CLASSES = [Saliency, Gradient, InputXGradient, IntegratedGradients, SmoothGrad, SmoothGradSquared, VarGrad,
             DeepLift, DeepLiftShap, GradientShap, EpsilonLRP, LRP, ConservativeLRP, AttnLRP, GuidedBackprop,
-            Deconvolution, GradCam, GuidedGradCam, InternalInfluence, LayerConductance,
+            Deconvolution, GradCam, GuidedGradCam, InternalInfluence, LayerConductance, NeuronConductance,
             Occlusion, FeatureAblation, FeaturePermutation, ShapleySampling, ShapleyValues, KernelShap, Lime]
 
 METHODS: tuple[str, ...] = tuple(c.name for c in _CLASSES)

@@ -145,10 +145,10 @@ class Method:
             attrs = {k: out[k] if weight == 1 else (out[k] * weight).astype(out[k].dtype) for k in names}
             if delta and (gap is None or self.mixes_parts):
                 # f(x) - f(b) of each row: from the first of additive parts, weighted over a mixture's
-                part_gap = (sum(_row_sums(out[k]) for k in names) - out["delta"]) * weight
+                part_gap = (sum(row_sums(out[k]) for k in names) - out["delta"]) * weight
                 gap = part_gap if gap is None else gap + part_gap
             total = attrs if total is None else {k: total[k] + attrs[k] for k in names}
-        return total, (sum(_row_sums(total[k]) for k in names) - gap if delta else None)
+        return total, (sum(row_sums(total[k]) for k in names) - gap if delta else None)
 
     def call_parts(self, params: dict, runner, feeds: dict, row_bytes: int, delta: bool = True) -> list[dict]:
         """The parts of one call (:meth:`parts` within the runner's budget), without the delta's rows when
@@ -539,5 +539,6 @@ def ex_float(spec: Spec) -> np.dtype:
     return np.dtype(np.float32)
 
 
-def _row_sums(a: np.ndarray) -> np.ndarray:
+def row_sums(a: np.ndarray) -> np.ndarray:
+    """``(N,)`` float64: the sum of each row of ``a`` (all axes but the first)."""
     return a.reshape(a.shape[0], -1).sum(axis=1, dtype=np.float64)

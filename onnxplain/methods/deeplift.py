@@ -10,9 +10,14 @@ attribution of a (row, baseline) pair is ``(x - b) * multiplier`` (Captum's
 "global" attribution), or the multiplier alone with ``multiply_by_inputs=False``
 (Captum's "local" one, a feed: no rebuild); DeepLiftShap averages it over the
 baselines.  ``delta`` is always the completeness residual of ``(x - b) * multiplier``.
+
+The graph also returns the multipliers themselves, per (row, baseline) pair: ``multipliers`` (or
+``multipliers_<input>``), shaped ``(N, K, *row)``.  They are what Captum's ``custom_attribution_func``
+reads: given one, :meth:`DeepLift.run` applies it to them after the run (see :func:`apply_custom`).
 """
 from __future__ import annotations
 
+import inspect
 import json
 
 import numpy as np
@@ -24,8 +29,8 @@ from ..rules import PairedPartner, Partner
 from ..rules.deeplift import RESCALE
 from .base import (Method, Spec, baseline_feeds, batch_rows, check_n_baselines, declare_baselines, declare_param,
                    declare_target_weights, draw_rows, emit_attribution, emit_outputs, ex_float, flatten_steps,
-                   forward_per_block, open_forward, per_row_sum, rows, split_steps, tile_rows)
-from .params import BASELINES, DRAW_SEED, MULTIPLY_BY_INPUTS, N_BASELINES, Param
+                   forward_per_block, open_forward, per_row_sum, row_sums, rows, split_steps, tile_rows)
+from .params import BASELINES, CUSTOM_ATTRIBUTION_FUNC, DRAW_SEED, MULTIPLY_BY_INPUTS, N_BASELINES, Param
 
 DEFAULT_EPS = 1e-10   # Captum's threshold below which the Rescale rule falls back to the gradient
 
@@ -40,13 +45,19 @@ class DeepLift(Method):
                   Param("eps", DEFAULT_EPS, "float", "the Rescale rule's threshold: where |z - z_ref| is below it, "
                         "the multiplier is the gradient"),
                   MULTIPLY_BY_INPUTS.but(doc="multiply the multipliers by x - baseline (False: the multipliers "
-                                             "alone)"))
+                                             "alone)"),
+                  CUSTOM_ATTRIBUTION_FUNC)
     row_axes = {"baselines": 0}
     overrides = RESCALE
     #: whether the graph also reports every node's relevance in and out (:func:`emit_audit`)
     audited = False
 
     def build(self, b, spec: Spec) -> None:
+        if self.defaults["custom_attribution_func"] is not None:
+            raise ValueError(f"custom_attribution_func is a Python callable, applied to the multipliers after a run; "
+                             f"a standalone graph cannot hold it. Convert {self.name!r} without it: the graph "
+                             f"returns the multipliers (output {multipliers_name(spec, spec.wrt[0])!r}, shaped "
+                             f"(N, K, *row)) for a client to apply its own function to")
         inside, outputs = open_forward(b, spec)
         tw = declare_target_weights(b, spec)
         eps = declare_param(b, "eps", b.elem_type(spec.output) or TensorProto.FLOAT, 0,
@@ -84,6 +95,7 @@ class DeepLift(Method):
             on_x = rows(b, t, b.ints([0]), n)
             # (K, N, *row): multipliers of each (baseline, row) pair and the pair's difference
             multipliers = split_steps(b, grads[t], k, on_x)
+            emit_multipliers(b, spec, point, multipliers)
             diff = b.reshape(b.sub(rows(b, t, b.ints([0]), half), rows(b, t, half, half)), b.shape_of(multipliers))
             contributions = b.mul(multipliers, diff)
             totals.append(per_row_sum(b, b.reduce("ReduceMean", contributions, [0], keepdims=0), b.rank(t)))
@@ -103,6 +115,7 @@ class DeepLift(Method):
 
     def check_params(self, params):
         p = super().check_params(params)
+        check_custom(p["custom_attribution_func"])
         if not np.isscalar(p["eps"]) or not p["eps"] >= 0:
             raise ValueError(f"eps must be a non-negative float, got {p['eps']!r}")
         if not isinstance(p["multiply_by_inputs"], (bool, np.bool_)):
@@ -111,7 +124,50 @@ class DeepLift(Method):
         return p
 
     def parts(self, params, spec, inputs, bytes_per_row, budget):
+        refuse_custom_here(self.name, params)
         return [{**self.scalar_feeds(params, spec), **self.baselines(params, spec, inputs)}]
+
+    def run(self, runner, feeds, tw, params, delta: bool = True):
+        """Captum's attributions, or with ``custom_attribution_func`` the function applied to the multipliers of
+        each (row, baseline) pair, averaged over the baselines (weighted over parts of baselines); ``delta`` is
+        then ``sum(attributions) - (f(x) - f(baselines))`` of those attributions, as Captum computes it."""
+        func = params["custom_attribution_func"]
+        plain = {**params, "custom_attribution_func": None}
+        if func is None:
+            return super().run(runner, feeds, tw, plain, delta=delta)
+        spec = runner.spec
+        layers = [p.key for p in spec.points if not p.is_input]
+        if layers:
+            raise ValueError(f"custom_attribution_func takes the multipliers, inputs and baselines of the model's "
+                             f"floating-point inputs; {layers} (a layer or a token embedding) have no baselines of "
+                             f"their own to give it: attribute the inputs, or drop the function")
+        names = [spec.attribution_name(p.key) for p in spec.points]
+        mult = [multipliers_name(spec, p.key) for p in spec.points]
+        row_bytes = runner.row_cost(feeds)
+        parts = self.call_parts(plain, runner, feeds, row_bytes, delta)
+        total, gap = None, 0.0
+        for part, weight in zip(parts, self.part_weights(parts)):
+            out = runner.run_rows(feeds, tw, part, mult + (["delta"] if delta else []), row_bytes)
+            multipliers = [out[w] for w in mult]
+            x = [np.asarray(feeds[p.carrier]) for p in spec.points]
+            refs = [np.broadcast_to(_pair_baselines(part[spec.param("baselines", p.carrier)], self.shared_baselines),
+                                    m.shape) for p, m in zip(spec.points, multipliers)]
+            attrs = apply_custom(func, multipliers, x, refs)
+            # f(x) - f(b), from the graph's delta of the standard attributions (x - b) * multiplier
+            if delta:
+                standard = sum(row_sums(np.mean((xi[:, None] - r) * m, axis=1))
+                               for xi, r, m in zip(x, refs, multipliers))
+                gap = gap + weight * (standard - out["delta"].astype(np.float64))
+            weighted = [a * weight for a in attrs]
+            total = weighted if total is None else [t + a for t, a in zip(total, weighted)]
+        result = {k: a.astype(xi.dtype) for k, a, xi in zip(names, total, x)}
+        return result, (sum(row_sums(a) for a in total) - gap if delta else None)
+
+    def estimate(self, runner, feeds, tw, params, delta: bool = True):
+        return super().estimate(runner, feeds, tw, {**params, "custom_attribution_func": None}, delta=delta)
+
+    #: whether the baselines are a set shared by every row (DeepLiftShap's) rather than one per row
+    shared_baselines = False
 
     @staticmethod
     def scalar_feeds(params, spec) -> dict:
@@ -151,6 +207,7 @@ class DeepLiftShap(DeepLift):
     row_axes = {}
     mixes_parts = True
     shapley_like = True
+    shared_baselines = True
 
     def references(self, b, spec, x):
         base = declare_baselines(b, spec, x, None)
@@ -196,6 +253,7 @@ class DeepLiftShap(DeepLift):
 
     def parts(self, params, spec, inputs, bytes_per_row, budget):
         """The baselines in parts whose (row, baseline) pairs fit the budget for one input row."""
+        refuse_custom_here(self.name, params)
         shared = self.scalar_feeds(params, spec)
         bases = self.baselines(params, spec, inputs)
         count = next(iter(bases.values())).shape[0]
@@ -217,6 +275,89 @@ class DeepLiftShap(DeepLift):
 
     def limit_hint(self):
         return "give at most batch_size baselines"
+
+
+def multipliers_name(spec: Spec, key: str) -> str:
+    """The graph output with the multipliers of attributed tensor ``key``: ``multipliers`` (or
+    ``multipliers_<key>`` when several tensors are attributed)."""
+    return "multipliers" if spec.single else f"multipliers_{key}"
+
+
+def emit_multipliers(b, spec: Spec, point, per_pair: str) -> None:
+    """The ``(K, N, *row)`` multipliers of ``point`` as a batch-first graph output ``(N, K, *row)``."""
+    name = b.reserve(multipliers_name(spec, point.key))
+    rank = b.rank(point.tensor)
+    b.op("Transpose", per_pair, perm=[1, 0] + list(range(2, rank + 1)), outputs=[name])
+    shape = b.shape(point.tensor)
+    b.add_output(name, b.elem_type(point.tensor), None if shape is None else [shape[0], "baselines", *shape[1:]])
+
+
+def check_custom(func) -> None:
+    """``custom_attribution_func`` is None or a callable of 1 to 3 positional arguments, as Captum calls it:
+    ``(multipliers)``, ``(multipliers, inputs)`` or ``(multipliers, inputs, baselines)``."""
+    if func is None:
+        return
+    if not callable(func):
+        raise ValueError(f"custom_attribution_func must be a Python callable (multipliers, inputs, baselines) -> "
+                         f"attributions, got {func!r}; the command line and server requests cannot carry a "
+                         f"function: apply one through the Python API (onnxplain.Explainer(...).explain)")
+    _arity(func)
+
+
+def _arity(func) -> int:
+    try:
+        count = len(inspect.signature(func).parameters)
+    except (TypeError, ValueError):
+        raise ValueError(f"custom_attribution_func {func!r} has no signature to read; give a Python function of "
+                         f"(multipliers), (multipliers, inputs) or (multipliers, inputs, baselines)") from None
+    if not 1 <= count <= 3:
+        raise ValueError(f"custom_attribution_func must take 1 to 3 arguments ((multipliers), (multipliers, inputs) "
+                         f"or (multipliers, inputs, baselines)), as Captum calls it; {func!r} takes {count}")
+    return count
+
+
+def refuse_custom_here(method: str, params: dict) -> None:
+    """The parts of a call are made without the function (the method's own run applies it): a caller that
+    reduces the runs itself (a noise tunnel over the method) cannot apply it."""
+    if params.get("custom_attribution_func") is not None:
+        raise ValueError(f"custom_attribution_func is applied by {method!r} itself after its run; a noise tunnel "
+                         f"reduces the graph's attributions in its own run and cannot apply it. Drop the noise "
+                         f"tunnel, or the function")
+
+
+def apply_custom(func, multipliers: list, inputs: list, baselines: list) -> list:
+    """Captum's ``custom_attribution_func`` over the (row, baseline) pairs, averaged over the baselines.
+
+    ``multipliers`` and ``baselines`` are ``(N, K, *row)`` per attributed input, ``inputs`` ``(N, *row)``.
+    The function gets tuples of arrays of ``N*K`` pair rows, row-major (pair ``n*K + k`` is row ``n`` with
+    baseline ``k``: Captum's DeepLiftShap order; ``K = 1`` for DeepLift), as many arguments as it takes, and
+    returns one array of the same shape per input (a bare array for one input).  Returns ``(N, *row)`` float64
+    per input: the mean over the ``K`` baselines.
+    """
+    n, k = multipliers[0].shape[:2]
+    flat = lambda a: np.ascontiguousarray(a).reshape((n * k,) + a.shape[2:])   # noqa: E731
+    m = tuple(flat(a) for a in multipliers)
+    x = tuple(flat(np.broadcast_to(xi[:, None], a.shape)) for xi, a in zip(inputs, multipliers))
+    b = tuple(flat(r) for r in baselines)
+    got = func(*(m, x, b)[:_arity(func)])
+    got = (got,) if isinstance(got, np.ndarray) and len(m) == 1 else got
+    if not isinstance(got, (tuple, list)) or len(got) != len(m):
+        raise ValueError(f"custom_attribution_func must return a tuple of {len(m)} array(s), one per attributed "
+                         f"input, got {type(got).__name__}")
+    out = []
+    for a, want in zip(got, m):
+        a = np.asarray(a)
+        if a.shape != want.shape:
+            raise ValueError(f"custom_attribution_func must return arrays shaped like the multipliers it was "
+                             f"given {want.shape} (one row per (row, baseline) pair), got {a.shape}")
+        out.append(a.astype(np.float64).reshape((n, k) + a.shape[1:]).mean(axis=1))
+    return out
+
+
+def _pair_baselines(fed: np.ndarray, shared: bool) -> np.ndarray:
+    """A part's baselines feed as ``(rows or 1, K, *row)``: a set shared by every row ``(K, *row)``, or one
+    baseline per row ``(rows or 1, *row)``."""
+    return fed[None] if shared else fed[:, None]
 
 
 def _per_pair_sum(b, t: str, rank: int) -> str:

@@ -268,6 +268,11 @@ FEATURE_MASK = Param("feature_mask", None, "array", "group ids, equal ids pertur
                      "element alone)", per_input=True, dtype="int", in_graph=False)
 PERTURBATIONS_PER_EVAL = Param("perturbations_per_eval", None, "int", "most perturbations of a row per run (None: "
                                "as many as the memory budget holds)", own_check=True, in_graph=False)
+NEURON_SELECTOR = Param("neuron_selector", None, "ints", "the unit of the layer=: an index tuple into one row of "
+                        "the layer (an int for a 2-D layer), or one tuple per row", own_check=True, required=True)
+CUSTOM_ATTRIBUTION_FUNC = Param("custom_attribution_func", None, "str", "a Python callable (multipliers, inputs, "
+                                "baselines) -> attributions, applied per baseline to the run's multipliers "
+                                "(Python API only)", own_check=True, in_graph=False, request=None)
 PROGRESS = Param("progress", None, "bool", "a progress bar on stderr (None: when a call runs over 2 s and stderr "
                  "is a terminal)", own_check=True, in_graph=False, request=None)
 
