@@ -234,7 +234,7 @@ def test_bad_call_arguments_are_refused_before_running(model_bytes, kwargs, mess
 
 
 def test_unknown_parameter_and_method_names(model_bytes):
-    with pytest.raises(TypeError, match="accepts: baselines, internal_batch_size, method, multiply_by_inputs, n_steps"):
+    with pytest.raises(TypeError, match="accepts: baselines, internal_batch_size, max_steps, method, multiply_by_inputs, n_steps, target_delta"):
         onnxplain.Explainer(model_bytes, "integrated_gradients").explain(X, target=0, steps=3)
     with pytest.raises(ValueError, match="valid methods: saliency, gradient, input_x_gradient"):
         onnxplain.Explainer(model_bytes, "shap")
