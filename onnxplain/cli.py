@@ -22,7 +22,7 @@ and sets ``run_<command>``, which calls one library function
 (:func:`onnxplain.demo.run_demo`, :func:`onnxplain.inspect`,
 :func:`onnxplain.convert`, :func:`onnxplain.files.explain_file`, or for a
 streamed ``explain --batch-size N`` :func:`onnxplain.files.explain_npy`,
-:func:`onnxplain.profile.profile`) and prints what it returns.  A new command is
+:func:`onnxplain.profile.profile`, :func:`onnxplain.metrics.evaluate`) and prints what it returns.  A new command is
 two such functions and an entry in
 :data:`COMMANDS`.
 
@@ -767,23 +767,6 @@ def run_audit(args) -> int:
 
 
 # ---------------------------------------------------------------------- metrics
-#: the metrics ``onnxplain metrics`` computes, in the order its table shows them
-METRICS = ("deletion", "insertion", "infidelity", "sensitivity_max")
-#: the flags of the metrics' own parameters and the metrics that take each (a flag given for none of the
-#: metrics asked for is refused)
-_METRIC_FLAGS = {"steps": ("--steps", ("deletion", "insertion")),
-                 "n_perturb_samples": ("--n-perturb-samples", ("infidelity", "sensitivity_max")),
-                 "max_examples_per_batch": ("--max-examples-per-batch", ("infidelity", "sensitivity_max")),
-                 "normalize": ("--normalize", ("infidelity",)),
-                 "perturb_stdev": ("--perturb-stdev", ("infidelity",)),
-                 "perturb_radius": ("--perturb-radius", ("sensitivity_max",)),
-                 "norm_ord": ("--norm-ord", ("sensitivity_max",)),
-                 "perturb_seed": ("--perturb-seed", ("infidelity", "sensitivity_max"))}
-#: method parameters that deletion and insertion take as well: one flag gives both
-_SHARED_PARAMS = ("baselines", "feature_mask")
-DEFAULT_METHOD = "integrated_gradients"
-
-
 def _default(function, name: str):
     """The default of a parameter of a Python function (the help shows the API's own defaults)."""
     import inspect
@@ -803,13 +786,14 @@ def _norm_ord(text: str):
 def add_metrics(sub) -> None:
     from . import metrics
     from .methods import METHODS, NT_PARAMETERS, NT_TYPES, offered_parameters
+    from .metrics.evaluation import DEFAULT_METHOD, METRIC_NAMES, SHARED_PARAMS
     from .metrics.perturbations import gaussian_perturbation, uniform_perturbation
 
     p = command(sub, "metrics", help="how faithful attributions are: deletion, insertion, infidelity, max-sensitivity",
                 description="Evaluate attributions of MODEL's output for the rows in INPUT (.npy, or .npz by input "
-                            "name) with onnxplain.metrics: the area under the deletion and insertion curves, "
-                            "infidelity and max-sensitivity, one value per row. The attributions are read from "
-                            "--attributions, or computed with --method first; sensitivity_max always explains "
+                            "name) with onnxplain.metrics.evaluate: the area under the deletion and insertion "
+                            "curves, infidelity and max-sensitivity, one value per row. The attributions are read "
+                            "from --attributions, or computed with --method first; sensitivity_max always explains "
                             "perturbed copies of the rows with --method. Prints a table; --out writes the values "
                             "and the curves, --plot draws the curves.")
     p.add_argument("model", help="the ONNX model")
@@ -818,8 +802,8 @@ def add_metrics(sub) -> None:
                    help="the attributions to evaluate, shaped like the attributed input(s): .npy (one attributed "
                         "input) or .npz keyed by input name or as 'explain --out' writes them (default: computed "
                         "with --method)")
-    p.add_argument("--metric", default=",".join(METRICS), metavar="M[,M...]",
-                   help=f"the metrics, comma-separated: {', '.join(METRICS)} (default: all)")
+    p.add_argument("--metric", default=",".join(METRIC_NAMES), metavar="M[,M...]",
+                   help=f"the metrics, comma-separated: {', '.join(METRIC_NAMES)} (default: all)")
     p.add_argument("--output", metavar="NAME", help="the model output to explain (default: the first floating-point one)")
     p.add_argument("--input", dest="inputs", action="append", metavar="NAME",
                    help="an input to attribute (repeatable; default: every floating-point input)")
@@ -869,7 +853,7 @@ def add_metrics(sub) -> None:
     g = p.add_argument_group("the method (attributions when --attributions is not given, and sensitivity_max)")
     g.add_argument("--method", "-m", help=f"one of {', '.join(METHODS)} (default: {DEFAULT_METHOD})")
     for offered in offered_parameters():   # explain's flags, but for those deletion and insertion share
-        if offered.name not in _SHARED_PARAMS:
+        if offered.name not in SHARED_PARAMS:
             _add_parameter_flag(g, offered, graph_defaults=False)
     noise = [q.flag for q in NT_PARAMETERS]
     g.add_argument("--noise-tunnel", choices=NT_TYPES,
@@ -880,178 +864,37 @@ def add_metrics(sub) -> None:
     p.set_defaults(run=run_metrics)
 
 
+#: how :func:`onnxplain.metrics.evaluate`'s errors name its arguments on the command line
+_METRICS_FLAGS = {"metrics": "--metric", "attributions": "--attributions", "out": "--out", "plot": "--plot",
+                  "baselines": "--baseline", "feature_mask": "--feature-mask", "method": "--method",
+                  "noise_tunnel": "--noise-tunnel"}
+
+
 def run_metrics(args) -> int:
-    from .files import load_inputs
+    from .files import load_array, parse_value
+    from .metrics import evaluate
+    from .metrics.evaluation import METRIC_OPTIONS
 
-    chosen = _chosen_metrics(args.metric)
-    _refuse_unused_metric_flags(args, chosen)
-    if args.plot is not None:
-        _check_curves_plot(args.plot, chosen)
-    if args.out:
-        _check_writable(args.out, (".json", ".npz"), "--out")
-    ex, method, params, flips = _metrics_explainer(args, chosen)
-    x = load_inputs(args.input, ex.model_inputs)
-    given = None if args.attributions is None else _read_attributions(args.attributions, ex, x)
-    targets = _metric_targets(args, ex, x)
-
-    t0 = time.perf_counter()
-    attributions = given if given is not None else ex.explain(x, **targets, **params)
-    results = _compute_metrics(chosen, ex, x, attributions, targets, flips, params, args)
-    seconds = time.perf_counter() - t0
-    figure = None
-    if args.plot is not None:       # drawn before anything is written
-        from . import viz
-        figure = viz.flipping_curves({k: results[k] for k in ("deletion", "insertion") if k in results},
-                                     title=f"{_origin(args, given, method, ())} of {ex.output!r}")
-    print(_metrics_table(results, targets, _rows(x, ex), _origin(args, given, method, chosen), seconds))
-    written = []
-    if args.out:
-        written.append(_write_metrics(args.out, results, targets, args, method if params is not None else None))
-    if figure is not None:
-        from . import viz
-        try:
-            viz.save(figure, args.plot)
-        except Exception:
-            for path in written + [args.plot]:      # nothing half done is left behind
-                _remove_quietly(path)
-            raise
-        written.append(args.plot)
-    for path in written:
+    options = {k: getattr(args, k) for k in METRIC_OPTIONS}
+    report = evaluate(
+        args.model, args.input, args.attributions, args.metric, **_metric_targets(args), method=args.method,
+        params=_method_params(args, allow_files=True), noise_tunnel=args.noise_tunnel,
+        baselines=None if args.baseline is None else parse_value(args.baseline, "--baseline"),
+        feature_mask=None if args.feature_mask is None else load_array(args.feature_mask, "--feature-mask"),
+        **options, output=args.output, attribute=args.inputs, memory_budget=args.memory_budget, **_batching(args),
+        out=args.out, plot=args.plot,
+        argument_names={**{k: "--" + k.replace("_", "-") for k in METRIC_OPTIONS}, **_METRICS_FLAGS})
+    print(report.table())
+    for path in report.written:
         print(f"wrote {path}")
     return 0
 
 
-def _metrics_explainer(args, chosen: list[str]):
-    """``(explainer, method, params, flips)``: the Explainer the metrics run (the method's when attributions
-    are computed or sensitivity_max is asked for, else a forward-only one), the method's name and checked
-    parameters (None when no method runs), and the curves' ``baselines`` / ``feature_mask``.  ``--baseline``
-    and ``--feature-mask`` go to the curves and to a method that takes them; given for neither, an error."""
-    from .api import Explainer
-    from .files import load_array, parse_value
-    from .methods import canonical_name
-
-    shared = {"baselines": None if args.baseline is None else parse_value(args.baseline, "--baseline"),
-              "feature_mask": None if args.feature_mask is None else load_array(args.feature_mask, "--feature-mask")}
-    shared = {k: v for k, v in shared.items() if v is not None}
-    flips = dict(shared) if {"deletion", "insertion"} & set(chosen) else {}
-    params = _method_params(args, allow_files=True)
-    common = dict(output=args.output, inputs=args.inputs, memory_budget=args.memory_budget, **_batching(args))
-    method = canonical_name(args.method or DEFAULT_METHOD)
-    if args.attributions is not None and "sensitivity_max" not in chosen:
-        _refuse_unused_method_flags(args, params)
-        ex, params = Explainer(args.model, "feature_ablation", **common), None
-    else:
-        ex = Explainer(args.model, method, noise_tunnel=args.noise_tunnel, **common)
-        params = {**{k: v for k, v in shared.items() if k in ex.method.defaults}, **params}
-        ex.method.check_params(dict(params))
-    unused = [("--baseline" if k == "baselines" else "--feature-mask") for k in shared
-              if k not in flips and k not in (params or {})]
-    if unused:
-        raise CLIError(f"{', '.join(unused)}: used by deletion/insertion and by methods that take it; here by "
-                       f"neither")
-    return ex, method, params, flips
-
-
-def _chosen_metrics(text: str) -> list[str]:
-    names = [m.strip().lower().replace("-", "_") for m in text.split(",") if m.strip()]
-    unknown = [m for m in names if m not in METRICS]
-    if unknown or not names:
-        raise CLIError(f"--metric: unknown metric(s) {', '.join(map(repr, unknown)) or '(none given)'}; "
-                       f"choose from {', '.join(METRICS)}")
-    return [m for m in METRICS if m in names]
-
-
-def _refuse_unused_metric_flags(args, chosen: list[str]) -> None:
-    """Metric flags given for none of the chosen metrics, and values the metrics would refuse later."""
-    from .methods.perturbation import check_positive_int
-    for name, (flag, takers) in _METRIC_FLAGS.items():
-        if getattr(args, name) is not None and not set(takers) & set(chosen):
-            raise CLIError(f"{flag} applies to {' and '.join(takers)}, which --metric does not ask for")
-    for name in ("steps", "n_perturb_samples", "max_examples_per_batch"):
-        check_positive_int(getattr(args, name), name, allow_none=True)
-    for name in ("perturb_stdev", "perturb_radius"):
-        value = getattr(args, name)
-        if value is not None and not value >= 0:
-            raise ValueError(f"{_METRIC_FLAGS[name][0]} must be a number >= 0, got {value!r}")
-
-
-def _refuse_unused_method_flags(args, params: dict) -> None:
-    given = (["--method"] if args.method else []) + (["--noise-tunnel"] if args.noise_tunnel else []) + \
-        [f"parameter {k}" for k in params]
-    if given:
-        raise CLIError(f"{', '.join(given)}: no method runs (--attributions are given and sensitivity_max is not "
-                       f"asked for)")
-
-
-def _check_curves_plot(path, chosen: list[str]) -> None:
-    from . import viz
-    if not {"deletion", "insertion"} & set(chosen):
-        raise CLIError("--plot draws the deletion and insertion curves: add deletion or insertion to --metric")
-    viz.require()
-    _check_writable(path, viz.CURVE_SUFFIXES, "--plot")
-
-
-def _check_writable(path, suffixes, what: str) -> None:
-    """``path`` has one of ``suffixes`` and its folder exists and may be written (checked before any work)."""
-    from .files import check_output_path
-    check_output_path(path, suffixes, what=what)
-    folder = os.path.dirname(os.path.abspath(path))
-    if not os.access(folder, os.W_OK):
-        raise ValueError(f"cannot write {path!r}: folder {folder!r} is not writable")
-
-
-def _remove_quietly(path) -> None:
-    try:
-        os.remove(path)
-    except OSError:
-        pass
-
-
-def _read_attributions(path, ex, x) -> object:
-    """The attributions in ``path`` by attributed input (an array for one), each checked against its input's
-    shape before anything runs."""
+def _metric_targets(args) -> dict:
+    """``--target`` (words), ``--target-file`` or ``--target-weights`` as evaluate's ``target`` or
+    ``target_weights``."""
     from .files import load_array
-    from .errors import one_line
-
-    names = ex.inputs
-    if path.endswith(".npz"):
-        try:
-            with np.load(path, allow_pickle=False) as f:
-                arrays = {k: f[k] for k in f.files}
-        except FileNotFoundError:
-            raise ValueError(f"--attributions: no such file {path!r}") from None
-        except Exception as e:
-            raise ValueError(f"--attributions: cannot read {path!r} as an .npz archive: {one_line(e)}") from e
-        found = {}
-        for k in names:
-            key = next((c for c in (k, ex.spec.attribution_name(k)) if c in arrays), None)
-            if key is None and len(names) == 1:
-                left = [c for c in arrays if c not in ("delta", "feature_names")]
-                key = left[0] if len(left) == 1 else None
-            if key is None:
-                raise ValueError(f"--attributions {path!r} has arrays {sorted(arrays)}; expected one per attributed "
-                                 f"input {names} (by input name, or {ex.spec.attribution_name(k)!r})")
-            found[k] = arrays[key]
-    elif path.endswith(".npy"):
-        if len(names) != 1:
-            raise ValueError(f"{len(names)} inputs are attributed ({', '.join(names)}): give --attributions as an "
-                             f".npz with one array per input name")
-        found = {names[0]: load_array(path, "--attributions")}
-    else:
-        raise ValueError(f"--attributions must be an .npy or .npz file, got {path!r}")
-    for k, a in found.items():
-        want = np.shape(x[k] if isinstance(x, dict) else x)
-        if a.shape != want:
-            raise ValueError(f"--attributions for input {k!r} must have the input's shape {want}, got {a.shape}")
-        if a.dtype.kind not in "fiub":
-            raise ValueError(f"--attributions for input {k!r} must be numbers, got dtype {a.dtype}")
-    return found[names[0]] if len(names) == 1 else found
-
-
-def _metric_targets(args, ex, x) -> dict:
-    """``target`` or ``target_weights`` as the metrics take them (``pred`` resolved to each row's argmax)."""
-    from .files import load_array
-    from .targets import PREDICTED, parse_target, predicted_target
+    from .targets import parse_target
 
     given = [f for f, v in (("--target", args.target), ("--target-file", args.target_file),
                             ("--target-weights", args.target_weights)) if v is not None]
@@ -1065,121 +908,7 @@ def _metric_targets(args, ex, x) -> dict:
             raise ValueError(f"--target-file must hold integer targets shaped (N,) or (N, k), got dtype {t.dtype} "
                              f"and shape {t.shape}")
         return {"target": [int(v) for v in t] if t.ndim == 1 else [tuple(int(i) for i in r) for r in t]}
-    target = parse_target(args.target) if args.target is not None else None
-    if target == PREDICTED:
-        target = predicted_target(ex.forward(x)[ex.output])
-    return {"target": target}
-
-
-def _compute_metrics(chosen, ex, x, attributions, targets: dict, flips: dict, params: dict, args) -> dict:
-    """Each chosen metric of :mod:`onnxplain.metrics` on the same arrays: a FlippingCurve or per-row values."""
-    from . import metrics
-    from .metrics.perturbations import gaussian_perturbation, uniform_perturbation
-
-    def given(*names):
-        return {n: getattr(args, n) for n in names if getattr(args, n) is not None}
-    seed = {"seed": args.perturb_seed} if args.perturb_seed is not None else {}
-    out = {}
-    for name in chosen:
-        if name in ("deletion", "insertion"):
-            fn = metrics.deletion if name == "deletion" else metrics.insertion
-            out[name] = fn(ex, x, attributions, **targets, **flips, **given("steps"))
-        elif name == "infidelity":
-            stdev = {"stdev": args.perturb_stdev} if args.perturb_stdev is not None else {}
-            out[name] = metrics.infidelity(ex, gaussian_perturbation(**stdev, **seed), x, attributions, **targets,
-                                           **given("n_perturb_samples", "max_examples_per_batch", "normalize"))
-        else:
-            out[name] = metrics.sensitivity_max((ex, params), x, uniform_perturbation(**seed),
-                                                **given("perturb_radius", "n_perturb_samples", "norm_ord",
-                                                        "max_examples_per_batch"), **targets)
-    return out
-
-
-def _rows(x, ex) -> int:
-    first = x[ex.inputs[0]] if isinstance(x, dict) else x
-    return int(np.shape(first)[ex.batch_axes.get(ex.inputs[0]) or 0])
-
-
-def _origin(args, given, method: str, chosen) -> str:
-    where = f"attributions from {args.attributions}" if given is not None else f"{method} attributions"
-    sens = f" (sensitivity_max explains with {method})" if given is not None and "sensitivity_max" in chosen else ""
-    return where + sens
-
-
-#: the table's column of each metric
-_COLUMNS = {"deletion": "deletion AUC", "insertion": "insertion AUC", "infidelity": "infidelity",
-            "sensitivity_max": "sensitivity_max"}
-MAX_TABLE_ROWS = 20
-
-
-def _per_row(results: dict) -> dict:
-    return {k: np.asarray(v.area if hasattr(v, "area") else v, dtype=np.float64) for k, v in results.items()}
-
-
-def _target_text(targets: dict, r: int) -> str:
-    if "target_weights" in targets:
-        return "weights"
-    t = targets["target"]
-    return "-" if t is None else str(t[r]) if isinstance(t, list) else str(t)
-
-
-def _metrics_table(results: dict, targets: dict, n: int, origin: str, seconds: float) -> str:
-    """The metrics of each row (at most :data:`MAX_TABLE_ROWS`) and their means, as lines for a terminal."""
-    from .report import text_table
-    values = _per_row(results)
-    header = ["row", "target"] + [_COLUMNS[k] for k in values]
-    table = [[str(r), _target_text(targets, r)] + [f"{v[r]:.6g}" for v in values.values()]
-             for r in range(min(n, MAX_TABLE_ROWS))]
-    if n > MAX_TABLE_ROWS:
-        table.append([f"... {n - MAX_TABLE_ROWS} more", ""] + [""] * len(values))
-    table.append(["mean", ""] + [f"{np.mean(v):.6g}" for v in values.values()])
-    lines = [f"{', '.join(values)} for {n} row(s), {origin}, in {seconds:.2f} s", text_table(header, table)]
-    if "deletion" in values or "insertion" in values:
-        lines.append("(deletion AUC: lower is better; insertion AUC: higher is better; area over the fraction of "
-                     "features flipped, 0 to 1)")
-    return "\n".join(lines)
-
-
-def _jsonable(value):
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, np.generic):
-        return value.item()
-    return value
-
-
-def _write_metrics(path, results: dict, targets: dict, args, method) -> str:
-    """The per-row values (and the curves) as JSON or .npz, written whole or not at all."""
-    arrays = {}
-    for name, value in results.items():
-        if hasattr(value, "area"):
-            arrays.update({f"{name}_area": value.area, f"{name}_fractions": value.fractions,
-                           f"{name}_values": value.values})
-        else:
-            arrays[name] = np.asarray(value)
-    tmp = f"{path}.partial{os.getpid()}"
-    try:
-        if path.endswith(".npz"):
-            with open(tmp, "wb") as f:
-                np.savez(f, **arrays)
-        else:
-            doc = {"model": args.model, "input": args.input, "attributions": args.attributions, "method": method,
-                   "target": "weights" if "target_weights" in targets else _jsonable(targets["target"]),
-                   "metrics": {}}
-            for name, value in results.items():
-                doc["metrics"][name] = ({"area": _jsonable(value.area), "fractions": _jsonable(value.fractions),
-                                         "values": _jsonable(value.values)} if hasattr(value, "area")
-                                        else _jsonable(np.asarray(value)))
-            text = json.dumps(doc, indent=1)
-            with open(tmp, "w") as f:
-                f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        _remove_quietly(tmp)
-        raise
-    return path
+    return {"target": parse_target(args.target) if args.target is not None else None}
 
 
 # ---------------------------------------------------------------------- the commands, in the order --help lists them

@@ -10,16 +10,22 @@ name; ``target`` takes Captum's forms (or ``target_weights=``, as :meth:`Explain
 attributions come from any method or from elsewhere: an array (one attributed input), a dict by input
 name or a tuple in the order of the attributed inputs, each shaped like its input.
 
+:func:`evaluate` computes several of them for the same attributions in one call (computing the
+attributions first when none are given) and returns a :class:`MetricsReport`: a table, a JSON or ``.npz``
+file, the curves' picture; it is what ``onnxplain metrics`` runs.
+
 Perturbation functions see the attributed inputs batch first, as numpy arrays: the array itself when one
 input is attributed, else a dict by input name (they may return tuples in that order).  Inputs that are
 not attributed (an attention mask) pass through unchanged.
 """
 from __future__ import annotations
 
+from .evaluation import METRIC_NAMES, MetricsReport, evaluate, read_attributions
 from .flipping import DEFAULT_STEPS, FlippingCurve, deletion, insertion
 from .infidelity import infidelity
 from .perturbations import gaussian_perturbation, infidelity_perturb_func_decorator, uniform_perturbation
 from .sensitivity import sensitivity_max
 
-__all__ = ["DEFAULT_STEPS", "FlippingCurve", "deletion", "gaussian_perturbation", "infidelity",
-           "infidelity_perturb_func_decorator", "insertion", "sensitivity_max", "uniform_perturbation"]
+__all__ = ["DEFAULT_STEPS", "METRIC_NAMES", "FlippingCurve", "MetricsReport", "deletion", "evaluate",
+           "gaussian_perturbation", "infidelity", "infidelity_perturb_func_decorator", "insertion",
+           "read_attributions", "sensitivity_max", "uniform_perturbation"]
