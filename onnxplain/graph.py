@@ -450,8 +450,6 @@ def clean_graph(model: onnx.ModelProto) -> onnx.ModelProto:
     """
     import logging
 
-    import onnxscript.optimizer
-
     inputs = {vi.name for vi in model.graph.input}
     defaults = [init for init in model.graph.initializer if init.name in inputs]
     bare = onnx.ModelProto()
@@ -463,7 +461,7 @@ def clean_graph(model: onnx.ModelProto) -> onnx.ModelProto:
     for log in quiet:
         log.setLevel(logging.ERROR)
     try:
-        cleaned = onnxscript.optimizer.optimize(bare)
+        cleaned = _optimized(bare)
     finally:
         for log, level in zip(quiet, levels):
             log.setLevel(level)
@@ -480,6 +478,41 @@ def clean_graph(model: onnx.ModelProto) -> onnx.ModelProto:
                                f"clients feed and read them by name")
     cleaned.ir_version = model.ir_version
     return cleaned
+
+
+def _optimized(model: onnx.ModelProto) -> onnx.ModelProto:
+    """onnxscript's ``optimize`` (inlining, constant folding, its rewrite rules, dead-node removal, constant
+    lifting, common subexpressions), without the rules that take ``x + c``, ``x - c``, ``x * c`` and ``x / c``
+    for no-ops whenever ``c`` is *near* 0 or 1: they match constants within 1e-8 of zero and 1e-5 of one, so
+    they delete the ``+ 1e-9`` of a normaliser's denominator (MeanVarianceNormalization's, a LayerNorm
+    epsilon of 1e-12) and would change what the model computes."""
+    import onnx_ir as ir
+    from onnx_ir.passes import common as common_passes
+    from onnxscript import rewriter
+    from onnxscript.optimizer import constant_folding
+    from onnxscript.rewriter.rules.common import _no_op, dropout_inference_rule, dropout_zero_rule
+
+    kept = {id(dropout_zero_rule), id(dropout_inference_rule)}   # exact no-ops: kept
+    approximate = {id(rule) for rule in _no_op.rules.rules} - kept
+    rules = [r for r in rewriter._DEFAULT_REWRITE_RULES if id(r) not in approximate]
+    limits = dict(input_size_limit=constant_folding.DEFAULT_CONSTANT_FOLD_INPUT_SIZE_LIMIT,
+                  output_size_limit=constant_folding.DEFAULT_CONSTANT_FOLD_OUTPUT_SIZE_LIMIT)
+    passes = ir.passes.Sequential(
+        common_passes.InlinePass(),
+        ir.passes.PassManager([constant_folding.FoldConstantsPass(shape_inference=True, **limits),
+                               rewriter.RewritePass(rules), common_passes.RemoveUnusedNodesPass(),
+                               common_passes.RemoveUnusedFunctionsPass(), common_passes.RemoveUnusedOpsetsPass()],
+                              steps=2, early_stop=True),
+        common_passes.RemoveUnusedNodesPass(),
+        common_passes.LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0),
+        common_passes.LiftSubgraphInitializersToMainGraphPass(),
+        common_passes.DeduplicateInitializersPass(),
+        common_passes.CommonSubexpressionEliminationPass(),
+        common_passes.OutputFixPass(),
+        common_passes.NameFixPass())
+    model_ir = ir.serde.deserialize_model(model)
+    passes(model_ir)
+    return ir.serde.serialize_model(model_ir)
 
 
 def nodes_everywhere(graph: onnx.GraphProto):

@@ -137,3 +137,24 @@ def test_an_integer_sizes_input_of_a_static_model_is_not_batched_and_the_gradien
     y = torch.nn.functional.conv2d(up, torch.from_numpy(numpy_helper.to_array(w))).mean((2, 3))
     y[torch.arange(3), torch.tensor([0, 1, 0])].sum().backward()
     assert_close(got, xt.grad, 1e-4)
+
+
+def test_the_graph_cleanup_keeps_additions_near_zero_and_factors_near_one(tmp_path):
+    """y = 1.000001 / (|x| + 1e-9): a cleanup that takes c ~ 0 or 1 for a no-op would make f(0) infinite."""
+    nodes = [helper.make_node("Abs", ["x"], ["a"]),
+             helper.make_node("Add", ["a", "tiny"], ["d"]),
+             helper.make_node("Reciprocal", ["d"], ["r"]),
+             helper.make_node("Mul", ["r", "almost_one"], ["y"])]
+    graph = helper.make_graph(nodes, "near_no_ops", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])],
+                              [numpy_helper.from_array(np.array(1e-9, np.float32), "tiny"),
+                               numpy_helper.from_array(np.array(1.000001, np.float32), "almost_one")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    x = np.array([[0.0, 0.5, -2.0], [1e-3, 0.0, 3.0]], np.float32)
+    want = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    onnxplain.convert(model, tmp_path / "explained.onnx", method="gradient")
+    explained = onnx.load(tmp_path / "explained.onnx")
+    feeds = {"x": x, "target_weights": np.ones((2, 3), np.float32)}
+    got = ort.InferenceSession(explained.SerializeToString(), providers=["CPUExecutionProvider"]).run(["y"], feeds)[0]
+    np.testing.assert_allclose(got, want, rtol=1e-6)
+    assert np.isfinite(got).all() and abs(got[0, 0] - 1.000001e9) < 1e3

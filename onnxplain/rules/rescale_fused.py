@@ -31,7 +31,7 @@ import numpy as np
 from ..vjp import register
 from ..vjp._common import Reduction, fail, known_rank, normalised_count, per_channel
 from ..vjp.linalg import matrix_size, minor_indices
-from ..vjp.norm import channel_window_sum, lrn_parts, mean_variance_axes
+from ..vjp.norm import channel_window_sum, lrn_parts, mean_variance_axes, mean_variance_denominator
 from ..vjp.pool import lp_pool_inner, lp_pool_outer, pool_window, window_sum_transpose
 from .rescale_common import below_eps, extremum_multipliers, midpoint, node_attributes, plain_gradient, safe_ratio
 
@@ -200,7 +200,7 @@ def conserving_normalization(ctx, x: str, dxhat: str, axes, eps: float, d_mean: 
     b = ctx.b
     xc = b.sub(x, b.reduce("ReduceMean", x, axes))
     root = b.op("Sqrt", b.add(b.reduce("ReduceMean", b.mul(xc, xc), axes), b.like(eps, x)))
-    sd = b.add(root, b.like(outside, x)) if outside else root
+    sd = mean_variance_denominator(b, root) if outside else root     # outside: MeanVarianceNormalization's 1e-9
     xc_sum = b.add(xc, ctx.ref(xc))
     inv, inv_ref = b.op("Reciprocal", sd), ctx.ref(b.op("Reciprocal", sd))
     inv_product = b.mul(inv, inv_ref)

@@ -191,17 +191,28 @@ def mean_variance_axes(ctx) -> list[int]:
     return sorted(within_rank(ctx.attr("axes", [0, 2, 3]), rank))
 
 
+def mean_variance_denominator(b, std: str) -> str:
+    """``std + 1e-9``, MeanVarianceNormalization's denominator (the epsilon outside the square root, as in
+    the op's function body).  Written as a Sum: the graph optimizer of :func:`onnxplain.graph.clean_graph`
+    deletes an ``Add`` of a scalar constant within 1e-8 of zero as a no-op, which would leave ``1 / std``."""
+    return b.op("Sum", std, b.like(1e-9, std))
+
+
 @register("MeanVarianceNormalization", tag="nonlinear")
 def vjp_mean_variance_norm(ctx):
-    """Y = (X - mean) / (std + 1e-9) over ``axes`` (the op's function body): with D = std + 1e-9,
-    dX = (dY - mean dY) / D - (X - mean) mean(dY (X - mean)) / (D^2 std)."""
+    """Y = (X - mean) / (std + 1e-9) over ``axes`` (the op's function body): with D = std + 1e-9 and
+    u = (X - mean) / std, dX = (dY - mean dY) / D - u mean(dY u) std / D^2.  Computed from X alone (never
+    from Y: onnxruntime's kernel divides by std without the epsilon and writes NaN on a constant row); where
+    std = 0 (a constant row) u is 0 and dX = (dY - mean dY) / 1e-9, the limit of the function body."""
     b, X, dy = ctx.b, ctx.x[0], ctx.dy[0]
     axes = mean_variance_axes(ctx)
     xc = b.sub(X, b.reduce("ReduceMean", X, axes))
     std = b.op("Sqrt", b.reduce("ReduceMean", b.mul(xc, xc), axes))
-    d = b.add(std, b.like(1e-9, X))
+    d = mean_variance_denominator(b, std)
+    flat = b.op("Equal", std, b.like(0.0, std))
+    u = b.where(flat, b.like(0.0, X), b.div(xc, b.where(flat, b.like(1.0, std), std)))
     centred = b.div(b.sub(dy, b.reduce("ReduceMean", dy, axes)), d)
-    spread = b.div(b.mul(xc, b.reduce("ReduceMean", b.mul(dy, xc), axes)), b.mul(b.mul(d, d), std))
+    spread = b.mul(b.mul(u, b.reduce("ReduceMean", b.mul(dy, u), axes)), b.div(std, b.mul(d, d)))
     return [b.sub(centred, spread)]
 
 
