@@ -467,6 +467,48 @@ _FORMS = {"ints": "a tuple as 3,8,8 (or one int)",
           "array": "a number (typed as an int, an integer token id: 0 is the id 0) or an .npy file"}
 
 
+def _words(offered) -> tuple:
+    """The words some method's declaration of the parameter takes besides its kind's values, in order."""
+    return tuple(dict.fromkeys(w for _, p in offered.uses for w in p.words))
+
+
+def _reader(offered):
+    """The flag's reader: the kind's, then (exactly, case-sensitive) one of the words some method declares."""
+    read, words = _READERS[offered.param.kind], _words(offered)
+    if not words:
+        return read
+
+    def read_value_or_word(text: str):
+        try:
+            return read(text)
+        except (ValueError, TypeError, argparse.ArgumentTypeError):
+            if text in words:
+                return text
+        raise argparse.ArgumentTypeError(f"expected {offered.param.but(words=words).expected}, got {text!r}")
+
+    read_value_or_word.__name__ = read.__name__
+    return read_value_or_word
+
+
+def _refuse_undeclared_word(args, offered, value) -> None:
+    """A word given to a flag is for the methods whose declaration takes it: a method named by --method that
+    takes the parameter without that word is refused by name."""
+    from .methods import canonical_name
+    names = str(getattr(args, "method", None) or "").split(",")
+    chosen = []
+    for name in names:
+        try:
+            chosen.append(canonical_name(name))
+        except ValueError:
+            continue            # an unknown method is refused where the method is made
+    declared = dict(offered.uses)
+    refused = [m for m in chosen if m in declared and value not in declared[m].words]
+    if refused:
+        takers = [m for m, p in offered.uses if value in p.words]
+        raise CLIError(f"{offered.param.flag} {value}: method {refused[0]!r} takes {declared[refused[0]].expected} "
+                       f"there; {value!r} is for {', '.join(takers)}")
+
+
 def _add_parameter_flag(g, offered, graph_defaults: bool) -> None:
     """The flag of one method parameter: its spelling, the type of its values, and which methods take it."""
     param = offered.param
@@ -479,7 +521,7 @@ def _add_parameter_flag(g, offered, graph_defaults: bool) -> None:
     form = _FORMS.get(param.kind, "")
     if graph_defaults and param.kind == "array":
         form = "a number (typed as an int, an integer token id: 0 is the id 0)"
-    g.add_argument(param.flag, dest=f"param_{param.name}", type=_READERS[param.kind], metavar=metavar,
+    g.add_argument(param.flag, dest=f"param_{param.name}", type=_reader(offered), metavar=metavar,
                    help=offered.describe(graph_only=graph_defaults) + (f"; {metavar}: {form}" if form else ""))
 
 
@@ -518,6 +560,8 @@ def _method_params(args, allow_files: bool) -> dict:
         if value is not None:
             if offered.param.kind == "array":   # a number, or an array from an .npy file
                 value = parse_value(value, offered.param.flag, allow_files)
+            elif isinstance(value, str) and value in _words(offered):
+                _refuse_undeclared_word(args, offered, value)
             params[offered.name] = value
     for item in args.param:
         key, sep, text = item.partition("=")

@@ -79,7 +79,7 @@ class IntegratedGradients(Method):
     aliases = ("intgrad", "ig")
     has_delta = True
     parameters = (Param("n_steps", 50, "int", "integration steps, or \"auto\": per row, as many Gauss-Legendre "
-                        "nodes as target_delta needs", own_check=True),
+                        "nodes as target_delta needs", words=(AUTO,), own_check=True),
                   Param("method", "gausslegendre", "choice", "the integration scheme", choices=SCHEMES,
                         own_check=True, cli="--integration SCHEME", request="integration"),
                   BASELINES,

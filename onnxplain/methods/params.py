@@ -27,6 +27,8 @@ import numpy as np
 
 #: the kinds of value a parameter takes
 KINDS = ("int", "float", "bool", "str", "choice", "ints", "array")
+#: the kinds that may take a few words besides their values (``Param.words``)
+WORD_KINDS = ("int", "float", "bool", "ints")
 #: what each kind expects, as errors and the command line's help say it
 EXPECTED = {
     "int": "an int",
@@ -48,6 +50,10 @@ class Param:
         an int or a tuple of ints such as a window shape, ``array``: numbers of any shape) and a
         one-line description (the README's table and the command line's help show it).
     choices: the values a ``choice`` takes.
+    words: a few exact strings the parameter takes besides its kind's values (``("auto",)`` for an
+        ``int`` that can also be ``"auto"``): accepted by the check, read by the command line's flag
+        after the kind's reader fails (exact, case-sensitive), carried by a request as a string, and
+        shown in the README's table and the flag's help.  For the kinds int, float, bool and ints.
     per_input: an array given per attributed input (a tuple, or a dict by input name, with
         several): ``baselines``, ``feature_mask``, ``noise``.  A request carries one tensor per
         attributed input, shaped ``leading`` axes of any size (1: the rows, or 1 for all rows;
@@ -71,6 +77,7 @@ class Param:
     kind: str
     doc: str
     choices: tuple = ()
+    words: tuple = ()
     per_input: bool = False
     dtype: str = "input"
     leading: int = 1
@@ -93,6 +100,14 @@ class Param:
                 raise ValueError(f"{where}: a choice needs its choices, a tuple of strings; got {self.choices!r}")
         elif self.choices:
             raise ValueError(f"{where}: choices are for kind 'choice', not {self.kind!r}")
+        if self.words:
+            if self.kind not in WORD_KINDS:
+                raise ValueError(f"{where}: words are for the kinds {', '.join(WORD_KINDS)}, not {self.kind!r} "
+                                 f"(a str takes any string, a choice lists its words as choices)")
+            if not isinstance(self.words, tuple) or not all(isinstance(w, str) and w.strip() == w and w
+                                                            for w in self.words):
+                raise ValueError(f"{where}: words must be a tuple of non-empty strings without surrounding "
+                                 f"spaces, got {self.words!r}")
         if self.per_input and self.kind != "array":
             raise ValueError(f"{where}: only arrays are given per input (kind 'array'), not kind {self.kind!r}")
         if self.dtype not in ("input", "int"):
@@ -116,6 +131,8 @@ class Param:
     def expected(self) -> str:
         """What a value must be, in words (None too when the default is None)."""
         text = EXPECTED[self.kind].format(choices=", ".join(self.choices))
+        if self.words:
+            text += " or " + self.shown_words()
         if self.per_input:
             text += ", or one per input (a tuple, or a dict by input name)"
         return text + (", or None" if self.default is None else "")
@@ -124,7 +141,18 @@ class Param:
         """Whether ``value`` is of this parameter's kind (None only when the default is None)."""
         if value is None:
             return self.default is None
+        if self.is_word(value):
+            return True
         return _KIND_CHECKS[self.kind](self, value)
+
+    def is_word(self, value) -> bool:
+        """Whether ``value`` is one of the declared :attr:`words` (exactly: a str, same case)."""
+        return isinstance(value, str) and value in self.words
+
+    def shown_words(self) -> str:
+        """The words as errors and help show them: ``"auto"``, ``"auto" or "off"``."""
+        quoted = [f'"{w}"' for w in self.words]
+        return quoted[0] if len(quoted) == 1 else ", ".join(quoted[:-1]) + " or " + quoted[-1]
 
     def check(self, value, method: str) -> None:
         """Refuse ``value`` when it is not of this parameter's kind: a ValueError naming the
@@ -310,6 +338,8 @@ class Offered:
 
 
 def _cli_doc(p: Param) -> str:
+    if p.words:
+        return _cli_doc(p.but(words=())) + f" (also {p.shown_words()})"
     if p.kind == "choice":
         return f"{p.doc}: " + ", ".join(c + (" (default)" if c == p.default else "") for c in p.choices)
     if p.required:
@@ -378,6 +408,8 @@ def markdown_table(methods) -> str:
 
 def _markdown_param(p: Param) -> str:
     head = f"`{p.name}` (required)" if p.required else f"`{p.name}={p.shown_default()}`"
+    if p.words:
+        head += " (or " + " or ".join(f'`"{w}"`' for w in p.words) + ")"
     doc = p.doc
     if p.kind == "choice":
         doc += ": " + ", ".join(f"`{c}`" for c in p.choices)

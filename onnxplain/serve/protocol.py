@@ -88,6 +88,7 @@ class Parameter:
     keyword: str
     kind: str
     carrier: str | None = None     # the attributed input a per-input parameter belongs to
+    words: tuple = ()              # strings it takes besides its kind's values (Param.words): a BYTES tensor
 
 
 def datatype_of(elem_type: int) -> str:
@@ -177,7 +178,7 @@ class Interface:
                     params.append(Parameter(_per_input_tensor(spec.param(name, carrier), kind, x),
                                             keyword, kind, carrier))
             else:
-                params.append(Parameter(_scalar_tensor(name, kind), keyword, kind))
+                params.append(Parameter(_scalar_tensor(name, kind), keyword, kind, words=param.words))
         return params
 
     # ------------------------------------------------------------------ requests
@@ -215,10 +216,13 @@ class Interface:
         """The datatypes a request input may have: exactly the model's for its inputs, any of the kind for
         the parameters (a client's np.int32 is as good as np.int64)."""
         param = next((p for p in self.parameters if p.tensor.name == name), None)
+        words = ("BYTES",) if param is not None and param.words else ()   # one of the words, as a string
         if name == TARGET or (param is not None and param.kind in ("int", "ints", "mask")):
-            return INTEGER_DATATYPES
+            return INTEGER_DATATYPES + words
         if param is not None and param.kind == "float":
-            return FLOAT_DATATYPES
+            return FLOAT_DATATYPES + words
+        if param is not None and param.kind == "bool" and words:
+            return ("BOOL",) + words
         if param is not None and param.kind == "like_input":   # token inputs take integer ids
             own = param.tensor.datatype
             return FLOAT_DATATYPES if own in FLOAT_DATATYPES else INTEGER_DATATYPES
@@ -369,8 +373,24 @@ def _check_tensor(expected: Tensor, datatype: str, array: np.ndarray, accepts: t
     return array
 
 
+def _word_value(p: Parameter, a: np.ndarray) -> str:
+    """One string of a BYTES tensor (UTF-8), for a parameter that takes words."""
+    words = " or ".join(repr(w) for w in p.words)
+    if a.size != 1:
+        raise RequestError(f"parameter {p.tensor.name!r} as a string is one value (shape [1], such as {words}), got "
+                           f"shape {list(a.shape)}")
+    v = a.reshape(-1)[0]
+    try:
+        return v.decode("utf-8") if isinstance(v, bytes) else str(v)
+    except UnicodeDecodeError as e:
+        raise RequestError(f"parameter {p.tensor.name!r}: a string is UTF-8 text such as {words}: {e}") from e
+
+
 def _parameter_value(p: Parameter, a: np.ndarray):
-    """A request tensor as the ``explain`` keyword's value."""
+    """A request tensor as the ``explain`` keyword's value (a string tensor of a parameter with words: the
+    string, which explain checks against the declaration)."""
+    if p.words and a.dtype == object:
+        return _word_value(p, a)
     if p.kind in ("int", "float", "bool", "string"):
         if a.size != 1:
             raise RequestError(f"parameter {p.tensor.name!r} is one value (shape [1]), got shape {list(a.shape)}")
