@@ -269,10 +269,9 @@ def test_an_uploaded_image_gets_integrated_gradients_drawn_over_it(page, paths):
     # the screenshot a user sees: the heatmap's region is coloured, the input's beside it is plain grey
     page.screenshot(path="/tmp/view_page.png", full_page=True)        # the whole page, to look at
     regions = {}
-    for name in ("heatmap", "input-canvas"):
-        box = page.locator(f"#{name}").bounding_box()
-        inner = {"x": box["x"] + 3, "y": box["y"] + 3, "width": box["width"] - 6, "height": box["height"] - 6}
-        regions[name] = np.asarray(Image.open(io.BytesIO(page.screenshot(clip=inner))).convert("RGB"))
+    for name in ("heatmap", "input-canvas"):   # element screenshots: right wherever the page is scrolled
+        shot = np.asarray(Image.open(io.BytesIO(page.locator(f"#{name}").screenshot())).convert("RGB"))
+        regions[name] = shot[3:-3, 3:-3]
     assert regions["heatmap"].shape == regions["input-canvas"].shape and regions["heatmap"].size
     assert saturation(regions["input-canvas"]).max() < 8
     assert (saturation(regions["heatmap"]) > 25).mean() > 0.03
