@@ -3,10 +3,11 @@
 The graph folds every BatchNormalization that follows a Conv, ConvTranspose or Gemm into that layer
 (:mod:`onnxplain.rules.canonize`), then propagates relevance with the rules of :mod:`onnxplain.rules.lrp`
 (epsilon, z_plus, alpha_beta, gamma, pass at every layer; flat, w_square, z_box at first layers; relevance
-passed unchanged at every unary nonlinearity).  Every layer computes the whole rule family and a per-call
-rule table (``lrp_rules``, one one-hot row per layer over :data:`onnxplain.rules.lrp_composites.RULE_NAMES`,
-layers in graph order, their node names in the graph's metadata ``lrp_layers``) picks each layer's rule, so
-the composite, the mapping and every rule parameter change per call without a rebuild.
+passed unchanged at every unary nonlinearity).  A per-call rule table (``lrp_rules``, one one-hot row per
+layer over :data:`onnxplain.rules.lrp_composites.RULE_NAMES`, layers in graph order, their node names in the
+graph's metadata ``lrp_layers``) picks each layer's rule, so the composite, the mapping and every rule
+parameter change per call without a rebuild; ``If`` nodes on the rule's coefficients make each layer compute
+only what its rule needs (epsilon and pass: one transposed application; z_plus: two of each kind at most).
 """
 from __future__ import annotations
 
@@ -49,7 +50,7 @@ class LRP(Method):
     aliases = ("lrp_composite",)
     overrides = LRP_RULES
     has_delta = True
-    row_cost_factor = 10.0   # four forwards and four transposes of every layer
+    row_cost_factor = 10.0   # at most (gamma, alpha_beta): four forwards and four transposes of every layer
     parameters = (
         Param("composite", "epsilon_plus", "choice", f"which rule each layer gets: a composite, or a mapping op type / "
               f"node name / first -> rule ({', '.join(RULE_NAMES)}) as a dict or 'Conv=z_plus,first=flat'",

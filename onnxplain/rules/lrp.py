@@ -48,6 +48,9 @@ EPSILON = lrp_table({op: epsilon_unary for op in NONLINEAR_UNARY})
 # a1=0, a2=1, u=0 (z_plus: alpha=1, beta=0); pass: epsilon with a vanishing stabiliser (LRP-0, the gradient).
 # The rule of each layer is a row of a per-call table (``lrp_rules``), so composites change without a rebuild.
 # flat, w_square and z_box give R_x itself and run at first layers only (see :mod:`.lrp_composites`).
+# Each layer computes only the terms its coefficients leave non-zero: ``If`` nodes on the coefficients pick an
+# epsilon branch (one transposed application), a half branch (s_n = 0) or the general formula, and at a first
+# layer the input rule chosen (see :func:`lrp_layer`); only the taken branch runs.
 
 #: columns of a layer's coefficients (a row of the rule table times the rule matrix)
 COEFFICIENTS = ("a1", "a2", "u", "alpha", "beta", "stab", "general", "flat", "w_square", "z_box")
@@ -102,6 +105,13 @@ class _Layer:
         self.bias = ctx.x[2] if ctx.node.op_type != "MatMul" and len(ctx.x) > 2 and ctx.x[2] else None
         self.ftype = self.b.elem_type(ctx.y[0])
 
+    def on(self, region) -> "_Layer":
+        """This layer, emitting into ``region`` (a branch of an ``If``)."""
+        copy = object.__new__(_Layer)
+        copy.__dict__.update(self.__dict__)
+        copy.b = region
+        return copy
+
     def typed(self, t: str, like: str) -> str:
         self.b.set_type(t, self.b.elem_type(like) or self.ftype, self.b.shape(like))
         return t
@@ -143,9 +153,51 @@ def _signed_parts(b, t: str) -> tuple[str, str]:
     return pos, b.sub(t, pos)
 
 
+def _choose(b, cond: str, then_fn, else_fn, like: str) -> str:
+    """An ``If`` on the scalar ``cond``: ``then_fn(region)`` or ``else_fn(region)``, each emitting its nodes into
+    a branch of its own (reading outer tensors by name), so only the taken one runs; the result is typed as
+    ``like``."""
+    et = b.elem_type(like)
+    branches = {}
+    for key, fn in (("then_branch", then_fn), ("else_branch", else_fn)):
+        region = b.child()
+        region.outputs.append(b.typed(region.op("Identity", fn(region)), et))
+        branches[key] = region.subgraph(key)
+    out = b.op("If", cond, **branches)
+    b.set_type(out, et, b.shape(like))
+    return out
+
+
+def _is(b, value: str, target: float) -> str:
+    return b.op("Equal", value, b.like(target, value))
+
+
+def _all(b, *conds: str) -> str:
+    out = conds[0]
+    for c in conds[1:]:
+        out = b.op("And", out, c)
+    return out
+
+
+def _picked(b, k: dict, name: str) -> str:
+    return b.op("Greater", k[name], b.like(0.5, k[name]))
+
+
 def lrp_layer(ctx):
     """The lrp method's rule at a Conv, ConvTranspose, Gemm or MatMul layer (see the formulas above); a node
-    that is not one of the graph's layers (a MatMul of two activations) keeps its gradient."""
+    that is not one of the graph's layers (a MatMul of two activations) keeps its gradient.
+
+    The layer's coefficients select, at run time, which of these branches (``If`` nodes: only the taken one
+    runs) computes ``c_x``, each the general formula with the terms that vanish left out:
+
+    - a2 = alpha = beta = 0 (epsilon, pass): ``Wp = Wn = a1 W``, ``den_p = den_n = a1 y``, so
+      ``c_x = W^T (a1 u R |sign y| / stab(a1 y))``: one transposed application, no forward one;
+    - u = beta = 0 (z_plus, alpha_beta with beta = 0): ``s_n = 0``, so ``c_x = where(x > 0, Wp^T s_p, Wn^T s_p)``;
+    - else the general formula.
+
+    Where the layer's input has no negative element, ``F(x-, .) = 0`` is left out of the denominators.  At a
+    first layer the input rules (z_box, flat, w_square, in that order of precedence) each run only when chosen.
+    """
     from . import standard_rule
     rules: LayerRules | None = ctx.params.get("lrp")
     layer = rules.layers.get(id(ctx.node)) if rules is not None else None
@@ -153,9 +205,38 @@ def lrp_layer(ctx):
         return standard_rule(ctx.node.op_type, ctx.opset).fn(ctx)
     b, L = ctx.b, _Layer(ctx, layer.data)
     k = rules.coefficients(layer)
-    y, x, w = ctx.y[0], L.x, L.w
-    relevance = b.mul(y, ctx.dy[0])
-    xp, xn = (L.typed(t, x) for t in _signed_parts(b, x))
+    relevance = b.mul(ctx.y[0], ctx.dy[0])
+    grads = [None] * len(ctx.x)
+    if layer.first:
+        grads[layer.data] = _input_relevance(b, L, rules, k, relevance)
+    else:
+        grads[layer.data] = _layer_cotangent(b, L, k, relevance)
+    return grads
+
+
+def _layer_cotangent(b, L: "_Layer", k: dict, relevance: str) -> str:
+    """``c_x`` of the layer's rule: the epsilon branch, the half branch or the general one (see :func:`lrp_layer`)."""
+    cheap = _all(b, _is(b, k["a2"], 0.0), _is(b, k["alpha"], 0.0), _is(b, k["beta"], 0.0))
+    half = _all(b, _is(b, k["u"], 0.0), _is(b, k["beta"], 0.0))
+    flat_x = b.reshape(L.x, b.ints([-1]))
+    nonneg = b.op("GreaterOrEqual", b.reduce("ReduceMin", flat_x, [0], keepdims=0), b.like(0.0, L.x))
+    return _choose(b, cheap, lambda r: _epsilon_branch(L.on(r), k, relevance),
+                   lambda r: _choose(r, half, lambda q: _half_branch(L.on(q), k, relevance, nonneg),
+                                     lambda q: _general_branch(L.on(q), k, relevance, nonneg), L.x), L.x)
+
+
+def _epsilon_branch(L: "_Layer", k: dict, relevance: str) -> str:
+    """a2 = alpha = beta = 0: ``c_x = W^T (a1 u R |sign y| / stab(a1 y))``."""
+    b, y = L.b, L.ctx.y[0]
+    mask = b.op("Abs", b.op("Sign", y))
+    scale = b.cast_like(b.mul(k["a1"], k["u"]), y)
+    s = b.div(b.mul(b.mul(relevance, mask), scale), _stab(b, b.mul(b.cast_like(k["a1"], y), y), k["stab"]))
+    return L.transpose(L.w, s)
+
+
+def _modified(L: "_Layer", k: dict):
+    """``Wp, Wn, bp, bn`` of the general formula."""
+    b, w = L.b, L.w
     wp_, wn_ = (L.typed(t, w) for t in _signed_parts(b, w))
     wp = L.typed(b.add(b.mul(k["a1"], w), b.mul(k["a2"], wp_)), w)
     wn = L.typed(b.add(b.mul(k["a1"], w), b.mul(k["a2"], wn_)), w)
@@ -164,42 +245,80 @@ def lrp_layer(ctx):
         bias_p, bias_n = _signed_parts(b, L.bias)
         bp = b.add(b.mul(k["a1"], L.bias), b.mul(k["a2"], bias_p))
         bn = b.add(b.mul(k["a1"], L.bias), b.mul(k["a2"], bias_n))
-    den_p = b.add(L.forward(xp, wp, bp), L.forward(xn, wn))
-    den_n = b.add(L.forward(xp, wn, bn), L.forward(xn, wp))
+    return wp, wn, bp, bn
+
+
+def _split_forward(L: "_Layer", nonneg: str, w_pos: str, bias: str | None, w_neg: str) -> str:
+    """``F(x+, w_pos, bias) + F(x-, w_neg)``; where x has no negative element, ``F(x, w_pos, bias)`` alone."""
+    def both(r):
+        M = L.on(r)
+        xp, xn = (M.typed(t, M.x) for t in _signed_parts(r, M.x))
+        return r.add(M.forward(xp, w_pos, bias), M.forward(xn, w_neg))
+    return _choose(L.b, nonneg, lambda r: L.on(r).forward(L.x, w_pos, bias), both, L.ctx.y[0])
+
+
+def _half_branch(L: "_Layer", k: dict, relevance: str, nonneg: str) -> str:
+    """u = beta = 0: ``s_n = 0``, ``c_x = where(x > 0, Wp^T s_p, Wn^T s_p)`` with ``s_p = alpha R / stab(den_p)``."""
+    b, x = L.b, L.x
+    wp, wn, bp, _ = _modified(L, k)
+    s_p = b.div(b.mul(relevance, k["alpha"]), _stab(b, _split_forward(L, nonneg, wp, bp, wn), k["stab"]))
+    return b.where(b.op("Greater", x, b.like(0.0, x)), L.transpose(wp, s_p), L.transpose(wn, s_p))
+
+
+def _general_branch(L: "_Layer", k: dict, relevance: str, nonneg: str) -> str:
+    """The general formula (four forward and four transposed applications; two forward ones where x >= 0)."""
+    b, x, y = L.b, L.x, L.ctx.y[0]
+    wp, wn, bp, bn = _modified(L, k)
+    den_p = _split_forward(L, nonneg, wp, bp, wn)
+    den_n = _split_forward(L, nonneg, wn, bn, wp)
     zero = b.like(0.0, y)
     pos = b.op("Cast", b.op("Greater", y, zero), to=L.ftype)
     neg = b.op("Cast", b.op("Less", y, zero), to=L.ftype)
     s_p = b.div(b.mul(relevance, b.add(b.mul(k["u"], pos), k["alpha"])), _stab(b, den_p, k["stab"]))
     s_n = b.div(b.mul(relevance, b.sub(b.mul(k["u"], neg), k["beta"])), _stab(b, den_n, k["stab"]))
-    c_x = b.where(b.op("Greater", x, b.like(0.0, x)),
-                  b.add(L.transpose(wp, s_p), L.transpose(wn, s_n)),
-                  b.add(L.transpose(wn, s_p), L.transpose(wp, s_n)))
-    grads = [None] * len(ctx.x)
-    grads[layer.data] = _input_relevance(ctx, L, rules, k, relevance, c_x, wp_, wn_) if layer.first else c_x
-    return grads
+    return b.where(b.op("Greater", x, b.like(0.0, x)),
+                   b.add(L.transpose(wp, s_p), L.transpose(wn, s_n)),
+                   b.add(L.transpose(wn, s_p), L.transpose(wp, s_n)))
 
 
-def _input_relevance(ctx, L: _Layer, rules: LayerRules, k: dict, relevance: str, c_x: str, wp_: str, wn_: str) -> str:
-    """At a first layer: the relevance of its input itself, ``x * c_x`` or that of flat, w_square or z_box."""
-    b, x, w, y = ctx.b, L.x, L.w, ctx.y[0]
-    shape = b.shape_of(x)
-    ones_x = L.typed(b.op("Expand", b.like(1.0, x), shape), x)
-    ones_w = L.typed(b.op("Expand", b.like(1.0, w), b.shape_of(w)), w)
-    flat = L.transpose(ones_w, b.div(relevance, _stab(b, L.forward(ones_x, ones_w), k["stab"])))
+def _input_relevance(b, L: "_Layer", rules: LayerRules, k: dict, relevance: str) -> str:
+    """At a first layer: the relevance of its input itself, that of z_box, flat or w_square when one is chosen
+    (in that order of precedence), else ``x * c_x``; only the chosen one is computed."""
+    x = L.x
+    own = lambda r: r.mul(x, _layer_cotangent(r, L.on(r), k, relevance))  # noqa: E731
+    w_square = lambda r: _choose(r, _picked(b, k, "w_square"), lambda q: _w_square(L.on(q), k, relevance), own, x)  # noqa: E731
+    flat = lambda r: _choose(r, _picked(b, k, "flat"), lambda q: _flat(L.on(q), k, relevance), w_square, x)  # noqa: E731
+    return _choose(b, _picked(b, k, "z_box"), lambda q: _z_box(L.on(q), rules, k, relevance), flat, x)
+
+
+def _ones_like(L: "_Layer", t: str) -> str:
+    b = L.b
+    return L.typed(b.op("Expand", b.like(1.0, t), b.shape_of(t)), t)
+
+
+def _flat(L: "_Layer", k: dict, relevance: str) -> str:
+    b = L.b
+    ones_w = _ones_like(L, L.w)
+    return L.transpose(ones_w, b.div(relevance, _stab(b, L.forward(_ones_like(L, L.x), ones_w), k["stab"])))
+
+
+def _w_square(L: "_Layer", k: dict, relevance: str) -> str:
+    b, w = L.b, L.w
     w2 = L.typed(b.mul(w, w), w)
-    wsq = L.transpose(w2, b.div(relevance, _stab(b, L.forward(ones_x, w2, b.mul(L.bias, L.bias) if L.bias else None),
-                                                  k["stab"])))
+    den = L.forward(_ones_like(L, L.x), w2, b.mul(L.bias, L.bias) if L.bias else None)
+    return L.transpose(w2, b.div(relevance, _stab(b, den, k["stab"])))
+
+
+def _z_box(L: "_Layer", rules: LayerRules, k: dict, relevance: str) -> str:
+    b, x, w, y = L.b, L.x, L.w, L.ctx.y[0]
+    shape = b.shape_of(x)
+    wp_, wn_ = (L.typed(t, w) for t in _signed_parts(b, w))
     low = L.typed(b.op("Expand", b.cast_like(rules.low, x), shape), x)
     high = L.typed(b.op("Expand", b.cast_like(rules.high, x), shape), x)
     bias_p, bias_n = _signed_parts(b, L.bias) if L.bias else (None, None)
     den = b.sub(b.sub(y, L.forward(low, wp_, bias_p)), L.forward(high, wn_, bias_n))
     s = b.div(relevance, _stab(b, den, k["stab"]))
-    zbox = b.sub(b.sub(b.mul(x, L.transpose(w, s)), b.mul(low, L.transpose(wp_, s))), b.mul(high, L.transpose(wn_, s)))
-    half = b.like(0.5, x)
-    chosen = b.mul(x, c_x)
-    for name, value in (("w_square", wsq), ("flat", flat), ("z_box", zbox)):
-        chosen = b.where(b.op("Greater", b.cast_like(k[name], x), half), value, chosen)
-    return chosen
+    return b.sub(b.sub(b.mul(x, L.transpose(w, s)), b.mul(low, L.transpose(wp_, s))), b.mul(high, L.transpose(wn_, s)))
 
 
 def lrp_overrides() -> dict:
