@@ -199,6 +199,8 @@ def rescale_selection(ctx):
     gradients = plain_gradient(ctx)
     if not ctx.needs(0) or not differs_from_reference(ctx, ctx.x[1]):
         return gradients
+    if not ctx.ref.stacked:
+        return _paired_selection(ctx)
     b, x, y, dy = ctx.b, ctx.x[0], ctx.y[0], ctx.dy[0]
     # how much the picked entries moved: the row's pick in the top half, the reference's below
     moved = b.op(ctx.node.op_type, b.sub(x, ctx.ref(x)), *ctx.x[1:], **node_attributes(ctx.node))
@@ -215,6 +217,23 @@ def rescale_selection(ctx):
     below = _rows(b, scattered, x_half, None)
     return [b.op("Concat", b.add(_rows(b, scattered, None, x_half), below), b.zeros_like(below), axis=0)] + \
         [None] * (len(ctx.x) - 1)
+
+
+def _paired_selection(ctx) -> list:
+    """:func:`rescale_selection` where the references run through a copy of their own: the row's picks and
+    the reference's picks of ``x - x_ref`` share ``Δy``, and each share is scattered back by its own indices."""
+    b, x, y, dy = ctx.b, ctx.x[0], ctx.y[0], ctx.dy[0]
+    attributes = node_attributes(ctx.node)
+    delta = b.sub(x, ctx.ref(x))
+    ref_operands = {name: ctx.ref(value) for name, value in zip(ctx.node.input[1:], ctx.x[1:]) if name}
+    own = b.op(ctx.node.op_type, delta, *ctx.x[1:], **attributes)
+    theirs = b.op(ctx.node.op_type, delta, *[ref_operands.get(n, n) for n in ctx.node.input[1:]], **attributes)
+    share, small = _share_by_magnitude(ctx, b.sub(y, ctx.ref(y)), own, theirs)
+    scatter = standard_rule(ctx.node.op_type, ctx.opset).fn
+    by_row = scatter(dataclasses.replace(ctx, dy=[b.where(small, dy, b.mul(share, b.op("Sign", own)))]))[0]
+    by_ref = scatter(dataclasses.replace(ctx, dy=[b.where(small, b.like(0.0, y), b.mul(share, b.op("Sign", theirs)))],
+                                         reads={**ctx.reads, **ref_operands}))[0]
+    return [b.add(by_row, by_ref)] + [None] * (len(ctx.x) - 1)
 
 
 def _rows(b, t: str, start: str | None, stop: str | None) -> str:
