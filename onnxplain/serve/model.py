@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 import asyncio
+import struct
 
 import numpy as np
 from kserve import Model
 from kserve.errors import InvalidInput
 from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
 
-from .protocol import Interface, RequestError
+from .protocol import RESERVED_REQUEST_PARAMETERS, RESERVED_REQUEST_PREFIX, Interface, RequestError
 
 
 class ExplainerModel(Model):
@@ -18,6 +19,13 @@ class ExplainerModel(Model):
     reused by every request.  Requests run in the event loop's worker threads
     (onnxruntime releases the GIL), so several are served at once and health
     checks are answered while an explanation runs.
+
+    A request carries the model's inputs, and ``target``, ``target_weights`` and the
+    method's parameters as optional inputs; a one-value parameter (and ``target``, one
+    class index for every row) may come as a request-level parameter instead
+    (``{"inputs": [...], "parameters": {"n_steps": 32}}``, tritonclient's
+    ``infer(..., parameters={...})`` over REST or gRPC): see
+    :meth:`onnxplain.serve.protocol.Interface.with_request_parameters`.
     """
 
     def __init__(self, name: str, explainer, defaults: dict | None = None):
@@ -39,6 +47,7 @@ class ExplainerModel(Model):
         wanted = [o.name for o in request.request_outputs or []]
         loop = asyncio.get_running_loop()
         try:
+            tensors = self.interface.with_request_parameters(tensors, request_parameters(request))
             call = self.interface.call(tensors, wanted)
             results = await loop.run_in_executor(None, lambda: self.interface.results(*call))
         except (RequestError, ValueError, TypeError) as e:   # explain's checks name what they expected
@@ -76,3 +85,33 @@ def request_tensors(request: InferRequest) -> dict[str, tuple[str, np.ndarray]]:
         tensors[x.name] = (x.datatype, array)
     return tensors
 
+
+
+def request_parameters(request: InferRequest) -> dict:
+    """The request-level parameters as ``{key: value}``: REST's JSON values as they are; gRPC's InferParameter as
+    its bool, int64 or string, or the double or uint64 that tritonclient's protocol adds (KServe's messages
+    lack those two fields, so they arrive as unknown fields, read here).  Reserved keys are not decoded (they
+    may hold anything; :mod:`onnxplain.serve.protocol` skips them)."""
+    parameters = request.parameters
+    if not parameters:
+        return {}
+    out = {}
+    for key, value in parameters.items():
+        if key in RESERVED_REQUEST_PARAMETERS or key.startswith(RESERVED_REQUEST_PREFIX):
+            continue
+        out[key] = _grpc_parameter(key, value) if hasattr(value, "WhichOneof") else value
+    return out
+
+
+def _grpc_parameter(key: str, value):
+    """One gRPC InferParameter's value."""
+    field = value.WhichOneof("parameter_choice")
+    if field is not None:
+        return getattr(value, field)
+    from google.protobuf.unknown_fields import UnknownFieldSet
+    for f in UnknownFieldSet(value):
+        if f.field_number == 4 and f.wire_type == 1:      # double_param (fixed 64 bits)
+            return struct.unpack("<d", struct.pack("<Q", f.data))[0]
+        if f.field_number == 5 and f.wire_type == 0:      # uint64_param (varint)
+            return int(f.data)
+    raise InvalidInput(f"request parameter {key!r} holds no value; give a bool, int64, double or string")

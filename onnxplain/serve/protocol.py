@@ -10,8 +10,15 @@ and the method's parameters under the names ``Explainer.explain`` takes them
 (``n_steps``, ``baselines``, ``stdevs``...; integrated gradients' quadrature
 ``method`` is called ``integration`` to keep it apart from the attribution
 method).  How each parameter travels comes from its declaration (see
-:func:`request_form` and :mod:`onnxplain.methods.params`).  Outputs are the
-attributions, ``delta`` where the method has one, and the model's own outputs.
+:func:`request_form` and :mod:`onnxplain.methods.params`).  A parameter of one value (an
+int, float, bool or string: ``n_steps``, ``stdevs``, ``composite``...) and ``target`` as
+one class index for every row may instead be a request-level parameter
+(``{"inputs": [...], "parameters": {"n_steps": 32}}``): :meth:`Interface.with_request_parameters`
+turns each into the tensor it would have been, so both travel through the same checks
+(a string is read as a BYTES input is: ``"auto"``, a composite's name).  Giving one both
+ways is refused; the keys clients and KServe put there themselves
+(:data:`RESERVED_REQUEST_PARAMETERS`) are left alone.  Outputs are the attributions,
+``delta`` where the method has one, and the model's own outputs.
 """
 from __future__ import annotations
 
@@ -37,6 +44,16 @@ FLOAT_DATATYPES = ("FP16", "FP32", "FP64")
 TARGET = "target"
 TARGET_WEIGHTS = "target_weights"
 DELTA = "delta"
+
+#: request-level parameter keys that belong to the protocol's clients and servers, not to the method: tritonclient's
+#: (``tritonclient.utils.TRITON_RESERVED_REQUEST_PARAMS``: sequences, priority, timeout, headers, binary outputs;
+#: and every key starting with ``triton_``) and KServe's (``content_type``; ``binary_data_output`` too)
+RESERVED_REQUEST_PARAMETERS = frozenset({"sequence_id", "sequence_start", "sequence_end", "priority", "timeout",
+                                         "headers", "binary_data_output", "content_type"})
+RESERVED_REQUEST_PREFIX = "triton_"
+
+#: the request forms a request-level parameter (one scalar value) can stand for
+SCALAR_FORMS = ("int", "float", "bool", "string")
 
 #: the request form of each kind of (single-tensor) method parameter; see :func:`request_form`
 _FORMS = {"int": "int", "float": "float", "bool": "bool", "str": "string", "choice": "string", "ints": "ints"}
@@ -182,6 +199,54 @@ class Interface:
         return params
 
     # ------------------------------------------------------------------ requests
+    @property
+    def scalar_names(self) -> list[str]:
+        """The names a request-level parameter may have: ``target`` (one class index for every row) and the
+        method parameters of one value."""
+        return [TARGET] + [p.tensor.name for p in self.parameters if p.kind in SCALAR_FORMS]
+
+    def with_request_parameters(self, tensors: dict[str, tuple[str, np.ndarray]],
+                                parameters: dict | None) -> dict[str, tuple[str, np.ndarray]]:
+        """The request's tensors with its request-level parameters (``{name: int | float | bool | str}``) added as
+        the tensors they stand for, for :meth:`call` to check like any input: an int is INT64, a float FP64
+        (an int given for a float parameter too), a bool BOOL, a string BYTES, each of shape [1] (``target``:
+        shape [], one index for every row).  Reserved keys (:data:`RESERVED_REQUEST_PARAMETERS`) are skipped; a
+        name given both ways, an unknown name and a value that is not one scalar are RequestErrors."""
+        merged = dict(tensors)
+        accepted = self.scalar_names
+        for name, value in (parameters or {}).items():
+            if name in RESERVED_REQUEST_PARAMETERS or name.startswith(RESERVED_REQUEST_PREFIX):
+                continue
+            if name not in accepted:
+                as_input = name in {t.name for t in self.inputs}
+                raise RequestError(f"unknown request parameter {name!r}"
+                                   f"{' (give it as a request input: it is not one value)' if as_input else ''}; "
+                                   f"this model takes the request parameters {accepted} (one int, float, bool or "
+                                   f"string each; the others as request inputs)")
+            if name in tensors:
+                raise RequestError(f"{name!r} is given both as a request input and as a request parameter; "
+                                   f"give it once")
+            merged[name] = self._parameter_tensor(name, value)
+        return merged
+
+    def _parameter_tensor(self, name: str, value) -> tuple[str, np.ndarray]:
+        if isinstance(value, (bool, np.bool_)):
+            datatype, array = "BOOL", np.array([bool(value)])
+        elif isinstance(value, (int, np.integer)):
+            kind = next((p.kind for p in self.parameters if p.tensor.name == name), None)
+            datatype, array = ("FP64", np.array([value], np.float64)) if kind == "float" else \
+                ("INT64", np.array([value], np.int64))
+        elif isinstance(value, (float, np.floating)):
+            datatype, array = "FP64", np.array([value], np.float64)
+        elif isinstance(value, str):
+            datatype, array = "BYTES", np.array([value.encode("utf-8")], dtype=object)
+        else:
+            raise RequestError(f"request parameter {name!r} must be one int, float, bool or string, got "
+                               f"{type(value).__name__} {value!r}; give lists and arrays as request inputs")
+        if name == TARGET:
+            array = array.reshape(())
+        return datatype, array
+
     def call(self, tensors: dict[str, tuple[str, np.ndarray]], wanted: list[str] | None):
         """Check a request (tensors by name: ``(datatype, array)``) and return the explain call:
         ``(inputs, target, target_weights, params, wanted outputs)``."""
@@ -269,6 +334,8 @@ class Interface:
         if target is None:
             return None, weights
         per_row = len(self.explained.shape) - 1
+        if target.ndim == 0:             # one class index for every row (a request-level parameter)
+            return int(target), None
         if target.ndim == 1:
             return [int(t) for t in target], None
         if target.ndim == 2 and target.shape[1] == per_row:

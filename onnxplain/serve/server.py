@@ -76,7 +76,8 @@ def serve(models, method="saliency", *, names=None, host="127.0.0.1", http_port:
     ``inputs``, ``layer``, ``providers``, ``threads``, ``memory_budget``,
     ``noise_tunnel``, ``batch_axes``, ``batch_size``: :data:`EXPLAINER_KEYWORDS`)
     go to each Explainer; the others are method parameters every request starts
-    from (``n_steps=32``...).
+    from (``n_steps=32``...); a request overrides them with its parameter inputs or, for
+    one-value parameters, its request-level ``parameters`` (``{"n_steps": 64}``).
     ``grpc_port=None`` serves REST only.  ``ui=True`` adds the local page (``GET /ui``, see
     :mod:`onnxplain.serve.ui`), which reads images with ``image`` (an ``ImageFormat`` or a preset's name)
     and texts with ``tokenizer`` (a ``tokenizer.json``, truncating to ``max_length`` tokens when given).
@@ -301,7 +302,8 @@ async def _malformed(_, exc: RequestValidationError):
     details = "; ".join(f"{'.'.join(map(str, e.get('loc', ())))}: {e.get('msg')}" for e in exc.errors()[:5])
     return JSONResponse({"error": f"malformed request: expected an inference request of the Open Inference "
                                   f"Protocol, a JSON object {{\"inputs\": [{{\"name\", \"shape\", \"datatype\", "
-                                  f"\"data\"}}], \"outputs\": [...]}} ({details})"}, status_code=400)
+                                  f"\"data\"}}], \"outputs\": [...], \"parameters\": {{name: int, float, bool or "
+                                  f"string}}}} ({details})"}, status_code=400)
 
 
 class LocalRESTServer(RESTServer):
