@@ -115,12 +115,17 @@ _NODE_FAILURE = re.compile(r"running (\S+) node\. Name:'([^']*)' Status Message:
 _SOURCE_LOCATION = re.compile(r"^\S+\.(?:cc|cpp|h):\d+ (?:[^\[]*?\)(?: \[with [^\]]*\])? )?")
 
 
+#: how onnxruntime's ``run_with_iobinding`` words a failed run: a plain RuntimeError with the status after this
+BOUND_RUN_FAILURE = "Error in execution: "
+
+
 def run_failure(error: Exception) -> OnnxplainError | None:
     """onnxruntime's failure of a run as an error naming the node, its op and what to do, or None for an error
     that does not come from onnxruntime.  A node of the model (the forward pass, or a copy of it) failing is
     the inputs' matter (:class:`ModelError`: a server answers 400); a node the explanation graph added is
     onnxplain's (:class:`RunError`)."""
-    if not type(error).__module__.startswith("onnxruntime."):
+    bound = type(error) is RuntimeError and str(error).startswith(BOUND_RUN_FAILURE)
+    if not bound and not type(error).__module__.startswith("onnxruntime."):
         return None
     text = " ".join(str(error).split())
     found = _NODE_FAILURE.search(text)

@@ -75,11 +75,18 @@ class _AblationPlan(Plan):
         self.groups = np.arange(n_groups, dtype=np.int64)
         self.attr = {a.name: np.empty(a.x.shape, dtype=a.attr_dtype) for a in inputs}
 
-    def begin(self, r0, r1, evaluate):
+    folds_evaluations = True     # f(x) of the block: the first rows of its first chunk
+
+    def start(self, r0, r1):
         self.r0, self.r1 = r0, r1
-        self.f0 = evaluate({})
         self.diffs = np.zeros((r1 - r0, self.n_groups), dtype=np.float64)
         self.block_labels = {k: v.rows(r0, r1) for k, v in self.labels.items()}
+
+    def evaluation_values(self, r0, r1):
+        return [{}]
+
+    def evaluated(self, outputs):
+        self.f0 = outputs[0]
 
     def fill(self, u0, u1, batches):
         for a in self.inputs:

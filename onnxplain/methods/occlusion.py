@@ -66,10 +66,17 @@ class _OcclusionPlan(Plan):
             self.counts[a.name] = occlusion_counts(a.row, self.windows[a.name], own)
         self.sums = {a.name: np.zeros(a.x.shape, dtype=np.float64) for a in inputs}
 
-    def begin(self, r0, r1, evaluate):
+    folds_evaluations = True     # f(x) of the block: the first rows of its first chunk
+
+    def start(self, r0, r1):
         self.r0, self.r1 = r0, r1
-        self.f0 = evaluate({})
         self.block = {a.name: np.zeros((r1 - r0, a.size), dtype=np.float64) for a in self.inputs}
+
+    def evaluation_values(self, r0, r1):
+        return [{}]
+
+    def evaluated(self, outputs):
+        self.f0 = outputs[0]
 
     def fill(self, u0, u1, batches):
         for a in self.inputs:

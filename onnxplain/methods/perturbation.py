@@ -16,10 +16,14 @@ perturbed rows straight into preallocated batches (perturbation-major: row
 one session run writes one scalar per row into a buffer the call owns (an IO
 binding kept per chunk shape), and the kernels fold those back into sums and
 counts.  No Python loop runs per perturbation, only per chunk, and nothing in a
-chunk's Python work grows with the number of features.
+chunk's Python work grows with the number of features.  The few runs of whole
+rows a plan needs besides (``f(x)``, ``f(baselines)``) head the first chunk of
+each block unless ``perturbations_per_eval`` caps the chunks (then they run
+alone, as Captum runs them): a small model's call is one session run.
 """
 from __future__ import annotations
 
+import math
 import numbers
 import sys
 import threading
@@ -75,7 +79,7 @@ def attributed_inputs(spec: Spec, feeds: dict, baselines) -> list[Attributed]:
     for x in spec.wrt:
         value = np.ascontiguousarray(feeds[x])
         row = tuple(value.shape[1:])
-        d = int(np.prod(row, dtype=np.int64))
+        d = math.prod(row)
         base = bases[spec.param("baselines", x)]
         base = np.broadcast_to(base, (base.shape[0],) + row).reshape(base.shape[0], d)
         out.append(Attributed(x, row, value.dtype, value.reshape(value.shape[0], d),
@@ -122,13 +126,30 @@ def group_labels(spec: Spec, inputs: list[Attributed], feature_mask, n_rows: int
     raw = {}
     for a in inputs:
         raw[a.name] = _check_mask(masks[a.name], a, n_rows)
-    ids = np.unique(np.concatenate([m.ravel() for m in raw.values()]))
+    number, n_groups = _numbering(list(raw.values()))
     labels = {}
     for a in inputs:
         m = raw[a.name]
         full = np.broadcast_to(m, (m.shape[0],) + a.row).reshape(m.shape[0], a.size)
-        labels[a.name] = Labels(np.searchsorted(ids, full).astype(np.int32), len(ids))
-    return labels, len(ids)
+        labels[a.name] = Labels(number(full), n_groups)
+    return labels, n_groups
+
+
+def _numbering(masks: list) -> tuple:
+    """``(number, G)``: ``number(ids)`` gives the int32 rank of each id among the ``G`` distinct ids of
+    ``masks``; ids in a small non-negative range are ranked through a table (no sort), others by
+    :func:`numpy.unique`."""
+    sizes = [m for m in masks if m.size]
+    lo = min((int(m.min()) for m in sizes), default=0)
+    hi = max((int(m.max()) for m in sizes), default=-1)
+    if lo >= 0 and hi < 4 * sum(m.size for m in sizes) + 1024:
+        present = np.zeros(hi + 1, dtype=np.bool_)
+        for m in sizes:
+            present[m] = True
+        table = np.cumsum(present, dtype=np.int32) - 1
+        return (lambda ids: table[ids]), int(table[-1]) + 1 if hi >= 0 else 0
+    ids = np.unique(np.concatenate([m.ravel() for m in masks]))
+    return (lambda m: np.searchsorted(ids, m).astype(np.int32)), len(ids)
 
 
 def _check_mask(mask, a: Attributed, n_rows: int) -> np.ndarray:
@@ -157,15 +178,40 @@ def check_positive_int(value, what: str, allow_none: bool = False):
 
 # ---------------------------------------------------------------------- the method
 class Plan:
-    """One call's perturbations: ``units`` per input row, filled and folded chunk by chunk."""
+    """One call's perturbations: ``units`` per input row, filled and folded chunk by chunk.
+
+    A plan whose block needs a few runs of whole rows besides its units (the inputs, the baselines: its
+    ``evaluations``) may declare them instead of running them: with ``folds_evaluations``, it gives their
+    inputs (:meth:`evaluation_values`) and takes their outputs (:meth:`evaluated`), and the loop runs them
+    as the first rows of the block's first chunk (one run fewer per block) when no ``perturbations_per_eval``
+    caps the chunks, or alone before the chunks otherwise (:meth:`begin`)."""
 
     inputs: list[Attributed]
     units: int
     #: session runs :meth:`begin` makes per block of rows through ``evaluate`` (the inputs, the baselines)
     evaluations: int = 1
+    #: whether the plan declares its evaluations (:meth:`start`, :meth:`evaluation_values`, :meth:`evaluated`)
+    folds_evaluations: bool = False
 
     def begin(self, r0: int, r1: int, evaluate) -> None:
-        """Start input rows ``[r0, r1)``; ``evaluate({name: rows})`` runs the model (other inputs unchanged)."""
+        """Start input rows ``[r0, r1)``; ``evaluate({name: rows})`` runs the model (other inputs unchanged).
+        By default :meth:`start`, then the :meth:`evaluation_values` run one by one into :meth:`evaluated`."""
+        self.start(r0, r1)
+        n = r1 - r0
+        byname = {a.name: a for a in self.inputs}
+        self.evaluated([evaluate({k: broadcast_rows(byname[k], v, n) for k, v in values.items()})
+                        for values in self.evaluation_values(r0, r1)])
+
+    def start(self, r0: int, r1: int) -> None:
+        """Start input rows ``[r0, r1)`` (no run)."""
+
+    def evaluation_values(self, r0: int, r1: int) -> list[dict]:
+        """The inputs of each of the block's ``evaluations``: ``{name: (1 or n, D) rows}`` replacing the
+        inputs named (``{}``: the inputs as they are)."""
+        return []
+
+    def evaluated(self, outputs: list) -> None:
+        """The outputs of :meth:`evaluation_values`, one ``(n,)`` array each, in order (arrays the plan may keep)."""
 
     def fill(self, u0: int, u1: int, batches: dict) -> None:
         raise NotImplementedError
@@ -283,7 +329,7 @@ class BufferPool:
 
     def take(self, shape: tuple, dtype) -> np.ndarray:
         dtype = np.dtype(dtype)
-        nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+        nbytes = math.prod(shape) * dtype.itemsize
         with self._lock:
             fits = [i for i, b in enumerate(self._free) if b.nbytes >= nbytes]
             raw = self._free.pop(min(fits, key=lambda i: self._free[i].nbytes)) if fits else None
@@ -321,18 +367,27 @@ def chunking(n_rows: int, units: int, per_row: int, budget: int, cap: int | None
 @dataclass
 class Schedule:
     """How one call's perturbations are cut into session runs: blocks of input rows, and per block the
-    plan's ``evaluations`` runs of whole rows, then chunks of units (:func:`drive` walks exactly these)."""
+    plan's ``evaluations`` runs of whole rows, then chunks of units (:func:`drive` walks exactly these).
+
+    With ``lead`` > 0 the evaluations are no runs of their own but the first ``lead`` *slots* of the block's
+    first chunk (a slot is ``n`` rows, as a unit): chunks then cut the ``lead + units`` slots."""
 
     n_rows: int
     units: int
     evaluations: int
     block: int
     per_chunk: int
+    lead: int = 0
 
     @classmethod
     def of(cls, runner, feeds: dict, n_rows: int, plan: Plan, cap: int | None) -> "Schedule":
-        block, per_chunk = chunking(n_rows, plan.units, runner.row_cost(feeds), runner.memory_budget, cap,
-                                    runner.spec.batch_size)
+        per_row, budget, batch_size = runner.row_cost(feeds), runner.memory_budget, runner.spec.batch_size
+        if cap is None and plan.units and plan.folds_evaluations and plan.evaluations:
+            lead = plan.evaluations
+            block, per_chunk = chunking(n_rows, plan.units + lead, per_row, budget, None, batch_size)
+            if per_chunk > lead:      # room for the evaluations and at least one unit in the first chunk
+                return cls(n_rows, plan.units, plan.evaluations, block, per_chunk, lead)
+        block, per_chunk = chunking(n_rows, plan.units, per_row, budget, cap, batch_size)
         return cls(n_rows, plan.units, plan.evaluations, block, per_chunk)
 
     def blocks(self):
@@ -341,15 +396,18 @@ class Schedule:
             yield r0, min(self.n_rows, r0 + self.block)
 
     def chunks(self):
-        """``(u0, u1)`` of each chunk of units (the same for every block)."""
-        for u0 in range(0, self.units, self.per_chunk):
-            yield u0, min(self.units, u0 + self.per_chunk)
+        """``(s0, s1)`` of each chunk of slots (the same for every block): units ``[s0 - lead, s1 - lead)``,
+        and the evaluations in the slots below ``lead``."""
+        slots = self.units + self.lead
+        for s0 in range(0, slots, self.per_chunk):
+            yield s0, min(slots, s0 + self.per_chunk)
 
     def run_rows(self) -> list[int]:
         """The rows of every session run, in order."""
         out = []
+        alone = 0 if self.lead else self.evaluations
         for r0, r1 in self.blocks():
-            out += [r1 - r0] * self.evaluations + [(u1 - u0) * (r1 - r0) for u0, u1 in self.chunks()]
+            out += [r1 - r0] * alone + [(s1 - s0) * (r1 - r0) for s0, s1 in self.chunks()]
         return out
 
 
@@ -401,22 +459,26 @@ def _walk(runner, feeds: dict, tw: np.ndarray, plan: Plan, schedule: Schedule, p
     A block's batches and its output buffer are taken from ``pool`` once, and the feeds of each chunk
     shape (a full chunk, a shorter last one) are made once as views of them: the session writes each
     chunk's outputs into that buffer (IO binding), the plan folds them from there, and no chunk
-    allocates or copies anything in Python."""
+    allocates or copies anything in Python.  With ``schedule.lead``, the evaluations' rows head the first
+    chunk (written by :func:`_fill_evaluations`) and their outputs are copied out before the fold."""
     spec = runner.spec
     shared = {u: feeds[u] for u in spec.unbatched}   # fed as they are to every run
-    per_chunk = schedule.per_chunk
+    per_chunk, lead = schedule.per_chunk, schedule.lead
     out_dtype = runner.session.output_dtypes.get(TARGET_OUTPUT)
     for r0, r1 in schedule.blocks():
         n = r1 - r0
         tw_rows = tw[r0:r1]
         fixed = {p: feeds[p][r0:r1] for p in spec.passthrough}
-        originals = {a.name: feeds[a.name][r0:r1] for a in plan.inputs}
+        if lead:
+            plan.start(r0, r1)
+        else:
+            originals = {a.name: feeds[a.name][r0:r1] for a in plan.inputs}
 
-        def evaluate(values: dict) -> np.ndarray:
-            one = {**originals, **fixed, **shared, **values, TARGET_WEIGHTS: tw_rows}
-            return run(one, [TARGET_OUTPUT])[TARGET_OUTPUT].reshape(-1)
+            def evaluate(values: dict) -> np.ndarray:
+                one = {**originals, **fixed, **shared, **values, TARGET_WEIGHTS: tw_rows}
+                return run(one, [TARGET_OUTPUT])[TARGET_OUTPUT].reshape(-1)
 
-        plan.begin(r0, r1, evaluate)
+            plan.begin(r0, r1, evaluate)
         if plan.units:
             most = per_chunk * n
             batches = {a.name: pool.take((most, a.size), a.dtype) for a in plan.inputs}
@@ -424,16 +486,33 @@ def _walk(runner, feeds: dict, tw: np.ndarray, plan: Plan, schedule: Schedule, p
             tiled = {p: np.tile(v, (per_chunk,) + (1,) * (v.ndim - 1)) for p, v in fixed.items()}
             tiled[TARGET_WEIGHTS] = np.tile(tw_rows, (per_chunk,) + (1,) * (tw.ndim - 1))
             shapes = {}
-            for u0, u1 in schedule.chunks():
-                rows = (u1 - u0) * n
+            for s0, s1 in schedule.chunks():
+                rows = (s1 - s0) * n
                 chunk = shapes.get(rows)
                 if chunk is None:
                     chunk = shapes[rows] = _chunk_feeds(plan, batches, tiled, shared, outputs, rows)
                 views, one, wanted = chunk
+                u0, u1 = max(0, s0 - lead), s1 - lead
+                if s0 < lead:      # the first chunk: the evaluations' rows, then units from 0
+                    head = lead * n
+                    _fill_evaluations(plan, r0, r1, views)
+                    plan.fill(u0, u1, {k: v[head:] for k, v in views.items()})
+                    f = run(one, wanted)[TARGET_OUTPUT].reshape(-1)
+                    plan.evaluated([f[k * n:(k + 1) * n].copy() for k in range(lead)])
+                    plan.fold(u0, u1, f[head:])
+                    continue
                 plan.fill(u0, u1, views)
                 plan.fold(u0, u1, run(one, wanted)[TARGET_OUTPUT].reshape(-1))
             pool.give(list(batches.values()) + ([] if outputs is None else [outputs]))
         plan.end()
+
+
+def _fill_evaluations(plan: Plan, r0: int, r1: int, views: dict) -> None:
+    """Slot ``k`` (rows ``k * n`` to ``(k + 1) * n``) of the batch views: evaluation ``k`` of the block."""
+    n = r1 - r0
+    for k, values in enumerate(plan.evaluation_values(r0, r1)):
+        for a in plan.inputs:
+            views[a.name][k * n:(k + 1) * n] = values.get(a.name, a.x[r0:r1])
 
 
 def _chunk_feeds(plan: Plan, batches: dict, tiled: dict, shared: dict, outputs, rows: int) -> tuple:

@@ -25,7 +25,7 @@ from onnxplain.kernels.shapley import (MAX_EXACT_GROUPS, PermutationUnits, close
 
 from .params import (DRAW_SEED, FEATURE_MASK, N_BASELINES, PERTURBATION_BASELINES, PERTURBATIONS_PER_EVAL, PROGRESS,
                      Param)
-from .perturbation import Perturbation, Plan, attributed_inputs, broadcast_rows, check_positive_int, group_labels
+from .perturbation import Perturbation, Plan, attributed_inputs, check_positive_int, group_labels
 
 
 class ShapleySampling(Perturbation):
@@ -90,7 +90,7 @@ class _GroupPlan(Plan):
         self.attr = {a.name: np.empty(a.x.shape, dtype=a.attr_dtype) for a in inputs}
         self.scale = 1.0
 
-    def begin(self, r0, r1, evaluate):
+    def start(self, r0, r1):
         self.r0, self.r1 = r0, r1
         self.phi = np.zeros((r1 - r0, self.n_groups), dtype=np.float64)
         self.block_labels = {k: v.rows(r0, r1) for k, v in self.labels.items()}
@@ -117,16 +117,21 @@ class _SamplingPlan(_GroupPlan):
         self.n_samples = perms.shape[0]
         self.scale = 1.0 / perms.shape[0]
 
-    def begin(self, r0, r1, evaluate):
-        super().begin(r0, r1, evaluate)
-        n = r1 - r0
-        self.f_base = evaluate({a.name: broadcast_rows(a, a.base_rows(r0, r1), n) for a in self.inputs})
-        self.f_full = evaluate({})
-        self.f_prev = np.zeros(n, dtype=np.float64)
-        if self.n_groups == 1:
-            close_single_group(self.f_full, self.f_base, self.n_samples, self.phi)
+    folds_evaluations = True     # the baselines and the inputs: the first rows of the block's first chunk
+
+    def start(self, r0, r1):
+        super().start(r0, r1)
+        self.f_prev = np.zeros(r1 - r0, dtype=np.float64)
         self.rows = {a.name: self.permutations.rows(a.x[r0:r1], a.base_rows(r0, r1), self.block_labels[a.name])
                      for a in self.inputs}
+
+    def evaluation_values(self, r0, r1):
+        return [{a.name: a.base_rows(r0, r1) for a in self.inputs}, {}]
+
+    def evaluated(self, outputs):
+        self.f_base, self.f_full = outputs
+        if self.n_groups == 1:
+            close_single_group(self.f_full, self.f_base, self.n_samples, self.phi)
 
     def fill(self, u0, u1, batches):
         for name, rows in self.rows.items():

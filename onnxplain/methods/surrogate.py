@@ -46,6 +46,8 @@ ridge fit slightly: give contiguous ids to compare.
 from __future__ import annotations
 
 import numbers
+import threading
+from contextlib import contextmanager
 
 import numpy as np
 
@@ -56,7 +58,7 @@ from onnxplain.kernels.common import spread_groups
 
 from .params import (DRAW_SEED, FEATURE_MASK, N_BASELINES, PERTURBATION_BASELINES, PERTURBATIONS_PER_EVAL, PROGRESS,
                      Param)
-from .perturbation import Perturbation, Plan, attributed_inputs, broadcast_rows, check_positive_int, group_labels
+from .perturbation import Perturbation, Plan, attributed_inputs, check_positive_int, group_labels
 
 #: relative cut of the singular values of the least-squares problems (the constrained problem of KernelSHAP has
 #: an exact null direction, the all-ones vector, that must be cut)
@@ -65,6 +67,10 @@ RCOND = 1e-10
 SOLVE_FLOATS = 1 << 22
 #: LIME's ``1 - cos`` takes norms below this as this (torch's ``CosineSimilarity`` eps, which Captum uses)
 COSINE_EPS = 1e-8
+
+#: flops of a fit below which its dense linear algebra runs on one BLAS thread (waking BLAS threads for a
+#: 200 x 64 SVD costs ten times the SVD itself, far more on a busy machine)
+SMALL_FIT_FLOPS = 1 << 28
 
 SURROGATES = ("lasso", "ridge", "linear")
 DISTANCES = ("cosine", "euclidean")
@@ -242,6 +248,45 @@ def _least_squares(z, w, y, ridge):
     return (np.swapaxes(a, 1, 2) @ np.linalg.solve(outer, b[:, :, None]))[:, :, 0]
 
 
+# ---------------------------------------------------------------------- BLAS threads
+_BLAS = {"controller": None, "users": 0, "limit": None}
+_BLAS_LOCK = threading.Lock()
+
+
+@contextmanager
+def one_blas_thread(flops: int):
+    """Dense linear algebra of ``flops`` inside runs on one BLAS thread when it is small
+    (:data:`SMALL_FIT_FLOPS`; needs ``threadpoolctl``, else nothing changes).  Concurrent calls share one
+    limit, lifted when the last of them leaves."""
+    if flops > SMALL_FIT_FLOPS or not _enter_one_thread():
+        yield
+        return
+    try:
+        yield
+    finally:
+        with _BLAS_LOCK:
+            _BLAS["users"] -= 1
+            if _BLAS["users"] == 0:
+                _BLAS["limit"].restore_original_limits()
+                _BLAS["limit"] = None
+
+
+def _enter_one_thread() -> bool:
+    with _BLAS_LOCK:
+        if _BLAS["controller"] is None:
+            try:
+                from threadpoolctl import ThreadpoolController
+                _BLAS["controller"] = ThreadpoolController()
+            except Exception:   # not installed: BLAS keeps its threads
+                _BLAS["controller"] = False
+        if _BLAS["controller"] is False:
+            return False
+        if _BLAS["users"] == 0:
+            _BLAS["limit"] = _BLAS["controller"].limit(limits=1, user_api="blas")
+        _BLAS["users"] += 1
+        return True
+
+
 # ---------------------------------------------------------------------- plans
 class _CoalitionPlan(Plan):
     """Unit ``u`` is coalition ``z[u]``; the outputs of a block are kept ``(n, U)`` and fitted at its end."""
@@ -255,7 +300,7 @@ class _CoalitionPlan(Plan):
         self.units = z.shape[0]
         self.attr = {a.name: np.empty(a.x.shape, dtype=a.attr_dtype) for a in inputs}
 
-    def begin(self, r0, r1, evaluate):
+    def start(self, r0, r1):
         self.r0, self.r1 = r0, r1
         self.outputs = np.empty((r1 - r0, self.units), dtype=np.float64)
         self.block_labels = {k: v.rows(r0, r1) for k, v in self.labels.items()}
@@ -272,7 +317,9 @@ class _CoalitionPlan(Plan):
         raise NotImplementedError
 
     def end(self):
-        phi = self.coefficients()
+        units, g = self.z.shape
+        with one_blas_thread(units * g * min(units, g) * (self.r1 - self.r0)):   # a bound: fits per row
+            phi = self.coefficients()
         for a in self.inputs:
             self.attr[a.name][self.r0:self.r1] = spread_groups(phi, self.block_labels[a.name])
 
@@ -288,11 +335,13 @@ class _KernelShapPlan(_CoalitionPlan):
         self.weights = weights
         self.operator = None     # made on the first block (an estimate never needs it)
 
-    def begin(self, r0, r1, evaluate):
-        super().begin(r0, r1, evaluate)
-        n = r1 - r0
-        self.f_base = evaluate({a.name: broadcast_rows(a, a.base_rows(r0, r1), n) for a in self.inputs})
-        self.f_full = evaluate({})
+    folds_evaluations = True     # the empty and the full coalition: the first rows of the block's first chunk
+
+    def evaluation_values(self, r0, r1):
+        return [{a.name: a.base_rows(r0, r1) for a in self.inputs}, {}]
+
+    def evaluated(self, outputs):
+        self.f_base, self.f_full = outputs
 
     def coefficients(self):
         f_base = self.f_base.astype(np.float64)
