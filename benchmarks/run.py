@@ -8,14 +8,27 @@ Models (PyTorch, seeded weights, exported with ``onnxplain.from_torch``):
   16 of them: integrated gradients (50 steps), DeepLIFT, SmoothGrad (10
   samples), occlusion (window 3x4x4, stride 2; Captum with
   ``perturbations_per_eval=64``), Shapley sampling over 16 patches (25
-  permutations; Captum with ``perturbations_per_eval=64``);
+  permutations; Captum with ``perturbations_per_eval=64``), KernelSHAP and LIME over
+  the 16 patches (100 coalitions), DeepLIFT-SHAP over 8 baselines (each image's top
+  class), and the metrics of the saliency maps: infidelity (Gaussian noise, deviation
+  0.003) and max-sensitivity (uniform noise, radius 0.02; saliency on both sides),
+  10 perturbations a row, :mod:`onnxplain.metrics` against :mod:`captum.metrics`;
 - ``mlp64``: an MLP on 64 features, 64 rows: integrated gradients, Shapley
-  sampling (25 permutations);
+  sampling (25 permutations), KernelSHAP and LIME (200 coalitions);
 - ``bert``: a 2-layer BERT classifier (random weights), 8 sentences of 12
   tokens: integrated gradients at the word embeddings (Captum's
   ``LayerIntegratedGradients``);
 - ``resnet18``: the standard ResNet-18 layout written here (random weights),
   3x64x64 images: integrated gradients, DeepLIFT.
+
+Where SHAP is installed it is a second reference, its own column "SHAP / onnxplain" (empty
+elsewhere): ``KernelExplainer`` for KernelSHAP (the same coalition count, one all-zero background
+row, ``l1_reg=False``; over the CNN's patches through a function of the patches' on/off vector) and
+``DeepExplainer`` for DeepLIFT-SHAP (the same 8 baselines as background, ``ranked_outputs=1``,
+``check_additivity=False``: its MaxPool2d rule is not the rescale rule, its sums miss the outputs by
+about 0.016 on this CNN).  The metrics have no floor, share inside session.run nor PyTorch forward
+(empty cells; ``null`` in ``results.json``).  ``--only cnn:infidelity,mlp64/kernel`` re-measures
+single rows.
 
 For each case it reports Captum's time over onnxplain's (speed-up), onnxplain's
 time over its *floor* (onnxruntime's plain forward over the same expanded
@@ -49,7 +62,9 @@ import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 #: the methods whose Captum calls need no autograd
-FORWARD_ONLY = ("occlusion", "shapley_sampling", "kernel_shap", "lime")
+FORWARD_ONLY = ("occlusion", "shapley_sampling", "kernel_shap", "lime", "infidelity")
+#: the references timed besides Captum, each a column "<name> / onnxplain" (empty where not measured)
+OTHERS = ("SHAP",)
 
 
 # ---------------------------------------------------------------------- models
@@ -130,12 +145,16 @@ class Case:
     net: object = None                  # the PyTorch model, called on the inputs' tensors in order
     captum_rows: int | None = None      # rows per forward pass of Captum's call (None: all at once)
     result: dict = field(default_factory=dict)
+    others: dict = field(default_factory=dict)   # more references by name ("SHAP"): functions () -> anything
+    ours: object = None                 # a function () -> anything timed instead of the Explainer's call
+                                        # (the metrics); then there is no floor nor share inside session.run
+    ours_rows: int | None = None        # the rows ``ours`` runs through the model
 
 
 def build_cases(quick: bool) -> list[Case]:
     import torch
-    from captum.attr import (DeepLift, GradientShap, IntegratedGradients, KernelShap, LayerIntegratedGradients, Lime,
-                             NoiseTunnel, Occlusion, ShapleyValueSampling)
+    from captum.attr import (DeepLift, DeepLiftShap, GradientShap, IntegratedGradients, KernelShap,
+                             LayerIntegratedGradients, Lime, NoiseTunnel, Occlusion, ShapleyValueSampling)
 
     import onnxplain
 
@@ -190,7 +209,20 @@ def build_cases(quick: bool) -> list[Case]:
         cases.append(Case("cnn", name, dict(n_samples=100, feature_mask=patches, seed=0),
                           _per_row(captum_class(net), xt, target, feature_mask=torch.from_numpy(patches),
                                    n_samples=100, perturbations_per_eval=100),
-                          explainer(net, xt[:2], name), {"x": x}, target, net, 100 * n))
+                          explainer(net, xt[:2], name), {"x": x}, target, net, 100 * n,
+                          others=_shap_kernel_over_patches(net, x, target, patches[0, 0], 100)
+                          if name == "kernel_shap" else {}))
+
+    # DeepLIFT-SHAP over 8 baselines, for each image's top class (the only per-row output SHAP can pick)
+    baselines = background[:8]
+    top = [int(t) for t in net(xt).argmax(1)]
+    cases.append(Case("cnn", "deeplift_shap", dict(baselines=baselines),
+                      lambda: DeepLiftShap(net).attribute(xt, baselines=torch.from_numpy(baselines), target=top),
+                      explainer(net, xt[:2], "deeplift_shap"), {"x": x}, top, net,
+                      others=_shap_deep(net, xt, baselines)))
+
+    # the evaluation metrics, of the same saliency maps (abs gradients), 10 perturbations of each image
+    cases += _metric_cases(net, x, xt, target, explainer(net, xt[:2], "saliency"))
 
     # an MLP on 64 features, 64 rows
     torch.manual_seed(1)
@@ -208,7 +240,8 @@ def build_cases(quick: bool) -> list[Case]:
     for name, captum_class in (("kernel_shap", KernelShap), ("lime", Lime)):
         cases.append(Case("mlp64", name, dict(n_samples=200, seed=0),
                           _per_row(captum_class(mlp), tt, 1, n_samples=200, perturbations_per_eval=200),
-                          explainer(mlp, tt[:2], name), {"x": table}, 1, mlp, 200 * len(table)))
+                          explainer(mlp, tt[:2], name), {"x": table}, 1, mlp, 200 * len(table),
+                          others=_shap_kernel(mlp, table, 1, 200) if name == "kernel_shap" else {}))
 
     # a 2-layer BERT at its word embeddings
     torch.manual_seed(2)
@@ -245,9 +278,108 @@ def _saliency(net):
     return Saliency(net)
 
 
+def _metric_cases(net, x, xt, target, saliency) -> list[Case]:
+    """Infidelity (Gaussian noise of deviation 0.003) and max-sensitivity (uniform noise of radius 0.02,
+    saliency explaining each perturbed copy) of the saliency maps, 10 perturbations a row, onnxplain's
+    :mod:`onnxplain.metrics` against :mod:`captum.metrics`; the onnxplain side's Explainer is ``saliency``."""
+    import torch
+    from captum import metrics
+
+    from onnxplain.metrics import gaussian_perturbation, infidelity, sensitivity_max
+
+    k, stdev, radius = 10, 0.003, 0.02
+    attr_t = _saliency(net).attribute(xt, target=target).detach()
+    attr = attr_t.numpy()
+
+    def captum_noise(inputs):
+        noise = torch.randn_like(inputs) * stdev
+        return noise, inputs - noise
+
+    return [
+        Case("cnn", "infidelity", dict(n_perturb_samples=k),
+             lambda: metrics.infidelity(net, captum_noise, xt, attr_t, target=target, n_perturb_samples=k),
+             saliency, {"x": x}, target, net,
+             ours_rows=len(x) * (k + 1),
+             ours=lambda: infidelity(saliency, gaussian_perturbation(stdev, seed=0), x, attr, target=target,
+                                     n_perturb_samples=k)),
+        Case("cnn", "sensitivity_max", dict(n_perturb_samples=k),
+             lambda: metrics.sensitivity_max(_saliency(net).attribute, xt, perturb_radius=radius,
+                                             n_perturb_samples=k, target=target),
+             saliency, {"x": x}, target, net,
+             ours_rows=len(x) * (k + 1),
+             ours=lambda: sensitivity_max(saliency, x, perturb_radius=radius, n_perturb_samples=k, target=target)),
+    ]
+
+
+def _shap_installed() -> bool:
+    try:
+        import shap  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _shap_kernel(net, x, target: int, n_samples: int) -> dict:
+    """SHAP's KernelExplainer on the rows of ``x`` against one all-zero background row (Captum's and
+    onnxplain's default baseline), ``n_samples`` coalitions, plain weighted least squares (``l1_reg=False``,
+    as Captum and onnxplain fit; SHAP's default first selects 10 features); it calls the model through numpy."""
+    if not _shap_installed():
+        return {}
+    import shap
+    import torch
+
+    def output(a):
+        with torch.no_grad():
+            return net(torch.from_numpy(np.asarray(a, dtype=np.float32)))[:, target].numpy()
+
+    kernel = shap.KernelExplainer(output, np.zeros((1, x.shape[1]), np.float32))
+    return {"SHAP": lambda: kernel.shap_values(x, nsamples=n_samples, silent=True, l1_reg=False)}
+
+
+def _shap_kernel_over_patches(net, x, targets, patch_of_pixel, n_samples: int) -> dict:
+    """SHAP's KernelExplainer over superpixels: per image a function of the patches' on/off vector (off:
+    the patch's pixels 0, the baseline of the other columns), explained at all-on against all-off."""
+    if not _shap_installed():
+        return {}
+    import shap
+    import torch
+
+    n_patches = int(patch_of_pixel.max()) + 1
+    index = torch.from_numpy(patch_of_pixel.astype(np.int64))
+
+    def kernel(row, t):
+        def output(z):
+            on = torch.from_numpy(np.asarray(z, dtype=np.float32))[:, index]     # (M, H, W)
+            with torch.no_grad():
+                return net(row * on[:, None]).numpy()[:, t]
+        return shap.KernelExplainer(output, np.zeros((1, n_patches), np.float32))
+
+    kernels = [kernel(torch.from_numpy(x[i]), targets[i]) for i in range(len(x))]
+    on = np.ones((1, n_patches), np.float32)
+    return {"SHAP": lambda: [k.shap_values(on, nsamples=n_samples, silent=True, l1_reg=False) for k in kernels]}
+
+
+def _shap_deep(net, xt, baselines) -> dict:
+    """SHAP's DeepExplainer (PyTorch) with ``baselines`` as background, for each row's top class
+    (``ranked_outputs=1``).  On this CNN its sums miss the outputs by about 0.016 (its MaxPool2d rule is
+    not DeepLIFT's rescale rule of Captum and onnxplain), past its own check: ``check_additivity=False``.
+    It hooks the modules it runs, so it gets a copy of the network."""
+    if not _shap_installed():
+        return {}
+    import copy
+
+    import shap
+    import torch
+
+    deep = shap.DeepExplainer(copy.deepcopy(net), torch.from_numpy(baselines))
+    return {"SHAP": lambda: deep.shap_values(xt, ranked_outputs=1, output_rank_order="max", check_additivity=False)}
+
+
 # ---------------------------------------------------------------------- measuring
 def measure(case: Case, repeats: int) -> dict:
-    """Median times of onnxplain, Captum and the floor, interleaved; share outside session.run; peak memory."""
+    """Median times of onnxplain, Captum, the other references and the floor, interleaved; share outside
+    session.run; peak memory.  A case with its own onnxplain function (``ours``: a metric) has no floor,
+    no share inside session.run and no PyTorch forward: those figures are NaN."""
     import torch
 
     from onnxplain.profile import TimedCall, forward_floor, peak_added
@@ -256,20 +388,26 @@ def measure(case: Case, repeats: int) -> dict:
     feeds = {k: v for k, v in case.inputs.items()}
     first = next(iter(feeds.values()))
     x = feeds if len(feeds) > 1 else first
-    call = TimedCall(ex, x, case.target, case.params)
-    cost = ex.estimate(x, case.target, **case.params)
+    if case.ours is None:
+        call = TimedCall(ex, x, case.target, case.params)
+        cost = ex.estimate(x, case.target, **case.params)
+    else:
+        call = _timed(case.ours)
+        cost = None
 
     def captum() -> float:
-        t0 = time.perf_counter()
         with torch.no_grad() if case.method in FORWARD_ONLY else _null():
-            case.captum()
-        return time.perf_counter() - t0
+            return _timed(case.captum)()[0]
 
+    others = {name: _timed(fn) for name, fn in case.others.items()}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         peak = peak_added(call)                     # the first call: the session's arena is made here
         case.captum()
-        times = {"onnxplain": [], "inside": [], "captum": [], "floor": [], "torch_forward": []}
+        for other in others.values():
+            other()
+        times = {"onnxplain": [], "inside": [], "captum": [], "floor": [], "torch_forward": [],
+                 **{name: [] for name in others}}
         for _ in range(repeats):
             call()                              # untimed: the first onnxruntime call after PyTorch's runs slow
             settle()
@@ -277,21 +415,42 @@ def measure(case: Case, repeats: int) -> dict:
             times["onnxplain"].append(wall)
             times["inside"].append(inside)
             settle()
-            times["floor"].append(forward_floor(ex, ex.check_inputs(x), cost.rows, cost.rows_per_run, repeats=1))
-            settle()
+            if cost is not None:
+                times["floor"].append(forward_floor(ex, ex.check_inputs(x), cost.rows, cost.rows_per_run,
+                                                    repeats=1))
+                settle()
             captum()                            # untimed, likewise after onnxruntime's
             settle()
             times["captum"].append(captum())
             settle()
-            times["torch_forward"].append(torch_forward(case, cost.rows, case.captum_rows or cost.rows))
-            settle()
-    med = {k: statistics.median(v) for k, v in times.items()}
-    return dict(model=case.model, method=case.method, rows=cost.rows, runs=cost.runs,
-                onnxplain_s=med["onnxplain"], captum_s=med["captum"], floor_s=med["floor"],
+            for name, other in others.items():  # each after an untimed call of its own, as Captum
+                other()
+                settle()
+                times[name].append(other()[0])
+                settle()
+            if cost is not None:
+                times["torch_forward"].append(torch_forward(case, cost.rows, case.captum_rows or cost.rows))
+                settle()
+    med = {k: statistics.median(v) if v else float("nan") for k, v in times.items()}
+    ours = med["onnxplain"]
+    return dict(model=case.model, method=case.method, rows=case.ours_rows if cost is None else cost.rows,
+                runs=None if cost is None else cost.runs,
+                onnxplain_s=ours, captum_s=med["captum"], floor_s=med["floor"],
                 torch_forward_s=med["torch_forward"], forward_speedup=med["torch_forward"] / med["floor"],
-                speedup=med["captum"] / med["onnxplain"], floor_ratio=med["onnxplain"] / med["floor"],
-                outside_share=max(0.0, med["onnxplain"] - med["inside"]) / med["onnxplain"],
-                peak_mib=float("nan") if peak is None else peak / 2 ** 20)
+                speedup=med["captum"] / ours, floor_ratio=ours / med["floor"],
+                outside_share=float("nan") if cost is None else max(0.0, ours - med["inside"]) / ours,
+                peak_mib=float("nan") if peak is None else peak / 2 ** 20,
+                others_s={name: med.get(name) for name in OTHERS},
+                others_speedup={name: med[name] / ours if name in med else None for name in OTHERS})
+
+
+def _timed(fn):
+    """``fn`` as a call returning (wall seconds, NaN: nothing timed inside session.run)."""
+    def call():
+        t0 = time.perf_counter()
+        fn()
+        return time.perf_counter() - t0, float("nan")
+    return call
 
 
 def settle(seconds: float = 0.05) -> None:
@@ -344,25 +503,55 @@ def machine() -> dict:
 
 
 def markdown(rows: list[dict], info: dict) -> str:
+    others = " | ".join(f"{name} / onnxplain" for name in OTHERS)
     lines = [f"Measured on {info['cpu']}, {info['cores']} cores usable, onnxruntime {info['onnxruntime']}, "
              f"torch {info['torch']}; load average {info['load_average']:.1f} at the start, "
              f"{info['load_average_end']:.1f} at the end (a shared machine: ratios come from interleaved runs).",
              "",
-             "| model | method | rows | onnxplain (ms) | Captum / onnxplain | onnxplain / floor | outside session.run "
-             "| peak memory, first call (MiB) | PyTorch forward / floor |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+             f"| model | method | rows | onnxplain (ms) | Captum / onnxplain | {others} | onnxplain / floor "
+             "| outside session.run | peak memory, first call (MiB) | PyTorch forward / floor |",
+             "|---|---|---:|---:|---:|" + "---:|" * len(OTHERS) + "---:|---:|---:|---:|"]
     for r in rows:
-        lines.append(f"| {r['model']} | {r['method']} | {r['rows']} | {r['onnxplain_s'] * 1e3:.1f} | "
-                     f"{r['speedup']:.2f}x | {r['floor_ratio']:.2f} | {r['outside_share']:.1%} | {r['peak_mib']:.0f} | "
-                     f"{r['forward_speedup']:.2f}x |")
+        cells = [r["model"], r["method"], str(r["rows"]), _cell(r["onnxplain_s"] * 1e3, "{:.1f}"),
+                 _cell(r["speedup"], "{:.2f}x"),
+                 *[_cell(r["others_speedup"].get(name), "{:.2f}x") for name in OTHERS],
+                 _cell(r["floor_ratio"], "{:.2f}"), _cell(r["outside_share"], "{:.1%}"),
+                 _cell(r["peak_mib"], "{:.0f}"), _cell(r["forward_speedup"], "{:.2f}x")]
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def _cell(value, form: str) -> str:
+    """A table cell: empty where the figure does not apply (None or NaN)."""
+    return "" if value is None or value != value else form.format(value)
+
+
+def _json_ready(value):
+    """NaN (a figure that does not apply) as JSON's null, in nested dicts and lists."""
+    if isinstance(value, float) and value != value:
+        return None
+    if isinstance(value, dict):
+        return {k: _json_ready(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_json_ready(v) for v in value]
+    return value
+
+
+def _selected(case: Case, only: str | None) -> bool:
+    """Whether ``--only`` keeps the case: any of its comma-separated texts found in "model/method" or
+    "model:method"."""
+    if not only:
+        return True
+    names = (f"{case.model}/{case.method}", f"{case.model}:{case.method}")
+    return any(part and any(part in name for name in names) for part in only.split(","))
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="fewer rows and steps (a smoke run)")
     p.add_argument("--repeats", type=int, default=5, help="timed calls per case, interleaved (default: 5)")
-    p.add_argument("--only", help="run only the cases whose 'model/method' contains this text")
+    p.add_argument("--only", metavar="NAME[,NAME]",
+                   help="run only the cases whose 'model/method' (or 'model:method') contains one of these texts")
     p.add_argument("--out", default=os.path.join(HERE, "results"), help="folder for results.json and results.md")
     args = p.parse_args(argv)
 
@@ -373,17 +562,19 @@ def main(argv=None) -> int:
     info = machine()
     rows = []
     for case in build_cases(args.quick):
-        if args.only and args.only not in f"{case.model}/{case.method}":
+        if not _selected(case, args.only):
             continue
         r = measure(case, args.repeats)
         rows.append(r)
+        others = "".join(f"  {name}/onnxplain {_cell(r['others_speedup'][name], '{:.2f}x'):>8}" for name in OTHERS)
         print(f"{r['model']:>9} {r['method']:<21} {r['onnxplain_s'] * 1e3:9.1f} ms  Captum/onnxplain "
-              f"{r['speedup']:6.2f}x  onnxplain/floor {r['floor_ratio']:5.2f}  outside {r['outside_share']:6.1%}  "
-              f"peak {r['peak_mib']:6.0f} MiB  PyTorch forward/floor {r['forward_speedup']:5.2f}x", flush=True)
+              f"{r['speedup']:6.2f}x{others}  onnxplain/floor {_cell(r['floor_ratio'], '{:.2f}'):>5}  outside "
+              f"{_cell(r['outside_share'], '{:.1%}'):>6}  peak {_cell(r['peak_mib'], '{:.0f}'):>6} MiB  "
+              f"PyTorch forward/floor {_cell(r['forward_speedup'], '{:.2f}x'):>6}", flush=True)
     info["load_average_end"] = os.getloadavg()[0]
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "results.json"), "w") as f:
-        json.dump({"machine": info, "cases": rows}, f, indent=1)
+        json.dump(_json_ready({"machine": info, "cases": rows}), f, indent=1)
     table = markdown(rows, info)
     with open(os.path.join(args.out, "results.md"), "w") as f:
         f.write(table)
