@@ -75,7 +75,7 @@ class _AblationPlan(Plan):
         self.groups = np.arange(n_groups, dtype=np.int64)
         self.attr = {a.name: np.empty(a.x.shape, dtype=a.attr_dtype) for a in inputs}
 
-    folds_evaluations = True     # f(x) of the block: the first rows of its first chunk
+    evaluations = 1     # f(x) of the block
 
     def start(self, r0, r1):
         self.r0, self.r1 = r0, r1

@@ -66,7 +66,7 @@ class _OcclusionPlan(Plan):
             self.counts[a.name] = occlusion_counts(a.row, self.windows[a.name], own)
         self.sums = {a.name: np.zeros(a.x.shape, dtype=np.float64) for a in inputs}
 
-    folds_evaluations = True     # f(x) of the block: the first rows of its first chunk
+    evaluations = 1     # f(x) of the block
 
     def start(self, r0, r1):
         self.r0, self.r1 = r0, r1

@@ -180,18 +180,16 @@ def check_positive_int(value, what: str, allow_none: bool = False):
 class Plan:
     """One call's perturbations: ``units`` per input row, filled and folded chunk by chunk.
 
-    A plan whose block needs a few runs of whole rows besides its units (the inputs, the baselines: its
-    ``evaluations``) may declare them instead of running them: with ``folds_evaluations``, it gives their
-    inputs (:meth:`evaluation_values`) and takes their outputs (:meth:`evaluated`), and the loop runs them
-    as the first rows of the block's first chunk (one run fewer per block) when no ``perturbations_per_eval``
-    caps the chunks, or alone before the chunks otherwise (:meth:`begin`)."""
+    A block may need a few runs of whole rows besides its units (the inputs, the baselines: its
+    ``evaluations``).  The plan gives their inputs (:meth:`evaluation_values`) and takes their outputs
+    (:meth:`evaluated`); the loop runs them as the first rows of the block's first chunk (one run fewer per
+    block) when no ``perturbations_per_eval`` caps the chunks, or alone before the chunks otherwise
+    (:meth:`begin`)."""
 
     inputs: list[Attributed]
     units: int
-    #: session runs :meth:`begin` makes per block of rows through ``evaluate`` (the inputs, the baselines)
-    evaluations: int = 1
-    #: whether the plan declares its evaluations (:meth:`start`, :meth:`evaluation_values`, :meth:`evaluated`)
-    folds_evaluations: bool = False
+    #: runs of whole rows per block of rows: the length of :meth:`evaluation_values`
+    evaluations: int = 0
 
     def begin(self, r0: int, r1: int, evaluate) -> None:
         """Start input rows ``[r0, r1)``; ``evaluate({name: rows})`` runs the model (other inputs unchanged).
@@ -382,7 +380,7 @@ class Schedule:
     @classmethod
     def of(cls, runner, feeds: dict, n_rows: int, plan: Plan, cap: int | None) -> "Schedule":
         per_row, budget, batch_size = runner.row_cost(feeds), runner.memory_budget, runner.spec.batch_size
-        if cap is None and plan.units and plan.folds_evaluations and plan.evaluations:
+        if cap is None and plan.units and plan.evaluations:
             lead = plan.evaluations
             block, per_chunk = chunking(n_rows, plan.units + lead, per_row, budget, None, batch_size)
             if per_chunk > lead:      # room for the evaluations and at least one unit in the first chunk

@@ -83,8 +83,6 @@ def _too_many(count, what):
 
 
 class _GroupPlan(Plan):
-    evaluations = 0
-
     def __init__(self, inputs, labels, n_groups):
         self.inputs, self.labels, self.n_groups = inputs, labels, n_groups
         self.attr = {a.name: np.empty(a.x.shape, dtype=a.attr_dtype) for a in inputs}
@@ -116,8 +114,6 @@ class _SamplingPlan(_GroupPlan):
         self.units = self.permutations.units
         self.n_samples = perms.shape[0]
         self.scale = 1.0 / perms.shape[0]
-
-    folds_evaluations = True     # the baselines and the inputs: the first rows of the block's first chunk
 
     def start(self, r0, r1):
         super().start(r0, r1)

@@ -256,8 +256,8 @@ _BLAS_LOCK = threading.Lock()
 @contextmanager
 def one_blas_thread(flops: int):
     """Dense linear algebra of ``flops`` inside runs on one BLAS thread when it is small
-    (:data:`SMALL_FIT_FLOPS`; needs ``threadpoolctl``, else nothing changes).  Concurrent calls share one
-    limit, lifted when the last of them leaves."""
+    (:data:`SMALL_FIT_FLOPS`, through ``threadpoolctl``; where it cannot control BLAS, nothing changes).
+    Concurrent calls share one limit, lifted when the last of them leaves."""
     if flops > SMALL_FIT_FLOPS or not _enter_one_thread():
         yield
         return
@@ -277,7 +277,7 @@ def _enter_one_thread() -> bool:
             try:
                 from threadpoolctl import ThreadpoolController
                 _BLAS["controller"] = ThreadpoolController()
-            except Exception:   # not installed: BLAS keeps its threads
+            except Exception:   # a BLAS it cannot control: BLAS keeps its threads
                 _BLAS["controller"] = False
         if _BLAS["controller"] is False:
             return False
@@ -290,8 +290,6 @@ def _enter_one_thread() -> bool:
 # ---------------------------------------------------------------------- plans
 class _CoalitionPlan(Plan):
     """Unit ``u`` is coalition ``z[u]``; the outputs of a block are kept ``(n, U)`` and fitted at its end."""
-
-    evaluations = 0
 
     def __init__(self, inputs, labels, n_groups, z):
         self.inputs, self.labels, self.n_groups = inputs, labels, n_groups
@@ -334,8 +332,6 @@ class _KernelShapPlan(_CoalitionPlan):
         super().__init__(inputs, labels, n_groups, z)
         self.weights = weights
         self.operator = None     # made on the first block (an estimate never needs it)
-
-    folds_evaluations = True     # the empty and the full coalition: the first rows of the block's first chunk
 
     def evaluation_values(self, r0, r1):
         return [{a.name: a.base_rows(r0, r1) for a in self.inputs}, {}]

@@ -81,14 +81,12 @@ def _flipping(model, inputs, attributions, target, target_weights, baselines, st
 class _FlippingPlan(Plan):
     """Unit ``u``: every row with its ``counts[u]`` most relevant features flipped (:func:`fill_flipping`)."""
 
-    evaluations = 0
-
     def __init__(self, inputs, labels, ranks, counts, insert, n_rows):
         self.inputs, self.labels, self.ranks, self.counts, self.insert = inputs, labels, ranks, counts, insert
         self.units = len(counts)
         self.values = np.empty((n_rows, len(counts)), dtype=np.float64)
 
-    def begin(self, r0, r1, evaluate):
+    def start(self, r0, r1):
         self.r0, self.r1 = r0, r1
 
     def fill(self, u0, u1, batches):
