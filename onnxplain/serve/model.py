@@ -9,7 +9,7 @@ from kserve import Model
 from kserve.errors import InvalidInput
 from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
 
-from .protocol import RESERVED_REQUEST_PARAMETERS, RESERVED_REQUEST_PREFIX, Interface, RequestError
+from .protocol import Interface, RequestError, reserved_parameter
 
 
 class ExplainerModel(Model):
@@ -86,7 +86,6 @@ def request_tensors(request: InferRequest) -> dict[str, tuple[str, np.ndarray]]:
     return tensors
 
 
-
 def request_parameters(request: InferRequest) -> dict:
     """The request-level parameters as ``{key: value}``: REST's JSON values as they are; gRPC's InferParameter as
     its bool, int64 or string, or the double or uint64 that tritonclient's protocol adds (KServe's messages
@@ -97,7 +96,7 @@ def request_parameters(request: InferRequest) -> dict:
         return {}
     out = {}
     for key, value in parameters.items():
-        if key in RESERVED_REQUEST_PARAMETERS or key.startswith(RESERVED_REQUEST_PREFIX):
+        if reserved_parameter(key):
             continue
         out[key] = _grpc_parameter(key, value) if hasattr(value, "WhichOneof") else value
     return out

@@ -52,6 +52,11 @@ RESERVED_REQUEST_PARAMETERS = frozenset({"sequence_id", "sequence_start", "seque
                                          "headers", "binary_data_output", "content_type"})
 RESERVED_REQUEST_PREFIX = "triton_"
 
+
+def reserved_parameter(key: str) -> bool:
+    """Whether a request-level parameter belongs to the protocol's clients and servers (left alone)."""
+    return key in RESERVED_REQUEST_PARAMETERS or key.startswith(RESERVED_REQUEST_PREFIX)
+
 #: the request forms a request-level parameter (one scalar value) can stand for
 SCALAR_FORMS = ("int", "float", "bool", "string")
 
@@ -215,7 +220,7 @@ class Interface:
         merged = dict(tensors)
         accepted = self.scalar_names
         for name, value in (parameters or {}).items():
-            if name in RESERVED_REQUEST_PARAMETERS or name.startswith(RESERVED_REQUEST_PREFIX):
+            if reserved_parameter(name):
                 continue
             if name not in accepted:
                 as_input = name in {t.name for t in self.inputs}
