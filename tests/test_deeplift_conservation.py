@@ -238,6 +238,24 @@ def test_summation_to_delta_holds_on_every_op_family(name):
     np.testing.assert_allclose(delta, 0, atol=2e-5 * summation_scale(attr))
 
 
+@pytest.mark.parametrize("batch_size", [1, 2 * ROWS])
+@pytest.mark.parametrize("name", ["gather_at_argmax", "top_k", "where_both_branches", "softmax_masked"])
+def test_selections_sum_to_delta_when_the_references_run_in_a_copy_of_their_own(name, batch_size):
+    """With batch_size the references run through their own copy of the forward pass and only the inputs'
+    copy is walked back: a row and its reference picking different entries (argmax, top-k, a branch)
+    still share Δy so that the attributions sum to f(x) - f(baseline), as in the one stacked batch."""
+    body, last, inits = CASES[name]
+    model = op_graph(body, "z", last, opset=OPSETS.get(name, 17), extra_inits=inits)
+    x, base = inputs(seed=2)
+    attr, delta = onnxplain.Explainer(model, "deeplift", batch_size=batch_size).explain(
+        x, target=1, baselines=base, return_convergence_delta=True)
+    scale = summation_scale(attr)
+    np.testing.assert_allclose(attr.reshape(ROWS, -1).sum(1), gap(model, x, base, 1), rtol=0, atol=2e-5 * scale)
+    np.testing.assert_allclose(delta, 0, atol=2e-5 * scale)
+    stacked = onnxplain.Explainer(model, "deeplift").explain(x, target=1, baselines=base)
+    np.testing.assert_allclose(attr, stacked, rtol=1e-5, atol=1e-6 * scale)
+
+
 def test_rules_fall_back_to_the_gradient_where_nothing_moved():
     """A baseline equal to the input: DeepLIFT's multipliers are then the gradient (Captum's convention)."""
     body, last, inits = CASES["where_both_branches"]
