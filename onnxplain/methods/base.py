@@ -351,7 +351,8 @@ class ForwardCopies:
         return {**{a[t]: b[t] for t in a}, **{b[t]: a[t] for t in b}}
 
 
-def forward_per_block(b: GraphBuilder, spec: Spec, inside: dict, outputs: dict, blocks: list[str]):
+def forward_per_block(b: GraphBuilder, spec: Spec, inside: dict, outputs: dict, blocks: list[str],
+                      always: bool = False):
     """With ``spec.batch_size``: run the model's forward pass once per block of the expanded batch.
 
     ``blocks`` are the row counts (1-D int64) of the consecutive blocks a
@@ -361,9 +362,11 @@ def forward_per_block(b: GraphBuilder, spec: Spec, inside: dict, outputs: dict, 
     the graph (and its backward pass) reads the expanded batch as before while
     the model never sees more rows than one block: the method's chunking keeps
     every block within ``batch_size``.  Without ``batch_size`` nothing changes
-    and None is returned.
+    and None is returned, unless ``always``: a method whose blocks need
+    backward passes of their own (DeepLIFT walks back through its inputs' copy
+    only) asks for the copies whatever the batch size.
     """
-    if spec.batch_size is None:
+    if spec.batch_size is None and not always:
         return None
     internal = [p.tensor for p in spec.points if not p.is_input]
     if internal:

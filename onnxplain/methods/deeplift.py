@@ -25,7 +25,8 @@ from onnx import TensorProto
 
 from ..backward import backward
 from ..errors import UnsupportedOperatorError
-from ..rules import PairedPartner, Partner
+from ..graph import subgraphs
+from ..rules import COMPOUND, PairedPartner, Partner
 from ..rules.deeplift import RESCALE
 from .base import (Method, Spec, baseline_feeds, batch_rows, check_n_baselines, declare_baselines, declare_param,
                    declare_target_weights, draw_rows, emit_attribution, emit_outputs, ex_float, flatten_steps,
@@ -73,14 +74,14 @@ class DeepLift(Method):
         for p in spec.passthrough:
             b.op("Identity", tile_rows(b, p, b.add(k, k), b.rank(p)), outputs=[inside[p]])
         fed = {p.key: inside[p.carrier] if p.is_input else p.tensor for p in spec.points}
-        copies = forward_per_block(b, spec, inside, outputs, [half, half])
+        copies = forward_per_block(b, spec, inside, outputs, [half, half], always=not self.stacks_references(spec))
         out_rank = b.rank(spec.output)
         tw_pairs = tile_rows(b, tw, k, out_rank)
         out_rows = outputs[spec.output]
         if copies is None:   # one batch [inputs; references], walked back whole with the references seeded 0
             partner = Partner(b)
             walked, start, seed = fed, out_rows, b.op("Concat", tw_pairs, b.zeros_like(tw_pairs), axis=0)
-        else:                # batch_size: only the inputs' copy of the forward pass is walked back
+        else:                # the inputs' copy of the forward pass alone is walked back: half the backward's rows
             partner = PairedPartner(b, copies.pairs(0, 1), [i.name for i in b.initializers] + spec.unbatched)
             inputs_copy = copies.names[0]
             walked, start, seed = {key: inputs_copy[t] for key, t in fed.items()}, inputs_copy[out_rows], tw_pairs
@@ -110,6 +111,17 @@ class DeepLift(Method):
                        keepdims=0)
         b.op("Sub", b.sum(totals), b.sub(f_x, f_b), outputs=["delta"])
         b.add_output("delta", b.elem_type(spec.output), [b.shape(spec.output)[0]])
+
+    def stacks_references(self, spec: Spec) -> bool:
+        """Whether the inputs and their references run as one stacked batch ``[inputs; references]`` (every
+        row's reference half of the backward pass seeded with zeros) rather than through two copies of the
+        forward pass, of which only the inputs' is walked back.  The copies halve the backward's rows; the
+        stacked batch is kept where a tensor inside the model is attributed (a layer, a token embedding), where
+        the audit reads every tensor's halves, and where a node holds a graph or a cell (loops, branches,
+        recurrent layers), whose rules pair each row with its reference within one batch."""
+        nodes = spec.model.graph.node
+        return (self.audited or any(not p.is_input for p in spec.points)
+                or any(n.op_type in COMPOUND or subgraphs(n) for n in nodes))
 
     def references(self, b, spec: Spec, carrier: str) -> tuple[str, str]:
         """``(K, reference rows)``: one reference row per input row, per row or shared."""
