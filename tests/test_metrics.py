@@ -124,7 +124,7 @@ def test_infidelity_default_perturbation_is_seeded_gaussian(mlp):
     rng = np.random.default_rng(0)
 
     def theirs_f(inputs):
-        noise = torch.from_numpy(rng.normal(0.0, 0.003, tuple(inputs.shape)).astype(np.float32))
+        noise = torch.from_numpy(rng.standard_normal(tuple(inputs.shape), dtype=np.float32) * np.float32(0.003))
         return noise, inputs - noise
     ref = captum_infidelity(captum_forward(model), theirs_f, torch.from_numpy(x), torch.from_numpy(attr),
                             target=TARGET)

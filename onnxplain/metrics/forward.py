@@ -2,6 +2,8 @@
 cut into calls."""
 from __future__ import annotations
 
+import weakref
+
 import numpy as np
 
 from ..api import Explainer
@@ -21,13 +23,7 @@ class Forward:
                                  "for inputs attributed as themselves (not at a token embedding)")
             if output is not None and output != own.output:
                 raise ValueError(f"output {output!r} differs from the Explainer's {own.output!r}")
-            if own.method.forward_only:
-                self.fwd = own
-            else:
-                axes = {x: (None if k is None else 0) for x, k in own.batch_axes.items()}
-                self.fwd = Explainer(own.model, "feature_ablation", output=own.output, inputs=own.inputs,
-                                     providers=own.providers, memory_budget=own.memory_budget, threads=own.threads,
-                                     batch_axes=axes, batch_size=own.spec.batch_size)
+            self.fwd = own if own.method.forward_only else forward_of(own)
         else:
             own = self.fwd = Explainer(model, "feature_ablation", output=output)
         self.own = own
@@ -74,11 +70,32 @@ class Forward:
         """Every batched input's rows each repeated ``k`` times in a row (Captum's ``repeat_interleave``)."""
         return {x: v if x in self.spec.unbatched else np.repeat(v, k, axis=0) for x, v in feeds.items()}
 
+    def stacked(self, first: dict, second: dict) -> dict:
+        """The rows of ``first`` then those of ``second`` for every batched input (unbatched ones as they are)."""
+        return {x: v if x in self.spec.unbatched else np.concatenate([v, second[x]]) for x, v in first.items()}
+
     def packed(self, values: dict):
         return values[self.spec.wrt[0]] if self.spec.single else dict(values)
 
     def unpacked(self, value, what: str) -> dict:
         return {x: np.asarray(v) for x, v in per_input(value, self.spec, what, lambda v: False).items()}
+
+
+#: the forward-only Explainer made for an Explainer whose method walks back: made on its first metric, kept as
+#: long as that Explainer lives
+_FORWARDS: "weakref.WeakKeyDictionary[Explainer, Explainer]" = weakref.WeakKeyDictionary()
+
+
+def forward_of(own: Explainer) -> Explainer:
+    """The forward-only Explainer of the same model, inputs, providers, budget and batch size as ``own``
+    (batch first: the metrics hand it ``own``'s feeds), made once per ``own``."""
+    fwd = _FORWARDS.get(own)
+    if fwd is None:
+        axes = {x: (None if k is None else 0) for x, k in own.batch_axes.items()}
+        fwd = _FORWARDS[own] = Explainer(own.model, "feature_ablation", output=own.output, inputs=own.inputs,
+                                         providers=own.providers, memory_budget=own.memory_budget,
+                                         threads=own.threads, batch_axes=axes, batch_size=own.spec.batch_size)
+    return fwd
 
 
 def samples_per_call(n_rows: int, samples: int, max_examples_per_batch, row_bytes: int = 0,

@@ -33,7 +33,7 @@ def infidelity(model, perturb_func, inputs, attributions, *, baselines=None, tar
     n = tw.shape[0]
     row_bytes = sum(feeds[x][0].nbytes for x in m.spec.wrt)
     per_call = samples_per_call(n, n_perturb_samples, max_examples_per_batch, row_bytes, m.runner.memory_budget)
-    f_x = m.outputs(feeds, tw)
+    f_x = None
     sums = np.zeros((3 if normalize else 1, n), dtype=np.float64)
     for k in sample_chunks(n_perturb_samples, per_call):
         expanded = m.repeated(feeds, k)
@@ -54,7 +54,12 @@ def infidelity(model, perturb_func, inputs, attributions, *, baselines=None, tar
                     raise ValueError(f"perturb_func's {what} for input {x!r} must have the shape of the repeated "
                                      f"input {want}, got {v.shape}")
         run = {**expanded, **{x: perturbed[x].astype(feeds[x].dtype, copy=False) for x in m.spec.wrt}}
-        diff = (np.repeat(f_x, k) - m.outputs(run, np.repeat(tw, k, axis=0))).reshape(n, k)
+        if f_x is None:     # f(x) rides in the first chunk's run
+            both = m.outputs(m.stacked(feeds, run), np.concatenate([tw, np.repeat(tw, k, axis=0)]))
+            f_x, f_perturbed = both[:n], both[n:]
+        else:
+            f_perturbed = m.outputs(run, np.repeat(tw, k, axis=0))
+        diff = (np.repeat(f_x, k) - f_perturbed).reshape(n, k)
         dot = sum(np.einsum("nkd,nd->nk", perturbation[x].reshape(n, k, -1).astype(np.float64),
                             attr[x].reshape(n, -1)) for x in m.spec.wrt)
         if normalize:
