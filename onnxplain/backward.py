@@ -297,8 +297,11 @@ def nan_masked_tensors(nodes, b: GraphBuilder) -> set[str]:
     branch of a ``Where``; in graphs without both, nothing is masked and nothing is emitted.
     """
     constants = {i.name for i in b.initializers} | {o for n in b.nodes if n.op_type == "Constant" for o in n.output}
+    nan_tests = {n.output[0]: n.input[0] for n in nodes if n.op_type == "IsNaN" and n.output and n.input}
     may_be_nan: set[str] = set()
     for node in nodes:
+        if _replaces_nan(node, nan_tests, may_be_nan):
+            continue
         source = node.op_type in NAN_SOURCES and not (node.op_type == "Div" and node.input[1] in constants)
         if source or any(i in may_be_nan for i in node.input if i):
             may_be_nan.update(o for o in node.output if o and _may_be_float(b, o))
@@ -311,6 +314,15 @@ def nan_masked_tensors(nodes, b: GraphBuilder) -> set[str]:
         if any(o in before_where for o in node.output):
             before_where.update(i for i in node.input if i)
     return may_be_nan & before_where
+
+
+def _replaces_nan(node, nan_tests: dict, may_be_nan: set) -> bool:
+    """Whether ``node`` is a NaN guard ``Where(IsNaN(t), v, t)`` whose ``v`` holds no NaN: its output has
+    none, whatever ``t`` holds (exporters write ``softmax.masked_fill(isnan, 0)`` after masked attention)."""
+    if node.op_type != "Where" or len(node.input) != 3:
+        return False
+    tested, replacement, kept = nan_tests.get(node.input[0]), node.input[1], node.input[2]
+    return tested is not None and tested == kept and replacement not in may_be_nan
 
 
 def _nan_as_zero(b: GraphBuilder, t: str, cache: dict) -> str:
