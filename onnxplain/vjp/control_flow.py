@@ -150,7 +150,8 @@ def _partner_of(ctx, node: onnx.NodeProto, t: str) -> str:
     for a row and its reference)."""
     if not t or (t not in ctx.active and ctx.ref.stacked and not differs_from_reference(ctx, t)):
         return t
-    if ctx.ref.stacked and t not in ctx.active and ctx.b.rank(t) == 0:
+    # a scalar computed from the input (attributed or not: a scale ReduceSum(x) is both) has no rows to pair
+    if ctx.ref.stacked and ctx.b.rank(t) == 0:
         name = node.name or node.output[0]
         raise UnsupportedOperatorError([node], f"DeepLIFT through the Loop node {name!r}: it reads {t!r}, a scalar that "
                                                f"is computed from the input, so the rows and their references (run "
